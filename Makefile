@@ -1,0 +1,60 @@
+# kpimon developer entry points. `make help` lists them.
+# Everything a fresh machine needs is installed by these targets: the virtualenv and the package, Java and
+# Maven when missing (Debian's packages), and Apache Kafka's jars (Maven Central, fetched on first use).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup system-deps run test lint typecheck format unit kafka-start kafka-stop clean generate
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
+
+system-deps:  ## install Java 17+ and Maven from Debian's packages when they are missing
+	@./deploy/system-deps.sh
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "kpimon needs Python 3.11+; set PYTHON=python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+setup: system-deps $(STAMP)  ## create .venv and install kpimon with its dev tools
+
+run: setup  ## the demo: local Kafka, a worker, simulated traffic; prints the /metrics URL (Ctrl-C stops all)
+	$(BIN)/kpimon demo
+
+lint: setup  ## ruff (lint + format check)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup  ## mypy --strict
+	$(BIN)/mypy
+
+unit: setup  ## the fast unit tests only
+	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
+
+test: setup lint typecheck  ## everything CI runs: lint, types, the whole test suite (real Kafka)
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+format: setup  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+kafka-start: setup  ## start the local Kafka on 127.0.0.1:9092
+	$(BIN)/kpimon kafka start
+
+kafka-stop: setup  ## stop the local Kafka
+	$(BIN)/kpimon kafka stop
+
+clean:  ## remove the virtualenv and caches (not ~/.kpimon)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+generate: setup  ## regenerate committed generated files (JSON Schemas, ...)
+	$(BIN)/python -m scripts.generate

@@ -1,0 +1,1 @@
+"""The Faust app, its agents and tables, the metrics exporter and the `kpimon` CLI."""

@@ -1,0 +1,108 @@
+"""`kpimon worker`: run the Faust worker (all agents, the web endpoints)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import click
+
+from agents.settings import Settings
+from agents.topics import TopicSpec, ensure_topics
+
+log = logging.getLogger("kpimon.worker")
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """The topics a worker needs before it starts: inputs, and the dead-letter topic."""
+    return [
+        TopicSpec(settings.clicks, settings.partitions),
+        TopicSpec(settings.surveys, settings.partitions),
+        TopicSpec(settings.dead_letters, settings.partitions),
+    ]
+
+
+@click.command()
+@click.option(
+    "--broker", envvar="KPIMON_BROKER", help="Kafka bootstrap HOST:PORT.  [default: 127.0.0.1:9092]"
+)
+@click.option(
+    "--web-port",
+    type=int,
+    envvar="KPIMON_WEB_PORT",
+    help="Port of /metrics, /ready and /live.  [default: 6066]",
+)
+@click.option(
+    "--web-host", envvar="KPIMON_WEB_HOST", help="Address the web server binds.  [default: 127.0.0.1]"
+)
+@click.option(
+    "--app-id",
+    envvar="KPIMON_APP_ID",
+    help="Faust app id: the consumer group and the prefix of its internal topics.  [default: kpimon]",
+)
+@click.option(
+    "--topic-prefix", envvar="KPIMON_TOPIC_PREFIX", help="Prefix of every topic name.  [default: none]"
+)
+@click.option(
+    "--partitions",
+    type=int,
+    envvar="KPIMON_PARTITIONS",
+    help="Partitions of the topics the worker creates when they are missing.  [default: 4]",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    envvar="KPIMON_DATA_DIR",
+    help="Local state directory.  [default: ~/.kpimon/state]",
+)
+@click.option(
+    "--max-lateness-days",
+    type=int,
+    envvar="KPIMON_MAX_LATENESS_DAYS",
+    help="Accept events whose day is at most this many days before today (raise it to backfill)."
+    "  [default: 7]",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    envvar="KPIMON_LOG_LEVEL",
+    help="Log level.  [default: info]",
+)
+def worker(**options: object) -> None:
+    """Run a kpimon worker: consume clicks and surveys, validate, compute KPIs, serve /metrics.
+
+    Start several workers with the same --app-id to share the partitions. Stop with Ctrl-C or SIGTERM.
+    """
+    try:
+        settings = Settings.from_env(**options)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    run_worker(settings)
+
+
+def run_worker(settings: Settings) -> None:
+    """Create the topics, then run the Faust worker in this process until it is stopped."""
+    import faust
+    from prometheus_client import disable_created_metrics
+
+    from agents.app import create_app
+
+    # `_created` series double the exposition for no use on a dashboard.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(asyncio.wait_for(ensure_topics(settings.broker, topic_specs(settings)), timeout=60))
+    except (OSError, TimeoutError, Exception) as exc:  # the broker is the first thing that can be wrong
+        raise click.ClickException(f"cannot reach Kafka at {settings.broker}: {exc!r}") from None
+    kpimon = create_app(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    click.echo(
+        f"kpimon worker {settings.app_id}: broker {settings.broker}, "
+        f"metrics on http://{settings.web_host}:{settings.web_port}/metrics",
+        err=True,
+    )
+    faust.Worker(kpimon.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install what kpimon needs outside Python when it is missing: Java 17+ and Maven (for the local Kafka).
+# Uses Debian's packages; on other systems it says what to install and stops.
+set -euo pipefail
+
+need=()
+java_ok() {
+  command -v java >/dev/null 2>&1 || return 1
+  local v
+  v=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -n1)
+  [ -n "$v" ] && [ "$v" -ge 17 ]
+}
+java_ok || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || need+=(maven)
+
+[ ${#need[@]} -eq 0 ] && exit 0
+
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+  echo "installing ${need[*]} (Debian packages)" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+else
+  echo "kpimon needs: ${need[*]} (Java 17+ and Maven run the local Kafka). Install them and retry." >&2
+  exit 1
+fi

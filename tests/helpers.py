@@ -1,0 +1,41 @@
+"""Small reusable pieces for tests: free ports, polling, the `kpimon` executable."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from agents.localkafka import pick_free_port, port_is_free
+
+#: The real `kpimon` console script of the virtualenv running the tests.
+KPIMON = str(Path(sys.executable).with_name("kpimon"))
+
+__all__ = ["KPIMON", "free_port", "port_is_free", "wait_until"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    return pick_free_port()
+
+
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]],
+    timeout: float = 10,
+    interval: float = 0.1,
+    message: str = "condition",
+) -> None:
+    """Poll `predicate` (sync or async) until it is true; AssertionError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} not true after {timeout} s")
+        await asyncio.sleep(interval)

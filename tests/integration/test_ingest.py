@@ -1,0 +1,226 @@
+"""Foundation, end to end: a real broker, a real worker process, valid and invalid input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from agents.topics import TopicSpec, ensure_topics
+from tests.helpers import free_port
+from tests.workers import running_worker
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+N_CLICKS, N_SURVEYS = 1000, 200
+
+
+def valid_clicks(now_ms: int) -> list[tuple[bytes, bytes]]:
+    out = []
+    for i in range(N_CLICKS):
+        user = f"user-{i % 97}"
+        event = {"event_id": f"c{i}", "user_id": user, "ts": now_ms - 1000 * (i % 50), "type": "page_view"}
+        if i % 3 == 0:
+            event.update(platform="ios", plan="pro", signup_ts="2026-01-01T00:00:00Z")
+        out.append((user.encode(), json.dumps(event).encode()))
+    return out
+
+
+def valid_surveys(now_ms: int) -> list[tuple[bytes, bytes]]:
+    out = []
+    for i in range(N_SURVEYS):
+        user = f"user-{i % 53}"
+        kind, action = ("nps", "csat")[i % 2], ("shown", "answered", "dismissed")[i % 3]
+        event: dict[str, Any] = {
+            "event_id": f"s{i}",
+            "user_id": user,
+            "ts": now_ms - 500,
+            "survey": kind,
+            "action": action,
+        }
+        if action == "answered":
+            event["score"] = i % 11 if kind == "nps" else 1 + i % 5
+        out.append((user.encode(), json.dumps(event).encode()))
+    return out
+
+
+def invalid_messages(now_ms: int) -> list[tuple[str, bytes | None, bytes, str]]:
+    """150 bad messages of mixed kinds: (topic kind, key, value, expected reason); every value unique."""
+    templates: list[tuple[str, str]] = [
+        ("clicks", "invalid_json"),
+        ("clicks", "not_an_object"),
+        ("clicks", "missing_field"),
+        ("clicks", "wrong_type"),
+        ("clicks", "key_mismatch"),
+        ("clicks", "future_timestamp"),
+        ("clicks", "too_late"),
+        ("surveys", "score_out_of_range"),
+        ("surveys", "score_missing"),
+        ("surveys", "score_forbidden"),
+        ("surveys", "invalid_value"),
+        ("surveys", "invalid_timestamp"),
+        ("surveys", "not_an_object"),
+        ("surveys", "invalid_json"),
+        ("clicks", "invalid_json"),  # non-UTF-8
+    ]
+    out: list[tuple[str, bytes | None, bytes, str]] = []
+    for i in range(150):
+        kind, reason = templates[i % len(templates)]
+        uid = f"bad-{i}"
+        click = {"event_id": f"x{i}", "user_id": uid, "ts": now_ms, "type": "click"}
+        survey = {
+            "event_id": f"y{i}",
+            "user_id": uid,
+            "ts": now_ms,
+            "survey": "nps",
+            "action": "answered",
+            "score": 5,
+        }
+        key: bytes | None = uid.encode()
+        value: bytes
+        if reason == "invalid_json" and i % len(templates) == 14:
+            value, key = b"\xff\xfe" + str(i).encode() + b"\x80", None
+        elif reason == "invalid_json":
+            value, key = b"{oops " + str(i).encode(), None
+        elif reason == "not_an_object":
+            value, key = json.dumps([i, "array"] if kind == "clicks" else i).encode(), None
+        elif reason == "missing_field":
+            value = json.dumps({k: v for k, v in click.items() if k != "type"}).encode()
+        elif reason == "wrong_type":
+            value = json.dumps({**click, "type": 12}).encode()
+        elif reason == "key_mismatch":
+            value, key = json.dumps(click).encode(), b"somebody-else"
+        elif reason == "future_timestamp":
+            value = json.dumps({**click, "ts": now_ms + 3_600_000}).encode()
+        elif reason == "too_late":
+            value = json.dumps({**click, "ts": now_ms - 30 * 86_400_000}).encode()
+        elif reason == "score_out_of_range":
+            value = json.dumps({**survey, "score": 11}).encode()
+        elif reason == "score_missing":
+            value = json.dumps({k: v for k, v in survey.items() if k != "score"}).encode()
+        elif reason == "score_forbidden":
+            value = json.dumps({**survey, "action": "shown"}).encode()
+        elif reason == "invalid_value":
+            value = json.dumps({**survey, "survey": "ces"}).encode()
+        else:  # invalid_timestamp
+            value = json.dumps({**survey, "ts": "2026-11-24 10:00"}).encode()
+        out.append((kind, key, value, reason))
+    return out
+
+
+async def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [await producer.send(topic, value=v, key=k) for k, v in messages]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 60) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while len(records) < expected and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for part in batch.values():
+                records.extend(part)
+        # Make sure nothing beyond the expected count arrives.
+        end = await consumer.end_offsets(partitions)
+        total = sum(end.values()) - sum((await consumer.beginning_offsets(partitions)).values())
+        assert total == len(records), f"topic holds {total} records, read {len(records)}"
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_worker_counts_valid_and_dead_letters_invalid(
+    kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
+) -> None:
+    now_ms = int(time.time() * 1000)
+    clicks_topic, surveys_topic, dlq = (
+        f"{unique_prefix}{n}" for n in ("clicks", "surveys", "kpimon-dead-letters")
+    )
+    await ensure_topics(kafka_bootstrap, [TopicSpec(clicks_topic, 4), TopicSpec(surveys_topic, 4)])
+    bad = invalid_messages(now_ms)
+    await produce(
+        kafka_bootstrap,
+        clicks_topic,
+        [*valid_clicks(now_ms), *[(k, v) for t, k, v, _ in bad if t == "clicks"]],
+    )
+    await produce(
+        kafka_bootstrap,
+        surveys_topic,
+        [*valid_surveys(now_ms), *[(k, v) for t, k, v, _ in bad if t == "surveys"]],
+    )
+
+    with running_worker(kafka_bootstrap, unique_prefix, free_port(), tmp_path) as worker:
+
+        def count(outcome: str) -> float:
+            samples = worker.samples()
+            return sum(
+                v
+                for (name, labels), v in samples.items()
+                if name == "kpimon_events_total" and ("outcome", outcome) in labels
+            )
+
+        await wait_for(lambda: count("accepted") + count("rejected") >= 1350, 120, "1,350 processed events")
+        await asyncio.sleep(1)  # anything extra would show up now
+        samples = worker.samples()
+        assert count("accepted") == N_CLICKS + N_SURVEYS
+        assert count("rejected") == 150
+        assert (
+            samples[("kpimon_events_total", frozenset({("topic", clicks_topic), ("outcome", "accepted")}))]
+            == N_CLICKS
+        )
+        by_reason = Counter()
+        for (name, labels), value in samples.items():
+            if name == "kpimon_dead_letters_total":
+                by_reason[(dict(labels)["topic"], dict(labels)["reason"])] += int(value)
+        expected = Counter((clicks_topic if t == "clicks" else surveys_topic, r) for t, _, _, r in bad)
+        assert by_reason == expected
+
+        records = await read_all(kafka_bootstrap, dlq, 150)
+        assert len(records) == 150
+        expected_by_value = {v: (t, k, r) for t, k, v, r in bad}
+        assert len(expected_by_value) == 150
+        for record in records:
+            headers = {k: v.decode() for k, v in record.headers}
+            kind, key, reason = expected_by_value[record.value]  # the original bytes, untouched
+            assert headers["kpimon-reason"] == reason, (record.value[:80], headers)
+            assert headers["kpimon-source-topic"] == (clicks_topic if kind == "clicks" else surveys_topic)
+            assert int(headers["kpimon-source-partition"]) >= 0
+            assert int(headers["kpimon-source-offset"]) >= 0
+            assert headers["kpimon-detail"]
+            assert record.key == key
+
+        # Still alive and serving.
+        assert worker.get("/live")[0] == 200
+        assert worker.get("/metrics")[0] == 200
+        assert worker.proc.poll() is None

@@ -1,0 +1,110 @@
+"""Run `kpimon worker` processes for integration tests, and read their /metrics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+KPIMON = str(Path(sys.executable).with_name("kpimon"))
+
+
+class WorkerProcess:
+    """A `kpimon worker` subprocess with its web port and log file."""
+
+    def __init__(self, args: list[str], web_port: int, log_path: Path, env: dict[str, str]) -> None:
+        self.web_port = web_port
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [KPIMON, "worker", "--web-port", str(web_port), *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def get(self, path: str, timeout: float = 5) -> tuple[int, bytes]:
+        """GET a path of the worker's web server: (status, body)."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as response:  # noqa: S310 (loopback)
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        """Block until /ready says 200, or fail with the worker's log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if self.get("/ready", timeout=2)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"worker not ready after {timeout}s:\n{self.log_tail()}")
+
+    def samples(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """Every sample of /metrics as {(name, labels): value}."""
+        status, body = self.get("/metrics")
+        assert status == 200, body
+        out: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                out[(sample.name, frozenset(sample.labels.items()))] = sample.value
+        return out
+
+    def log_tail(self, lines: int = 60) -> str:
+        self._log.flush()
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Signal the worker and wait for it to exit; kill it if it does not."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._log.close()
+        return self.proc.returncode
+
+
+@contextmanager
+def running_worker(
+    bootstrap: str, prefix: str, web_port: int, tmp: Path, extra: list[str] | None = None
+) -> Iterator[WorkerProcess]:
+    """A ready worker on topics prefixed `prefix`, app id `prefix`app; stopped on exit."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KPIMON_")}
+    args = [
+        "--broker",
+        bootstrap,
+        "--topic-prefix",
+        prefix,
+        "--app-id",
+        f"{prefix}app",
+        "--data-dir",
+        str(tmp / "state"),
+        *(extra or []),
+    ]
+    worker = WorkerProcess(args, web_port, tmp / f"worker-{web_port}.log", env)
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()
