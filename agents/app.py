@@ -1,39 +1,143 @@
-"""The Faust app: one `Kpimon` holds the app, its settings and its metrics registry.
+"""The Faust app: one `Kpimon` holds the app, its settings, its state and its metrics registry.
 
-Data flow: `clicks` / `surveys` -> ingest agents (validate; rejected -> dead-letter topic) -> counters
--> /metrics. See docs/architecture.md.
+Data flow (docs/architecture.md):
+  clicks, surveys -> ingest agent (validate; rejected -> kpimon-dead-letters)
+    -> user-state table -> per-partition counters (SourceEngine)
+    -> every flush: changed counters -> kpimon-partials
+  kpimon-partials -> aggregate agent -> aggregates table (Aggregator)
+    -> every flush: changed KPIs -> kpimon-kpis; owned groups -> /metrics gauges
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import faust
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
+from agents import partials
+from agents.aggregate import Aggregator
+from agents.engine import SourceEngine
+from agents.kpi_metrics import KpiCollector
 from agents.metrics import PipelineMetrics
+from agents.pacing import Pacer
 from agents.settings import Settings
+from streams import output
+from streams.output import KpiRecord
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Kpimon:
-    """A configured worker: the Faust app and what its agents and web views share."""
+    """A configured worker: the Faust app and what its agents, timers and web views share."""
 
     settings: Settings
     app: faust.App
     registry: CollectorRegistry
     metrics: PipelineMetrics
+    engine: SourceEngine
+    aggregator: Aggregator
+    users: Any = None
+    aggregates: Any = None
     started: bool = False
+    last_snapshot: Gauge | None = field(default=None)
+    flush_pacer: Pacer = field(default_factory=Pacer)
+    publish_pacer: Pacer = field(default_factory=Pacer)
 
     @property
     def ready(self) -> bool:
         """Ready once started and not in the middle of a rebalance."""
         return self.started and not self.app.rebalancing
 
+    def owned(self, topic: str) -> set[int]:
+        """The partitions of `topic` assigned to this worker right now."""
+        try:
+            assignment = self.app.consumer.assignment()
+        except Exception:  # before the consumer exists
+            return set()
+        return {tp.partition for tp in assignment if tp.topic == topic}
+
+    def rebuild_counters(self) -> None:
+        """After table recovery: drop counters of lost partitions, rebuild those of new ones from state."""
+        owned = self.owned(self.settings.clicks)
+        engine = self.engine
+        engine.forget([p for p in engine.partitions if p not in owned])
+        missing = owned - set(engine.partitions)
+        if not missing:
+            return
+        now_ms = int(time.time() * 1000)
+        by_partition: dict[int, list[Any]] = {p: [] for p in missing}
+        for state in self.users.values():
+            bucket = by_partition.get(state.partition)
+            if bucket is not None:
+                bucket.append(state)
+        for partition in sorted(missing):
+            engine.rebuild(partition, by_partition[partition], now_ms)
+
+    async def flush_partials(self) -> None:
+        """Send the changed counters of owned partitions, and their current days, to kpimon-partials."""
+        if not self.flush_pacer.due():
+            return
+        started = self.flush_pacer.now()
+        settings, app = self.settings, self.app
+        topic = app.topic(settings.partials, key_serializer="raw", value_serializer="raw")
+        now_ms = int(time.time() * 1000)
+        count = 0
+        for partial in self.engine.take_partials(now_ms):
+            await topic.send(
+                key=partials.partial_key(partial.group, partial.source),
+                value=partials.encode(partial),
+                partition=partials.partition_of(partial.group, settings.partitions),
+            )
+            count += 1
+        for watermark in self.engine.take_watermarks():
+            for target in range(settings.partitions):
+                await topic.send(
+                    key=partials.watermark_key(target, watermark.source),
+                    value=partials.encode(watermark),
+                    partition=target,
+                )
+        self.flush_pacer.ran(started)
+        if count:
+            log.debug("flushed %d partials", count)
+
+    async def publish(self) -> None:
+        """Send the changed global KPIs of owned groups to kpimon-kpis."""
+        if self.aggregates is None or not self.publish_pacer.due():
+            return
+        started = self.publish_pacer.now()
+        owned = self.owned(self.settings.partials)
+        topic = self.app.topic(self.settings.kpis, key_serializer="raw", value_serializer="raw")
+        sent = 0
+        for record in self.aggregator.take_publishable(self.aggregates, owned):
+            await topic.send(key=record.key.encode(), value=output.encode(record))
+            sent += 1
+        if self.last_snapshot is not None and owned:
+            self.last_snapshot.set(time.time())
+        self.publish_pacer.ran(started)
+        if sent:
+            log.debug("published %d KPI records", sent)
+
+    def gauge_records(self) -> tuple[int | None, list[KpiRecord]]:
+        """Records of the owned groups of the current and the previous day, for the KPI gauges."""
+        current = self.aggregator.current_day
+        if current is None or self.aggregates is None:
+            return None, []
+        owned = self.owned(self.settings.partials)
+        records: list[KpiRecord] = []
+        for group in self.aggregator.groups_on(self.aggregates, {current, current - 1}, owned):
+            records.extend(self.aggregator.records(self.aggregates, group))
+        return current, records
+
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> Kpimon:
-    """Build the Faust app with all agents and web views registered."""
-    # Imported here: both modules register on an app, and importing them must not need one.
+    """Build the Faust app with all agents, tables, timers and web views registered."""
+    # Imported here: these modules register on an app, and importing them must not need one.
+    from agents.aggregate_agent import register_aggregate
     from agents.ingest import register_ingest
     from agents.web import register_web
 
@@ -49,10 +153,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
-        # Input is validated by kpimon itself; a message Faust cannot decode must never stop the agent.
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        # Rebalances on a laptop should not take Faust's default 3 s extra.
         broker_rebalance_timeout=60,
     )
     kpimon = Kpimon(
@@ -60,13 +162,21 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         app=app,
         registry=registry,
         metrics=PipelineMetrics(registry, topics=(settings.clicks, settings.surveys)),
+        engine=SourceEngine(settings.max_lateness_days, settings.passive),
+        aggregator=Aggregator(settings.partitions),
     )
+    kpimon.last_snapshot = Gauge(
+        "kpimon_last_snapshot_timestamp_seconds",
+        "When this worker last published its KPI snapshot (Unix time).",
+        registry=registry,
+    )
+    registry.register(KpiCollector(kpimon.gauge_records))
     register_ingest(kpimon)
+    register_aggregate(kpimon)
     register_web(kpimon)
 
     async def _mark_started() -> None:
         kpimon.started = True
 
     app.task(_mark_started)  # Faust runs tasks once the worker has started
-
     return kpimon

@@ -13,10 +13,16 @@ def main() -> None:
     """kpimon: live engagement and satisfaction KPIs from Kafka click and survey events.
 
     \b
-    Typical local session:
-      kpimon kafka start            # a local Apache Kafka on 127.0.0.1
-      kpimon worker                 # the Faust worker; /metrics on http://127.0.0.1:6066/metrics
-      kpimon replay --clicks F --surveys F
+    Everything at once (local Kafka, a worker, live simulated traffic):
+      kpimon demo
+    \b
+    Step by step:
+      kpimon kafka start                      # a local Apache Kafka on 127.0.0.1:9092
+      kpimon worker                           # the Faust worker; http://127.0.0.1:6066/metrics
+      kpimon simulate --out-dir sim/          # 75 days of realistic traffic, as files
+      kpimon replay --clicks sim/clicks.jsonl --surveys sim/surveys.jsonl
+      kpimon kpis                             # the published KPIs, as JSON lines
+      kpimon reference --clicks sim/clicks.jsonl --surveys sim/surveys.jsonl   # the batch truth
 
     Every option can also be set by an environment variable KPIMON_<OPTION> (e.g. KPIMON_BROKER).
     """
@@ -24,13 +30,21 @@ def main() -> None:
 
 def _register() -> None:
     # Imported here so `kpimon --help` stays fast and each command's heavy imports load only when used.
+    from agents.demo import demo
     from agents.kafka_cli import kafka
+    from agents.kpis_cli import kpis
     from agents.replay import replay
     from agents.worker import worker
+    from reference.cli import reference
+    from simulator.cli import simulate
 
     main.add_command(kafka)
     main.add_command(worker)
     main.add_command(replay)
+    main.add_command(kpis)
+    main.add_command(reference)
+    main.add_command(simulate)
+    main.add_command(demo)
 
 
 _register()

@@ -1,6 +1,8 @@
-"""Ingest agents: decode and validate every input message; rejected ones go to the dead-letter topic.
+"""The ingest agent: validate every input message, keep per-user state, move the partition's counters.
 
-Nothing raised by the input can leave an agent: validation turns every bad message into a `Rejected`.
+One agent reads `clicks`, `surveys` and `kpimon-rekeyed` (all co-partitioned by user), so a user's
+events of both kinds meet one state value. Nothing raised by the input can leave the agent: validation
+turns every bad message into a `Rejected`, which goes to the dead-letter topic.
 """
 
 from __future__ import annotations
@@ -9,55 +11,120 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from faust.serializers import codecs
+
 from agents.deadletters import dead_letter_headers
-from streams.validation import Accepted, Kind, Rejected, validate
+from streams.userstate import UserState
+from streams.validation import Accepted, Kind, Reason, Rejected, validate
 
 if TYPE_CHECKING:
     from agents.app import Kpimon
 
 log = logging.getLogger(__name__)
 
+#: Header of a rekeyed message: the input topic kind it was first read from.
+KIND_HEADER = "kpimon-kind"
+
+
+class UserStateCodec(codecs.Codec):
+    """Changelog encoding of the user-state table: UserState's own compact msgpack bytes."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return bytes(obj.to_bytes())
+
+    def _loads(self, s: bytes) -> Any:
+        return UserState.from_bytes(s)
+
+
+codecs.register("kpimon_user_state", UserStateCodec())
+
 
 def register_ingest(kpimon: Kpimon) -> None:
-    """Register one ingest agent per input topic on the app."""
-    app, settings = kpimon.app, kpimon.settings
+    """Register the ingest agent, the user-state table and the partial flush timer on the app."""
+    app, settings, engine, metrics = kpimon.app, kpimon.settings, kpimon.engine, kpimon.metrics
+    policy = settings.policy
+    kinds: dict[str, Kind] = {settings.clicks: "clicks", settings.surveys: "surveys"}
+    source = app.topic(
+        settings.clicks, settings.surveys, settings.rekeyed, key_serializer="raw", value_serializer="raw"
+    )
     dead_letters = app.topic(settings.dead_letters, key_serializer="raw", value_serializer="raw")
+    rekeyed = app.topic(settings.rekeyed, key_serializer="raw", value_serializer="raw")
+    users = app.Table(
+        "user-state",
+        partitions=settings.partitions,
+    )
+    _use_serializers(users, key="raw", value="kpimon_user_state")
+    kpimon.users = users
 
-    def make_agent(kind: Kind, topic_name: str) -> None:
-        topic = app.topic(topic_name, key_serializer="raw", value_serializer="raw")
-        metrics, policy = kpimon.metrics, settings.policy
-
-        async def ingest(stream: Any) -> None:
-            event: Any
-            async for event in stream.events():
-                message = event.message
-                now_ms = int(time.time() * 1000)
-                verdict = validate(kind, message.key, message.value, now_ms, policy)
-                if isinstance(verdict, Rejected):
-                    metrics.rejected(topic_name, verdict.reason)
-                    # Attached to the source offset: Faust publishes it before committing that offset.
-                    await dead_letters.send(
-                        key=message.key,
-                        value=message.value,
-                        headers=dead_letter_headers(
-                            verdict, message.topic, message.partition, message.offset, _timestamp_ms(message)
-                        ),
+    async def ingest(stream: Any) -> None:
+        event: Any
+        async for event in stream.events():
+            message = event.message
+            topic_name = message.topic
+            kind = kinds.get(topic_name) or _rekeyed_kind(message)
+            # Metrics and dead letters name the input topic the message was produced to.
+            label = settings.clicks if kind == "clicks" else settings.surveys
+            now_ms = int(time.time() * 1000)
+            verdict = validate(kind, message.key, message.value, now_ms, policy)
+            engine.processed(topic_name, message.partition, message.offset)
+            if isinstance(verdict, Accepted) and message.key is not None:
+                try:
+                    engine.on_event(users, message.key, message.partition, verdict, now_ms)
+                except Exception as exc:  # a bug must neither crash the worker nor lose the event silently
+                    log.exception(
+                        "failed to process %s[%d]@%d", topic_name, message.partition, message.offset
                     )
-                    log.debug(
-                        "rejected %s[%d]@%d: %s",
-                        topic_name,
-                        message.partition,
-                        message.offset,
-                        verdict.reason,
-                    )
+                    verdict = Rejected(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:300])
+                else:
+                    metrics.accepted(label, (now_ms - verdict.ts_ms) / 1000)
                     continue
-                assert isinstance(verdict, Accepted)
-                metrics.accepted(topic_name, (now_ms - verdict.ts_ms) / 1000)
+            if isinstance(verdict, Rejected):
+                metrics.rejected(label, verdict.reason)
+                # Attached to the source offset: Faust publishes it before committing that offset.
+                await dead_letters.send(
+                    key=message.key,
+                    value=message.value,
+                    headers=dead_letter_headers(
+                        verdict, topic_name, message.partition, message.offset, _timestamp_ms(message)
+                    ),
+                )
+                continue
+            # Valid but unkeyed: route it to its user's partition first (the state lives there); it is
+            # counted when it comes back from kpimon-rekeyed, keyed.
+            assert isinstance(verdict, Accepted)
+            user_key = verdict.event.user_id.encode()
+            await rekeyed.send(key=user_key, value=message.value, headers=[(KIND_HEADER, kind.encode())])
 
-        app.agent(topic, name=f"kpimon.ingest.{kind}")(ingest)
+    app.agent(source, name="kpimon.ingest")(ingest)
 
-    make_agent("clicks", settings.clicks)
-    make_agent("surveys", settings.surveys)
+    async def flush_partials() -> None:
+        await kpimon.flush_partials()
+
+    app.timer(settings.flush_interval, name="kpimon.flush_partials")(flush_partials)
+
+    async def on_users_recovered() -> None:
+        kpimon.rebuild_counters()
+
+    users.on_recover(on_users_recovered)
+
+
+def _use_serializers(table: Any, key: str, value: str) -> None:
+    """Set a table's changelog codecs.
+
+    Faust derives a table's serializers from its key/value *types* (json for anything but a Faust
+    model) and ignores a schema's; the changelog topic is created lazily, so setting them here is
+    in time.
+    """
+    table.key_serializer = key
+    table.value_serializer = value
+
+
+def _rekeyed_kind(message: Any) -> Kind:
+    headers = message.headers or ()
+    for name, value in headers.items() if isinstance(headers, dict) else headers:
+        if name == KIND_HEADER and value in (b"clicks", b"surveys"):
+            return "clicks" if value == b"clicks" else "surveys"
+    return "clicks"
 
 
 def _timestamp_ms(message: Any) -> int | None:

@@ -31,6 +31,9 @@ class Settings:
     clicks_topic: str = "clicks"
     surveys_topic: str = "surveys"
     dead_letter_topic: str = "kpimon-dead-letters"
+    kpis_topic: str = "kpimon-kpis"
+    partials_topic: str = "kpimon-partials"
+    rekeyed_topic: str = "kpimon-rekeyed"
     partitions: int = 4
     web_host: str = "127.0.0.1"
     web_port: int = 6066
@@ -38,6 +41,10 @@ class Settings:
     max_lateness_days: int = 7
     max_future_seconds: int = 300
     max_message_bytes: int = 1024 * 1024
+    #: Click types that do not make a user active (comma-separated in the environment).
+    passive_types: str = ""
+    #: Seconds between flushes of changed counters to kpimon-partials and of changed KPIs to kpimon-kpis.
+    flush_interval: float = 1.0
     log_level: str = "info"
 
     @classmethod
@@ -62,6 +69,8 @@ class Settings:
             raise ValueError(f"max_lateness_days must be >= 0, got {self.max_lateness_days}")
         if not 0 < self.web_port < 65536:
             raise ValueError(f"web_port must be in 1..65535, got {self.web_port}")
+        if self.flush_interval <= 0:
+            raise ValueError(f"flush_interval must be > 0, got {self.flush_interval}")
         if ":" not in self.broker:
             raise ValueError(f"broker must be HOST:PORT, got {self.broker!r}")
 
@@ -90,6 +99,23 @@ class Settings:
     def dead_letters(self) -> str:
         return self.topic(self.dead_letter_topic)
 
+    @property
+    def kpis(self) -> str:
+        return self.topic(self.kpis_topic)
+
+    @property
+    def partials(self) -> str:
+        return self.topic(self.partials_topic)
+
+    @property
+    def rekeyed(self) -> str:
+        return self.topic(self.rekeyed_topic)
+
+    @property
+    def passive(self) -> frozenset[str]:
+        """The passive click types as a set."""
+        return frozenset(t.strip() for t in self.passive_types.split(",") if t.strip())
+
 
 def _coerce(name: str, type_name: object, raw: str) -> Any:
     kind = str(type_name)
@@ -98,6 +124,8 @@ def _coerce(name: str, type_name: object, raw: str) -> Any:
             return int(raw)
         if kind == "Path":
             return Path(raw)
+        if kind == "float":
+            return float(raw)
     except ValueError:
-        raise ValueError(f"KPIMON_{name.upper()} must be an integer, got {raw!r}") from None
+        raise ValueError(f"KPIMON_{name.upper()} must be a number, got {raw!r}") from None
     return raw

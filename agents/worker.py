@@ -15,11 +15,19 @@ log = logging.getLogger("kpimon.worker")
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """The topics a worker needs before it starts: inputs, and the dead-letter topic."""
+    """The topics a worker needs before it starts (Faust creates its own table changelogs).
+
+    The input topics, kpimon-rekeyed and kpimon-partials must have the same partition count: Faust assigns
+    their partitions together (co-partitioning), which keeps a user's events and state on one worker.
+    """
+    compacted = {"cleanup.policy": "compact"}
     return [
         TopicSpec(settings.clicks, settings.partitions),
         TopicSpec(settings.surveys, settings.partitions),
+        TopicSpec(settings.rekeyed, settings.partitions),
         TopicSpec(settings.dead_letters, settings.partitions),
+        TopicSpec(settings.partials, settings.partitions, compacted),
+        TopicSpec(settings.kpis, settings.partitions, compacted),
     ]
 
 

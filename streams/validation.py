@@ -34,6 +34,9 @@ class Reason(enum.StrEnum):
     KEY_MISMATCH = "key_mismatch"  # user_id differs from the message key
     FUTURE_TIMESTAMP = "future_timestamp"  # more than the allowed skew ahead of the wall clock
     TOO_LATE = "too_late"  # event day older than the lateness bound
+    #: Not a validation result: a valid event that kpimon failed to process (a bug). It is dead-lettered
+    #: rather than lost or allowed to crash the worker.
+    INTERNAL_ERROR = "internal_error"
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,7 @@ def running_worker(
     bootstrap: str, prefix: str, web_port: int, tmp: Path, extra: list[str] | None = None
 ) -> Iterator[WorkerProcess]:
     """A ready worker on topics prefixed `prefix`, app id `prefix`app; stopped on exit."""
+    tmp.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KPIMON_")}
     args = [
         "--broker",

@@ -1,0 +1,54 @@
+"""Faust wiring of the aggregate side: the partials agent, the aggregate table, the publish timer."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from agents import partials
+from agents.ingest import _use_serializers
+
+if TYPE_CHECKING:
+    from agents.app import Kpimon
+
+log = logging.getLogger(__name__)
+
+
+def register_aggregate(kpimon: Kpimon) -> None:
+    """Register the aggregate agent and table, and the timer that publishes changed KPIs."""
+    app, settings, aggregator = kpimon.app, kpimon.settings, kpimon.aggregator
+    topic = app.topic(settings.partials, key_serializer="raw", value_serializer="raw")
+    aggregates = app.Table(
+        "aggregates",
+        partitions=settings.partitions,
+    )
+    _use_serializers(aggregates, key="raw", value="json")
+    kpimon.aggregates = aggregates
+
+    async def aggregate(stream: Any) -> None:
+        event: Any
+        async for event in stream.events():
+            message = event.message
+            try:
+                decoded = partials.decode(message.value)
+            except (msgspec.DecodeError, TypeError) as exc:  # written by kpimon; never stop on it anyway
+                log.warning("skipping an unreadable partial at offset %d: %s", message.offset, exc)
+                continue
+            if isinstance(decoded, partials.Watermark):
+                aggregator.on_watermark(aggregates, message.partition, decoded)
+            else:
+                aggregator.on_partial(aggregates, decoded)
+
+    app.agent(topic, name="kpimon.aggregate")(aggregate)
+
+    async def publish() -> None:
+        await kpimon.publish()
+
+    app.timer(settings.flush_interval, name="kpimon.publish")(publish)
+
+    async def on_aggregates_recovered() -> None:
+        aggregator.recover(aggregates, kpimon.owned(settings.partials))
+
+    aggregates.on_recover(on_aggregates_recovered)
