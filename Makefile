@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
 
-system-deps:  ## install Java 17+ and Maven from Debian's packages when they are missing
+system-deps:  ## install Java 17+, Maven, Prometheus (promtool) and tmux from Debian's packages when missing
 	@./deploy/system-deps.sh
 
 $(STAMP): pyproject.toml
@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 
 setup: system-deps $(STAMP)  ## create .venv and install kpimon with its dev tools
 
-run: setup  ## the demo: local Kafka, a worker, simulated traffic; prints the /metrics URL (Ctrl-C stops all)
+run: setup  ## the demo: local Kafka, a worker, live traffic and `kpimon top` (Ctrl-C stops all)
 	$(BIN)/kpimon demo
 
 lint: setup  ## ruff (lint + format check)

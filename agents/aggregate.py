@@ -16,6 +16,7 @@ from typing import Any
 from agents.partials import Group, Partial, Watermark, group_name, parse_group, partition_of
 from streams.output import KpiRecord
 from streams.records import group_records
+from streams.targets import Targets
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,9 @@ _WATERMARK = b"__watermark__/"
 class Aggregator:
     """Merges partials into the aggregate table and says which records to publish."""
 
-    def __init__(self, partitions: int) -> None:
+    def __init__(self, partitions: int, targets: Targets | None = None) -> None:
         self.partitions = partitions
+        self.targets: Targets = targets or {}
         #: The global current day: the newest accepted event day of any source partition.
         self.current_day: int | None = None
         #: Groups changed since they were last published (those after the current day wait here).
@@ -88,7 +90,9 @@ class Aggregator:
     def records(self, table: AggregateTable, group: Group, updated_at: str | None = None) -> list[KpiRecord]:
         """The output records of a group, from its global counters."""
         dimension, segment, day = group
-        return group_records(dimension, segment, day, self.global_counts(table, group), updated_at)
+        return group_records(
+            dimension, segment, day, self.global_counts(table, group), updated_at, self.targets
+        )
 
     def take_publishable(self, table: AggregateTable, owned: set[int]) -> Iterator[KpiRecord]:
         """Records of dirty groups up to the current day whose value changed since last published."""

@@ -31,6 +31,7 @@ def register_aggregate(kpimon: Kpimon) -> None:
         event: Any
         async for event in stream.events():
             message = event.message
+            kpimon.engine.positions[(message.topic, message.partition)] = message.offset + 1
             try:
                 decoded = partials.decode(message.value)
             except (msgspec.DecodeError, TypeError) as exc:  # written by kpimon; never stop on it anyway

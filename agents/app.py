@@ -16,17 +16,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from faust.types import TP
 from prometheus_client import CollectorRegistry, Gauge
 
 from agents import partials
 from agents.aggregate import Aggregator
 from agents.engine import SourceEngine
 from agents.kpi_metrics import KpiCollector
+from agents.lag import LagCollector
 from agents.metrics import PipelineMetrics
 from agents.pacing import Pacer
 from agents.settings import Settings
 from streams import output
 from streams.output import KpiRecord
+from streams.targets import Targets
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,23 @@ class Kpimon:
             return set()
         return {tp.partition for tp in assignment if tp.topic == topic}
 
+    def assigned(self) -> list[tuple[str, int]]:
+        """(topic, partition) of every partition of kpimon's own topics this worker owns."""
+        mine = {self.settings.clicks, self.settings.surveys, self.settings.rekeyed, self.settings.partials}
+        try:
+            assignment = self.app.consumer.assignment()
+        except Exception:  # before the consumer exists
+            return []
+        return [(tp.topic, tp.partition) for tp in assignment if tp.topic in mine]
+
+    def highwater(self, topic_partition: tuple[str, int]) -> int | None:
+        """The high watermark the consumer last saw for a partition (None when unknown)."""
+        try:
+            value = self.app.consumer.highwater(TP(*topic_partition))
+        except Exception:  # not assigned (any more), or nothing fetched yet
+            return None
+        return int(value) if value is not None else None
+
     def rebuild_counters(self) -> None:
         """After table recovery: drop counters of lost partitions, rebuild those of new ones from state."""
         owned = self.owned(self.settings.clicks)
@@ -87,14 +107,16 @@ class Kpimon:
         topic = app.topic(settings.partials, key_serializer="raw", value_serializer="raw")
         now_ms = int(time.time() * 1000)
         count = 0
-        for partial in self.engine.take_partials(now_ms):
+        # Faust's aiokafka driver records the group generation of the current assignment.
+        generation = int(getattr(app, "consumer_generation_id", 0) or 0)
+        for partial in self.engine.take_partials(now_ms, generation):
             await topic.send(
                 key=partials.partial_key(partial.group, partial.source),
                 value=partials.encode(partial),
                 partition=partials.partition_of(partial.group, settings.partitions),
             )
             count += 1
-        for watermark in self.engine.take_watermarks():
+        for watermark in self.engine.take_watermarks(generation):
             for target in range(settings.partitions):
                 await topic.send(
                     key=partials.watermark_key(target, watermark.source),
@@ -134,7 +156,9 @@ class Kpimon:
         return current, records
 
 
-def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> Kpimon:
+def create_app(
+    settings: Settings, registry: CollectorRegistry | None = None, targets: Targets | None = None
+) -> Kpimon:
     """Build the Faust app with all agents, tables, timers and web views registered."""
     # Imported here: these modules register on an app, and importing them must not need one.
     from agents.aggregate_agent import register_aggregate
@@ -162,8 +186,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         app=app,
         registry=registry,
         metrics=PipelineMetrics(registry, topics=(settings.clicks, settings.surveys)),
-        engine=SourceEngine(settings.max_lateness_days, settings.passive),
-        aggregator=Aggregator(settings.partitions),
+        engine=SourceEngine(settings.max_lateness_days, settings.passive, settings.max_segment_values),
+        aggregator=Aggregator(settings.partitions, targets),
     )
     kpimon.last_snapshot = Gauge(
         "kpimon_last_snapshot_timestamp_seconds",
@@ -171,6 +195,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
         registry=registry,
     )
     registry.register(KpiCollector(kpimon.gauge_records))
+    registry.register(LagCollector(kpimon.assigned, kpimon.engine.positions, kpimon.highwater))
     register_ingest(kpimon)
     register_aggregate(kpimon)
     register_web(kpimon)

@@ -24,7 +24,8 @@ def main() -> None:
       kpimon kpis                             # the published KPIs, as JSON lines
       kpimon reference --clicks sim/clicks.jsonl --surveys sim/surveys.jsonl   # the batch truth
 
-    Every option can also be set by an environment variable KPIMON_<OPTION> (e.g. KPIMON_BROKER).
+    The worker's options, and --broker/--topic-prefix everywhere, also read KPIMON_<OPTION> variables
+    (e.g. KPIMON_BROKER).
     """
 
 
@@ -34,6 +35,7 @@ def _register() -> None:
     from agents.kafka_cli import kafka
     from agents.kpis_cli import kpis
     from agents.replay import replay
+    from agents.top import top
     from agents.worker import worker
     from reference.cli import reference
     from simulator.cli import simulate
@@ -45,6 +47,7 @@ def _register() -> None:
     main.add_command(reference)
     main.add_command(simulate)
     main.add_command(demo)
+    main.add_command(top)
 
 
 _register()

@@ -1,4 +1,6 @@
-"""`kpimon demo`: a local Kafka, a worker and live simulated traffic, with one command.
+"""`kpimon demo`: a local Kafka, a worker, live simulated traffic and `kpimon top`, with one command.
+
+`kpimon top` runs in the foreground, in this process (full screen on a terminal, plain lines otherwise).
 
 Everything the demo starts, it stops on Ctrl-C (SIGINT) or SIGTERM, and it leaves running only what was
 already running before (a local Kafka started by `kpimon kafka start` is reused and left alone).
@@ -10,17 +12,34 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import click
-from prometheus_client.parser import text_string_to_metric_families
 
 from agents.localkafka import DEFAULT_PORT, KafkaLauncherError, LocalKafka
-from agents.settings import default_home
+from agents.settings import Settings, default_home
+from agents.top import TopConfig, run_top
 
 KPIMON = str(Path(sys.executable).with_name("kpimon"))
+
+#: Targets of the demo's worker (unless --targets-file), so the view has something to compare against.
+DEMO_TARGETS = """\
+# Written by `kpimon demo`; see deploy/targets.example.toml.
+[targets.nps]
+min = 30
+window = "7d"
+
+[targets.csat]
+min = 0.8
+window = "7d"
+
+[targets.churn_rate]
+max = 0.05
+window = "30d"
+
+[targets.stickiness]
+min = 0.2
+"""
 
 
 class _Stop(Exception):
@@ -55,22 +74,6 @@ def _terminate(proc: subprocess.Popen[bytes], name: str, timeout: float = 20) ->
         proc.wait(10)
 
 
-def _metric_totals(url: str) -> dict[str, float]:
-    """Sums of the pipeline counters on a worker's /metrics (empty when it does not answer yet)."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (loopback URL we built)
-            text = response.read().decode()
-    except OSError:
-        return {}
-    totals: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "kpimon_events_total":
-                key = sample.labels["outcome"]
-                totals[key] = totals.get(key, 0.0) + sample.value
-    return totals
-
-
 @click.command()
 @click.option(
     "--kafka-port",
@@ -84,62 +87,96 @@ def _metric_totals(url: str) -> dict[str, float]:
 @click.option("--users", type=int, default=2000, show_default=True, help="Simulated users.")
 @click.option(
     "--scenario",
-    default="nps-drop:android",
+    "scenarios",
+    multiple=True,
+    default=("nps-drop:android", "churn-wave:android"),
     show_default=True,
-    help="Scenario that starts after --scenario-after seconds (see `kpimon simulate --help`).",
+    help="Scenario that starts after --scenario-after seconds; repeat for several "
+    "(see `kpimon simulate --help`).",
 )
 @click.option(
     "--scenario-after",
     type=float,
     default=120.0,
     show_default=True,
-    help="Seconds of normal traffic before the scenario starts.",
+    help="Seconds of normal traffic before the scenarios start.",
 )
-@click.option("--interval", type=float, default=5.0, show_default=True, help="Seconds between status lines.")
+@click.option(
+    "--targets-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML file of KPI targets for the worker.  [default: NPS 7d >= 30, CSAT 7d >= 80 %, "
+    "churn 30d <= 5 %, stickiness >= 20 %]",
+)
+@click.option(
+    "--interval", type=float, default=2.0, show_default=True, help="Seconds between refreshes of the view."
+)
+@click.option(
+    "--plain",
+    is_flag=True,
+    help="Plain lines instead of the full-screen view (the default when stdout is not a terminal).",
+    show_default=False,
+)
 def demo(
     kafka_port: int,
     web_port: int,
     rate: float,
     users: int,
-    scenario: str,
+    scenarios: tuple[str, ...],
     scenario_after: float,
+    targets_file: Path | None,
     interval: float,
+    plain: bool,
 ) -> None:
-    """Run everything locally: Kafka on 127.0.0.1, a worker, and live simulated traffic.
+    """Run everything locally: Kafka on 127.0.0.1, a worker, live simulated traffic, and `kpimon top`.
 
-    Prints the /metrics URL, then a status line every few seconds. Ctrl-C stops what the demo started.
-    Logs go to ~/.kpimon/demo/.
+    The simulator stamps events with the current time; after --scenario-after seconds the scenarios
+    start (by default Android users' NPS drops and many of them go quiet). `kpimon top` runs in the
+    foreground; Ctrl-C stops everything the demo started. Logs go to ~/.kpimon/demo/.
     """
     logs = default_home() / "demo"
     broker = LocalKafka(port=kafka_port)
     started_kafka = not broker.status()
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     previous = signal.signal(signal.SIGTERM, _raise_stop)
+
+    def check_children() -> None:
+        for name, proc in children:
+            if proc.poll() is not None:
+                raise click.ClickException(f"the {name} exited with {proc.returncode}; see {logs}/{name}.log")
+
     try:
         what = f"starting Kafka on 127.0.0.1:{kafka_port} ..." if started_kafka else "reusing the local Kafka"
         click.echo(what, err=True)
         bootstrap = broker.start()
+        if targets_file is None:
+            logs.mkdir(parents=True, exist_ok=True)
+            targets_file = logs / "targets.toml"
+            targets_file.write_text(DEMO_TARGETS)
         common = ["--broker", bootstrap]
         worker_args = [KPIMON, "worker", *common, "--web-port", str(web_port)]
+        worker_args += ["--targets-file", str(targets_file)]
         children.append(("worker", _spawn(worker_args, logs / "worker.log")))
         simulator_args = [KPIMON, "simulate", "--live", "--rate", str(rate), "--users", str(users)]
-        simulator_args += ["--scenario", scenario, "--scenario-after", str(scenario_after), *common]
+        for scenario in scenarios:
+            simulator_args += ["--scenario", scenario]
+        simulator_args += ["--scenario-after", str(scenario_after), *common]
         children.append(("simulator", _spawn(simulator_args, logs / "simulator.log")))
         url = f"http://127.0.0.1:{web_port}/metrics"
         click.echo(f"kpimon demo is running. Metrics: {url}   (logs in {logs}; Ctrl-C stops everything)")
-        while True:
-            for name, proc in children:
-                if proc.poll() is not None:
-                    raise click.ClickException(
-                        f"the {name} exited with {proc.returncode}; see {logs}/{name}.log"
-                    )
-            totals = _metric_totals(url)
-            if totals:
-                click.echo(
-                    f"{time.strftime('%H:%M:%S')}  accepted {totals.get('accepted', 0):.0f}  "
-                    f"rejected {totals.get('rejected', 0):.0f}  duplicate {totals.get('duplicate', 0):.0f}"
-                )
-            time.sleep(interval)
+        click.echo(
+            f"Per platform, in another terminal: kpimon top --broker {bootstrap} --metrics-url {url}"
+            " --dimension platform"
+        )
+        settings = Settings.from_env(broker=bootstrap)
+        config = TopConfig(
+            broker=bootstrap,
+            topic=settings.kpis,
+            metrics_urls=(url,),
+            interval=interval,
+            plain=True if plain else None,
+        )
+        run_top(config, watch=check_children)  # returns on SIGTERM
+        click.echo("stopping ...", err=True)
     except (KeyboardInterrupt, _Stop):
         click.echo("stopping ...", err=True)
     except KafkaLauncherError as exc:

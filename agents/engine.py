@@ -11,10 +11,11 @@ import time
 from collections.abc import Iterable, Iterator, MutableMapping
 
 from agents.counters import PartitionCounters
+from agents.folding import SegmentFolder
 from agents.partials import Partial, Watermark
-from streams import engagement
-from streams.events import ClickEvent, day_of
-from streams.segments import event_stage, segments_of, signup_day_of
+from streams import engagement, satisfaction
+from streams.events import SurveyEvent, day_of
+from streams.segments import UNKNOWN, event_stage, segments_for, signup_day_of
 from streams.userstate import UserState
 from streams.validation import Accepted
 
@@ -23,15 +24,29 @@ log = logging.getLogger(__name__)
 UserTable = MutableMapping[bytes, UserState]
 
 
+def versioned(generation: int, processed: int) -> int:
+    """The version of a partial: the consumer-group generation first, then the processed offsets.
+
+    A rebalance raises the group generation, so whatever the new owner of a source partition sends wins
+    over a late message of the previous owner, even while the new owner is still re-reading offsets the
+    previous one had already passed (offsets alone would order those wrongly). Within one generation,
+    one owner sends, and its processed offsets only grow.
+    """
+    return (generation << 40) + processed
+
+
 class SourceEngine:
     """Per-partition counters of the partitions this worker owns, and what changes them."""
 
-    def __init__(self, max_lateness_days: int, passive_types: Iterable[str] = ()) -> None:
+    def __init__(
+        self, max_lateness_days: int, passive_types: Iterable[str] = (), max_segment_values: int = 50
+    ) -> None:
         self.max_lateness_days = max_lateness_days
         self.passive_types = frozenset(passive_types)
+        self.folder = SegmentFolder(max_segment_values)
         self.partitions: dict[int, PartitionCounters] = {}
-        #: Highest processed offset + 1 per (topic, partition): the partials' version.
-        self._offsets: dict[tuple[str, int], int] = {}
+        #: Next offset to process per (topic, partition): the partials' version, and the consumer lag.
+        self.positions: dict[tuple[str, int], int] = {}
         self._sent_watermarks: dict[int, tuple[int, int]] = {}
 
     def counters(self, partition: int) -> PartitionCounters:
@@ -44,40 +59,63 @@ class SourceEngine:
     def processed(self, topic: str, partition: int, offset: int) -> None:
         """Note that a message was processed (whatever its outcome): advances the partition's version."""
         key = (topic, partition)
-        previous = self._offsets.get(key, 0)
+        previous = self.positions.get(key, 0)
         if offset + 1 > previous:
-            self._offsets[key] = offset + 1
+            self.positions[key] = offset + 1
             self.counters(partition).version += offset + 1 - previous
 
     def oldest_accepted_day(self, now_ms: int) -> int:
         """The oldest event day validation still accepts at wall-clock `now_ms`."""
         return day_of(now_ms) - self.max_lateness_days
 
-    def on_event(self, users: UserTable, key: bytes, partition: int, accepted: Accepted, now_ms: int) -> None:
-        """Apply one accepted event of the user `key` that was read from `partition`."""
+    def on_event(self, users: UserTable, key: bytes, partition: int, accepted: Accepted, now_ms: int) -> str:
+        """Apply one accepted event of the user `key` read from `partition`; "accepted" or "duplicate"."""
         counters = self.counters(partition)
         day = accepted.day
-        counters.saw_day(day)
         event = accepted.event
         state = users.get(key)
         write = state is None
         if state is None:
             state = UserState()
+        if isinstance(event, SurveyEvent) and event.event_id in state.surveys:
+            return "duplicate"  # the first of an event_id wins, whatever its action (KPIS.md)
+        counters.saw_day(day)
         if state.note_seen(day):
             write = True
-        if isinstance(event, ClickEvent) and event.type not in self.passive_types:
-            signup_day = signup_day_of(event.signup_ts)
-            stage = event_stage(day, signup_day, state.first_seen if state.first_seen is not None else day)
-            runs = engagement.record_click_runs(state, day, signup_day, segments_of(event, stage))
-            if runs is not None:
+        signup_day = signup_day_of(event.signup_ts)
+        first_seen = state.first_seen if state.first_seen is not None else day
+        platform = self.folder.fold("platform", event.platform)
+        plan = self.folder.fold("plan", event.plan)
+        if isinstance(event, SurveyEvent):
+            stage = event_stage(day, signup_day, first_seen)
+            fact = (
+                day,
+                event.survey,
+                event.action,
+                -1 if event.score is None else event.score,
+                platform or UNKNOWN,
+                plan or UNKNOWN,
+                stage,
+            )
+            state.surveys[event.event_id] = fact
+            write = True
+            for segment, runs in satisfaction.facts_runs((fact,)):
+                counters.add_runs(segment, runs)
+        elif event.type not in self.passive_types:
+            stage = event_stage(day, signup_day, first_seen)
+            changes = engagement.record_click_runs(
+                state, day, signup_day, segments_for(platform, plan, stage)
+            )
+            if changes is not None:
                 write = True
-                for segment, segment_runs in runs.items():
+                for segment, segment_runs in changes.items():
                     counters.add_runs(segment, segment_runs)
         if write:
-            # Only a changed state is written: one changelog record per user-segment-day, not per event.
+            # Only a changed state is written: one changelog record per user-segment-day or survey.
             state.expire(engagement.expiry_cutoff(self.oldest_accepted_day(now_ms)))
             state.partition = partition
             users[key] = state
+        return "accepted"
 
     def rebuild(self, partition: int, states: Iterable[UserState], now_ms: int) -> PartitionCounters:
         """Recompute a partition's counters from its users' states (after a restart or a rebalance).
@@ -97,12 +135,16 @@ class SourceEngine:
                 counters.saw_day(state.last_seen)
             for segment, deltas in engagement.full_contribution(state, from_day).items():
                 counters.add_deltas(segment, deltas)
+            for segment, runs in satisfaction.facts_runs(state.surveys.values(), from_day):
+                counters.add_runs(segment, runs)
         counters.mark_all_dirty()
         self.partitions[partition] = counters
         log.info(
             "rebuilt the counters of partition %d from %d users in %.2f s",
-            partition, users, time.monotonic() - started,
-        )  # fmt: skip
+            partition,
+            users,
+            time.monotonic() - started,
+        )
         return counters
 
     def forget(self, partitions: Iterable[int]) -> None:
@@ -110,27 +152,35 @@ class SourceEngine:
         for partition in partitions:
             self.partitions.pop(partition, None)
             self._sent_watermarks.pop(partition, None)
-            for key in [k for k in self._offsets if k[1] == partition]:
-                del self._offsets[key]
+            for key in [k for k in self.positions if k[1] == partition]:
+                del self.positions[key]
 
-    def take_partials(self, now_ms: int) -> Iterator[Partial]:
+    def take_partials(self, now_ms: int, generation: int = 0) -> Iterator[Partial]:
         """The changed groups of every owned partition as absolute partials; drops old flushed groups."""
         final_before = self.oldest_accepted_day(now_ms)
         for partition, counters in self.partitions.items():
             for (dimension, segment, day), counts in counters.take_dirty():
                 yield Partial(
-                    source=partition, version=counters.version, dimension=dimension, segment=segment, day=day,
+                    source=partition,
+                    version=versioned(generation, counters.version),
+                    dimension=dimension,
+                    segment=segment,
+                    day=day,
                     counts=counts,
-                )  # fmt: skip
+                )
             # Days before the lateness bound can no longer change: their final values were just sent.
             counters.drop_before(final_before)
 
-    def take_watermarks(self) -> Iterator[Watermark]:
+    def take_watermarks(self, generation: int = 0) -> Iterator[Watermark]:
         """A watermark per owned partition whose current day or version moved since the last call."""
         for partition, counters in self.partitions.items():
             if counters.current_day is None:
                 continue
-            mark = (counters.current_day, counters.version)
+            mark = (counters.current_day, versioned(generation, counters.version))
             if self._sent_watermarks.get(partition) != mark:
                 self._sent_watermarks[partition] = mark
-                yield Watermark(source=partition, version=counters.version, current_day=counters.current_day)
+                yield Watermark(
+                    source=partition,
+                    version=versioned(generation, counters.version),
+                    current_day=counters.current_day,
+                )

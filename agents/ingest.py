@@ -69,14 +69,17 @@ def register_ingest(kpimon: Kpimon) -> None:
             engine.processed(topic_name, message.partition, message.offset)
             if isinstance(verdict, Accepted) and message.key is not None:
                 try:
-                    engine.on_event(users, message.key, message.partition, verdict, now_ms)
+                    outcome = engine.on_event(users, message.key, message.partition, verdict, now_ms)
                 except Exception as exc:  # a bug must neither crash the worker nor lose the event silently
                     log.exception(
                         "failed to process %s[%d]@%d", topic_name, message.partition, message.offset
                     )
                     verdict = Rejected(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:300])
                 else:
-                    metrics.accepted(label, (now_ms - verdict.ts_ms) / 1000)
+                    if outcome == "duplicate":
+                        metrics.duplicate(label)
+                    else:
+                        metrics.accepted(label, (now_ms - verdict.ts_ms) / 1000)
                     continue
             if isinstance(verdict, Rejected):
                 metrics.rejected(label, verdict.reason)

@@ -22,7 +22,20 @@ class KpiMetric:
 
     metric: str
     help: str
-    extra_label: tuple[str, str] | None = None  # (label name, label value) such as ("status", "new")
+    extra_labels: tuple[tuple[str, str], ...] = ()  # e.g. (("status", "new"),)
+
+
+_LIFECYCLE = "Users by lifecycle status on the day."
+_SURVEY = "Survey events in the window, by survey kind and bucket."
+_RATE = "Answered / shown surveys in the window; absent when nothing was shown."
+
+
+def _lifecycle(status: str) -> KpiMetric:
+    return KpiMetric("kpimon_lifecycle_users", _LIFECYCLE, (("status", status),))
+
+
+def _survey(survey: str, bucket: str) -> KpiMetric:
+    return KpiMetric("kpimon_survey_responses", _SURVEY, (("survey", survey), ("bucket", bucket)))
 
 
 #: KPI name -> metric. The one place that names the exported KPI series (docs/metrics.md lists them).
@@ -33,22 +46,40 @@ KPI_METRICS: dict[str, KpiMetric] = {
     "stickiness": KpiMetric(
         "kpimon_stickiness_ratio", "DAU / MAU (active users 1d over 30d); 0 when MAU is 0."
     ),
-    "lifecycle_new": KpiMetric(
-        "kpimon_lifecycle_users", "Users by lifecycle status on the day.", ("status", "new")
-    ),
-    "lifecycle_returning": KpiMetric(
-        "kpimon_lifecycle_users", "Users by lifecycle status on the day.", ("status", "returning")
-    ),
-    "lifecycle_resurrecting": KpiMetric(
-        "kpimon_lifecycle_users", "Users by lifecycle status on the day.", ("status", "resurrecting")
-    ),
-    "lifecycle_dormant": KpiMetric(
-        "kpimon_lifecycle_users", "Users by lifecycle status on the day.", ("status", "dormant")
-    ),
+    "lifecycle_new": _lifecycle("new"),
+    "lifecycle_returning": _lifecycle("returning"),
+    "lifecycle_resurrecting": _lifecycle("resurrecting"),
+    "lifecycle_dormant": _lifecycle("dormant"),
     "churn_base": KpiMetric("kpimon_churn_base_users", "Users active in the window before the last W days."),
     "churned": KpiMetric("kpimon_churned_users", "Users of the churn base not active in the last W days."),
     "churn_rate": KpiMetric("kpimon_churn_ratio", "Churned users / churn base; 0 when the base is 0."),
+    "nps_responses": _survey("nps", "responses"),
+    "nps_promoters": _survey("nps", "promoters"),
+    "nps_passives": _survey("nps", "passives"),
+    "nps_detractors": _survey("nps", "detractors"),
+    "nps_shown": _survey("nps", "shown"),
+    "nps_dismissed": _survey("nps", "dismissed"),
+    "csat_responses": _survey("csat", "responses"),
+    "csat_satisfied": _survey("csat", "satisfied"),
+    "csat_shown": _survey("csat", "shown"),
+    "csat_dismissed": _survey("csat", "dismissed"),
+    "nps": KpiMetric(
+        "kpimon_nps_score", "Net Promoter Score in the window, -100..100; absent without answers."
+    ),
+    "csat": KpiMetric(
+        "kpimon_csat_ratio", "Satisfied (4..5) / CSAT answers in the window; absent without answers."
+    ),
+    "csat_mean": KpiMetric(
+        "kpimon_csat_score_mean", "Mean CSAT score (1..5) in the window; absent without answers."
+    ),
+    "nps_response_rate": KpiMetric("kpimon_survey_response_ratio", _RATE, (("survey", "nps"),)),
+    "csat_response_rate": KpiMetric("kpimon_survey_response_ratio", _RATE, (("survey", "csat"),)),
 }
+
+#: Per-KPI companion series: the 95 % interval bounds and the configured target, labelled by `kpi`.
+CI_LOW = KpiMetric("kpimon_kpi_ci_low", "Lower bound of the 95 % interval of a ratio KPI (label kpi).")
+CI_HIGH = KpiMetric("kpimon_kpi_ci_high", "Upper bound of the 95 % interval of a ratio KPI (label kpi).")
+TARGET = KpiMetric("kpimon_kpi_target", "Configured target of a KPI (label kpi; direction min or max).")
 
 BASE_LABELS = ("window", "day", "dimension", "segment")
 
@@ -62,22 +93,38 @@ class KpiCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         current_day, records = self._source()
         families: dict[str, GaugeMetricFamily] = {}
+
+        def family(spec: KpiMetric, extra: tuple[str, ...]) -> GaugeMetricFamily:
+            found = families.get(spec.metric)
+            if found is None:
+                found = families[spec.metric] = GaugeMetricFamily(
+                    spec.metric, spec.help, labels=[*extra, *BASE_LABELS]
+                )
+            return found
+
         for spec in KPI_METRICS.values():
-            if spec.metric not in families:
-                labels = ([spec.extra_label[0]] if spec.extra_label else []) + list(BASE_LABELS)
-                families[spec.metric] = GaugeMetricFamily(spec.metric, spec.help, labels=labels)
-        if current_day is not None:
-            for record in records:
-                spec_or_none = KPI_METRICS.get(record.kpi)
-                if spec_or_none is None or record.value is None:
-                    continue  # an undefined value is no sample, never a 0
-                spec = spec_or_none
-                offset = current_day - day_number(record.day)
-                if offset not in (0, 1):
-                    continue
-                day = "current" if offset == 0 else "previous"
-                values = [record.window, day, record.dimension, record.segment]
-                if spec.extra_label:
-                    values.insert(0, spec.extra_label[1])
-                families[spec.metric].add_metric(values, float(record.value))
+            family(spec, tuple(name for name, _ in spec.extra_labels))
+        family(CI_LOW, ("kpi",))
+        family(CI_HIGH, ("kpi",))
+        family(TARGET, ("kpi", "direction"))
+        if current_day is None:
+            yield from families.values()
+            return
+        for record in records:
+            spec_or_none = KPI_METRICS.get(record.kpi)
+            offset = current_day - day_number(record.day)
+            if spec_or_none is None or offset not in (0, 1):
+                continue
+            spec = spec_or_none
+            base = [record.window, "current" if offset == 0 else "previous", record.dimension, record.segment]
+            if record.value is not None:  # an undefined value is no sample, never a 0
+                extra = [value for _, value in spec.extra_labels]
+                families[spec.metric].add_metric([*extra, *base], float(record.value))
+            if record.ci_low is not None and record.ci_high is not None:
+                families[CI_LOW.metric].add_metric([record.kpi, *base], record.ci_low)
+                families[CI_HIGH.metric].add_metric([record.kpi, *base], record.ci_high)
+            if record.target is not None and record.target_direction is not None:
+                families[TARGET.metric].add_metric(
+                    [record.kpi, record.target_direction, *base], record.target
+                )
         yield from families.values()

@@ -88,7 +88,10 @@ def kpis(broker: str | None, topic_prefix: str | None, out: Path | None) -> None
 
     The same format as `kpimon reference`, so the two can be compared.
     """
-    settings = Settings.from_env(broker=broker, topic_prefix=topic_prefix)
+    try:
+        settings = Settings.from_env(broker=broker, topic_prefix=topic_prefix)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     try:
         records = asyncio.run(read_kpis(settings.broker, settings.kpis))
     except click.ClickException:

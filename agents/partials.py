@@ -3,8 +3,9 @@
 A source partition p owns the counters of the users whose events land in p. Every flush it publishes the
 groups (dimension, segment, day) that changed, with absolute values (ARCHITECTURE.md decision 4), to the
 partials partition chosen by the group, so one aggregator sees every source's counters of a group and can
-sum them. Each message carries a `version` (the source's processed input offsets) so a late message of a
-previous owner of p can never overwrite a newer one after a rebalance.
+sum them. Each message carries a `version` (the consumer-group generation, then the source's processed
+input offsets: agents.engine.versioned) so a late message of a previous owner of p can never overwrite
+what the current owner sent after a rebalance.
 """
 
 from __future__ import annotations

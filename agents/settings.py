@@ -43,6 +43,10 @@ class Settings:
     max_message_bytes: int = 1024 * 1024
     #: Click types that do not make a user active (comma-separated in the environment).
     passive_types: str = ""
+    #: At most this many values per segment dimension; further values fold into "other".
+    max_segment_values: int = 50
+    #: TOML file of KPI targets (deploy/targets.example.toml); none when empty.
+    targets_file: str = ""
     #: Seconds between flushes of changed counters to kpimon-partials and of changed KPIs to kpimon-kpis.
     flush_interval: float = 1.0
     log_level: str = "info"
@@ -69,6 +73,8 @@ class Settings:
             raise ValueError(f"max_lateness_days must be >= 0, got {self.max_lateness_days}")
         if not 0 < self.web_port < 65536:
             raise ValueError(f"web_port must be in 1..65535, got {self.web_port}")
+        if self.max_segment_values < 1:
+            raise ValueError(f"max_segment_values must be >= 1, got {self.max_segment_values}")
         if self.flush_interval <= 0:
             raise ValueError(f"flush_interval must be > 0, got {self.flush_interval}")
         if ":" not in self.broker:

@@ -10,6 +10,7 @@ import click
 
 from agents.settings import Settings
 from agents.topics import TopicSpec, ensure_topics
+from streams.targets import Targets, TargetsError, load_targets
 
 log = logging.getLogger("kpimon.worker")
 
@@ -72,6 +73,28 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     "  [default: 7]",
 )
 @click.option(
+    "--targets-file",
+    envvar="KPIMON_TARGETS_FILE",
+    help="TOML file of KPI targets (see deploy/targets.example.toml).  [default: none]",
+)
+@click.option(
+    "--max-segment-values",
+    type=int,
+    envvar="KPIMON_MAX_SEGMENT_VALUES",
+    help="Values kept per segment dimension; further ones count as `other`.  [default: 50]",
+)
+@click.option(
+    "--flush-interval",
+    type=float,
+    envvar="KPIMON_FLUSH_INTERVAL",
+    help="Seconds between flushes of changed counters and KPIs.  [default: 1.0]",
+)
+@click.option(
+    "--passive-types",
+    envvar="KPIMON_PASSIVE_TYPES",
+    help="Comma-separated click types that do not make a user active.  [default: none]",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     envvar="KPIMON_LOG_LEVEL",
@@ -102,11 +125,19 @@ def run_worker(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s"
     )
+    # Configuration first: a bad file stops the worker before it touches Kafka.
+    targets: Targets = {}
+    if settings.targets_file:
+        try:
+            targets = load_targets(Path(settings.targets_file))
+        except TargetsError as exc:
+            raise click.ClickException(f"invalid targets file: {exc}") from None
+        log.info("loaded %d KPI targets from %s", len(targets), settings.targets_file)
     try:
         asyncio.run(asyncio.wait_for(ensure_topics(settings.broker, topic_specs(settings)), timeout=60))
-    except (OSError, TimeoutError, Exception) as exc:  # the broker is the first thing that can be wrong
+    except Exception as exc:  # unreachable broker, refused request, timeout: one clear line
         raise click.ClickException(f"cannot reach Kafka at {settings.broker}: {exc!r}") from None
-    kpimon = create_app(settings)
+    kpimon = create_app(settings, targets=targets)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     click.echo(
         f"kpimon worker {settings.app_id}: broker {settings.broker}, "

@@ -100,8 +100,11 @@ def reference(
     """Compute every KPI in batch with DuckDB SQL: the truth the stream is held to.
 
     Each line is validated as the worker validates a message (invalid lines are counted and skipped),
-    then the KPIs of every segment and day are computed from the accepted events. The latest record per
-    output key is written as one JSON line, sorted by key. A summary goes to stderr.
+    then the KPIs of every segment and day are computed from the accepted events: engagement (active
+    users, stickiness, lifecycle, churn) from the clicks, satisfaction (NPS, CSAT, shown and dismissed
+    counts, response rates; windows 7d and 30d) from the de-duplicated surveys, and the 95 % interval
+    (ci_low, ci_high) of nps, csat, churn_rate and the response rates. The latest record per output key
+    is written as one JSON line, sorted by key. A summary goes to stderr.
     """
     try:
         settings = Settings.from_env(

@@ -2,7 +2,9 @@
 
 Counts must be equal; ratios within 1e-9. A key missing on one side counts as 0 for a count and as
 undefined (None) for a ratio, so a missing count equals a published 0, while a missing ratio equals only
-a published null. When a list holds several records of one key, the later one supersedes the earlier.
+a published null. The 95 % interval bounds (`ci_low`, `ci_high`) of every record are held to the ratio
+rule too: within 1e-9, null only equal to null, and a missing key has undefined bounds. When a list holds
+several records of one key, the later one supersedes the earlier.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Iterable
 from streams.output import KpiRecord, decode
 
 #: KPIs whose value is a ratio, score or mean (a float, possibly undefined); every other KPI is a count.
+#: These are the ratio KPIs of KPIS.md's output table, engagement and satisfaction alike.
 RATIO_KPIS = frozenset(
     {
         "stickiness",
@@ -59,7 +62,17 @@ def compare(
             shown_a = blank if a is None else repr(a.value)
             shown_b = blank if b is None else repr(b.value)
             differences.append(f"{key}: {names[0]} {shown_a} != {names[1]} {shown_b}")
+        for bound, bound_a, bound_b in zip(("ci_low", "ci_high"), _bounds(a), _bounds(b), strict=True):
+            if not _same_ratio(bound_a, bound_b, tolerance):
+                shown_a = "missing (undefined)" if a is None else repr(bound_a)
+                shown_b = "missing (undefined)" if b is None else repr(bound_b)
+                differences.append(f"{key} {bound}: {names[0]} {shown_a} != {names[1]} {shown_b}")
     return differences
+
+
+def _bounds(record: KpiRecord | None) -> tuple[float | None, float | None]:
+    """(ci_low, ci_high) of a record; both undefined (None) for a missing record."""
+    return (None, None) if record is None else (record.ci_low, record.ci_high)
 
 
 def _value(record: KpiRecord | None, missing: float | None) -> float | int | None:

@@ -2,8 +2,9 @@
 
 The KPI files are `reference/sql/NN_name.sql`, run in name order on one DuckDB connection:
 `10_prepare.sql` builds what every KPI shares (de-duplicated `surveys`, the current day, first days per
-user, the segments of every event) and creates `kpi_records`; each later file (`20_engagement.sql`, and
-satisfaction next) inserts its KPIs into `kpi_records`. A new KPI family is a new numbered file.
+user, the segments of every event) and creates `kpi_records`; each later file (`20_engagement.sql`,
+`30_satisfaction.sql`) inserts its KPIs into `kpi_records`, and `40_uncertainty.sql`, last, sets the 95 %
+interval (ci_low, ci_high) of every ratio that has one. A new KPI family is a new numbered file before it.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ def compute(con: duckdb.DuckDBPyConnection, updated_at: str) -> list[KpiRecord]:
     for name in kpi_scripts():
         con.execute(sql_text(name))
     rows = con.execute(
-        'SELECT kpi, "window", dimension, segment, day, count_value, ratio_value, numerator, denominator '
-        "FROM kpi_records"
+        'SELECT kpi, "window", dimension, segment, day, count_value, ratio_value, numerator, denominator, '
+        "ci_low, ci_high FROM kpi_records"
     ).fetchall()
     records = [
         KpiRecord(
@@ -60,8 +61,10 @@ def compute(con: duckdb.DuckDBPyConnection, updated_at: str) -> list[KpiRecord]:
             numerator=numerator,
             denominator=denominator,
             updated_at=updated_at,
+            ci_low=low,
+            ci_high=high,
         )
-        for kpi, window, dimension, segment, day, count, ratio, numerator, denominator in rows
+        for kpi, window, dimension, segment, day, count, ratio, numerator, denominator, low, high in rows
     ]
     records.sort(key=lambda record: record.key)
     return records

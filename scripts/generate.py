@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from monitoring.generate import generated_files as monitoring_files
 from streams.schemas import schema_documents
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -11,7 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def generated_files() -> dict[Path, str]:
     """Path (relative to the repository) -> the content the code generates for it."""
-    return {Path("docs/schemas") / name: text for name, text in schema_documents().items()}
+    files = {Path("docs/schemas") / name: text for name, text in schema_documents().items()}
+    files.update(monitoring_files())  # Prometheus rules and config, Grafana dashboards and provisioning
+    return files
 
 
 def main() -> None:

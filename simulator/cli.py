@@ -99,6 +99,12 @@ def write_files(messages: Iterable[tuple[str, bytes]], out_dir: Path) -> None:
     metavar="KIND:SEGMENT",
     help="nps-drop:SEGMENT or churn-wave:SEGMENT, SEGMENT a platform or plan (android, team, plan=pro).",
 )
+@click.option(
+    "--no-signup-fraction",
+    type=click.FloatRange(0, 1),
+    default=0.02,
+    help="Users whose events carry no signup_ts (their stage then depends on arrival order).",
+)
 @click.option("--live", is_flag=True, help="Send events happening now, until Ctrl-C or SIGTERM.")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=50.0, help="Live: events/s.")
 @click.option(
@@ -118,6 +124,7 @@ def simulate(
     duplicate_fraction: float,
     invalid_fraction: float,
     scenario_texts: tuple[str, ...],
+    no_signup_fraction: float,
     live: bool,
     rate: float,
     scenario_after: float,
@@ -180,6 +187,7 @@ def simulate(
         invalid_fraction=invalid_fraction,
         lateness_days=lateness_days,
         scenarios=scenarios,
+        no_signup_fraction=no_signup_fraction,
     )
     try:
         config.check()

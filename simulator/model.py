@@ -342,6 +342,8 @@ class BatchConfig:
     invalid_fraction: float = 0.005
     lateness_days: float = 3.0
     scenarios: tuple[Scenario, ...] = ()
+    #: Users whose events carry no signup_ts (their stage then depends on arrival order, KPIS.md).
+    no_signup_fraction: float = NO_SIGNUP_TS_SHARE
 
     @property
     def first_day(self) -> int:
@@ -360,7 +362,7 @@ class BatchConfig:
             raise ValueError("the end day lies after the day of now: no event may be in the future")
         if self.cap_ms < self.first_day * DAY_MS:
             raise ValueError("now is too early: the simulated period would be empty")
-        for name in ("late_fraction", "duplicate_fraction", "invalid_fraction"):
+        for name in ("late_fraction", "duplicate_fraction", "invalid_fraction", "no_signup_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in 0..1")
         if self.lateness_days * DAY_MS < LATE_MIN_MS:
@@ -436,7 +438,14 @@ def _time_of_day_ms(rng: random.Random, day: int, tz_min: int) -> int:
 # Population
 
 
-def make_user(rng: random.Random, user_id: str, signup_ms: int, first_day: int, tz_min: int) -> User:
+def make_user(
+    rng: random.Random,
+    user_id: str,
+    signup_ms: int,
+    first_day: int,
+    tz_min: int,
+    no_signup_share: float = NO_SIGNUP_TS_SHARE,
+) -> User:
     """A user with traits drawn from the population shares; `first_day` seeds the survey cooldowns."""
     plan = rng.choices(PLANS, weights=PLAN_SHARES)[0]
     platform = rng.choices(PLATFORMS, weights=PLATFORM_SHARES_BY_PLAN[plan])[0]
@@ -461,7 +470,7 @@ def make_user(rng: random.Random, user_id: str, signup_ms: int, first_day: int, 
         sends_plan=rng.random() >= PLANLESS_USER_SHARE,
         tz_min=tz_min,
         signup_ms=signup_ms,
-        signup_known=rng.random() >= NO_SIGNUP_TS_SHARE,
+        signup_known=rng.random() >= no_signup_share,
         engagement=engagement,
         extra_sessions=extra,
         ts_style=ts_style,
@@ -476,7 +485,9 @@ def make_user(rng: random.Random, user_id: str, signup_ms: int, first_day: int, 
     )
 
 
-def make_population(rng: random.Random, n: int, first_day: int, cap_ms: int) -> list[User]:
+def make_population(
+    rng: random.Random, n: int, first_day: int, cap_ms: int, no_signup_share: float = NO_SIGNUP_TS_SHARE
+) -> list[User]:
     """`n` users: some signed up before `first_day` (up to two years), the others spread over the period.
 
     Signups during the period grow slowly (a product gaining traction) and follow the hour-of-day rhythm;
@@ -503,7 +514,7 @@ def make_population(rng: random.Random, n: int, first_day: int, cap_ms: int) -> 
         if signup_ms > cap_ms:  # the last day is cut at now: sign up earlier that day
             signup_ms = day * DAY_MS + rng.randrange(max(1, cap_ms - day * DAY_MS))
         signup_ms -= signup_ms % 1000
-        user = make_user(rng, user_id, signup_ms, first_day, tz_min)
+        user = make_user(rng, user_id, signup_ms, first_day, tz_min, no_signup_share)
         if day < first_day and rng.random() < 0.08:
             user.quiet_until = first_day + rng.randrange(1, 21)  # in a quiet spell when the period starts
         users.append(user)
@@ -722,7 +733,11 @@ class BatchModel:
     def __init__(self, config: BatchConfig) -> None:
         self.config = config
         self.users = make_population(
-            seeded(config.seed, "population"), config.users, config.first_day, config.cap_ms
+            seeded(config.seed, "population"),
+            config.users,
+            config.first_day,
+            config.cap_ms,
+            config.no_signup_fraction,
         )
         self.behaviour = Behaviour()
         end = config.end_day

@@ -23,6 +23,13 @@ class KpiRecord(msgspec.Struct, kw_only=True, omit_defaults=False):
     numerator: float | int | None = None
     denominator: float | int | None = None
     updated_at: str | None = None
+    #: 95 % interval of nps, csat, churn_rate and the response rates (docs/definitions.md, Uncertainty).
+    ci_low: float | None = None
+    ci_high: float | None = None
+    #: The configured target of this KPI, its direction ("min" or "max") and whether the value breaches it.
+    target: float | None = None
+    target_direction: str | None = None
+    breach: bool | None = None
 
     @property
     def key(self) -> str:

@@ -1,4 +1,4 @@
-"""From the global counters of one segment-day to its output records (counts and derived ratios).
+"""From the global counters of one segment-day to its output records (counts, ratios, intervals, targets).
 
 Pure: the aggregate agent sums the per-partition counters of a group and calls `group_records`.
 """
@@ -7,8 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from streams import engagement
+from streams import engagement, satisfaction
 from streams.output import KpiRecord, day_name
+from streams.targets import Targets
+from streams.uncertainty import nps_interval, wilson
+
+Value = float | int | None
 
 
 def counter_name(kpi: str, window: str) -> str:
@@ -16,35 +20,116 @@ def counter_name(kpi: str, window: str) -> str:
     return f"{kpi}/{window}"
 
 
-ENGAGEMENT_COUNTERS: tuple[str, ...] = tuple(counter_name(k, w) for k, w in engagement.COUNTERS)
+class _Builder:
+    def __init__(
+        self,
+        dimension: str,
+        segment: str,
+        day: int,
+        counts: Mapping[str, int],
+        updated_at: str | None,
+        targets: Targets,
+    ) -> None:
+        self.records: list[KpiRecord] = []
+        self.dimension, self.segment, self.day = dimension, segment, day_name(day)
+        self.counts, self.updated_at, self.targets = counts, updated_at, targets
+
+    def get(self, kpi: str, window: str) -> int:
+        return self.counts.get(counter_name(kpi, window), 0)
+
+    def add(
+        self,
+        kpi: str,
+        window: str,
+        value: Value,
+        num: int | None = None,
+        den: int | None = None,
+        interval: tuple[float, float] | tuple[None, None] | None = None,
+    ) -> None:
+        record = KpiRecord(
+            kpi=kpi,
+            window=window,
+            dimension=self.dimension,
+            segment=self.segment,
+            day=self.day,
+            value=value,
+            numerator=num,
+            denominator=den,
+            updated_at=self.updated_at,
+        )
+        if interval is not None:
+            record.ci_low, record.ci_high = interval
+        target = self.targets.get((kpi, window))
+        if target is not None:
+            record.target, record.target_direction = target.value, target.direction
+            record.breach = target.breached(value)
+        self.records.append(record)
 
 
 def group_records(
-    dimension: str, segment: str, day: int, counts: Mapping[str, int], updated_at: str | None = None
+    dimension: str,
+    segment: str,
+    day: int,
+    counts: Mapping[str, int],
+    updated_at: str | None = None,
+    targets: Targets | None = None,
 ) -> list[KpiRecord]:
     """Every record of (dimension, segment, day) given the group's global counters; [] when none exists."""
-    records: list[KpiRecord] = []
-    name = day_name(day)
+    b = _Builder(dimension, segment, day, counts, updated_at, targets or {})
+    if engagement.record_exists(b.get("active_users", "30d"), b.get("churn_base", "30d")):
+        _engagement(b)
+    if b.get("survey_events", "30d") > 0:
+        for window, _ in satisfaction.WINDOWS:
+            _satisfaction(b, window)
+    return b.records
 
-    def add(
-        kpi: str, window: str, value: float | int | None, num: int | None = None, den: int | None = None
-    ) -> None:
-        records.append(
-            KpiRecord(
-                kpi=kpi, window=window, dimension=dimension, segment=segment, day=name,
-                value=value, numerator=num, denominator=den, updated_at=updated_at,
-            )
-        )  # fmt: skip
 
-    def get(kpi: str, window: str) -> int:
-        return counts.get(counter_name(kpi, window), 0)
+def _engagement(b: _Builder) -> None:
+    for kpi, window in engagement.COUNTERS:
+        b.add(kpi, window, b.get(kpi, window))
+    dau, mau = b.get("active_users", "1d"), b.get("active_users", "30d")
+    b.add("stickiness", "30d", engagement.stickiness(dau, mau), dau, mau)
+    for window in ("7d", "30d"):
+        churned, base = b.get("churned", window), b.get("churn_base", window)
+        b.add(
+            "churn_rate", window, engagement.churn_rate(churned, base), churned, base, wilson(churned, base)
+        )
 
-    if engagement.record_exists(get("active_users", "30d"), get("churn_base", "30d")):
-        for kpi, window in engagement.COUNTERS:
-            add(kpi, window, get(kpi, window))
-        dau, mau = get("active_users", "1d"), get("active_users", "30d")
-        add("stickiness", "30d", engagement.stickiness(dau, mau), dau, mau)
-        for window in ("7d", "30d"):
-            churned, base = get("churned", window), get("churn_base", window)
-            add("churn_rate", window, engagement.churn_rate(churned, base), churned, base)
-    return records
+
+def _satisfaction(b: _Builder, w: str) -> None:
+    responses, promoters, detractors = (
+        b.get("nps_responses", w),
+        b.get("nps_promoters", w),
+        b.get("nps_detractors", w),
+    )
+    for kpi in ("nps_responses", "nps_promoters", "nps_passives", "nps_detractors"):
+        b.add(kpi, w, b.get(kpi, w))
+    b.add(
+        "nps",
+        w,
+        satisfaction.nps_score(promoters, detractors, responses),
+        promoters - detractors,
+        responses,
+        nps_interval(promoters, detractors, responses),
+    )
+    answers, satisfied, score_sum = (
+        b.get("csat_responses", w),
+        b.get("csat_satisfied", w),
+        b.get("csat_score_sum", w),
+    )
+    b.add("csat_responses", w, answers)
+    b.add("csat_satisfied", w, satisfied)
+    b.add("csat", w, satisfaction.share(satisfied, answers), satisfied, answers, wilson(satisfied, answers))
+    b.add("csat_mean", w, satisfaction.share(score_sum, answers), score_sum, answers)
+    for kind, kind_responses in (("nps", responses), ("csat", answers)):
+        shown = b.get(f"{kind}_shown", w)
+        b.add(f"{kind}_shown", w, shown)
+        b.add(f"{kind}_dismissed", w, b.get(f"{kind}_dismissed", w))
+        b.add(
+            f"{kind}_response_rate",
+            w,
+            satisfaction.share(kind_responses, shown),
+            kind_responses,
+            shown,
+            wilson(kind_responses, shown),
+        )

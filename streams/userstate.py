@@ -12,6 +12,10 @@ import msgspec
 from streams import activity
 from streams.segments import DIMENSIONS, SegmentKey
 
+#: A remembered survey (streams.satisfaction.SurveyFact): (day, survey, action, score or -1, platform,
+#: plan, stage).
+SurveyFact = tuple[int, str, str, int, str, str, str]
+
 _DIMENSION_CODES = {name: code for code, name in enumerate(DIMENSIONS)}
 _FORMAT = 1
 
@@ -52,9 +56,10 @@ class UserState:
         #: partition from the states, and the key alone does not tell the partition (producers' partitioners
         #: differ), so the state remembers it.
         self.partition = -1
-        #: Reserved for the satisfaction code: recent survey event_id -> event day, for exact
-        #: de-duplication. The engagement code neither reads nor expires it.
-        self.surveys: dict[str, int] = {}
+        #: The user's surveys of the days that can still change: event_id -> (day, survey, action,
+        #: score or -1, platform, plan, stage). Exact de-duplication by event_id, and what rebuilds the
+        #: satisfaction counters after a restart. The engagement code neither reads nor writes it.
+        self.surveys: dict[str, SurveyFact] = {}
 
     def note_seen(self, day: int) -> bool:
         """Record that an accepted event of this user happened on `day`; True when first/last seen moved."""
@@ -81,17 +86,23 @@ class UserState:
         return -shift
 
     def expire(self, cutoff: int) -> bool:
-        """Forget the days before `cutoff` (bits only: first_active, first_seen and surveys stay).
+        """Forget the days before `cutoff`: bits and surveys (first_active, first_seen and last_seen stay).
+
+        A survey older than the cutoff is older than the lateness bound, so a duplicate of it would be
+        rejected as too late anyway: de-duplication stays exact.
 
         What stays exact (see streams.engagement.expiry_cutoff): every delta that engagement later computes
         for a day >= cutoff + 59, because such a day's contribution only looks at days >= cutoff. Counters
         of days < cutoff + 59 may go wrong if later events still touch them, so the agent only expires
         below the lateness bound. Returns True when anything was dropped (the state must be written).
         """
+        old_surveys = [event_id for event_id, fact in self.surveys.items() if fact[0] < cutoff]
+        for event_id in old_surveys:
+            del self.surveys[event_id]
         shift = cutoff - self.base
         if shift <= 0:
-            return False
-        changed = bool(self.explicit_new & ((1 << shift) - 1))
+            return bool(old_surveys)
+        changed = bool(self.explicit_new & ((1 << shift) - 1)) or bool(old_surveys)
         kept: dict[SegmentKey, int] = {}
         for key, bits in self.segments.items():
             if bits & ((1 << shift) - 1):
@@ -171,7 +182,7 @@ class _Wire(msgspec.Struct, array_like=True, gc=False):
     first_active: int | None
     first_active_unsigned: bool
     first_seen: int | None
-    surveys: dict[str, int] = msgspec.field(default_factory=dict)
+    surveys: dict[str, SurveyFact] = msgspec.field(default_factory=dict)
     last_seen: int | None = None
     partition: int = -1
 

@@ -2,7 +2,8 @@
 -- the kept segment values, and each event's segments. Rules: docs/definitions.md.
 
 -- The output of every KPI file: one row per output key. Counts set count_value; ratios set ratio_value
--- (NULL when undefined) with their numerator and denominator.
+-- (NULL when undefined) with their numerator and denominator. The ratios with a 95 % interval get
+-- ci_low/ci_high from 40_uncertainty.sql, once every ratio is in; every other record leaves them NULL.
 CREATE OR REPLACE TABLE kpi_records (
     kpi         VARCHAR NOT NULL,
     "window"    VARCHAR NOT NULL,
@@ -13,6 +14,8 @@ CREATE OR REPLACE TABLE kpi_records (
     ratio_value DOUBLE,
     numerator   BIGINT,
     denominator BIGINT,
+    ci_low      DOUBLE,
+    ci_high     DOUBLE,
     PRIMARY KEY (kpi, "window", dimension, segment, day)
 );
 

@@ -14,16 +14,47 @@ from pathlib import Path
 
 import pytest
 
-from agents.kpi_metrics import KPI_METRICS
+from agents.kpi_metrics import CI_HIGH, CI_LOW, KPI_METRICS
 from reference.compare import compare, parse_records
 from streams.output import KpiRecord, day_name, day_number
 from tests.helpers import KPIMON, free_port
 from tests.workers import WorkerProcess, running_worker
 
-pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+# The pipeline replays ~311,000 messages: minutes on a shared 2-core machine.
+pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 USERS, DAYS, SEED = 3000, 75, 11
 LATENESS = DAYS + 15  # a backfill: the whole history is within the lateness bound
+
+
+#: Every (kpi, window) of the output table of KPIS.md.
+ALL_KPIS = {
+    *(("active_users", w) for w in ("1d", "7d", "30d")),
+    ("stickiness", "30d"),
+    *((f"lifecycle_{s}", "1d") for s in ("new", "returning", "resurrecting", "dormant")),
+    *((kpi, w) for kpi in ("churn_base", "churned", "churn_rate") for w in ("7d", "30d")),
+    *(
+        (kpi, w)
+        for kpi in (
+            "nps_responses",
+            "nps_promoters",
+            "nps_passives",
+            "nps_detractors",
+            "nps",
+            "csat_responses",
+            "csat_satisfied",
+            "csat",
+            "csat_mean",
+            "nps_shown",
+            "csat_shown",
+            "nps_dismissed",
+            "csat_dismissed",
+            "nps_response_rate",
+            "csat_response_rate",
+        )
+        for w in ("7d", "30d")
+    ),
+}
 
 
 def kpimon(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[bytes]:
@@ -37,11 +68,36 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Pa
     """Simulated files and the reference's records for them (computed once for the module)."""
     out = tmp_path_factory.mktemp("history")
     now = str(int(time.time() * 1000))
-    kpimon("simulate", "--users", str(USERS), "--days", str(DAYS), "--seed", str(SEED), "--now", now,
-           "--out-dir", str(out))  # fmt: skip
+    kpimon(
+        "simulate",
+        "--users",
+        str(USERS),
+        "--days",
+        str(DAYS),
+        "--seed",
+        str(SEED),
+        "--now",
+        now,
+        # Every user carries signup_ts (KPIS.md: without it, an event's stage depends on arrival order).
+        "--no-signup-fraction",
+        "0",
+        "--out-dir",
+        str(out),
+    )
     clicks, surveys = out / "clicks.jsonl", out / "surveys.jsonl"
-    kpimon("reference", "--clicks", str(clicks), "--surveys", str(surveys), "--now", now,
-           "--max-lateness-days", str(LATENESS), "--out", str(out / "reference.jsonl"))  # fmt: skip
+    kpimon(
+        "reference",
+        "--clicks",
+        str(clicks),
+        "--surveys",
+        str(surveys),
+        "--now",
+        now,
+        "--max-lateness-days",
+        str(LATENESS),
+        "--out",
+        str(out / "reference.jsonl"),
+    )
     yield clicks, surveys, parse_records((out / "reference.jsonl").read_bytes())
 
 
@@ -81,9 +137,13 @@ def wait_for_equality(
 
 
 def run_pipeline(
-    bootstrap: str, prefix: str, tmp: Path, history: tuple[Path, Path, list[KpiRecord]], workers: int,
+    bootstrap: str,
+    prefix: str,
+    tmp: Path,
+    history: tuple[Path, Path, list[KpiRecord]],
+    workers: int,
     partitions: int,
-) -> tuple[list[KpiRecord], list[WorkerProcess]]:  # fmt: skip
+) -> tuple[list[KpiRecord], list[WorkerProcess]]:
     clicks, surveys, expected = history
     extra = ["--partitions", str(partitions), "--max-lateness-days", str(LATENESS)]
     with ExitStack() as stack:
@@ -91,8 +151,20 @@ def run_pipeline(
             stack.enter_context(running_worker(bootstrap, prefix, free_port(), tmp / f"w{i}", extra))
             for i in range(workers)
         ]
-        kpimon("replay", "--clicks", str(clicks), "--surveys", str(surveys), "--broker", bootstrap,
-               "--topic-prefix", prefix, "--partitions", str(partitions), "--quiet")  # fmt: skip
+        kpimon(
+            "replay",
+            "--clicks",
+            str(clicks),
+            "--surveys",
+            str(surveys),
+            "--broker",
+            bootstrap,
+            "--topic-prefix",
+            prefix,
+            "--partitions",
+            str(partitions),
+            "--quiet",
+        )
         total = line_count(clicks, surveys)
         deadline = time.monotonic() + 900
         while processed(procs) < total:
@@ -113,15 +185,24 @@ def check_gauges(workers: list[WorkerProcess], records: list[KpiRecord]) -> None
     expected: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
     for record in records:
         spec = KPI_METRICS.get(record.kpi)
-        if spec is None or record.day not in days or record.value is None:
+        if spec is None or record.day not in days:
             continue
-        labels = {"window": record.window, "day": days[record.day], "dimension": record.dimension,
-                  "segment": record.segment}  # fmt: skip
-        if spec.extra_label:
-            labels[spec.extra_label[0]] = spec.extra_label[1]
-        expected[(spec.metric, frozenset(labels.items()))] = float(record.value)
+        labels = {
+            "window": record.window,
+            "day": days[record.day],
+            "dimension": record.dimension,
+            "segment": record.segment,
+        }
+        if record.value is not None:  # an undefined value has no series
+            expected[(spec.metric, frozenset({**labels, **dict(spec.extra_labels)}.items()))] = float(
+                record.value
+            )
+        if record.ci_low is not None and record.ci_high is not None:
+            bounds = {**labels, "kpi": record.kpi}
+            expected[(CI_LOW.metric, frozenset(bounds.items()))] = record.ci_low
+            expected[(CI_HIGH.metric, frozenset(bounds.items()))] = record.ci_high
     assert expected, "no record of the current or previous day"
-    metrics = {spec.metric for spec in KPI_METRICS.values()}
+    metrics = {spec.metric for spec in KPI_METRICS.values()} | {CI_LOW.metric, CI_HIGH.metric}
     seen: dict[tuple[str, frozenset[tuple[str, str]]], list[float]] = {}
     for worker in workers:
         for (name, labels), value in worker.samples().items():
@@ -140,9 +221,17 @@ def test_two_workers_on_four_partitions_equal_the_reference(
     kafka_bootstrap: str, unique_prefix: str, tmp_path: Path, history: tuple[Path, Path, list[KpiRecord]]
 ) -> None:
     records, _ = run_pipeline(kafka_bootstrap, unique_prefix, tmp_path, history, workers=2, partitions=4)
-    kpis = {r.kpi for r in records}
-    assert {"active_users", "stickiness", "lifecycle_new", "churn_rate", "churned"} <= kpis
+    # The comparison covered every KPI of the contract, in every dimension.
+    assert {(r.kpi, r.window) for r in records} == ALL_KPIS
     assert {r.dimension for r in records} == {"all", "platform", "plan", "stage"}
+    assert any(r.ci_low is not None for r in records if r.kpi == "nps")
+    # The simulator makes `team` satisfied but not promoting, and `android` the other way round.
+    last = max(r.day for r in records)
+    value = {(r.kpi, r.segment): r.value for r in records if r.day == last and r.window == "30d"}
+    assert value[("csat", "team")] > value[("csat", "all")]
+    assert value[("nps", "team")] < value[("nps", "all")]
+    assert value[("csat", "android")] < value[("csat", "all")]
+    assert value[("nps", "android")] > value[("nps", "all")]
 
 
 def test_one_worker_on_one_partition_gives_the_same_output(

@@ -85,9 +85,14 @@ def test_missing_java_is_a_clear_error(tmp_path: Path) -> None:
     empty.mkdir()
     run_dir = tmp_path / "run"
     result = kpimon(
-        "kafka", "start", "--port", str(free_port()), "--run-dir", str(run_dir),
+        "kafka",
+        "start",
+        "--port",
+        str(free_port()),
+        "--run-dir",
+        str(run_dir),
         env=clean_env(PATH=str(empty), KPIMON_HOME=str(tmp_path / "home")),
-    )  # fmt: skip
+    )
     assert result.returncode == 1, result
     assert "Java 17+ is needed" in result.stderr
     assert "openjdk-17-jre-headless" in result.stderr
@@ -102,9 +107,14 @@ def test_old_java_is_a_clear_error(tmp_path: Path) -> None:
     fake_java.write_text("#!/bin/sh\necho 'java version \"1.8.0_351\"' >&2\n")
     fake_java.chmod(0o755)
     result = kpimon(
-        "kafka", "start", "--port", str(free_port()), "--run-dir", str(tmp_path / "run"),
+        "kafka",
+        "start",
+        "--port",
+        str(free_port()),
+        "--run-dir",
+        str(tmp_path / "run"),
         env=clean_env(PATH=f"{bin_dir}:/usr/bin:/bin", KPIMON_HOME=str(tmp_path / "home")),
-    )  # fmt: skip
+    )
     assert result.returncode == 1, result
     assert "found Java 8" in result.stderr
     assert "Traceback" not in result.stderr
@@ -118,10 +128,16 @@ def test_missing_maven_is_a_clear_error(tmp_path: Path) -> None:
     assert java is not None
     (bin_dir / "java").symlink_to(java)
     result = kpimon(
-        "kafka", "start", "--port", str(free_port()), "--run-dir", str(tmp_path / "run"),
-        "--cache-dir", str(tmp_path / "empty-cache"),
+        "kafka",
+        "start",
+        "--port",
+        str(free_port()),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--cache-dir",
+        str(tmp_path / "empty-cache"),
         env=clean_env(PATH=str(bin_dir), KPIMON_HOME=str(tmp_path / "home")),
-    )  # fmt: skip
+    )
     assert result.returncode == 1, result
     assert "Maven (`mvn`) is needed" in result.stderr
     assert "apt-get install maven" in result.stderr

@@ -1,4 +1,5 @@
-"""`kpimon reference`: hand-computed engagement KPIs, input handling, the CLI and the comparison rule.
+"""`kpimon reference`: hand-computed engagement and satisfaction KPIs and their 95 % intervals, input
+handling, the CLI, the comparison rule, and a brute-force recount of every record from the definitions.
 
 Days in these tests are offsets from BASE (2026-01-01); every event happens at noon UTC of its day.
 """
@@ -6,7 +7,8 @@ Days in these tests are offsets from BASE (2026-01-01); every event happens at n
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,31 @@ ENGAGEMENT_KPIS = {
     ("churned", "30d"),
     ("churn_rate", "30d"),
 }
+
+SATISFACTION_KPIS = {
+    (kpi, window)
+    for window in ("7d", "30d")
+    for kpi in (
+        "nps_responses",
+        "nps_promoters",
+        "nps_passives",
+        "nps_detractors",
+        "nps",
+        "csat_responses",
+        "csat_satisfied",
+        "csat",
+        "csat_mean",
+        "nps_shown",
+        "csat_shown",
+        "nps_dismissed",
+        "csat_dismissed",
+        "nps_response_rate",
+        "csat_response_rate",
+    )
+}
+
+#: The 97.5 % normal quantile of docs/definitions.md ("Uncertainty").
+Z = 1.959963984540054
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -98,8 +125,11 @@ def survey(
     action: str = "answered",
     score: int | None = 9,
     kind: str = "nps",
+    signup: int | None = None,
+    platform: str | None = None,
+    plan: str | None = None,
 ) -> str:
-    """One surveys message (a JSON line)."""
+    """One surveys message (a JSON line); `score` is sent only with an answer, `signup` is a test day."""
     event: dict[str, Any] = {
         "event_id": event_id or f"s{next(_ids)}",
         "user_id": user,
@@ -109,7 +139,23 @@ def survey(
     }
     if action == "answered":
         event["score"] = score
+    if signup is not None:
+        event["signup_ts"] = ts(signup, 1)
+    if platform is not None:
+        event["platform"] = platform
+    if plan is not None:
+        event["plan"] = plan
     return json.dumps(event)
+
+
+def shown(user: str, day: int, kind: str = "nps", **fields: Any) -> str:
+    """A `shown` survey event."""
+    return survey(user, day, action="shown", kind=kind, **fields)
+
+
+def dismissed(user: str, day: int, kind: str = "nps", **fields: Any) -> str:
+    """A `dismissed` survey event."""
+    return survey(user, day, action="dismissed", kind=kind, **fields)
 
 
 def write(path: Path, lines: Iterable[str]) -> Path:
@@ -160,9 +206,26 @@ def lifecycle(
     )
 
 
-def days_of(records: dict[str, KpiRecord], dimension: str = "all", segment: str = "all") -> list[str]:
-    """The days that have records for a segment."""
-    return sorted({r.day for r in records.values() if (r.dimension, r.segment) == (dimension, segment)})
+def days_of(
+    records: dict[str, KpiRecord],
+    dimension: str = "all",
+    segment: str = "all",
+    kpis: Collection[tuple[str, str]] | None = None,
+) -> list[str]:
+    """The days that have records for a segment (of the (kpi, window) pairs `kpis`, default any)."""
+    return sorted(
+        {
+            r.day
+            for r in records.values()
+            if (r.dimension, r.segment) == (dimension, segment)
+            and (kpis is None or (r.kpi, r.window) in kpis)
+        }
+    )
+
+
+def only(records: dict[str, KpiRecord], kpis: Collection[tuple[str, str]]) -> dict[str, KpiRecord]:
+    """The records of the (kpi, window) pairs `kpis`."""
+    return {key: r for key, r in records.items() if (r.kpi, r.window) in kpis}
 
 
 # ---------------------------------------------------------------------------------------------- KPIs
@@ -356,9 +419,11 @@ def test_passive_types_mark_no_activity(tmp_path: Path) -> None:
 
 def test_records_exist_for_60_days_after_activity_and_never_after_the_current_day(tmp_path: Path) -> None:
     records = run(tmp_path, [click("a", 0, platform="ios")], [survey("b", 70)])
-    assert days_of(records) == [iso(d) for d in range(60)]
+    assert days_of(records, kpis=ENGAGEMENT_KPIS) == [iso(d) for d in range(60)]
     assert days_of(records, "platform", "ios") == [iso(d) for d in range(60)]
-    assert len(records) == 60 * len(ENGAGEMENT_KPIS) * 4  # all, platform, plan, stage
+    engagement = only(records, ENGAGEMENT_KPIS)
+    assert len(engagement) == 60 * len(ENGAGEMENT_KPIS) * 4  # all, platform, plan, stage
+    assert len(records) == len(engagement) + len(SATISFACTION_KPIS) * 4  # b's survey, on day 70 only
     assert value(records, "active_users", "30d", 59) == 0
     assert churn(records, "30d", 59) == (1, 1, 1.0, 1, 1)
 
@@ -366,12 +431,373 @@ def test_records_exist_for_60_days_after_activity_and_never_after_the_current_da
     assert days_of(only_today) == [iso(0)]
 
 
+# ---------------------------------------------------------------------------------------------- satisfaction
+
+
+def record_of(
+    records: dict[str, KpiRecord],
+    kpi: str,
+    window: str,
+    day: int,
+    dimension: str = "all",
+    segment: str = "all",
+) -> KpiRecord:
+    """One record; KeyError when it does not exist."""
+    return records[f"{kpi}/{window}/{dimension}/{segment}/{iso(day)}"]
+
+
+def nps(
+    records: dict[str, KpiRecord], window: str, day: int, dimension: str = "all", segment: str = "all"
+) -> tuple[Any, ...]:
+    """(responses, promoters, passives, detractors, nps) of one window, segment and day."""
+    counts = tuple(
+        value(records, f"nps_{part}", window, day, dimension, segment)
+        for part in ("responses", "promoters", "passives", "detractors")
+    )
+    return (*counts, value(records, "nps", window, day, dimension, segment))
+
+
+def csat(
+    records: dict[str, KpiRecord], window: str, day: int, dimension: str = "all", segment: str = "all"
+) -> tuple[Any, ...]:
+    """(responses, satisfied, csat, csat_mean) of one window, segment and day."""
+    return tuple(
+        value(records, kpi, window, day, dimension, segment)
+        for kpi in ("csat_responses", "csat_satisfied", "csat", "csat_mean")
+    )
+
+
+def rates(
+    records: dict[str, KpiRecord], window: str, day: int, dimension: str = "all", segment: str = "all"
+) -> tuple[Any, ...]:
+    """(nps shown, dismissed, response rate, csat shown, dismissed, response rate)."""
+    return tuple(
+        value(records, f"{kind}_{part}", window, day, dimension, segment)
+        for kind in ("nps", "csat")
+        for part in ("shown", "dismissed", "response_rate")
+    )
+
+
+def interval(rec: KpiRecord) -> tuple[float | None, float | None]:
+    """(ci_low, ci_high) of a record."""
+    return rec.ci_low, rec.ci_high
+
+
+#: Surveys of test_nps_and_csat_per_window_and_segment. Stages: u1, u3 sign up on day 0 and u5 on day 10
+#: (onboarding until days 13 and 23); u2, u4 signed up long before (established).
+SCENARIO = [
+    survey("u1", 0, score=10, platform="ios", signup=0),  # onboarding promoter
+    survey("u2", 0, score=3, platform="web", signup=-20),  # established detractor
+    survey("u3", 5, score=8, platform="web", signup=0),  # onboarding passive
+    survey("u1", 5, kind="csat", score=5, platform="ios", signup=0),  # onboarding satisfied
+    survey("u2", 5, kind="csat", score=2, platform="web", signup=-20),  # established unsatisfied
+    survey("u4", 20, score=9, platform="web", signup=-30),  # established promoter
+    survey("u5", 20, kind="csat", score=4, platform="ios", signup=10),  # onboarding satisfied
+    survey("u1", 35, score=0, platform="ios", signup=0),  # 35 days after signup: established detractor
+]
+
+
+def test_nps_and_csat_per_window(tmp_path: Path) -> None:
+    records = run(tmp_path, [], SCENARIO)
+    # 7d windows: day 5 holds days [-1, 5], day 7 only day 5, day 20 only day 20.
+    assert nps(records, "7d", 5) == (3, 1, 1, 1, 0.0)
+    assert nps(records, "7d", 6) == (3, 1, 1, 1, 0.0)
+    assert nps(records, "7d", 7) == (1, 0, 1, 0, 0.0)  # one passive: NPS 0
+    assert nps(records, "7d", 20) == (1, 1, 0, 0, 100.0)
+    assert csat(records, "7d", 5) == (2, 1, 0.5, 3.5)
+    assert csat(records, "7d", 20) == (1, 1, 1.0, 4.0)
+    # 30d windows: day 20 and day 29 hold days 0..20; day 30 loses day 0.
+    assert nps(records, "30d", 20) == (4, 2, 1, 1, 25.0)
+    assert nps(records, "30d", 29) == (4, 2, 1, 1, 25.0)
+    assert nps(records, "30d", 30) == (2, 1, 1, 0, 50.0)
+    assert csat(records, "30d", 20) == (3, 2, pytest.approx(2 / 3), pytest.approx(11 / 3))
+    # Day 35 (the current day): 7d holds u1's detractor only; no CSAT answer in the week.
+    assert nps(records, "7d", 35) == (1, 0, 0, 1, -100.0)
+    assert nps(records, "30d", 35) == (2, 1, 0, 1, 0.0)  # days 6..35: u4 and u1
+    assert csat(records, "7d", 35) == (0, 0, None, None)
+    assert csat(records, "30d", 35) == (1, 1, 1.0, 4.0)
+    rec = record_of(records, "nps", "30d", 20)
+    assert (rec.numerator, rec.denominator) == (1, 4)
+    mean = record_of(records, "csat_mean", "30d", 20)
+    assert (mean.numerator, mean.denominator) == (11, 3)  # the sum of scores 5 + 2 + 4
+    sat = record_of(records, "csat", "30d", 20)
+    assert (sat.numerator, sat.denominator) == (2, 3)
+    assert isinstance(value(records, "nps_responses", "30d", 20), int)
+    assert isinstance(value(records, "nps", "7d", 7), float)
+    assert days_of(records)[-1] == iso(35)
+
+
+def test_nps_and_csat_per_segment_and_stage(tmp_path: Path) -> None:
+    records = run(tmp_path, [], SCENARIO)
+    assert nps(records, "30d", 20, "platform", "ios") == (1, 1, 0, 0, 100.0)
+    assert nps(records, "30d", 20, "platform", "web") == (3, 1, 1, 1, 0.0)
+    assert csat(records, "30d", 20, "platform", "ios") == (2, 2, 1.0, 4.5)
+    assert csat(records, "30d", 20, "platform", "web") == (1, 0, 0.0, 2.0)
+    assert nps(records, "30d", 20, "plan", "unknown") == nps(records, "30d", 20)
+    # Stage is the event's own: u1 answers NPS while onboarding on day 0, while established on day 35.
+    assert nps(records, "30d", 20, "stage", "onboarding") == (2, 1, 1, 0, 50.0)
+    assert nps(records, "30d", 20, "stage", "established") == (2, 1, 0, 1, 0.0)
+    assert csat(records, "30d", 20, "stage", "onboarding") == (2, 2, 1.0, 4.5)
+    assert csat(records, "30d", 20, "stage", "established") == (1, 0, 0.0, 2.0)
+    assert nps(records, "30d", 35, "stage", "onboarding") == (0, 0, 0, 0, None)  # only u5's CSAT is left
+    assert csat(records, "30d", 35, "stage", "onboarding") == (1, 1, 1.0, 4.0)
+    assert nps(records, "7d", 35, "stage", "established") == (1, 0, 0, 1, -100.0)
+    assert csat(records, "30d", 35, "stage", "established") == (0, 0, None, None)
+    # Every satisfaction KPI exists for every segment and day that has records.
+    for dimension, segment in {(r.dimension, r.segment) for r in records.values()}:
+        for day in days_of(records, dimension, segment):
+            kpis = {
+                (r.kpi, r.window)
+                for r in records.values()
+                if (r.dimension, r.segment, r.day) == (dimension, segment, day)
+            }
+            assert kpis == SATISFACTION_KPIS
+
+
+def test_survey_stage_uses_its_own_signup_else_the_first_day_seen(tmp_path: Path) -> None:
+    records = run(
+        tmp_path,
+        [click("c", 0)],  # c is first seen on day 0, by a click
+        [
+            survey("c", 14),  # no signup_ts: 14 days after first seen, established
+            survey("s", 14),  # no signup_ts, first seen by this very survey: onboarding
+            survey("t", 14, signup=1),  # 13 days after its own signup: onboarding
+            survey("t", 15, signup=1),  # 14 days: established
+        ],
+    )
+    assert value(records, "nps_responses", "7d", 14, "stage", "onboarding") == 2
+    assert value(records, "nps_responses", "7d", 14, "stage", "established") == 1
+    assert value(records, "nps_responses", "7d", 15, "stage", "established") == 2
+
+
+def test_high_csat_low_nps_and_the_other_way_round(tmp_path: Path) -> None:
+    records = run(
+        tmp_path,
+        [],
+        [
+            *(survey(f"i{n}", 1, score=score, platform="ios") for n, score in enumerate([0, 2, 5])),
+            *(survey(f"i{n}", 1, kind="csat", score=s, platform="ios") for n, s in enumerate([5, 5, 4])),
+            *(survey(f"w{n}", 1, score=score, platform="web") for n, score in enumerate([10, 9, 9])),
+            *(survey(f"w{n}", 1, kind="csat", score=s, platform="web") for n, s in enumerate([1, 2, 3])),
+        ],
+    )
+    for window in ("7d", "30d"):
+        assert nps(records, window, 1, "platform", "ios") == (3, 0, 0, 3, -100.0)
+        assert csat(records, window, 1, "platform", "ios") == (3, 3, 1.0, pytest.approx(14 / 3))
+        assert nps(records, window, 1, "platform", "web") == (3, 3, 0, 0, 100.0)
+        assert csat(records, window, 1, "platform", "web") == (3, 0, 0.0, 2.0)
+        assert nps(records, window, 1) == (6, 3, 0, 3, 0.0)
+        assert csat(records, window, 1) == (6, 3, 0.5, pytest.approx(20 / 6))
+    # No spread among the answers: the NPS interval has no width. Wilson 3/3 = [3 / (3 + z²), 1].
+    assert interval(record_of(records, "nps", "30d", 1, "platform", "ios")) == (-100.0, -100.0)
+    assert interval(record_of(records, "nps", "30d", 1, "platform", "web")) == (100.0, 100.0)
+    assert interval(record_of(records, "csat", "30d", 1, "platform", "ios")) == (
+        pytest.approx(3 / (3 + Z * Z), rel=1e-12),
+        1.0,
+    )
+    assert interval(record_of(records, "csat", "30d", 1, "platform", "web")) == (
+        pytest.approx(0.0, abs=1e-15),  # exactly 0 but for rounding
+        pytest.approx(Z * Z / (3 + Z * Z), rel=1e-12),
+    )
+    assert record_of(records, "csat_mean", "7d", 1, "platform", "ios").ci_low is None  # no interval
+
+
+def test_shown_dismissed_and_response_rates(tmp_path: Path) -> None:
+    records = run(
+        tmp_path,
+        [],
+        [
+            shown("a", 1),
+            shown("b", 1),
+            survey("a", 1, score=9),
+            shown("c", 3),
+            survey("c", 3, score=4),
+            dismissed("b", 3),  # counted on its own: neither shown nor answered
+            shown("d", 10),
+            dismissed("d", 10, kind="csat"),
+            survey("e", 12, kind="csat", score=5),  # two CSAT answers, one shown: a rate above 1
+            survey("f", 12, kind="csat", score=3),
+            shown("f", 12, kind="csat"),
+        ],
+    )
+    # (nps shown, dismissed, rate, csat shown, dismissed, rate)
+    assert rates(records, "7d", 1) == (2, 0, 0.5, 0, 0, None)
+    assert rates(records, "7d", 3) == (3, 1, pytest.approx(2 / 3), 0, 0, None)
+    assert rates(records, "7d", 10) == (1, 0, 0.0, 0, 1, None)  # days 4..10: d's shown only
+    assert rates(records, "30d", 10) == (4, 1, 0.5, 0, 1, None)
+    assert rates(records, "7d", 12) == (1, 0, 0.0, 1, 1, 2.0)
+    assert rates(records, "30d", 12) == (4, 1, 0.5, 1, 1, 2.0)
+    rate = record_of(records, "nps_response_rate", "30d", 10)
+    assert (rate.numerator, rate.denominator) == (2, 4)
+    # Wilson intervals: 1/2, 2/3, 0/1 (lower bound 0, upper z² / (1 + z²)), 2/4.
+    assert interval(record_of(records, "nps_response_rate", "7d", 1)) == (
+        pytest.approx(0.09453120573423074, rel=1e-12),
+        pytest.approx(0.9054687942657693, rel=1e-12),
+    )
+    low, high = interval(record_of(records, "nps_response_rate", "7d", 3))
+    assert (round(low or 0, 4), round(high or 0, 4)) == (0.2077, 0.9385)  # published Wilson table
+    assert interval(record_of(records, "nps_response_rate", "7d", 10)) == (
+        pytest.approx(0.0, abs=1e-15),
+        pytest.approx(Z * Z / (1 + Z * Z), rel=1e-12),
+    )
+    assert interval(record_of(records, "nps_response_rate", "30d", 10)) == (
+        pytest.approx(0.15003898915214947, rel=1e-12),
+        pytest.approx(0.8499610108478506, rel=1e-12),
+    )
+    # A response rate above 1 is not a proportion: no interval. Nothing shown: no rate and no interval.
+    above = record_of(records, "csat_response_rate", "7d", 12)
+    assert (above.value, above.numerator, above.denominator, above.ci_low, above.ci_high) == (
+        2.0,
+        2,
+        1,
+        None,
+        None,
+    )
+    unshown = record_of(records, "csat_response_rate", "7d", 3)
+    assert (unshown.value, unshown.numerator, unshown.denominator, interval(unshown)) == (
+        None,
+        0,
+        0,
+        (None, None),
+    )
+
+
+def test_undefined_values_are_null(tmp_path: Path) -> None:
+    records = run(tmp_path, [], [shown("a", 1), dismissed("b", 1, kind="csat")])
+    for window in ("7d", "30d"):
+        assert nps(records, window, 1) == (0, 0, 0, 0, None)
+        assert csat(records, window, 1) == (0, 0, None, None)
+        assert rates(records, window, 1) == (1, 0, 0.0, 0, 1, None)
+        for kpi in ("nps", "csat", "csat_mean", "csat_response_rate"):
+            rec = record_of(records, kpi, window, 1)
+            assert (rec.value, rec.numerator, rec.denominator, rec.ci_low, rec.ci_high) == (
+                None,
+                0,
+                0,
+                None,
+                None,
+            )
+    assert b'"value":null' in encode(record_of(records, "nps", "7d", 1))
+    assert b'"ci_low":null' in encode(record_of(records, "nps", "7d", 1))
+
+
+def test_surveys_are_counted_once_first_in_file_order_wins(tmp_path: Path) -> None:
+    records = run(
+        tmp_path,
+        [],
+        [
+            shown("a", 1, event_id="e1"),
+            survey("a", 1, event_id="e1", score=10),  # same user and event_id: only the shown counts
+            survey("b", 1, event_id="e2", score=0),
+            shown("b", 1, event_id="e2"),  # the answer came first: only the answer counts
+            survey("c", 1, event_id="e1", score=9),  # another user's e1 is another event
+            survey("a", 6, event_id="e1", kind="csat", score=5),  # a duplicate on a later day changes nothing
+            dismissed("c", 1, event_id="e1"),  # c's e1 again: dropped
+        ],
+    )
+    assert nps(records, "7d", 1) == (2, 1, 0, 1, 0.0)
+    assert rates(records, "7d", 1) == (1, 0, 2.0, 0, 0, None)
+    assert csat(records, "30d", 1) == (0, 0, None, None)
+    assert days_of(records) == [iso(1)]  # the duplicate on day 6 moves neither the current day nor records
+
+
+def test_satisfaction_records_exist_30_days_after_a_survey_and_up_to_the_current_day(
+    tmp_path: Path,
+) -> None:
+    records = run(
+        tmp_path,
+        [click("x", 40, platform="web")],  # the current day is 40
+        [shown("a", 0, platform="tv"), survey("b", 35, platform="ios", kind="csat", score=2)],
+    )
+    tv = days_of(records, "platform", "tv")
+    assert tv == [iso(d) for d in range(30)]  # day 29 is the last whose 30d window reaches day 0
+    assert value(records, "nps_shown", "30d", 29, "platform", "tv") == 1
+    assert value(records, "nps_shown", "7d", 29, "platform", "tv") == 0  # exists with both windows
+    assert value(records, "nps_shown", "7d", 6, "platform", "tv") == 1
+    assert value(records, "nps_shown", "7d", 7, "platform", "tv") == 0
+    assert days_of(records, "platform", "ios") == [iso(d) for d in range(35, 41)]  # stops at day 40
+    assert days_of(records, kpis=SATISFACTION_KPIS) == [
+        *(iso(d) for d in range(30)),
+        *(iso(d) for d in range(35, 41)),
+    ]
+    assert days_of(records, "platform", "web", kpis=SATISFACTION_KPIS) == []  # clicks make no survey segment
+    assert (
+        len(only(records, SATISFACTION_KPIS)) == (30 + 6) * len(SATISFACTION_KPIS) * 4
+    )  # all, platform, plan, stage
+
+
+def test_intervals_of_nps_and_churn_rate(tmp_path: Path) -> None:
+    records = run(
+        tmp_path,
+        [click("a", 0), click("b", 0), click("b", 10), click("c", 3), click("z", 13)],
+        [
+            *(survey(f"p{n}", 13, score=10) for n in range(5)),
+            *(survey(f"d{n}", 13, score=6) for n in range(2)),
+            *(survey(f"m{n}", 13, score=7) for n in range(3)),
+            survey("q", 13, score=9, platform="ios"),
+            survey("r", 13, score=9, platform="ios"),
+            survey("s", 13, score=1, platform="ios"),
+            survey("t", 13, score=8, platform="ios"),
+        ],
+    )
+    # 10 answers on the unknown platform, 5 promoters and 2 detractors: a = 0.5, b = 0.2, NPS 30,
+    # half-width 100 z sqrt((0.7 - 0.09) / 10).
+    half = 100 * Z * (0.061**0.5)
+    unknown = record_of(records, "nps", "7d", 13, "platform", "unknown")
+    assert unknown.value == 30.0
+    assert interval(unknown) == (pytest.approx(30 - half, rel=1e-12), pytest.approx(30 + half, rel=1e-12))
+    assert interval(unknown) == (pytest.approx(-18.4075, abs=1e-4), pytest.approx(78.4075, abs=1e-4))
+    # ios: 2 promoters, 1 detractor of 4: NPS 25, half-width 100 z sqrt(0.6875 / 4) = 81.26: clipped above.
+    ios = record_of(records, "nps", "30d", 13, "platform", "ios")
+    assert ios.value == 25.0
+    assert interval(ios) == (pytest.approx(25 - 100 * Z * (0.6875 / 4) ** 0.5, rel=1e-12), 100.0)
+    # churn 7d on day 10: 2 of 3 churned, Wilson [0.2077, 0.9385]; an empty base: rate 0, no interval.
+    churned = record_of(records, "churn_rate", "7d", 10)
+    assert (churned.numerator, churned.denominator) == (2, 3)
+    low, high = interval(churned)
+    assert (round(low or 0, 4), round(high or 0, 4)) == (0.2077, 0.9385)
+    empty = record_of(records, "churn_rate", "7d", 5)
+    assert (empty.value, empty.denominator, interval(empty)) == (0.0, 0, (None, None))
+    churn_30d = record_of(records, "churn_rate", "30d", 13)
+    assert interval(churn_30d) == (None, None)
+    # Counts and the other ratios carry no interval.
+    for key, rec in records.items():
+        if rec.kpi not in {"nps", "csat", "churn_rate", "nps_response_rate", "csat_response_rate"}:
+            assert interval(rec) == (None, None), key
+
+
+def test_intervals_agree_with_streams_uncertainty(tmp_path: Path) -> None:
+    """A cross-check against the stream's own pure interval module (the reference never imports it)."""
+    from streams.uncertainty import nps_interval, wilson
+
+    records = run(tmp_path, [click("a", 0), click("b", 0), click("b", 10), click("c", 3)], SCENARIO)
+    checked = 0
+    for rec in records.values():
+        if rec.kpi in {"csat", "churn_rate", "nps_response_rate", "csat_response_rate"}:
+            assert isinstance(rec.numerator, int) and isinstance(rec.denominator, int)
+            expected = wilson(rec.numerator, rec.denominator)
+        elif rec.kpi == "nps":
+            where = (rec.window, rec.dimension, rec.segment, rec.day)
+            promoters = records["nps_promoters/{}/{}/{}/{}".format(*where)].value
+            detractors = records["nps_detractors/{}/{}/{}/{}".format(*where)].value
+            assert isinstance(promoters, int) and isinstance(detractors, int)
+            assert isinstance(rec.denominator, int)
+            expected = nps_interval(promoters, detractors, rec.denominator)
+        else:
+            continue
+        checked += expected[0] is not None
+        assert interval(rec) == (pytest.approx(expected[0], abs=1e-9), pytest.approx(expected[1], abs=1e-9))
+    assert checked > 100
+
+
 # ---------------------------------------------------------------------------------------------- input
 
 
 def test_no_accepted_clicks_no_engagement_records(tmp_path: Path) -> None:
     assert run(tmp_path, []) == {}
-    assert run(tmp_path, ["garbage"], [survey("a", 3)]) == {}
+    surveys_only = run(tmp_path, ["garbage"], [survey("a", 3)])
+    assert only(surveys_only, ENGAGEMENT_KPIS) == {}
+    assert {(r.kpi, r.window) for r in surveys_only.values()} == SATISFACTION_KPIS
 
 
 def test_invalid_lines_are_ignored(tmp_path: Path) -> None:
@@ -524,6 +950,20 @@ def test_cli_writes_sorted_json_lines(tmp_path: Path) -> None:
     assert (tmp_path / "out.jsonl").read_bytes() == b"".join(encode(r) + b"\n" for r in second)
 
 
+def test_cli_writes_satisfaction_records_with_intervals(tmp_path: Path) -> None:
+    clicks = write(tmp_path / "c.jsonl", [])
+    surveys = write(tmp_path / "s.jsonl", [survey("a", 1, kind="csat", score=5), shown("b", 1, kind="csat")])
+    args = ["--clicks", str(clicks), "--surveys", str(surveys), "--now", str(ts(2))]
+    result = CliRunner().invoke(reference, args, env={"KPIMON_MAX_LATENESS_DAYS": ""})
+    assert result.exit_code == 0, result.output
+    records = latest(parse_records(result.stdout_bytes))
+    assert {(r.kpi, r.window) for r in records.values()} == SATISFACTION_KPIS
+    rate = record_of(records, "csat_response_rate", "7d", 1)
+    assert (rate.value, rate.numerator, rate.denominator) == (1.0, 1, 1)
+    assert interval(rate) == (pytest.approx(1 / (1 + Z * Z), rel=1e-12), 1.0)
+    assert b'"ci_low":' in result.stdout_bytes
+
+
 def test_cli_lateness_and_bad_now(tmp_path: Path) -> None:
     clicks = write(tmp_path / "c.jsonl", [click("a", 1), click("b", 2)])
     surveys = write(tmp_path / "s.jsonl", [])
@@ -565,8 +1005,10 @@ def test_parse_instant() -> None:
 # ---------------------------------------------------------------------------------------------- compare
 
 
-def rec(kpi: str, value: float | int | None, day: str = "2026-01-01", window: str = "1d") -> KpiRecord:
-    return KpiRecord(kpi=kpi, window=window, dimension="all", segment="all", day=day, value=value)
+def rec(
+    kpi: str, value: float | int | None, day: str = "2026-01-01", window: str = "1d", **fields: Any
+) -> KpiRecord:
+    return KpiRecord(kpi=kpi, window=window, dimension="all", segment="all", day=day, value=value, **fields)
 
 
 def test_compare_counts_exactly_and_missing_counts_as_zero() -> None:
@@ -592,6 +1034,33 @@ def test_compare_ratios_within_tolerance_and_missing_is_undefined() -> None:
     assert len(compare([rec("csat", float("nan"))], [rec("csat", float("nan"))])) == 1
 
 
+def test_compare_every_ratio_kpi_as_a_ratio() -> None:
+    for kpi in ("nps", "csat", "csat_mean", "nps_response_rate", "csat_response_rate", "stickiness"):
+        assert compare([rec(kpi, None)], []) == [], kpi  # missing = undefined, not 0
+        assert compare([rec(kpi, 0.25)], [rec(kpi, 0.25 + 1e-10)]) == [], kpi
+        assert len(compare([rec(kpi, 0.0)], [])) == 1, kpi
+    for kpi in ("nps_responses", "csat_satisfied", "nps_shown", "csat_dismissed"):
+        assert compare([rec(kpi, 0)], []) == [], kpi  # missing = 0
+
+
+def test_compare_interval_bounds_within_tolerance_and_missing_is_undefined() -> None:
+    bounded = rec("nps", 10.0, ci_low=-5.0, ci_high=25.0)
+    assert compare([bounded], [rec("nps", 10.0, ci_low=-5.0 + 1e-10, ci_high=25.0)]) == []
+    assert compare([bounded], [rec("nps", 10.0, ci_low=-5.0, ci_high=25.0 + 1e-8)]) == [
+        "nps/1d/all/all/2026-01-01 ci_high: reference 25.0 != stream 25.00000001"
+    ]
+    assert compare([bounded], [rec("nps", 10.0)]) == [
+        "nps/1d/all/all/2026-01-01 ci_low: reference -5.0 != stream None",
+        "nps/1d/all/all/2026-01-01 ci_high: reference 25.0 != stream None",
+    ]
+    assert compare([rec("csat", None)], []) == []  # undefined value and bounds on both sides
+    assert compare([], [rec("csat", None, ci_low=0.1, ci_high=0.2)]) == [  # the null values are equal
+        "csat/1d/all/all/2026-01-01 ci_low: reference missing (undefined) != stream 0.1",
+        "csat/1d/all/all/2026-01-01 ci_high: reference missing (undefined) != stream 0.2",
+    ]
+    assert len(compare([rec("churned", 1)], [rec("churned", 1, ci_low=0.0, ci_high=1.0)])) == 2
+
+
 def test_compare_uses_the_latest_record_per_key_and_sorts_by_key() -> None:
     older, newer = rec("active_users", 1), rec("active_users", 2)
     assert compare([older, newer], [rec("active_users", 2)]) == []
@@ -605,15 +1074,88 @@ def test_compare_uses_the_latest_record_per_key_and_sorts_by_key() -> None:
 # ---------------------------------------------------------------------------------------------- brute force
 
 
+def wilson_interval(k: int, n: int) -> tuple[float | None, float | None]:
+    """The Wilson score interval, literally from docs/definitions.md; undefined when n = 0 or k > n."""
+    if n == 0 or k > n:
+        return None, None
+    p = k / n
+    centre = (p + Z**2 / (2 * n)) / (1 + Z**2 / n)
+    half = Z * math.sqrt(p * (1 - p) / n + Z**2 / (4 * n**2)) / (1 + Z**2 / n)
+    return centre - half, centre + half
+
+
+def nps_ci(promoters: int, detractors: int, n: int) -> tuple[float | None, float | None]:
+    """NPS ± 100·z·sqrt((a + b - (a - b)²) / n) clipped to [-100, 100], literally; undefined when n = 0."""
+    if n == 0:
+        return None, None
+    a, b = promoters / n, detractors / n
+    score = 100 * (promoters - detractors) / n
+    half = 100 * Z * math.sqrt((a + b - (a - b) ** 2) / n)
+    return max(-100.0, score - half), min(100.0, score + half)
+
+
+def ratio_record(
+    kpi: str,
+    window: str,
+    key: tuple[str, str, int],
+    numerator: int,
+    denominator: int,
+    value: float | None,
+    ci: tuple[float | None, float | None] = (None, None),
+) -> KpiRecord:
+    """A ratio record of segment and day `key`."""
+    dimension, segment, day = key
+    return KpiRecord(
+        kpi=kpi,
+        window=window,
+        dimension=dimension,
+        segment=segment,
+        day=iso(day),
+        value=value,
+        numerator=numerator,
+        denominator=denominator,
+        ci_low=ci[0],
+        ci_high=ci[1],
+    )
+
+
 def brute_force(clicks: Sequence[dict[str, Any]], surveys: Sequence[dict[str, Any]]) -> list[KpiRecord]:
-    """Every engagement record recounted literally from docs/definitions.md (events all accepted)."""
-    events = [*clicks, *surveys]
+    """Every record recounted literally from docs/definitions.md (events all accepted, in file order)."""
+    seen_ids: set[tuple[str, str]] = set()
+    unique = []  # surveys once per (user, event_id), the first in file order
+    for s in surveys:
+        if (s["user"], s["event_id"]) not in seen_ids:
+            seen_ids.add((s["user"], s["event_id"]))
+            unique.append(s)
+    events = [*clicks, *unique]
     if not events:
         return []
     current = max(e["day"] for e in events)
     first_seen: dict[str, int] = {}
     for e in events:
         first_seen[e["user"]] = min(first_seen.get(e["user"], e["day"]), e["day"])
+
+    def segments(event: dict[str, Any]) -> list[tuple[str, str]]:
+        signup = event["signup"] if event["signup"] is not None else first_seen[event["user"]]
+        return [
+            ("all", "all"),
+            ("platform", event["platform"] or "unknown"),
+            ("plan", event["plan"] or "unknown"),
+            ("stage", "onboarding" if event["day"] - signup < 14 else "established"),
+        ]
+
+    return [
+        *brute_force_engagement(clicks, current, segments),
+        *brute_force_satisfaction(unique, current, segments),
+    ]
+
+
+def brute_force_engagement(
+    clicks: Sequence[dict[str, Any]],
+    current: int,
+    segments: Callable[[dict[str, Any]], list[tuple[str, str]]],
+) -> list[KpiRecord]:
+    """Every engagement record, churn_rate intervals included."""
     active = [c for c in clicks if c["type"] != "push_received"]
     first_active: dict[str, int] = {}
     for c in active:
@@ -625,13 +1167,7 @@ def brute_force(clicks: Sequence[dict[str, Any]], surveys: Sequence[dict[str, An
     }
     activity: dict[tuple[str, str], dict[str, set[int]]] = {}
     for c in active:
-        signup = c["signup"] if c["signup"] is not None else first_seen[c["user"]]
-        for key in [
-            ("all", "all"),
-            ("platform", c["platform"] or "unknown"),
-            ("plan", c["plan"] or "unknown"),
-            ("stage", "onboarding" if c["day"] - signup < 14 else "established"),
-        ]:
+        for key in segments(c):
             activity.setdefault(key, {}).setdefault(c["user"], set()).add(c["day"])
     records = []
     for (dimension, segment), days in activity.items():
@@ -656,16 +1192,126 @@ def brute_force(clicks: Sequence[dict[str, Any]], surveys: Sequence[dict[str, An
             }
             mau = values["active_users", "30d"]
             values["stickiness", "30d"] = values["active_users", "1d"] / mau if mau else 0.0
-            for w in (7, 30):
-                base = users(d - 2 * w + 1, d - w)
-                churned = base - users(d - w + 1, d)
-                values["churn_base", f"{w}d"] = len(base)
-                values["churned", f"{w}d"] = len(churned)
-                values["churn_rate", f"{w}d"] = len(churned) / len(base) if base else 0.0
             records += [
                 KpiRecord(kpi=k, window=w_, dimension=dimension, segment=segment, day=iso(d), value=v)
                 for (k, w_), v in values.items()
             ]
+            for w in (7, 30):
+                base = users(d - 2 * w + 1, d - w)
+                churned = base - users(d - w + 1, d)
+                records += [
+                    KpiRecord(
+                        kpi=k, window=f"{w}d", dimension=dimension, segment=segment, day=iso(d), value=v
+                    )
+                    for k, v in (("churn_base", len(base)), ("churned", len(churned)))
+                ]
+                records.append(
+                    ratio_record(
+                        "churn_rate",
+                        f"{w}d",
+                        (dimension, segment, d),
+                        len(churned),
+                        len(base),
+                        len(churned) / len(base) if base else 0.0,
+                        wilson_interval(len(churned), len(base)),
+                    )
+                )
+    return records
+
+
+def brute_force_satisfaction(
+    surveys: Sequence[dict[str, Any]],
+    current: int,
+    segments: Callable[[dict[str, Any]], list[tuple[str, str]]],
+) -> list[KpiRecord]:
+    """Every satisfaction record, with intervals, of the de-duplicated `surveys`."""
+    by_segment: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for s in surveys:
+        for key in segments(s):
+            by_segment.setdefault(key, []).append(s)
+    records = []
+    for (dimension, segment), events in by_segment.items():
+        for d in range(min(e["day"] for e in events), current + 1):
+            if not any(d - 29 <= e["day"] <= d for e in events):
+                continue
+            for w in (7, 30):
+                window = f"{w}d"
+                inside = [e for e in events if d - w + 1 <= e["day"] <= d]
+
+                def count(kind: str, action: str, low: int = 0, high: int = 10, inside: Any = inside) -> int:
+                    return sum(
+                        1
+                        for e in inside
+                        if e["kind"] == kind
+                        and e["action"] == action
+                        and (action != "answered" or low <= e["score"] <= high)
+                    )
+
+                nps_n, promoters = count("nps", "answered"), count("nps", "answered", 9, 10)
+                passives, detractors = count("nps", "answered", 7, 8), count("nps", "answered", 0, 6)
+                csat_n, satisfied = count("csat", "answered"), count("csat", "answered", 4, 5)
+                score_sum = sum(
+                    e["score"] for e in inside if e["kind"] == "csat" and e["action"] == "answered"
+                )
+                nps_shown, csat_shown = count("nps", "shown"), count("csat", "shown")
+                counts = {
+                    "nps_responses": nps_n,
+                    "nps_promoters": promoters,
+                    "nps_passives": passives,
+                    "nps_detractors": detractors,
+                    "csat_responses": csat_n,
+                    "csat_satisfied": satisfied,
+                    "nps_shown": nps_shown,
+                    "csat_shown": csat_shown,
+                    "nps_dismissed": count("nps", "dismissed"),
+                    "csat_dismissed": count("csat", "dismissed"),
+                }
+                records += [
+                    KpiRecord(kpi=k, window=window, dimension=dimension, segment=segment, day=iso(d), value=v)
+                    for k, v in counts.items()
+                ]
+                where = (dimension, segment, d)
+                records += [
+                    ratio_record(
+                        "nps",
+                        window,
+                        where,
+                        promoters - detractors,
+                        nps_n,
+                        100 * (promoters - detractors) / nps_n if nps_n else None,
+                        nps_ci(promoters, detractors, nps_n),
+                    ),
+                    ratio_record(
+                        "csat",
+                        window,
+                        where,
+                        satisfied,
+                        csat_n,
+                        satisfied / csat_n if csat_n else None,
+                        wilson_interval(satisfied, csat_n),
+                    ),
+                    ratio_record(
+                        "csat_mean", window, where, score_sum, csat_n, score_sum / csat_n if csat_n else None
+                    ),
+                    ratio_record(
+                        "nps_response_rate",
+                        window,
+                        where,
+                        nps_n,
+                        nps_shown,
+                        nps_n / nps_shown if nps_shown else None,
+                        wilson_interval(nps_n, nps_shown),
+                    ),
+                    ratio_record(
+                        "csat_response_rate",
+                        window,
+                        where,
+                        csat_n,
+                        csat_shown,
+                        csat_n / csat_shown if csat_shown else None,
+                        wilson_interval(csat_n, csat_shown),
+                    ),
+                ]
     return records
 
 
@@ -684,21 +1330,51 @@ def click_events(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-survey_events = st.fixed_dictionaries(
-    {"user": st.sampled_from(["u0", "u1", "u4"]), "day": st.integers(0, 80)}
-)
+@st.composite
+def survey_events(draw: st.DrawFn) -> dict[str, Any]:
+    """A survey: few event ids per user (so duplicates, of any action); scores of every NPS/CSAT bucket."""
+    kind = draw(st.sampled_from(["nps", "csat"]))
+    action = draw(st.sampled_from(["answered", "answered", "shown", "shown", "dismissed"]))
+    day = draw(st.integers(0, 3) | st.integers(0, 80))
+    offset = draw(st.sampled_from([None, None, 0, -13, -14]))
+    return {
+        "user": draw(st.sampled_from(["u0", "u1", "u4"])),
+        "event_id": draw(st.sampled_from(["e0", "e1", "e2", "e3", "e4", "e5", "e6", "e7"])),
+        "day": day,
+        "kind": kind,
+        "action": action,
+        "score": draw(st.integers(0, 10) if kind == "nps" else st.integers(1, 5))
+        if action == "answered"
+        else None,
+        "signup": None if offset is None else day + offset,
+        "platform": draw(st.sampled_from([None, "ios", "tv"])),
+        "plan": draw(st.sampled_from([None, "free"])),
+    }
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(clicks=st.lists(click_events(), max_size=30), surveys=st.lists(survey_events, max_size=5))
-def test_engagement_matches_a_brute_force_recount(
+@given(clicks=st.lists(click_events(), max_size=30), surveys=st.lists(survey_events(), max_size=16))
+def test_reference_matches_a_brute_force_recount(
     tmp_path: Path, clicks: list[dict[str, Any]], surveys: list[dict[str, Any]]
 ) -> None:
     click_lines = [
         click(c["user"], c["day"], signup=c["signup"], platform=c["platform"], plan=c["plan"], type=c["type"])
         for c in clicks
     ]
-    survey_lines = [survey(s["user"], s["day"]) for s in surveys]
+    survey_lines = [
+        survey(
+            s["user"],
+            s["day"],
+            event_id=s["event_id"],
+            action=s["action"],
+            score=s["score"],
+            kind=s["kind"],
+            signup=s["signup"],
+            platform=s["platform"],
+            plan=s["plan"],
+        )
+        for s in surveys
+    ]
     records = run(tmp_path, click_lines, survey_lines, passive_types=["push_received"])
     expected = latest(brute_force(clicks, surveys))
     assert records.keys() == expected.keys()

@@ -119,9 +119,19 @@ def test_same_arguments_give_the_same_bytes_and_another_seed_does_not(tmp_path: 
 def test_files_hold_the_generated_lines_in_send_order(tmp_path: Path) -> None:
     config = BatchConfig(users=150, days=6, end_day=END_DAY - 3, now_ms=NOW_MS, seed=3)
     code, stderr = cli(
-        "--users", "150", "--days", "6", "--end-day", "2026-11-21", "--seed", "3", "--now", NOW,
-        "--out-dir", str(tmp_path),
-    )  # fmt: skip
+        "--users",
+        "150",
+        "--days",
+        "6",
+        "--end-day",
+        "2026-11-21",
+        "--seed",
+        "3",
+        "--now",
+        NOW,
+        "--out-dir",
+        str(tmp_path),
+    )
     assert code == 0, stderr
     expected: dict[str, bytes] = {"clicks": b"", "surveys": b""}
     for out in batch_traffic(config):
@@ -135,10 +145,19 @@ def test_output_does_not_depend_on_the_process_hash_seed(tmp_path: Path) -> None
     args = ["--users", "120", "--days", "8", "--seed", "5", "--now", NOW, "--scenario", "churn-wave:ios"]
     for hash_seed in ("1", "2"):
         subprocess.run(
-            [sys.executable, "-c", "from simulator.cli import simulate; simulate()", *args,
-             "--out-dir", str(tmp_path / hash_seed)],
-            cwd=root, env={**os.environ, "PYTHONHASHSEED": hash_seed}, check=True, capture_output=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-c",
+                "from simulator.cli import simulate; simulate()",
+                *args,
+                "--out-dir",
+                str(tmp_path / hash_seed),
+            ],
+            cwd=root,
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+            check=True,
+            capture_output=True,
+        )
     for name in ("clicks.jsonl", "surveys.jsonl"):
         assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes()
 
@@ -530,9 +549,14 @@ def test_churn_wave_quiets_the_segment_in_the_last_ten_days(small: list[Line]) -
 def test_live_traffic_is_current_at_the_rate_and_starts_the_scenario_on_time() -> None:
     start = NOW_MS
     model = LiveModel(
-        500, 5, start, rate=50, invalid_fraction=0.02, scenarios=[Scenario.parse("churn-wave:android")],
+        500,
+        5,
+        start,
+        rate=50,
+        invalid_fraction=0.02,
+        scenarios=[Scenario.parse("churn-wave:android")],
         scenario_after_s=120,
-    )  # fmt: skip
+    )
     live_policy = Policy()  # live traffic must pass the default policy
     clicks_by_minute: dict[int, Counter[str]] = defaultdict(Counter)
     reasons: Counter[str] = Counter()

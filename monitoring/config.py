@@ -1,0 +1,112 @@
+"""The one monitoring config: thresholds, `for` durations, selectors and names.
+
+Alerts, recording rules, dashboards and Grafana alerting are all generated from a `MonitoringConfig`, so a
+threshold changes in one place (`DEFAULT` below, then `make generate`). KPI *targets* are not here: the
+workers publish them as `kpimon_kpi_target{kpi,direction,window,...}` (deploy/targets.example.toml), and
+the alert rules compare each KPI against that series.
+
+Durations are Prometheus duration strings ("90s", "15m", "1h"); they are used verbatim in rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ChurnAlerts:
+    """Churn: the rate above its target, or up week over week."""
+
+    window: str = "30d"
+    #: Ratio points: 0.02 alerts when the churn rate is more than 2 percentage points above last week's.
+    max_rise_week_over_week: float = 0.02
+    #: Below this many users in the churn base the rate is too noisy to alert on.
+    min_base_users: int = 100
+    for_above_target: str = "1h"
+    for_rise: str = "1h"
+
+
+@dataclass(frozen=True)
+class SatisfactionAlerts:
+    """NPS and CSAT: below target, falling week over week, and diverging from each other."""
+
+    window: str = "7d"
+    #: NPS points: 10 alerts when NPS is more than 10 points below the same day last week.
+    nps_max_drop_week_over_week: float = 10.0
+    #: Ratio points: 0.05 alerts when CSAT is more than 5 percentage points below the same day last week.
+    csat_max_drop_week_over_week: float = 0.05
+    #: Fewer answers than this in the window and the score is not alerted on (a small sample is noise).
+    min_responses: int = 30
+    for_below_target: str = "1h"
+    for_drop: str = "1h"
+    for_divergence: str = "3h"
+
+
+@dataclass(frozen=True)
+class EngagementAlerts:
+    """DAU against the same time last week; stickiness against its target."""
+
+    #: 0.2 alerts when DAU is more than 20 % below the same time of the same weekday last week.
+    dau_max_drop_ratio: float = 0.2
+    #: Last week's DAU at the same time must be at least this for the drop to count (early in the day
+    #: both numbers are small and a drop of a few users is a large percentage).
+    dau_min_users: int = 100
+    #: Stickiness (DAU/MAU) is alerted on only when MAU is at least this.
+    stickiness_min_mau: int = 100
+    for_dau_drop: str = "30m"
+    for_stickiness: str = "1h"
+
+
+@dataclass(frozen=True)
+class PipelineAlerts:
+    """Health of the workers and their input."""
+
+    #: No input message at all (any topic, any outcome) for this long.
+    no_events_window: str = "10m"
+    #: Share of input messages dead-lettered, per topic, over `rate_window`.
+    dead_letter_max_ratio: float = 0.01
+    rate_window: str = "5m"
+    for_dead_letters: str = "10m"
+    #: Consumer lag (messages, summed over partitions) growing over this window ...
+    lag_growth_window: str = "15m"
+    #: ... and above this many messages (a small lag going up and down is normal).
+    lag_min_messages: int = 1000
+    for_lag: str = "15m"
+    #: Newest KPI snapshot of any worker older than this many seconds.
+    snapshot_max_age_seconds: int = 120
+    for_snapshot: str = "1m"
+    for_worker_down: str = "2m"
+
+
+@dataclass(frozen=True)
+class MonitoringConfig:
+    """Everything the generated monitoring files depend on."""
+
+    #: Prometheus job of the workers; every rule selects `job="<job>"`.
+    job: str = "kpimon"
+    #: Worker /metrics endpoints (host:web_port) in the generated prometheus.yml.
+    worker_targets: tuple[str, ...] = ("127.0.0.1:6066",)
+    scrape_interval: str = "15s"
+    evaluation_interval: str = "1m"
+    #: Extra matchers of the KPI alerts: by default only the whole population (`dimension="all"`);
+    #: e.g. 'dimension=~"all|plan"' also alerts per plan. Dashboards show every segment regardless.
+    kpi_alert_selector: str = 'dimension="all"'
+    #: Where docs/alerts.md is served; runbook_url = f"{runbook_base_url}#{alertname lowercased}".
+    runbook_base_url: str = "docs/alerts.md"
+    churn: ChurnAlerts = field(default_factory=ChurnAlerts)
+    satisfaction: SatisfactionAlerts = field(default_factory=SatisfactionAlerts)
+    engagement: EngagementAlerts = field(default_factory=EngagementAlerts)
+    pipeline: PipelineAlerts = field(default_factory=PipelineAlerts)
+    #: Grafana: the provisioned Prometheus data source and where the dashboards are mounted.
+    datasource_uid: str = "kpimon-prometheus"
+    datasource_name: str = "Prometheus (kpimon)"
+    prometheus_url: str = "http://localhost:9090"
+    grafana_folder: str = "kpimon"
+    grafana_dashboards_path: str = "/var/lib/grafana/dashboards/kpimon"
+
+    def runbook_url(self, alert: str) -> str:
+        """The runbook anchor of an alert (GitHub-style anchor of its heading in docs/alerts.md)."""
+        return f"{self.runbook_base_url}#{alert.lower()}"
+
+
+DEFAULT = MonitoringConfig()

@@ -1,0 +1,725 @@
+"""The Grafana dashboards, built with grafana-foundation-sdk (pinned in pyproject.toml).
+
+Three dashboards: engagement, satisfaction, pipeline health. KPI panels read the `dimension_segment:*`
+recording rules (no `instance` label, so a KPI group moving between workers draws one line), pipeline panels
+the `topic*:*` rules. Targets are drawn from `kpi_window:kpimon_kpi_target:max` as dashed red series named
+`target ...`. Variables: data source, dimension, segment (multi, with All), and window / topic where useful.
+
+`panel_queries()` lists every (dashboard, panel title, PromQL) so tests (and a later end-to-end test
+against a real Prometheus) can check each expression; `monitoring.promql.substitute_variables` fills in the
+Grafana variables.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from grafana_foundation_sdk.builders import bargauge, heatmap, stat, timeseries
+from grafana_foundation_sdk.builders import common as common_builders
+from grafana_foundation_sdk.builders import dashboard as dashboard_builders
+from grafana_foundation_sdk.builders import prometheus as prometheus_builders
+from grafana_foundation_sdk.cog import builder as cog_builder
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common, prometheus
+from grafana_foundation_sdk.models import dashboard as models
+
+from monitoring.config import MonitoringConfig
+from monitoring.rules import TARGET, kpi
+
+DATASOURCE = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
+#: The segment selector of KPI panels (segment is multi-valued with All = ".*").
+SEGMENT = 'dimension="$dimension", segment=~"$segment"'
+Query = tuple[str, str]  # (PromQL, legend)
+
+
+@dataclass(frozen=True)
+class PanelQuery:
+    """One panel query: which dashboard and panel it belongs to, and its PromQL (with Grafana variables)."""
+
+    dashboard: str
+    panel: str
+    expr: str
+
+
+def _targets(panel: cog_builder.Builder[models.Panel], queries: Sequence[Query]) -> None:
+    for index, (expr, legend) in enumerate(queries):
+        query = prometheus_builders.Dataquery().expr(expr).legend_format(legend).ref_id(chr(ord("A") + index))
+        panel.with_target(query)  # type: ignore[attr-defined]  # every panel builder has with_target
+
+
+def _thresholds(*steps: tuple[float | None, str]) -> dashboard_builders.ThresholdsConfig:
+    return (
+        dashboard_builders.ThresholdsConfig()
+        .mode(models.ThresholdsMode.ABSOLUTE)
+        .steps([models.Threshold(value=value, color=color) for value, color in steps])
+    )
+
+
+def _series(
+    title: str,
+    queries: Sequence[Query],
+    *,
+    unit: str = "short",
+    span: int = 12,
+    description: str = "",
+    stacking: common.StackingMode | None = None,
+    bars: bool = False,
+    threshold: float | None = None,
+    interval: str = "",
+) -> timeseries.Panel:
+    """A time series panel; series whose legend starts with `target` are dashed red lines."""
+    panel = (
+        timeseries.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .span(span)
+        .height(8)
+        .line_width(1)
+        .fill_opacity(60 if bars else 10)
+        .legend(
+            common_builders.VizLegendOptions()
+            .show_legend(True)
+            .display_mode(common.LegendDisplayMode.LIST)
+            .placement(common.LegendPlacement.BOTTOM)
+        )
+        .override_by_regexp(
+            "^target.*",
+            [
+                models.DynamicConfigValue("custom.lineStyle", {"fill": "dash", "dash": [10, 10]}),
+                models.DynamicConfigValue("color", {"mode": "fixed", "fixedColor": "red"}),
+                models.DynamicConfigValue("custom.fillOpacity", 0),
+                models.DynamicConfigValue("custom.stacking", {"mode": "none", "group": "A"}),
+            ],
+        )
+    )
+    if bars:
+        panel = panel.draw_style(common.GraphDrawStyle.BARS)
+    if stacking is not None:
+        panel = panel.stacking(common_builders.StackingConfig().mode(stacking))
+    if threshold is not None:
+        panel = panel.thresholds(_thresholds((None, "green"), (threshold, "red"))).thresholds_style(
+            common_builders.GraphThresholdsStyleConfig().mode(common.GraphThresholdsStyleMode.DASHED)
+        )
+    if interval:
+        panel = panel.interval(interval)
+    _targets(panel, queries)
+    return panel
+
+
+def _stat(
+    title: str,
+    queries: Sequence[Query],
+    *,
+    unit: str = "short",
+    span: int = 6,
+    decimals: int = 0,
+    description: str = "",
+) -> stat.Panel:
+    """A stat panel of the last value."""
+    panel = (
+        stat.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .decimals(decimals)
+        .span(span)
+        .height(4)
+        .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        .graph_mode(common.BigValueGraphMode.AREA)
+    )
+    _targets(panel, queries)
+    return panel
+
+
+def _bars(
+    title: str,
+    queries: Sequence[Query],
+    *,
+    unit: str = "short",
+    span: int = 12,
+    decimals: int = 0,
+    description: str = "",
+) -> bargauge.Panel:
+    """A horizontal bar gauge of the last value per series (a segment comparison)."""
+    panel = (
+        bargauge.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .decimals(decimals)
+        .span(span)
+        .height(8)
+        .orientation(common.VizOrientation.HORIZONTAL)
+        .display_mode(common.BarGaugeDisplayMode.BASIC)
+        .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+    )
+    _targets(panel, queries)
+    return panel
+
+
+def _datasource_variable() -> dashboard_builders.DatasourceVariable:
+    return dashboard_builders.DatasourceVariable("datasource").label("Data source").type("prometheus")
+
+
+def _segment_variables(metric: str) -> list[cog_builder.Builder[models.VariableModel]]:
+    """dimension (single, default all) and segment (multi, All = every segment of the dimension)."""
+    dimension = (
+        dashboard_builders.QueryVariable("dimension")
+        .label("Dimension")
+        .datasource(DATASOURCE)
+        .query(f"label_values({metric}, dimension)")
+        .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(models.VariableSort.ALPHABETICAL_ASC)
+        .current(models.VariableOption(selected=True, text="all", value="all"))
+    )
+    segment = (
+        dashboard_builders.QueryVariable("segment")
+        .label("Segment")
+        .datasource(DATASOURCE)
+        .query(f'label_values({metric}{{dimension="$dimension"}}, segment)')
+        .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(models.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+        .current(models.VariableOption(selected=True, text=["All"], value=["$__all"]))
+    )
+    return [dimension, segment]
+
+
+def _window_variable(windows: Sequence[str]) -> dashboard_builders.CustomVariable:
+    return (
+        dashboard_builders.CustomVariable("window")
+        .label("Window")
+        .values(",".join(windows))
+        .current(models.VariableOption(selected=True, text=windows[0], value=windows[0]))
+    )
+
+
+def _dashboard(uid: str, title: str, description: str, time_from: str) -> dashboard_builders.Dashboard:
+    return (
+        dashboard_builders.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(["kpimon"])
+        .editable()
+        .refresh("1m")
+        .time(time_from, "now")
+        .timezone("utc")
+        .link(
+            dashboard_builders.DashboardLink("kpimon")
+            .type(models.DashboardLinkType.DASHBOARDS)
+            .tags(["kpimon"])
+            .as_dropdown(True)
+            .include_vars(True)
+            .keep_time(True)
+        )
+    )
+
+
+def _current(metric: str, *extra: str, window: str = "") -> str:
+    """The current-day recorded series of a KPI for the selected segments."""
+    matchers = [SEGMENT, *extra, f'window="{window}"' if window else "", 'day="current"']
+    return f"{kpi(metric)}{{{', '.join(m for m in matchers if m)}}}"
+
+
+def engagement(config: MonitoringConfig) -> dashboard_builders.Dashboard:
+    """DAU/WAU/MAU, stickiness, lifecycle, churn."""
+    users = kpi("kpimon_active_users")
+    drop = config.engagement.dau_max_drop_ratio
+    board = _dashboard(
+        "kpimon-engagement",
+        "kpimon / Engagement",
+        "Active users, stickiness, lifecycle and churn of the current (UTC, event-time) day, by segment.",
+        "now-7d",
+    )
+    for variable in [_datasource_variable(), *_segment_variables(users)]:
+        board = board.with_variable(variable)
+    return (
+        board.with_row(dashboard_builders.Row("Active users"))
+        .with_panel(
+            _stat("DAU (today so far)", [(_current("kpimon_active_users", window="1d"), "{{segment}}")])
+        )
+        .with_panel(_stat("WAU", [(_current("kpimon_active_users", window="7d"), "{{segment}}")]))
+        .with_panel(_stat("MAU", [(_current("kpimon_active_users", window="30d"), "{{segment}}")]))
+        .with_panel(
+            _stat(
+                "DAU yesterday (final)",
+                [(f'{users}{{{SEGMENT}, window="1d", day="previous"}}', "{{segment}}")],
+            )
+        )
+        .with_panel(
+            _series(
+                "Active users by window (DAU, WAU, MAU)",
+                [(_current("kpimon_active_users"), "{{window}} {{segment}}")],
+                description="Distinct active users in the window ending on the current day (the 1d line "
+                "grows during the day and starts again at 00:00 UTC).",
+            )
+        )
+        .with_panel(
+            _series(
+                "DAU against the same time last week",
+                [
+                    (
+                        f'dimension_segment:kpimon_active_users:relchange7d{{{SEGMENT}, window="1d", '
+                        'day="current"}',
+                        "{{segment}}",
+                    )
+                ],
+                unit="percentunit",
+                threshold=-drop,
+                description="DAU / DAU at the same time of the same weekday last week - 1. The dashed line "
+                "is the alert threshold (KpimonDauDroppedWeekOverWeek).",
+            )
+        )
+        .with_row(dashboard_builders.Row("Stickiness and lifecycle"))
+        .with_panel(
+            _series(
+                "Stickiness (DAU / MAU)",
+                [
+                    (_current("kpimon_stickiness_ratio", window="30d"), "{{segment}}"),
+                    (f'{TARGET}{{kpi="stickiness", window="30d"}}', "target ({{direction}})"),
+                ],
+                unit="percentunit",
+            )
+        )
+        .with_panel(
+            _series(
+                "Lifecycle of the current day",
+                [
+                    (
+                        _current("kpimon_lifecycle_users", 'status!="dormant"', window="1d"),
+                        "{{status}} {{segment}}",
+                    ),
+                    (
+                        "-" + _current("kpimon_lifecycle_users", 'status="dormant"', window="1d"),
+                        "dormant {{segment}}",
+                    ),
+                ],
+                bars=True,
+                stacking=common.StackingMode.NORMAL,
+                interval="1h",
+                description="New, returning and resurrecting users of the day up, users gone dormant "
+                "(active yesterday, not today) down.",
+            )
+        )
+        .with_panel(
+            _bars(
+                "Lifecycle yesterday (final)",
+                [
+                    (
+                        f'{kpi("kpimon_lifecycle_users")}{{{SEGMENT}, window="1d", day="previous"}}',
+                        "{{status}} {{segment}}",
+                    )
+                ],
+            )
+        )
+        .with_panel(
+            _series(
+                "Lifecycle yesterday over time",
+                [
+                    (
+                        f'{kpi("kpimon_lifecycle_users")}{{{SEGMENT}, window="1d", day="previous"}}',
+                        "{{status}} {{segment}}",
+                    )
+                ],
+                stacking=common.StackingMode.NORMAL,
+                bars=True,
+                interval="1h",
+            )
+        )
+        .with_row(dashboard_builders.Row("Churn"))
+        .with_panel(
+            _series(
+                "Churn rate",
+                [
+                    (_current("kpimon_churn_ratio"), "{{window}} {{segment}}"),
+                    (f'{TARGET}{{kpi="churn_rate"}}', "target {{window}} ({{direction}})"),
+                ],
+                unit="percentunit",
+                description="Churned / base: users active in the previous W days who were not active in "
+                "the last W days.",
+            )
+        )
+        .with_panel(
+            _series(
+                "Churn base and churned users",
+                [
+                    (_current("kpimon_churn_base_users"), "base {{window}} {{segment}}"),
+                    (_current("kpimon_churned_users"), "churned {{window}} {{segment}}"),
+                ],
+            )
+        )
+        .with_panel(
+            _series(
+                "Churn rate against the same day last week",
+                [
+                    (
+                        f'dimension_segment:kpimon_churn_ratio:delta7d{{{SEGMENT}, day="current"}}',
+                        "{{window}} {{segment}}",
+                    )
+                ],
+                unit="percentunit",
+                threshold=config.churn.max_rise_week_over_week,
+                description="Churn rate minus the churn rate of the same day last week (ratio points).",
+            )
+        )
+    )
+
+
+def satisfaction(config: MonitoringConfig) -> dashboard_builders.Dashboard:
+    """NPS (with its split), CSAT, response rates, targets; by stage and segment."""
+    sat = config.satisfaction
+    responses = kpi("kpimon_survey_responses")
+    board = _dashboard(
+        "kpimon-satisfaction",
+        "kpimon / Satisfaction",
+        "NPS and CSAT over the 7d or 30d window ending on the current (UTC, event-time) day, by segment.",
+        "now-14d",
+    )
+    for variable in [_datasource_variable(), *_segment_variables(responses), _window_variable(("7d", "30d"))]:
+        board = board.with_variable(variable)
+    w = 'window="$window"'
+    nps_split = 'survey="nps", bucket=~"promoters|passives|detractors"'
+    return (
+        board.with_row(dashboard_builders.Row("Now"))
+        .with_panel(_stat("NPS", [(_current("kpimon_nps_score", w), "{{segment}}")], decimals=1))
+        .with_panel(
+            _stat("CSAT", [(_current("kpimon_csat_ratio", w), "{{segment}}")], unit="percentunit", decimals=1)
+        )
+        .with_panel(
+            _stat(
+                "NPS answers",
+                [
+                    (
+                        _current("kpimon_survey_responses", w, 'survey="nps"', 'bucket="responses"'),
+                        "{{segment}}",
+                    )
+                ],
+            )
+        )
+        .with_panel(
+            _stat(
+                "CSAT answers",
+                [
+                    (
+                        _current("kpimon_survey_responses", w, 'survey="csat"', 'bucket="responses"'),
+                        "{{segment}}",
+                    )
+                ],
+            )
+        )
+        .with_row(dashboard_builders.Row("NPS"))
+        .with_panel(
+            _series(
+                "NPS",
+                [
+                    (_current("kpimon_nps_score", w), "{{segment}}"),
+                    (f'{TARGET}{{kpi="nps", {w}}}', "target ({{direction}})"),
+                ],
+                description="100 x (promoters - detractors) / answers; no point without answers.",
+            )
+        )
+        .with_panel(
+            _series(
+                "NPS answers: promoters, passives, detractors",
+                [(_current("kpimon_survey_responses", w, nps_split), "{{bucket}} {{segment}}")],
+                unit="percent",
+                stacking=common.StackingMode.PERCENT,
+                description="Share of each bucket among the NPS answers of the window.",
+            )
+        )
+        .with_panel(
+            _series(
+                "NPS against the same day last week",
+                [
+                    (
+                        f'dimension_segment:kpimon_nps_score:delta7d{{{SEGMENT}, {w}, day="current"}}',
+                        "{{segment}}",
+                    )
+                ],
+                threshold=-sat.nps_max_drop_week_over_week,
+                description="NPS minus NPS of the same day last week (points); the dashed line is the "
+                "alert threshold (KpimonNpsDroppedWeekOverWeek).",
+            )
+        )
+        .with_panel(
+            _series(
+                "NPS by stage",
+                [
+                    (f'{kpi("kpimon_nps_score")}{{dimension="stage", {w}, day="current"}}', "{{segment}}"),
+                    (f'{TARGET}{{kpi="nps", {w}}}', "target ({{direction}})"),
+                ],
+            )
+        )
+        .with_row(dashboard_builders.Row("CSAT"))
+        .with_panel(
+            _series(
+                "CSAT (satisfied share)",
+                [
+                    (_current("kpimon_csat_ratio", w), "{{segment}}"),
+                    (f'{TARGET}{{kpi="csat", {w}}}', "target ({{direction}})"),
+                ],
+                unit="percentunit",
+                description="Answers 4 or 5 / answers.",
+            )
+        )
+        .with_panel(
+            _series(
+                "CSAT mean score",
+                [(_current("kpimon_csat_score_mean", w), "{{segment}}")],
+                description="Mean CSAT answer, 1..5.",
+            )
+        )
+        .with_panel(
+            _series(
+                "CSAT against the same day last week",
+                [
+                    (
+                        f'dimension_segment:kpimon_csat_ratio:delta7d{{{SEGMENT}, {w}, day="current"}}',
+                        "{{segment}}",
+                    )
+                ],
+                unit="percentunit",
+                threshold=-sat.csat_max_drop_week_over_week,
+                description="CSAT minus CSAT of the same day last week (ratio points).",
+            )
+        )
+        .with_panel(
+            _series(
+                "CSAT by stage",
+                [
+                    (f'{kpi("kpimon_csat_ratio")}{{dimension="stage", {w}, day="current"}}', "{{segment}}"),
+                    (f'{TARGET}{{kpi="csat", {w}}}', "target ({{direction}})"),
+                ],
+                unit="percentunit",
+            )
+        )
+        .with_row(dashboard_builders.Row("Response rates"))
+        .with_panel(
+            _series(
+                "Response rate",
+                [(_current("kpimon_survey_response_ratio", w), "{{survey}} {{segment}}")],
+                unit="percentunit",
+                description="Answered / shown surveys in the window (dismissed ones count on neither side).",
+            )
+        )
+        .with_panel(
+            _series(
+                "Surveys shown, answered, dismissed",
+                [
+                    (
+                        _current("kpimon_survey_responses", w, 'bucket=~"shown|responses|dismissed"'),
+                        "{{survey}} {{bucket}} {{segment}}",
+                    )
+                ],
+            )
+        )
+        .with_row(dashboard_builders.Row("By segment"))
+        .with_panel(
+            _bars(
+                "NPS by segment of the dimension",
+                [(f'{kpi("kpimon_nps_score")}{{dimension="$dimension", {w}, day="current"}}', "{{segment}}")],
+                decimals=1,
+            )
+        )
+        .with_panel(
+            _bars(
+                "CSAT by segment of the dimension",
+                [
+                    (
+                        f'{kpi("kpimon_csat_ratio")}{{dimension="$dimension", {w}, day="current"}}',
+                        "{{segment}}",
+                    )
+                ],
+                unit="percentunit",
+                decimals=1,
+            )
+        )
+    )
+
+
+def pipeline(config: MonitoringConfig) -> dashboard_builders.Dashboard:
+    """Rates, dead letters by reason, lag, delay histogram, snapshot age, workers."""
+    pipe = config.pipeline
+    rate = f"rate{pipe.rate_window}"
+    job = f'job="{config.job}"'
+    topic = 'topic=~"$topic"'
+    board = _dashboard(
+        "kpimon-pipeline",
+        "kpimon / Pipeline health",
+        "Input rates and outcomes, dead letters, consumer lag, event delay and worker health.",
+        "now-6h",
+    )
+    topics = (
+        dashboard_builders.QueryVariable("topic")
+        .label("Topic")
+        .datasource(DATASOURCE)
+        .query(f"label_values(topic:kpimon_events:{rate}, topic)")
+        .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+        .current(models.VariableOption(selected=True, text=["All"], value=["$__all"]))
+    )
+    board = board.with_variable(_datasource_variable()).with_variable(topics)
+    buckets = f"topic_le:kpimon_event_delay_seconds_bucket:{rate}{{{topic}}}"
+    return (
+        board.with_row(dashboard_builders.Row("Workers"))
+        .with_panel(_stat("Workers up", [(f"sum({selector_up(job)})", "up")]))
+        .with_panel(
+            _stat(
+                "Newest KPI snapshot age",
+                [(f"time() - job:kpimon_last_snapshot_timestamp_seconds:max{{{job}}}", "age")],
+                unit="s",
+            ).thresholds(_thresholds((None, "green"), (float(pipe.snapshot_max_age_seconds), "red")))
+        )
+        .with_panel(
+            _stat(
+                "Input messages / s",
+                [(f"sum(topic:kpimon_events:{rate}{{{topic}}})", "all")],
+                unit="ops",
+                decimals=1,
+            )
+        )
+        .with_panel(
+            _stat(
+                "Dead-letter share",
+                [(f"max(topic:kpimon_dead_letters:ratio_{rate}{{{topic}}})", "max")],
+                unit="percentunit",
+                decimals=2,
+            )
+        )
+        .with_panel(_series("Scrape status by worker", [(selector_up(job), "{{instance}}")], span=24))
+        .with_row(dashboard_builders.Row("Input"))
+        .with_panel(
+            _series(
+                "Messages by topic and outcome",
+                [(f"topic_outcome:kpimon_events:{rate}{{{topic}}}", "{{topic}} {{outcome}}")],
+                unit="ops",
+                description="accepted, rejected (dead-lettered) and duplicate messages per second.",
+            )
+        )
+        .with_panel(
+            _series(
+                "Dead letters by reason",
+                [(f"topic_reason:kpimon_dead_letters:{rate}{{{topic}}}", "{{topic}} {{reason}}")],
+                unit="ops",
+                stacking=common.StackingMode.NORMAL,
+            )
+        )
+        .with_panel(
+            _series(
+                "Dead-letter share by topic",
+                [(f"topic:kpimon_dead_letters:ratio_{rate}{{{topic}}}", "{{topic}}")],
+                unit="percentunit",
+                threshold=pipe.dead_letter_max_ratio,
+                description="Dead-lettered / all messages of the topic; the dashed line is the alert "
+                "threshold.",
+            )
+        )
+        .with_row(dashboard_builders.Row("Lag and delay"))
+        .with_panel(
+            _series(
+                "Consumer lag by topic",
+                [(f"topic:kpimon_consumer_lag_messages:sum{{{topic}}}", "{{topic}}")],
+                threshold=float(pipe.lag_min_messages),
+            )
+        )
+        .with_panel(
+            _series(
+                "Consumer lag by partition",
+                [(f"topic_partition:kpimon_consumer_lag_messages:max{{{topic}}}", "{{topic}}/{{partition}}")],
+            )
+        )
+        .with_panel(_delay_heatmap(f"sum by (le) ({buckets})"))
+        .with_panel(
+            _series(
+                "Event delay quantiles",
+                [
+                    (
+                        f"histogram_quantile({q}, sum by (topic, le) ({buckets}))",
+                        f"p{round(q * 100)} {{{{topic}}}}",
+                    )
+                    for q in (0.5, 0.95, 0.99)
+                ],
+                unit="s",
+                description="Processing time minus event time of accepted events.",
+            )
+        )
+    )
+
+
+def selector_up(job: str) -> str:
+    """`up` of the workers."""
+    return f"up{{{job}}}"
+
+
+def _delay_heatmap(expr: str) -> heatmap.Panel:
+    """The event delay histogram: one cell per bucket and time step."""
+    panel = (
+        heatmap.Panel()
+        .title("Event delay histogram")
+        .description("Accepted events per second by delay bucket (processing time minus event time).")
+        .datasource(DATASOURCE)
+        .span(12)
+        .height(8)
+        .calculate(False)
+        .unit("s")
+    )
+    query = (
+        prometheus_builders.Dataquery()
+        .expr(expr)
+        .legend_format("{{le}}")
+        .format(prometheus.PromQueryFormat.HEATMAP)
+        .ref_id("A")
+    )
+    return panel.with_target(query)
+
+
+def dashboards(config: MonitoringConfig) -> dict[str, dict[str, object]]:
+    """File name under grafana/dashboards/ -> dashboard JSON document (panel ids numbered in order)."""
+    out: dict[str, dict[str, object]] = {}
+    for build in (engagement, satisfaction, pipeline):
+        document: dict[str, object] = json.loads(json.dumps(build(config).build(), cls=JSONEncoder))
+        panels = document.get("panels")
+        assert isinstance(panels, list)
+        for number, panel in enumerate(panels, start=1):
+            panel["id"] = number
+        out[f"{document['uid']}.json"] = document
+    return out
+
+
+def _walk_panels(document: dict[str, object]) -> Iterator[dict[str, object]]:
+    panels = document.get("panels")
+    for panel in panels if isinstance(panels, list) else []:
+        yield panel
+        yield from _walk_panels(panel)  # panels of collapsed rows
+
+
+def panel_queries(config: MonitoringConfig) -> list[PanelQuery]:
+    """Every panel query of every dashboard: (dashboard uid, panel title, PromQL with Grafana variables)."""
+    out: list[PanelQuery] = []
+    for document in dashboards(config).values():
+        for panel in _walk_panels(document):
+            for target in panel.get("targets") or []:  # type: ignore[attr-defined]
+                out.append(PanelQuery(str(document["uid"]), str(panel["title"]), str(target["expr"])))
+    return out
+
+
+def variable_queries(config: MonitoringConfig) -> list[PanelQuery]:
+    """Every query variable (`label_values(...)`), for the check that it names exported series."""
+    out: list[PanelQuery] = []
+    for document in dashboards(config).values():
+        templating = document.get("templating")
+        variables = templating.get("list", []) if isinstance(templating, dict) else []
+        for variable in variables:
+            if variable.get("type") == "query":
+                out.append(PanelQuery(str(document["uid"]), f"${variable['name']}", str(variable["query"])))
+    return out

@@ -1,0 +1,45 @@
+"""Every generated monitoring file: relative path -> text (scripts/generate.py writes them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from monitoring import grafana
+from monitoring.config import DEFAULT, MonitoringConfig
+from monitoring.dashboards import dashboards
+from monitoring.prometheus import prometheus_config
+from monitoring.render import GENERATED, to_json, to_yaml
+from monitoring.rules import prometheus_rule_files
+
+PROMETHEUS_DIR = Path("deploy/prometheus")
+RULES_DIR = PROMETHEUS_DIR / "rules"
+DASHBOARDS_DIR = Path("grafana/dashboards")
+PROVISIONING_DIR = Path("grafana/provisioning")
+
+#: Directories whose every file is generated (a file there that the code does not generate is stale).
+GENERATED_DIRS = (RULES_DIR, DASHBOARDS_DIR, PROVISIONING_DIR)
+
+_SCRAPE_NOTE = (
+    "\nPrometheus for kpimon: scrapes every worker's /metrics (its --web-port, default 6066) and loads"
+    "\nthe recording and alert rules of rules/ (paths relative to this file). More workers: list their"
+    "\nhost:web-port in worker_targets (monitoring/config.py) and run `make generate`."
+)
+
+
+def generated_files(config: MonitoringConfig = DEFAULT) -> dict[Path, str]:
+    """Relative path -> content of every monitoring file generated from `config`."""
+    files: dict[Path, str] = {
+        PROMETHEUS_DIR / "prometheus.yml": to_yaml(prometheus_config(config), GENERATED + _SCRAPE_NOTE)
+    }
+    for name, document in prometheus_rule_files(config).items():
+        files[RULES_DIR / name] = to_yaml(document, GENERATED)
+    for name, board in dashboards(config).items():
+        files[DASHBOARDS_DIR / name] = to_json(board)
+    files[PROVISIONING_DIR / "datasources" / "kpimon.yaml"] = to_yaml(grafana.datasources(config), GENERATED)
+    files[PROVISIONING_DIR / "dashboards" / "kpimon.yaml"] = to_yaml(
+        grafana.dashboard_provider(config), GENERATED
+    )
+    files[PROVISIONING_DIR / "alerting" / "kpimon-alerts.yaml"] = to_yaml(
+        grafana.alert_rules(config), GENERATED
+    )
+    return files

@@ -1,0 +1,503 @@
+"""Prometheus recording and alert rules, built from a `MonitoringConfig`.
+
+Recording rules are named `level:metric:operations` (Prometheus' convention). The level of the KPI rules
+is `dimension_segment`: one series per segment with `instance`/`job` aggregated away; `window`, `day` and the
+metric's own labels (status, survey, bucket) are part of a KPI's identity and always kept. Because the
+recorded series carry no `instance`, `offset 7d` compares like with like even when the KPI group moved to
+another worker in between (a rebalance changes the raw series' `instance`).
+
+Week over week ("against the same day last week"): the value the *current-day* series has now is compared
+with the value the same series had 7 days ago (`offset 7d`), which was then the current day's value. So a 7d
+NPS of day d at 10:00 is compared with the 7d NPS of day d-7 as it stood at 10:00 on day d-7, and DAU (1d)
+with DAU at the same time of the same weekday: partial days compare with partial days.
+
+Targets come from the workers' `kpimon_kpi_target{kpi,direction,window,...}`, normalised by a recording rule
+to one series per (kpi, direction, window), and joined `on (window)`. A KPI without a published target
+(or with a target of the other direction) joins nothing, so it never alerts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from monitoring.config import MonitoringConfig
+from monitoring.promql import number, selector
+
+#: How an alert's value (and target) read in its description.
+ValueFormat = Literal["percent", "decimal", "count", "duration"]
+Severity = Literal["critical", "warning", "info"]
+
+#: KPI gauges (agents/kpi_metrics.py) and their own labels beside window, day, dimension, segment.
+KPI_GAUGES: dict[str, tuple[str, ...]] = {
+    "kpimon_active_users": (),
+    "kpimon_stickiness_ratio": (),
+    "kpimon_lifecycle_users": ("status",),
+    "kpimon_churn_base_users": (),
+    "kpimon_churned_users": (),
+    "kpimon_churn_ratio": (),
+    "kpimon_survey_responses": ("survey", "bucket"),
+    "kpimon_nps_score": (),
+    "kpimon_csat_ratio": (),
+    "kpimon_csat_score_mean": (),
+    "kpimon_survey_response_ratio": ("survey",),
+}
+KPI_LABELS = ("window", "day", "dimension", "segment")
+#: Joins between two KPIs of the same segment (never on `day`: a selector fixes it on both sides).
+SEGMENT_JOIN = "on (window, dimension, segment)"
+TARGET = "kpi_window:kpimon_kpi_target:max"
+
+
+def kpi(metric: str) -> str:
+    """The recorded per-segment series of a KPI gauge."""
+    return f"dimension_segment:{metric}:max"
+
+
+@dataclass(frozen=True)
+class RecordingRule:
+    """`record: expr`."""
+
+    record: str
+    expr: str
+
+
+@dataclass(frozen=True)
+class Alert:
+    """An alert rule, with what Grafana needs to express the same alert.
+
+    `description` is a template with `{value}`, `{target}` and `{<label>}` placeholders; `render` turns it
+    into Prometheus' or Grafana's template language. `target_expr`, when set, is the alert's target aligned
+    to the alerting series' labels (Grafana reads it as query B; Prometheus' description runs `target_query`).
+    """
+
+    name: str
+    group: str
+    expr: str
+    for_: str
+    severity: Severity
+    summary: str
+    description: str
+    value_format: ValueFormat
+    target_query: str = ""  # printf format, `%s` = the alert's window label
+    target_expr: str = ""
+
+
+@dataclass(frozen=True)
+class RuleGroup:
+    """A named group of recording rules or alerts."""
+
+    name: str
+    rules: tuple[RecordingRule, ...] | tuple[Alert, ...]
+
+
+def recording_rules(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
+    """The KPI and pipeline recording rules."""
+    job = f'job="{config.job}"'
+    kpis: list[RecordingRule] = []
+    for metric, own in KPI_GAUGES.items():
+        by = ", ".join((*own, *KPI_LABELS))
+        kpis.append(RecordingRule(kpi(metric), f"max by ({by}) ({selector(metric, job)})"))
+    kpis.append(
+        RecordingRule(TARGET, f"max by (kpi, direction, window) ({selector('kpimon_kpi_target', job)})")
+    )
+    for metric in ("kpimon_nps_score", "kpimon_csat_ratio", "kpimon_churn_ratio"):
+        kpis.append(
+            RecordingRule(f"dimension_segment:{metric}:delta7d", f"{kpi(metric)} - {kpi(metric)} offset 7d")
+        )
+    users = kpi("kpimon_active_users")
+    kpis.append(
+        RecordingRule("dimension_segment:kpimon_active_users:relchange7d", f"{users} / {users} offset 7d - 1")
+    )
+
+    window = config.pipeline.rate_window
+    rate = f"rate{window}"
+    pipeline = (
+        RecordingRule(
+            f"topic_outcome:kpimon_events:{rate}",
+            f"sum by (topic, outcome) (rate({selector('kpimon_events_total', job)}[{window}]))",
+        ),
+        RecordingRule(f"topic:kpimon_events:{rate}", f"sum by (topic) (topic_outcome:kpimon_events:{rate})"),
+        RecordingRule(
+            f"topic_reason:kpimon_dead_letters:{rate}",
+            f"sum by (topic, reason) (rate({selector('kpimon_dead_letters_total', job)}[{window}]))",
+        ),
+        RecordingRule(
+            f"topic:kpimon_dead_letters:ratio_{rate}",
+            f"sum by (topic) (topic_reason:kpimon_dead_letters:{rate}) / topic:kpimon_events:{rate}",
+        ),
+        RecordingRule(
+            f"topic_le:kpimon_event_delay_seconds_bucket:{rate}",
+            f"sum by (topic, le) (rate({selector('kpimon_event_delay_seconds_bucket', job)}[{window}]))",
+        ),
+        RecordingRule(
+            "topic_partition:kpimon_consumer_lag_messages:max",
+            f"max by (topic, partition) ({selector('kpimon_consumer_lag_messages', job)})",
+        ),
+        RecordingRule(
+            "topic:kpimon_consumer_lag_messages:sum",
+            "sum by (topic) (topic_partition:kpimon_consumer_lag_messages:max)",
+        ),
+        RecordingRule(
+            "job:kpimon_last_snapshot_timestamp_seconds:max",
+            f"max by (job) ({selector('kpimon_last_snapshot_timestamp_seconds', job)})",
+        ),
+    )
+    return (RuleGroup("kpimon-kpis.rules", tuple(kpis)), RuleGroup("kpimon-pipeline.rules", pipeline))
+
+
+class _Kpis:
+    """Selector builders for the KPI alerts of one config."""
+
+    def __init__(self, config: MonitoringConfig) -> None:
+        self.config = config
+
+    def current(self, metric: str, window: str, *, alerting: bool = True, **labels: str) -> str:
+        """The current-day recorded series of a KPI; `alerting` adds the configured segment selector."""
+        extra = self.config.kpi_alert_selector if alerting else ""
+        return selector(kpi(metric), extra, **labels, window=window, day="current")
+
+    def recorded(self, record: str, window: str) -> str:
+        """A derived per-segment series (delta7d, relchange7d) of the current day, alerting segments only."""
+        return selector(record, self.config.kpi_alert_selector, window=window, day="current")
+
+    @staticmethod
+    def target(kpi_name: str, direction: str) -> str:
+        """The normalised target series of a KPI."""
+        return selector(TARGET, kpi=kpi_name, direction=direction)
+
+    def breach(self, metric: str, kpi_name: str, window: str, direction: str) -> str:
+        """The KPI's current value where it is on the wrong side of its target (nothing without a target)."""
+        op = "<" if direction == "min" else ">"
+        return (
+            f"{self.current(metric, window)} {op} on (window) group_left {self.target(kpi_name, direction)}"
+        )
+
+    def meets(self, metric: str, kpi_name: str, window: str, direction: str) -> str:
+        """The KPI's current value where it meets its target."""
+        op = ">=" if direction == "min" else "<="
+        return (
+            f"{self.current(metric, window)} {op} on (window) group_left {self.target(kpi_name, direction)}"
+        )
+
+    def aligned_target(self, metric: str, kpi_name: str, window: str, direction: str) -> str:
+        """The target with the KPI series' labels (for Grafana's description)."""
+        return (
+            f"{self.current(metric, window)} * 0 + on (window) group_left {self.target(kpi_name, direction)}"
+        )
+
+    @staticmethod
+    def target_query(kpi_name: str, direction: str) -> str:
+        """A printf format of the target query, `%s` = window (Prometheus' description runs it)."""
+        return selector(TARGET, kpi=kpi_name, direction=direction, window="%s")
+
+    def responses(self, survey: str, window: str, minimum: int) -> str:
+        """The answered-surveys sample guard."""
+        series = self.current(
+            "kpimon_survey_responses", window, alerting=False, survey=survey, bucket="responses"
+        )
+        return f"{series} >= {minimum}"
+
+
+def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
+    """Every alert, by group: engagement, satisfaction, pipeline."""
+    k = _Kpis(config)
+    churn, sat, eng, pipe = config.churn, config.satisfaction, config.engagement, config.pipeline
+    job = f'job="{config.job}"'
+    where = "{window} {kpi} of {dimension}={segment}"
+
+    churn_base = (
+        f"({k.current('kpimon_churn_base_users', churn.window, alerting=False)} >= {churn.min_base_users})"
+    )
+    mau = k.current("kpimon_active_users", "30d", alerting=False)
+    dau_last_week = f"{k.current('kpimon_active_users', '1d', alerting=False)} offset 7d"
+    engagement = (
+        Alert(
+            "KpimonDauDroppedWeekOverWeek",
+            "kpimon-engagement",
+            f"{k.recorded('dimension_segment:kpimon_active_users:relchange7d', '1d')}"
+            f" < -{number(eng.dau_max_drop_ratio)}\n"
+            f"and {SEGMENT_JOIN}\n({dau_last_week} >= {eng.dau_min_users})",
+            eng.for_dau_drop,
+            "warning",
+            "DAU dropped against the same weekday last week",
+            "DAU of {dimension}={segment} changed by {value} against the same time of the same weekday last"
+            f" week (alert below -{number(eng.dau_max_drop_ratio * 100)}%).",
+            "percent",
+        ),
+        Alert(
+            "KpimonStickinessBelowTarget",
+            "kpimon-engagement",
+            f"({k.breach('kpimon_stickiness_ratio', 'stickiness', '30d', 'min')})\n"
+            f"and {SEGMENT_JOIN}\n({mau} >= {eng.stickiness_min_mau})",
+            eng.for_stickiness,
+            "warning",
+            "Stickiness (DAU/MAU) below target",
+            where.replace("{kpi}", "stickiness") + " is {value}, below its target of {target}.",
+            "percent",
+            k.target_query("stickiness", "min"),
+            k.aligned_target("kpimon_stickiness_ratio", "stickiness", "30d", "min"),
+        ),
+        Alert(
+            "KpimonChurnAboveTarget",
+            "kpimon-engagement",
+            f"({k.breach('kpimon_churn_ratio', 'churn_rate', churn.window, 'max')})\n"
+            f"and {SEGMENT_JOIN}\n{churn_base}",
+            churn.for_above_target,
+            "warning",
+            "Churn rate above target",
+            where.replace("{kpi}", "churn rate") + " is {value}, above its target of {target}.",
+            "percent",
+            k.target_query("churn_rate", "max"),
+            k.aligned_target("kpimon_churn_ratio", "churn_rate", churn.window, "max"),
+        ),
+        Alert(
+            "KpimonChurnRoseWeekOverWeek",
+            "kpimon-engagement",
+            f"{k.recorded('dimension_segment:kpimon_churn_ratio:delta7d', churn.window)}"
+            f" > {number(churn.max_rise_week_over_week)}\n"
+            f"and {SEGMENT_JOIN}\n{churn_base}",
+            churn.for_rise,
+            "warning",
+            "Churn rate up against the same day last week",
+            where.replace("{kpi}", "churn rate")
+            + " is up {value} (percentage points) against the same day last week"
+            f" (alert above {number(churn.max_rise_week_over_week * 100)} points).",
+            "percent",
+        ),
+    )
+
+    w = sat.window
+    nps_n = f"({k.responses('nps', w, sat.min_responses)})"
+    csat_n = f"({k.responses('csat', w, sat.min_responses)})"
+    satisfaction = (
+        Alert(
+            "KpimonNpsBelowTarget",
+            "kpimon-satisfaction",
+            f"({k.breach('kpimon_nps_score', 'nps', w, 'min')})\nand {SEGMENT_JOIN}\n{nps_n}",
+            sat.for_below_target,
+            "warning",
+            "NPS below target",
+            where.replace("{kpi}", "NPS") + " is {value}, below its target of {target}.",
+            "decimal",
+            k.target_query("nps", "min"),
+            k.aligned_target("kpimon_nps_score", "nps", w, "min"),
+        ),
+        Alert(
+            "KpimonNpsDroppedWeekOverWeek",
+            "kpimon-satisfaction",
+            f"{k.recorded('dimension_segment:kpimon_nps_score:delta7d', w)}"
+            f" < -{number(sat.nps_max_drop_week_over_week)}\nand {SEGMENT_JOIN}\n{nps_n}",
+            sat.for_drop,
+            "warning",
+            "NPS down against the same day last week",
+            where.replace("{kpi}", "NPS") + " changed by {value} points against the same day last week"
+            f" (alert below -{number(sat.nps_max_drop_week_over_week)}).",
+            "decimal",
+        ),
+        Alert(
+            "KpimonCsatBelowTarget",
+            "kpimon-satisfaction",
+            f"({k.breach('kpimon_csat_ratio', 'csat', w, 'min')})\nand {SEGMENT_JOIN}\n{csat_n}",
+            sat.for_below_target,
+            "warning",
+            "CSAT below target",
+            where.replace("{kpi}", "CSAT") + " is {value}, below its target of {target}.",
+            "percent",
+            k.target_query("csat", "min"),
+            k.aligned_target("kpimon_csat_ratio", "csat", w, "min"),
+        ),
+        Alert(
+            "KpimonCsatDroppedWeekOverWeek",
+            "kpimon-satisfaction",
+            f"{k.recorded('dimension_segment:kpimon_csat_ratio:delta7d', w)}"
+            f" < -{number(sat.csat_max_drop_week_over_week)}\nand {SEGMENT_JOIN}\n{csat_n}",
+            sat.for_drop,
+            "warning",
+            "CSAT falling against the same day last week",
+            where.replace("{kpi}", "CSAT") + " changed by {value} (percentage points) against the same day"
+            f" last week (alert below -{number(sat.csat_max_drop_week_over_week * 100)} points).",
+            "percent",
+        ),
+        Alert(
+            "KpimonCsatBelowTargetNpsOnTarget",
+            "kpimon-satisfaction",
+            f"({k.breach('kpimon_csat_ratio', 'csat', w, 'min')})\n"
+            f"and {SEGMENT_JOIN}\n({k.meets('kpimon_nps_score', 'nps', w, 'min')})\n"
+            f"and {SEGMENT_JOIN}\n{csat_n}\nand {SEGMENT_JOIN}\n{nps_n}",
+            sat.for_divergence,
+            "info",
+            "CSAT below target while NPS meets its target",
+            where.replace("{kpi}", "CSAT") + " is {value}, below its target of {target}, while NPS meets its"
+            " target: recent interactions disappoint users who still recommend the product.",
+            "percent",
+            k.target_query("csat", "min"),
+            k.aligned_target("kpimon_csat_ratio", "csat", w, "min"),
+        ),
+        Alert(
+            "KpimonNpsBelowTargetCsatOnTarget",
+            "kpimon-satisfaction",
+            f"({k.breach('kpimon_nps_score', 'nps', w, 'min')})\n"
+            f"and {SEGMENT_JOIN}\n({k.meets('kpimon_csat_ratio', 'csat', w, 'min')})\n"
+            f"and {SEGMENT_JOIN}\n{nps_n}\nand {SEGMENT_JOIN}\n{csat_n}",
+            sat.for_divergence,
+            "info",
+            "NPS below target while CSAT meets its target",
+            where.replace("{kpi}", "NPS") + " is {value}, below its target of {target}, while CSAT meets its"
+            " target: users are satisfied with interactions but would not recommend the product.",
+            "decimal",
+            k.target_query("nps", "min"),
+            k.aligned_target("kpimon_nps_score", "nps", w, "min"),
+        ),
+    )
+
+    rate = f"rate{pipe.rate_window}"
+    pipeline = (
+        Alert(
+            "KpimonNoEvents",
+            "kpimon-pipeline",
+            f"sum by (job) (increase({selector('kpimon_events_total', job)}[{pipe.no_events_window}])) == 0",
+            "0s",
+            "critical",
+            "No input events",
+            "The workers of job {job} processed {value} input messages (any topic, any outcome) in the last"
+            f" {pipe.no_events_window}.",
+            "count",
+        ),
+        Alert(
+            "KpimonDeadLetterRatioHigh",
+            "kpimon-pipeline",
+            f"topic:kpimon_dead_letters:ratio_{rate} > {number(pipe.dead_letter_max_ratio)}",
+            pipe.for_dead_letters,
+            "warning",
+            "Many input messages dead-lettered",
+            "{value} of the messages on topic {topic} were dead-lettered over the last"
+            f" {pipe.rate_window} (alert above {number(pipe.dead_letter_max_ratio * 100)}%).",
+            "percent",
+        ),
+        Alert(
+            "KpimonConsumerLagGrowing",
+            "kpimon-pipeline",
+            f"topic:kpimon_consumer_lag_messages:sum > {pipe.lag_min_messages}\n"
+            f"and deriv(topic:kpimon_consumer_lag_messages:sum[{pipe.lag_growth_window}]) > 0",
+            pipe.for_lag,
+            "warning",
+            "Consumer lag growing",
+            "Consumer lag on topic {topic} is {value} messages and has been growing"
+            f" over the last {pipe.lag_growth_window}.",
+            "count",
+        ),
+        Alert(
+            "KpimonSnapshotStale",
+            "kpimon-pipeline",
+            f"time() - job:kpimon_last_snapshot_timestamp_seconds:max{{{job}}}"
+            f" > {pipe.snapshot_max_age_seconds}",
+            pipe.for_snapshot,
+            "critical",
+            "KPI snapshot stale",
+            "The newest KPI snapshot of job {job} is {value} old"
+            f" (alert above {pipe.snapshot_max_age_seconds}s).",
+            "duration",
+        ),
+        Alert(
+            "KpimonWorkerDown",
+            "kpimon-pipeline",
+            f"{selector('up', job)} == 0",
+            pipe.for_worker_down,
+            "warning",
+            "kpimon worker down",
+            "Prometheus cannot scrape worker {instance} of job {job} (up = {value}).",
+            "count",
+        ),
+    )
+    return (
+        RuleGroup("kpimon-engagement", engagement),
+        RuleGroup("kpimon-satisfaction", satisfaction),
+        RuleGroup("kpimon-pipeline", pipeline),
+    )
+
+
+def alerts(config: MonitoringConfig) -> list[Alert]:
+    """Every alert of every group."""
+    return [rule for group in alert_groups(config) for rule in group.rules if isinstance(rule, Alert)]
+
+
+_PROMETHEUS_VALUE: dict[str, str] = {
+    "percent": "humanizePercentage",
+    "decimal": 'printf "%.1f"',
+    "count": 'printf "%.0f"',
+    "duration": "humanizeDuration",
+}
+
+
+def _labels(text: str, value: str, target: str) -> str:
+    """Replace {value}/{target} and turn every other {label} into a Go template label reference."""
+    out = text.replace("{value}", "\0V").replace("{target}", "\0T")
+    out = out.replace("{", "{{ $labels.").replace("}", " }}")
+    return out.replace("\0V", value).replace("\0T", target)
+
+
+def prometheus_description(alert: Alert) -> str:
+    """The description in Prometheus' template language (`$value`, `$labels`, `query` for the target)."""
+    fmt = _PROMETHEUS_VALUE[alert.value_format]
+    value = f"{{{{ $value | {fmt} }}}}"
+    target = ""
+    if alert.target_query:
+        target = (
+            f"{{{{ with printf `{alert.target_query}` $labels.window | query }}}}"
+            f"{{{{ . | first | value | {fmt} }}}}{{{{ end }}}}"
+        )
+    return _labels(alert.description, value, target)
+
+
+def grafana_description(alert: Alert) -> str:
+    """The description in Grafana's template language (`$values.A` is the value, `$values.B` the target)."""
+    fmt = _PROMETHEUS_VALUE[alert.value_format]
+    value = f"{{{{ {fmt} $values.A.Value }}}}"
+    target = (
+        f'{{{{ with index $values "B" }}}}{{{{ {fmt} .Value }}}}{{{{ end }}}}' if alert.target_expr else ""
+    )
+    return _labels(alert.description, value, target)
+
+
+def alert_annotations(alert: Alert, config: MonitoringConfig, description: str) -> dict[str, str]:
+    """summary, description, runbook_url."""
+    return {
+        "summary": alert.summary,
+        "description": description,
+        "runbook_url": config.runbook_url(alert.name),
+    }
+
+
+def prometheus_rule_files(config: MonitoringConfig) -> dict[str, dict[str, object]]:
+    """File name under deploy/prometheus/rules/ -> its document."""
+    recording: dict[str, object] = {
+        "groups": [
+            {
+                "name": g.name,
+                "rules": [
+                    {"record": r.record, "expr": r.expr} for r in g.rules if isinstance(r, RecordingRule)
+                ],
+            }
+            for g in recording_rules(config)
+        ]
+    }
+    alerting: dict[str, object] = {
+        "groups": [
+            {
+                "name": g.name,
+                "rules": [
+                    {
+                        "alert": a.name,
+                        "expr": a.expr,
+                        **({"for": a.for_} if a.for_ not in ("0s", "0m", "") else {}),
+                        "labels": {"severity": a.severity},
+                        "annotations": alert_annotations(a, config, prometheus_description(a)),
+                    }
+                    for a in g.rules
+                    if isinstance(a, Alert)
+                ],
+            }
+            for g in alert_groups(config)
+        ]
+    }
+    return {"kpimon-recording.yaml": recording, "kpimon-alerts.yaml": alerting}

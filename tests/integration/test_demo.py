@@ -1,0 +1,136 @@
+"""`kpimon demo` (the README's run command) starts everything, shows traffic, and Ctrl-C leaves nothing."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from agents.localkafka import LocalKafka
+from tests.helpers import KPIMON, free_port, port_is_free
+from tests.integration.test_top import Tmux
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+
+def processes_with_home(home: Path) -> list[int]:
+    """Pids of the processes whose environment carries this KPIMON_HOME (what the demo started)."""
+    marker = f"KPIMON_HOME={home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def demo_home(tmp_path: Path) -> Path:
+    """A KPIMON_HOME of its own that shares the machine's Kafka jars instead of fetching them again."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "cache").symlink_to(LocalKafka().cache_dir, target_is_directory=True)
+    return home
+
+
+def assert_nothing_left(home: Path, *ports: int) -> None:
+    """No process of the demo remains and its ports are free."""
+    deadline = time.monotonic() + 20
+    while processes_with_home(home) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert processes_with_home(home) == []
+    for port in ports:
+        assert port_is_free(port)
+
+
+def test_demo_runs_traffic_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    """Piped stdout: `kpimon top` prints plain lines, with the pipeline's accepted count."""
+    home = demo_home(tmp_path)
+    kafka_port, web_port = free_port(), free_port()
+    env = {**os.environ, "KPIMON_HOME": str(home)}
+    demo = subprocess.Popen(
+        [
+            KPIMON,
+            "demo",
+            "--kafka-port",
+            str(kafka_port),
+            "--web-port",
+            str(web_port),
+            "--rate",
+            "20",
+            "--interval",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert demo.stdout is not None
+        deadline = time.monotonic() + 180
+        url = None
+        while time.monotonic() < deadline:
+            line = demo.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Metrics: " in line:
+                url = line.split("Metrics: ")[1].split()[0]
+            if "accepted" in line and int(line.split("accepted")[1].split()[0]) > 20:
+                break
+        assert url == f"http://127.0.0.1:{web_port}/metrics", "".join(lines)
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback)
+            assert b'kpimon_events_total{outcome="accepted"' in response.read()
+        assert processes_with_home(home), "the demo's children should be running"
+    finally:
+        demo.send_signal(signal.SIGINT)
+        out, _ = demo.communicate(timeout=90)
+        lines.append(out)
+    assert demo.returncode == 0, "".join(lines)
+    assert "stopped." in "".join(lines)
+    assert_nothing_left(home, kafka_port, web_port)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (deploy/system-deps.sh installs it)")
+def test_demo_in_a_terminal_shows_top_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
+    """In a terminal (tmux, 80x24) the demo shows the full-screen view; Ctrl-C there stops it all."""
+    home = demo_home(tmp_path)
+    kafka_port, web_port = free_port(), free_port()
+    demo = [KPIMON, "demo", "--kafka-port", str(kafka_port), "--web-port", str(web_port)]
+    demo += ["--rate", "20", "--interval", "1"]
+    # Only the demo (via env) carries KPIMON_HOME; the shell stays to show how it ended.
+    command = f"env KPIMON_HOME={shlex.quote(str(home))} {shlex.join(demo)}; echo demo-exit=$?; sleep 60"
+    tmux = Tmux(command)
+    try:
+        deadline = time.monotonic() + 180
+        text = ""
+        while time.monotonic() < deadline:
+            text = tmux.wait_for("kpimon top", "events/s", timeout=180)
+            accepted = re.search(r"accepted ([\d,]+)", text)
+            dau = re.search(r"^DAU +([\d,]+)", text, re.MULTILINE)
+            if accepted and int(accepted[1].replace(",", "")) > 20 and dau:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"no traffic on the screen:\n{text}")
+        assert "all/all" in text and "Ctrl-C quits" in text, text
+        assert processes_with_home(home), "the demo's children should be running"
+        tmux.send("C-c")
+        text = tmux.wait_for("demo-exit=", timeout=90)
+        assert "stopped." in text and "demo-exit=0" in text, text
+    finally:
+        tmux.close()
+    assert_nothing_left(home, kafka_port, web_port)

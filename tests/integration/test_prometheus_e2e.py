@@ -1,0 +1,467 @@
+"""End to end with a real Prometheus: simulator -> Kafka -> worker -> Prometheus -> dashboards and alerts.
+
+Nothing is mocked. `kpimon simulate` writes three weeks of traffic with an NPS drop on android (the last 7
+days), `kpimon replay` sends it through the session's real Kafka, a real `kpimon worker` computes the KPIs,
+and Debian's `prometheus` scrapes the worker every second and evaluates the project's generated recording
+and alert rules every second. The rules are the committed ones rendered from a `MonitoringConfig` that
+differs from the default only by configuration: short `for` durations and intervals
+(`monitoring.accelerated`), the alert selector widened to the platform segments, a smaller minimum NPS
+sample (three weeks of 1,500 users give about 20 NPS answers per platform and week), and a test targets
+file whose NPS target (-40) separates the dropped segment (about -70) from the healthy ones.
+
+History: the week-over-week rules (`offset 7d`) need what Prometheus held a week ago, which a test that
+lasts minutes cannot have scraped. It is backfilled, honestly: `kpimon reference` (the independent batch
+computation that the stream equals exactly, see test_equality.py) computes the KPIs of the same files as
+they stood at NOW - 7 days (`--now` then: later events are "in the future" and not counted), and those
+values become the recorded `dimension_segment:*:max` series around NOW - 7 days, written into the tmp
+storage with `promtool tsdb create-blocks-from openmetrics` before Prometheus starts. (The one liberty: an
+event delivered late, after NOW - 7 days, but with an earlier event time, is counted in that history.)
+
+Expected alerts are not hard-coded: they are derived from the reference's values by the alert's own
+condition, so the test checks Prometheus' verdict, not the simulator's luck; the test also requires that
+the dropped segment is among them and that a segment with enough answers stays healthy.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents.kpi_metrics import KPI_METRICS
+from monitoring.accelerated import accelerated
+from monitoring.config import DEFAULT, MonitoringConfig
+from monitoring.dashboards import panel_queries, variable_queries
+from monitoring.promql import substitute_variables
+from monitoring.rules import RecordingRule, kpi, recording_rules
+from reference.compare import parse_records
+from streams.output import KpiRecord, day_number
+from tests.helpers import KPIMON, free_port
+from tests.prometheus import (
+    PrometheusServer,
+    Series,
+    backfill,
+    check_config,
+    finite,
+    poll,
+    running_prometheus,
+    write_setup,
+)
+from tests.workers import WorkerProcess, running_worker
+
+# About 49,000 messages; a minute or two on a loaded 2-core machine.
+pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(600)]
+
+USERS, DAYS, SEED = 1500, 21, 3
+LATENESS_DAYS = 30
+DROPPED = ("platform", "android")  # --scenario nps-drop:android
+ALERTED_DIMENSIONS = ("all", "platform")
+NPS_TARGET = -40.0
+MIN_RESPONSES = 10
+FOR = "3s"
+DAY_MS = 86_400_000
+WEEK_MS = 7 * DAY_MS
+#: The validator accepts events up to 5 minutes ahead of its clock; the "week ago" reference runs its clock
+#: that much earlier, so exactly the events up to NOW - 7 days count.
+FUTURE_SLACK_MS = 300_000
+#: Backfilled history covers NOW - 7d - 10 min .. NOW - 7d + 30 min, a sample a minute (`offset 7d` looks
+#: back up to 5 minutes from its point; the module finishes well within 30 minutes of NOW).
+BACKFILL_STEP_S, BACKFILL_BEFORE_S, BACKFILL_AFTER_S = 60, 600, 1800
+TOLERANCE = 1e-9
+
+#: deploy/targets.example.toml with an NPS target that the test data straddles, and the NPS and CSAT
+#: targets on both windows, so the satisfaction panels draw a target line whichever window is chosen.
+TARGETS_TOML = f"""\
+[targets.nps]
+min = {NPS_TARGET}
+
+[targets.csat]
+min = 0.8
+
+[targets.churn_rate]
+max = 0.05
+window = "30d"
+
+[targets.stickiness]
+min = 0.2
+"""
+
+SeriesKey = tuple[str, frozenset[tuple[str, str]]]
+
+
+def monitoring_config(worker_port: int) -> MonitoringConfig:
+    """The project's monitoring, for this test: one worker, platform alerts, small samples, short `for`."""
+    alert_selector = f'dimension=~"{"|".join(ALERTED_DIMENSIONS)}"'
+    config = replace(
+        DEFAULT,
+        worker_targets=(f"127.0.0.1:{worker_port}",),
+        kpi_alert_selector=alert_selector,
+        satisfaction=replace(DEFAULT.satisfaction, min_responses=MIN_RESPONSES),
+    )
+    return accelerated(config, for_duration=FOR, scrape_interval="1s", evaluation_interval="1s")
+
+
+def kpimon(*args: str, timeout: float = 300) -> None:
+    """Run a `kpimon` command; fail with its stderr."""
+    result = subprocess.run([KPIMON, *args], capture_output=True, timeout=timeout, check=False)
+    assert result.returncode == 0, result.stderr.decode(errors="replace")[-3000:]
+
+
+def recorded_kpis(records: list[KpiRecord]) -> dict[SeriesKey, float]:
+    """The `dimension_segment:<gauge>:max` series (name, labels) -> value that `records` imply.
+
+    As the worker exports them (agents/kpi_metrics.py): the newest day of the records is `current`, the day
+    before `previous`; undefined values are no series. The recording rule only drops job and instance.
+    """
+    current = max(day_number(r.day) for r in records)
+    days = {current: "current", current - 1: "previous"}
+    out: dict[SeriesKey, float] = {}
+    for record in records:
+        spec = KPI_METRICS.get(record.kpi)
+        day = days.get(day_number(record.day))
+        if spec is None or day is None or record.value is None:
+            continue
+        labels = {
+            **dict(spec.extra_labels),
+            "window": record.window,
+            "day": day,
+            "dimension": record.dimension,
+            "segment": record.segment,
+        }
+        out[(kpi(spec.metric), frozenset(labels.items()))] = float(record.value)
+    return out
+
+
+def current_values(records: list[KpiRecord], name: str, window: str) -> dict[tuple[str, str], float | None]:
+    """(dimension, segment) -> value of KPI `name` in `window` on the newest day of `records`."""
+    current = max(day_number(r.day) for r in records)
+    return {
+        (r.dimension, r.segment): (None if r.value is None else float(r.value))
+        for r in records
+        if r.kpi == name and r.window == window and day_number(r.day) == current
+    }
+
+
+@dataclass
+class Stack:
+    """The running pipeline and what the reference says about its input."""
+
+    prometheus: PrometheusServer
+    worker: WorkerProcess
+    config: MonitoringConfig
+    messages: int
+    now: list[KpiRecord]  # the reference at NOW: what the stream must end with
+    week_ago: list[KpiRecord]  # the reference at NOW - 7 days: the backfilled history
+
+
+def _reference(sim: Path, now_ms: int, out: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            KPIMON,
+            "reference",
+            "--clicks",
+            str(sim / "clicks.jsonl"),
+            "--surveys",
+            str(sim / "surveys.jsonl"),
+            "--now",
+            str(now_ms),
+            "--max-lateness-days",
+            str(LATENESS_DAYS),
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _finish(proc: subprocess.Popen[bytes], out: Path) -> list[KpiRecord]:
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode(errors="replace")[-3000:]
+    return parse_records(out.read_bytes())
+
+
+def _backfill_history(storage: Path, week_ago: list[KpiRecord], now_ms: int, work: Path) -> None:
+    """The recorded KPI series as Prometheus would have held them around NOW - 7 days."""
+    centre = (now_ms - WEEK_MS) / 1000
+    steps = range(-BACKFILL_BEFORE_S, BACKFILL_AFTER_S + 1, BACKFILL_STEP_S)
+    series = [Series(name, dict(labels), value) for (name, labels), value in recorded_kpis(week_ago).items()]
+    backfill(storage, series, [centre + s for s in steps], work)
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Simulate, backfill, start Prometheus and a worker, replay the files, wait until all is processed."""
+    tmp = tmp_path_factory.mktemp("prometheus-e2e")
+    sim = tmp / "sim"
+    now_ms = time.time_ns() // 1_000_000
+    kpimon(
+        "simulate",
+        *("--users", str(USERS), "--days", str(DAYS), "--seed", str(SEED), "--now", str(now_ms)),
+        *("--no-signup-fraction", "0", "--scenario", "nps-drop:android", "--out-dir", str(sim)),
+    )
+    messages = sum((sim / name).read_bytes().count(b"\n") for name in ("clicks.jsonl", "surveys.jsonl"))
+    # The two references run side by side.
+    runs = [
+        (_reference(sim, now_ms, tmp / "reference-now.jsonl"), tmp / "reference-now.jsonl"),
+        (_reference(sim, now_ms - WEEK_MS - FUTURE_SLACK_MS, tmp / "week-ago.jsonl"), tmp / "week-ago.jsonl"),
+    ]
+    try:
+        reference_now, reference_week_ago = (_finish(proc, out) for proc, out in runs)
+    finally:
+        for proc, _ in runs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    targets = tmp / "targets.toml"
+    targets.write_text(TARGETS_TOML)
+    worker_port = free_port()
+    config = monitoring_config(worker_port)
+    config_file = write_setup(tmp / "prometheus", config)
+    check_config(config_file)
+    storage = tmp / "prometheus" / "data"
+    _backfill_history(storage, reference_week_ago, now_ms, tmp)
+
+    prefix = f"t-{uuid.uuid4().hex[:8]}-"
+    extra = ["--max-lateness-days", str(LATENESS_DAYS), "--targets-file", str(targets)]
+    with ExitStack() as stack:
+        prometheus = stack.enter_context(running_prometheus(config_file, storage))
+        worker = stack.enter_context(
+            running_worker(kafka_bootstrap, prefix, worker_port, tmp / "worker", extra)
+        )
+        poll(
+            lambda: prometheus.values(f'up{{job="{config.job}"}}'),
+            lambda up: list(up.values()) == [1.0],
+            timeout=30,
+            message="Prometheus scrapes the worker",
+        )
+        kpimon(
+            "replay",
+            *("--clicks", str(sim / "clicks.jsonl"), "--surveys", str(sim / "surveys.jsonl")),
+            *("--broker", kafka_bootstrap, "--topic-prefix", prefix, "--quiet"),
+        )
+
+        def processed() -> float:
+            assert worker.proc.poll() is None, f"worker exited:\n{worker.log_tail()}"
+            found = prometheus.values(f'sum(kpimon_events_total{{job="{config.job}"}})')
+            return next(iter(found.values()), 0.0)
+
+        # Counted by the worker, scraped by Prometheus: every message once.
+        try:
+            poll(processed, lambda n: n >= messages, timeout=300, interval=2, message=f"{messages} processed")
+        except AssertionError as exc:
+            logs = f"worker:\n{worker.log_tail()}\nprometheus:\n{prometheus.log_tail()}"
+            raise AssertionError(f"{exc}\n{logs}") from None
+        assert processed() == messages
+        yield Stack(prometheus, worker, config, messages, reference_now, reference_week_ago)
+
+
+# --- the KPI values ------------------------------------------------------------------------------------
+
+
+def prometheus_kpis(prometheus: PrometheusServer) -> dict[SeriesKey, float]:
+    """Every recorded KPI series in Prometheus now."""
+    out: dict[SeriesKey, float] = {}
+    for metric in {spec.metric for spec in KPI_METRICS.values()}:
+        for labels, value in prometheus.values(kpi(metric)).items():
+            out[(kpi(metric), labels)] = value
+    return out
+
+
+def differences(expected: dict[SeriesKey, float], actual: dict[SeriesKey, float]) -> list[str]:
+    """Missing, extra and different series, described."""
+    out = [f"missing {k}" for k in expected.keys() - actual.keys()]
+    out += [f"extra {k}" for k in actual.keys() - expected.keys()]
+    out += [
+        f"{k}: {actual[k]} != {v}"
+        for k, v in expected.items()
+        if k in actual and abs(actual[k] - v) > TOLERANCE
+    ]
+    return sorted(out)
+
+
+def test_prometheus_holds_exactly_the_reference_kpis(stack: Stack) -> None:
+    """Through worker, scrape and recording rules, every KPI series equals the batch reference."""
+    expected = recorded_kpis(stack.now)
+    assert len(expected) > 300
+    found = poll(
+        lambda: differences(expected, prometheus_kpis(stack.prometheus)),
+        lambda diff: not diff,
+        timeout=120,
+        message="recorded KPI series equal to the reference",
+    )
+    assert found == []
+
+
+# --- dashboards -------------------------------------------------------------------------------------------
+
+#: Grafana variable choices the panels are run with: the defaults, and one segment with the 30d window.
+VARIABLE_CHOICES = {
+    "all": {"$dimension": "all", "$segment": "all", "$window": "7d"},
+    "android-30d": {"$dimension": "platform", "$segment": "android", "$window": "30d"},
+}
+
+
+@pytest.mark.parametrize("choice", sorted(VARIABLE_CHOICES))
+def test_every_dashboard_panel_query_returns_data(stack: Stack, choice: str) -> None:
+    queries = {
+        f"{q.dashboard} / {q.panel}: {q.expr}": substitute_variables(q.expr, VARIABLE_CHOICES[choice])
+        for q in panel_queries(stack.config)
+    }
+    assert len(queries) > 40
+
+    def empty() -> list[str]:
+        return [where for where, expr in queries.items() if not stack.prometheus.query(expr)]
+
+    assert (
+        poll(empty, lambda missing: not missing, timeout=90, interval=2, message="data in every panel") == []
+    )
+
+
+def test_every_dashboard_variable_lists_values(stack: Stack) -> None:
+    """The variables' `label_values(selector, label)` find series (Grafana asks the same API)."""
+    variables = variable_queries(stack.config)
+    assert variables
+    for variable in variables:
+        match = re.fullmatch(r"label_values\((.+), (\w+)\)", variable.expr)
+        assert match, variable
+        selector, label = substitute_variables(match[1]), match[2]
+
+        def values_of(selector: str = selector, label: str = label) -> list[str]:
+            return stack.prometheus.label_values(label, selector)
+
+        values = poll(values_of, bool, timeout=30, message=f"values of {variable}")
+        if label == "dimension":
+            assert set(values) == {"all", "platform", "plan", "stage"}
+        if label == "segment":
+            assert "all" in values
+        if label == "topic":
+            assert len(values) == 2
+
+
+# --- recording rules ------------------------------------------------------------------------------------
+
+
+def test_every_rule_is_healthy_and_every_recording_rule_has_a_value(stack: Stack) -> None:
+    records = [
+        r.record for g in recording_rules(stack.config) for r in g.rules if isinstance(r, RecordingRule)
+    ]
+
+    def unhealthy() -> list[str]:
+        return [
+            f"{rule['name']}: {rule['health']} {rule.get('lastError', '')}"
+            for rule in stack.prometheus.rules()
+            if rule["health"] != "ok"
+        ]
+
+    poll(unhealthy, lambda bad: not bad, timeout=30, message="every rule evaluated without error")
+    loaded = {rule["name"] for rule in stack.prometheus.rules() if rule["type"] == "recording"}
+    assert loaded == set(records)
+
+    def without_value() -> list[str]:
+        return [name for name in records if not stack.prometheus.query(name)]
+
+    assert poll(without_value, lambda missing: not missing, timeout=60, message="a value per rule") == []
+
+
+def test_week_over_week_rules_read_the_backfilled_week(stack: Stack) -> None:
+    """`offset 7d` finds the history; delta7d is today's stream value minus that week-old value."""
+    nps = kpi("kpimon_nps_score")
+    old = stack.prometheus.values(f"{nps} offset 7d")
+    assert old == {labels: v for (name, labels), v in recorded_kpis(stack.week_ago).items() if name == nps}
+    now = {labels: v for (name, labels), v in recorded_kpis(stack.now).items() if name == nps}
+    expected = {labels: now[labels] - old[labels] for labels in now.keys() & old.keys()}
+    assert expected
+
+    def delta() -> dict[frozenset[tuple[str, str]], float]:
+        return stack.prometheus.values("dimension_segment:kpimon_nps_score:delta7d")
+
+    found = poll(
+        delta,
+        lambda d: d.keys() == expected.keys() and all(abs(d[k] - v) < TOLERANCE for k, v in expected.items()),
+        timeout=60,
+        message="delta7d = now - a week ago",
+    )
+    assert all(finite(v) for v in found.values())
+
+
+# --- the NPS alerts ---------------------------------------------------------------------------------------
+
+
+def alerting(stack: Stack, name: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """(dimension, segment) -> the pending or firing alert `name` of the 7d window, current day."""
+    return {
+        (a["labels"]["dimension"], a["labels"]["segment"]): a
+        for a in stack.prometheus.alerts()
+        if a["labels"]["alertname"] == name
+        and a["labels"].get("window") == "7d"
+        and a["labels"].get("day") == "current"
+    }
+
+
+def alert_candidates(stack: Stack) -> dict[tuple[str, str], float]:
+    """Segments the alert selector covers with at least MIN_RESPONSES NPS answers: -> 7d NPS now."""
+    nps = current_values(stack.now, "nps", "7d")
+    answers = current_values(stack.now, "nps_responses", "7d")
+    return {
+        key: value
+        for key, value in nps.items()
+        if value is not None and key[0] in ALERTED_DIMENSIONS and (answers.get(key) or 0) >= MIN_RESPONSES
+    }
+
+
+def wait_for_alerts(
+    stack: Stack, name: str, expected: set[tuple[str, str]], unsure: set[tuple[str, str]]
+) -> None:
+    """Poll until the segments alerting `name` are `expected` (give or take `unsure`), DROPPED firing."""
+
+    def settled(found: dict[tuple[str, str], dict[str, Any]]) -> bool:
+        return set(found) - unsure == expected - unsure and found.get(DROPPED, {}).get("state") == "firing"
+
+    found = poll(lambda: alerting(stack, name), settled, timeout=90, message=f"{name} for {sorted(expected)}")
+    alert = found[DROPPED]
+    assert alert["labels"]["severity"] == "warning"
+    assert alert["annotations"]["runbook_url"].endswith(f"#{name.lower()}")
+    assert "platform=android" in alert["annotations"]["description"]
+
+
+def test_nps_below_target_fires_for_the_dropped_segment_not_for_a_healthy_one(stack: Stack) -> None:
+    candidates = alert_candidates(stack)
+    below = {key for key, value in candidates.items() if value < NPS_TARGET}
+    healthy = set(candidates) - below
+    unsure = {key for key, value in candidates.items() if abs(value - NPS_TARGET) < 1e-6}
+    assert DROPPED in below, f"the scenario did not drop android's NPS below target: {candidates}"
+    assert healthy - unsure, f"no healthy segment to tell apart: {candidates}"
+
+    wait_for_alerts(stack, "KpimonNpsBelowTarget", below, unsure)
+    alert = alerting(stack, "KpimonNpsBelowTarget")[DROPPED]
+    assert alert["annotations"]["description"] == (
+        f"7d NPS of platform=android is {candidates[DROPPED]:.1f}, below its target of {NPS_TARGET:.1f}."
+    )
+    assert not (set(alerting(stack, "KpimonNpsBelowTarget")) & (healthy - unsure))
+
+
+def test_nps_week_over_week_fires_for_the_dropped_segment(stack: Stack) -> None:
+    """Against the backfilled week: android fell by far more than 10 points; other segments by noise."""
+    limit = DEFAULT.satisfaction.nps_max_drop_week_over_week
+    week_ago = current_values(stack.week_ago, "nps", "7d")
+    change = {
+        key: value - old
+        for key, value in alert_candidates(stack).items()
+        if (old := week_ago.get(key)) is not None
+    }
+    dropped = {key for key, delta in change.items() if delta < -limit}
+    unsure = {key for key, delta in change.items() if abs(delta + limit) < 1e-6}
+    assert DROPPED in dropped, f"android's NPS did not fall week over week: {change}"
+    assert change[DROPPED] < -3 * limit
+
+    wait_for_alerts(stack, "KpimonNpsDroppedWeekOverWeek", dropped, unsure)

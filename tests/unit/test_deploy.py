@@ -1,0 +1,530 @@
+"""The deployment files agree with the code: deploy/compose.yaml, deploy/Dockerfile, deploy/k8s/*.yaml.
+
+No Docker engine or cluster runs here, so these tests check what can go wrong on paper: the files parse,
+whatever they mount or COPY exists in the repository, every KPIMON_* name is a setting of
+`agents.settings.Settings` (and the values pass its checks), ports agree with the worker's web port, probes
+ask for paths the worker serves (agents/web.py), and the Prometheus configs are the generated one with
+other targets and pass `promtool check config` (Debian's prometheus package; missing means failure).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agents.settings import Settings
+from agents.worker import worker as worker_command
+from monitoring.accelerated import accelerated, prometheus_files
+from monitoring.config import DEFAULT, MonitoringConfig
+from monitoring.prometheus import prometheus_config
+from monitoring.rules import prometheus_rule_files
+from streams.targets import load_targets, parse_targets
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+COMPOSE = DEPLOY / "compose.yaml"
+DOCKERFILE = DEPLOY / "Dockerfile"
+K8S = DEPLOY / "k8s"
+RULES = DEPLOY / "prometheus" / "rules"
+TARGETS_EXAMPLE = DEPLOY / "targets.example.toml"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+SETTING_NAMES = {f.name for f in fields(Settings)}
+#: The paths the worker's web server serves (`@app.page("/...")` in agents/web.py).
+WEB_PATHS = set(re.findall(r'@app\.page\("([^"]+)"\)', (ROOT / "agents" / "web.py").read_text()))
+#: In a container the worker must listen on every interface, or nothing outside it can scrape or probe it.
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    """Path of promtool, or a failure that says how to get it."""
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool not found: run `make system-deps` (installs Debian's prometheus package)")
+    return path
+
+
+def check_prometheus_config(promtool: str, text: str, tmp: Path) -> None:
+    """`promtool check config` of `text`, with the generated rules where its `rules/*.yaml` finds them."""
+    (tmp / "rules").mkdir()
+    for rule_file in RULES.glob("*.yaml"):
+        shutil.copy(rule_file, tmp / "rules" / rule_file.name)
+    (tmp / "prometheus.yml").write_text(text)
+    result = subprocess.run(
+        [promtool, "check", "config", "prometheus.yml"],
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "2 rule files found" in output, output
+
+
+def check_kpimon_environment(env: dict[str, Any], where: str) -> Settings:
+    """Every KPIMON_* name is a setting, and the values pass Settings' own checks; the settings."""
+    strings = {name: str(value) for name, value in env.items()}
+    unknown = {
+        name
+        for name in strings
+        if name.startswith("KPIMON_") and name.removeprefix("KPIMON_").lower() not in SETTING_NAMES
+    }
+    assert unknown == set(), f"{where}: not settings of agents.settings.Settings: {sorted(unknown)}"
+    return Settings.from_env(strings)
+
+
+def project_version() -> str:
+    """The package version of pyproject.toml (the image tag)."""
+    version: str = PYPROJECT["project"]["version"]
+    return version
+
+
+# --- the worker's command line ------------------------------------------------------------------------------
+
+
+def test_worker_options_read_the_same_environment_names_as_settings() -> None:
+    """`kpimon worker --web-port` is KPIMON_WEB_PORT, and so on: the containers configure flags by env."""
+    for param in worker_command.params:
+        assert param.envvar == f"KPIMON_{param.name.upper()}", param.name  # type: ignore[union-attr]
+        assert param.name in SETTING_NAMES
+    assert {"web_port", "web_host", "data_dir", "targets_file"} <= {p.name for p in worker_command.params}
+
+
+def test_the_worker_serves_the_probed_paths() -> None:
+    assert {"/metrics", "/ready", "/live"} <= WEB_PATHS
+
+
+# --- deploy/Dockerfile --------------------------------------------------------------------------------------
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order: comments dropped, continuation lines joined."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line = pending + line
+        pending = ""
+        instruction, _, arguments = line.partition(" ")
+        out.append((instruction.upper(), arguments.strip()))
+    return out
+
+
+def dockerfile_env(instructions: list[tuple[str, str]]) -> dict[str, str]:
+    """ENV key=value pairs of the whole file (the last stage wins, as it is the image)."""
+    env: dict[str, str] = {}
+    for instruction, arguments in instructions:
+        if instruction == "FROM":
+            env = {}
+        elif instruction == "ENV":
+            for pair in shlex.split(arguments):
+                name, _, value = pair.partition("=")
+                env[name] = value
+    return env
+
+
+INSTRUCTIONS = dockerfile_instructions(DOCKERFILE.read_text())
+
+
+def test_dockerfile_builds_from_python_311_slim() -> None:
+    bases = [arguments.split()[0] for instruction, arguments in INSTRUCTIONS if instruction == "FROM"]
+    assert bases and all(base == "python:3.11-slim" for base in bases), bases
+
+
+def test_dockerfile_copies_files_that_exist_and_every_package() -> None:
+    """COPY sources are relative to the build context, the repository root (compose builds with `..`)."""
+    copied: set[str] = set()
+    for instruction, arguments in INSTRUCTIONS:
+        if instruction != "COPY" or arguments.startswith("--from"):
+            continue
+        *sources, _destination = shlex.split(arguments)
+        for source in sources:
+            assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
+            copied.add(source.rstrip("/"))
+    packages = {
+        pattern.rstrip("*") for pattern in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    }
+    assert packages <= copied, f"packages of pyproject.toml not copied: {sorted(packages - copied)}"
+    assert {"pyproject.toml", PYPROJECT["project"]["readme"]} <= copied
+
+
+def test_dockerfile_runs_the_worker_as_a_non_root_user() -> None:
+    users = [arguments for instruction, arguments in INSTRUCTIONS if instruction == "USER"]
+    assert users, "no USER: the worker would run as root"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0")
+    entrypoint = [arguments for instruction, arguments in INSTRUCTIONS if instruction == "ENTRYPOINT"][-1]
+    assert yaml.safe_load(entrypoint) == ["kpimon", "worker"]
+    assert "kpimon" in PYPROJECT["project"]["scripts"]
+
+
+def test_dockerfile_environment_port_and_state_volume_agree_with_the_settings() -> None:
+    env = dockerfile_env(INSTRUCTIONS)
+    settings = check_kpimon_environment(env, "deploy/Dockerfile")
+    assert settings.web_host == ALL_INTERFACES, "in a container the web server must bind every interface"
+    exposed = {
+        port.split("/")[0]
+        for instruction, arguments in INSTRUCTIONS
+        if instruction == "EXPOSE"
+        for port in arguments.split()
+    }
+    assert exposed == {str(settings.web_port)}
+    assert settings.web_port == Settings().web_port, "the image should use the worker's default port"
+    volumes = [
+        yaml.safe_load(arguments) for instruction, arguments in INSTRUCTIONS if instruction == "VOLUME"
+    ]
+    assert [str(settings.data_dir)] in volumes, "the state directory should be a volume"
+    assert Path(settings.targets_file).name == "targets.toml"
+    healthcheck = " ".join(
+        arguments for instruction, arguments in INSTRUCTIONS if instruction == "HEALTHCHECK"
+    )
+    assert "/live" in healthcheck
+
+
+# --- deploy/compose.yaml ------------------------------------------------------------------------------------
+
+COMPOSE_DOC: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+SERVICES: dict[str, dict[str, Any]] = COMPOSE_DOC["services"]
+#: The worker services: built from deploy/Dockerfile and running its entrypoint (not the demo simulator).
+WORKERS = {
+    name: service
+    for name, service in SERVICES.items()
+    if service.get("build", {}).get("dockerfile") == "deploy/Dockerfile" and "entrypoint" not in service
+}
+
+
+def volume_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
+    """(source, target) of a service's volumes (short syntax)."""
+    out = []
+    for volume in service.get("volumes", []):
+        source, target, *_ = str(volume).split(":")
+        out.append((source, target))
+    return out
+
+
+def bind_source(source: str) -> Path | None:
+    """The path of a bind mount source (relative to compose.yaml's directory); None for a named volume."""
+    if source.startswith((".", "/")):
+        return (DEPLOY / source).resolve()
+    return None
+
+
+def worker_settings(service: dict[str, Any], name: str) -> Settings:
+    return check_kpimon_environment(service["environment"], f"compose service {name}")
+
+
+def compose_config(name: str) -> str:
+    content: str = COMPOSE_DOC["configs"][name]["content"]
+    return content
+
+
+def test_compose_has_kafka_two_workers_prometheus_alertmanager_and_grafana() -> None:
+    assert {"kafka", "prometheus", "alertmanager", "grafana"} <= set(SERVICES)
+    assert len(WORKERS) >= 2
+    images = {service["image"] for service in WORKERS.values()}
+    assert images == {f"kpimon:{project_version()}"}
+
+
+def test_compose_builds_and_mounts_only_what_exists() -> None:
+    named = set(COMPOSE_DOC.get("volumes") or {})
+    for name, service in SERVICES.items():
+        if "build" in service:
+            context = (DEPLOY / service["build"]["context"]).resolve()
+            assert context == ROOT, f"{name}: the Dockerfile's COPY paths are relative to the repository root"
+            assert (context / service["build"]["dockerfile"]).is_file()
+        for source, target in volume_mounts(service):
+            path = bind_source(source)
+            if path is None:
+                assert source in named, f"{name}: volume {source} is not declared"
+            else:
+                assert path.exists(), f"{name}: mounts {source} ({path}), which does not exist"
+            assert target.startswith("/"), f"{name}: {target}"
+        for config in service.get("configs", []):
+            assert config["source"] in COMPOSE_DOC["configs"], f"{name}: config {config['source']}"
+
+
+def test_compose_kpimon_environment_names_are_settings() -> None:
+    for name, service in SERVICES.items():
+        env = service.get("environment") or {}
+        if any(key.startswith("KPIMON_") for key in env):
+            check_kpimon_environment(env, f"compose service {name}")
+
+
+def test_compose_workers_listen_where_prometheus_scrapes_them() -> None:
+    for name, service in WORKERS.items():
+        settings = worker_settings(service, name)
+        assert settings.web_host == ALL_INTERFACES, f"{name}: must bind every interface to be scraped"
+        assert [str(p) for p in service["expose"]] == [str(settings.web_port)]
+        assert service.get("hostname", name) == name
+        assert "ports" not in service, f"{name}: two workers cannot publish the same host port"
+    document = yaml.safe_load(compose_config("prometheus"))
+    (job,) = document["scrape_configs"]
+    assert job["job_name"] == DEFAULT.job, "every rule selects job=kpimon"
+    targets = [t for group in job["static_configs"] for t in group["targets"]]
+    assert sorted(targets) == sorted(
+        f"{name}:{worker_settings(s, name).web_port}" for name, s in WORKERS.items()
+    )
+
+
+def test_compose_workers_share_one_consumer_group_and_have_their_own_state() -> None:
+    settings = {name: worker_settings(service, name) for name, service in WORKERS.items()}
+    assert len({s.app_id for s in settings.values()}) == 1
+    state = set()
+    for name, service in WORKERS.items():
+        mounts = dict((target, source) for source, target in volume_mounts(service))
+        source = mounts.get(str(settings[name].data_dir))
+        assert source is not None and bind_source(source) is None, f"{name}: state dir is not a named volume"
+        state.add(source)
+    assert len(state) == len(WORKERS), "workers must not share a state volume"
+
+
+def test_compose_workers_mount_the_targets_file_they_are_told_to_read() -> None:
+    for name, service in WORKERS.items():
+        settings = worker_settings(service, name)
+        mounts = {target: source for source, target in volume_mounts(service)}
+        source = bind_source(mounts[settings.targets_file])
+        assert source is not None and source.is_file()
+        assert load_targets(source)
+
+
+def test_compose_workers_reach_the_kraft_broker() -> None:
+    kafka = SERVICES["kafka"]["environment"]
+    assert set(kafka["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}, "one combined KRaft node"
+    assert kafka["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{kafka['KAFKA_NODE_ID']}@kafka:9093"
+    assert len(base64.urlsafe_b64decode(kafka["CLUSTER_ID"] + "==")) == 16, "a KRaft cluster id is 16 bytes"
+    advertised = kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    pom = (DEPLOY / "kafka" / "pom.xml").read_text()
+    version = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom)
+    assert version and SERVICES["kafka"]["image"] == f"apache/kafka:{version[1]}"
+    for name, service in WORKERS.items():
+        broker = worker_settings(service, name).broker
+        assert f"PLAINTEXT://{broker}" in advertised, f"{name}: {broker} is not an advertised listener"
+        assert service["depends_on"]["kafka"]["condition"] == "service_healthy"
+
+
+def test_compose_prometheus_config_is_the_generated_one_for_the_workers(
+    promtool: str, tmp_path: Path
+) -> None:
+    document = yaml.safe_load(compose_config("prometheus"))
+    alerting = document.pop("alerting")
+    targets = tuple(f"{name}:{worker_settings(s, name).web_port}" for name, s in WORKERS.items())
+    assert document == prometheus_config(replace(DEFAULT, worker_targets=targets))
+    # Alerts go to the Alertmanager service.
+    (manager,) = alerting["alertmanagers"]
+    assert [t for group in manager["static_configs"] for t in group["targets"]] == ["alertmanager:9093"]
+    assert "9093:9093" in SERVICES["alertmanager"]["ports"]
+    check_prometheus_config(promtool, compose_config("prometheus"), tmp_path)
+
+
+def test_compose_prometheus_finds_the_mounted_rules() -> None:
+    prometheus = SERVICES["prometheus"]
+    (config,) = prometheus["configs"]
+    mounts = {target: source for source, target in volume_mounts(prometheus)}
+    rule_dir = str(Path(config["target"]).parent / "rules")
+    assert bind_source(mounts[rule_dir]) == RULES
+    assert f"--config.file={config['target']}" in prometheus["command"]
+    assert yaml.safe_load(compose_config("prometheus"))["rule_files"] == ["rules/*.yaml"]
+
+
+def test_compose_alertmanager_routes_to_defined_receivers() -> None:
+    document = yaml.safe_load(compose_config("alertmanager"))
+    receivers = {r["name"] for r in document["receivers"]}
+    route = document["route"]
+    assert route["receiver"] in receivers
+    assert all(sub["receiver"] in receivers for sub in route.get("routes", []))
+
+
+def test_compose_grafana_loads_the_generated_provisioning_and_reaches_prometheus() -> None:
+    grafana = SERVICES["grafana"]
+    mounts = {target: bind_source(source) for source, target in volume_mounts(grafana)}
+    assert mounts["/etc/grafana/provisioning"] == ROOT / "grafana" / "provisioning"
+    assert mounts[DEFAULT.grafana_dashboards_path] == ROOT / "grafana" / "dashboards"
+    # The data source URL is localhost:9090: Grafana shares Prometheus' network namespace.
+    assert DEFAULT.prometheus_url == "http://localhost:9090"
+    assert grafana["network_mode"] == "service:prometheus"
+    assert "9090:9090" in SERVICES["prometheus"]["ports"]
+    assert "3000:3000" in SERVICES["prometheus"]["ports"], "Grafana's port is published by its namespace"
+    sdk = next(
+        d for d in PYPROJECT["project"]["optional-dependencies"]["dev"] if "grafana-foundation-sdk" in d
+    )
+    assert grafana["image"] == f"grafana/grafana:{sdk.rsplit('!', 1)[1]}", (
+        "dashboards are built for this Grafana"
+    )
+
+
+# --- deploy/k8s/ --------------------------------------------------------------------------------------------
+
+
+def k8s_objects() -> list[dict[str, Any]]:
+    objects: list[dict[str, Any]] = []
+    for path in sorted(K8S.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if document is not None:
+                assert {"apiVersion", "kind", "metadata"} <= set(document), path
+                objects.append(document)
+    return objects
+
+
+OBJECTS = k8s_objects()
+
+
+def k8s(kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [o for o in OBJECTS if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+
+
+def the(kind: str, name: str) -> dict[str, Any]:
+    (found,) = k8s(kind, name)
+    return found
+
+
+STATEFULSET = k8s("StatefulSet")[0]
+POD = STATEFULSET["spec"]["template"]["spec"]
+(CONTAINER,) = POD["containers"]
+
+
+def container_settings() -> Settings:
+    env: dict[str, str] = {}
+    for source in CONTAINER.get("envFrom", []):
+        env.update(the("ConfigMap", source["configMapRef"]["name"])["data"])
+    env.update({e["name"]: e["value"] for e in CONTAINER.get("env", [])})
+    return check_kpimon_environment(env, "deploy/k8s worker container")
+
+
+def named_port(port: str | int) -> int:
+    """A container port by name or number."""
+    if isinstance(port, int):
+        return port
+    (found,) = [p["containerPort"] for p in CONTAINER["ports"] if p["name"] == port]
+    return int(found)
+
+
+def test_k8s_objects_have_unique_names() -> None:
+    keys = [(o["kind"], o["metadata"]["name"]) for o in OBJECTS]
+    assert len(keys) == len(set(keys))
+    assert {"StatefulSet", "Service", "ConfigMap"} <= {kind for kind, _ in keys}
+
+
+def test_k8s_settings_configmap_holds_only_settings() -> None:
+    settings = container_settings()
+    assert settings.web_host == ALL_INTERFACES
+    for source in CONTAINER["envFrom"]:
+        data = the("ConfigMap", source["configMapRef"]["name"])["data"]
+        assert all(key.startswith("KPIMON_") for key in data), "envFrom would import non-setting keys"
+
+
+def test_k8s_statefulset_keeps_state_in_a_volume_claim_template() -> None:
+    settings = container_settings()
+    claims = {t["metadata"]["name"] for t in STATEFULSET["spec"]["volumeClaimTemplates"]}
+    mounts = {m["mountPath"]: m["name"] for m in CONTAINER["volumeMounts"]}
+    assert mounts[str(settings.data_dir)] in claims
+    volumes = {v["name"]: v for v in POD.get("volumes", [])}
+    assert set(mounts.values()) <= claims | set(volumes)
+    for volume in volumes.values():
+        if "configMap" in volume:
+            the("ConfigMap", volume["configMap"]["name"])
+
+
+def test_k8s_targets_configmap_is_the_example_file_mounted_where_the_worker_reads() -> None:
+    settings = container_settings()
+    target = Path(settings.targets_file)
+    mounts = {m["mountPath"]: m["name"] for m in CONTAINER["volumeMounts"]}
+    volume = next(v for v in POD["volumes"] if v["name"] == mounts[str(target.parent)])
+    data = the("ConfigMap", volume["configMap"]["name"])["data"]
+    assert data[target.name] == TARGETS_EXAMPLE.read_text(), "copy deploy/targets.example.toml into it"
+    assert parse_targets(tomllib.loads(data[target.name]))
+
+
+def test_k8s_probes_and_ports_point_at_what_the_worker_serves() -> None:
+    settings = container_settings()
+    assert named_port("web") == settings.web_port
+    live, ready = CONTAINER["livenessProbe"]["httpGet"], CONTAINER["readinessProbe"]["httpGet"]
+    assert live["path"] == "/live" and ready["path"] == "/ready"
+    assert {live["path"], ready["path"]} <= WEB_PATHS
+    assert named_port(live["port"]) == named_port(ready["port"]) == settings.web_port
+
+
+def test_k8s_services_select_the_worker_pods() -> None:
+    labels = STATEFULSET["spec"]["template"]["metadata"]["labels"]
+    assert STATEFULSET["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    headless = the("Service", STATEFULSET["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    services = k8s("Service")
+    assert len(services) >= 2, "a headless Service and a metrics Service"
+    for service in services:
+        assert service["spec"]["selector"].items() <= labels.items(), service["metadata"]["name"]
+        for port in service["spec"]["ports"]:
+            assert named_port(port["targetPort"]) == container_settings().web_port
+
+
+def test_k8s_runs_the_image_of_the_dockerfile_as_its_user() -> None:
+    assert CONTAINER["image"] == f"kpimon:{project_version()}"
+    user = [arguments for instruction, arguments in INSTRUCTIONS if instruction == "USER"][-1].split(":")[0]
+    assert POD["securityContext"]["runAsNonRoot"] is True
+    assert str(POD["securityContext"]["runAsUser"]) == user
+
+
+def test_k8s_prometheus_config_scrapes_the_headless_service(promtool: str, tmp_path: Path) -> None:
+    (configmap,) = [o for o in k8s("ConfigMap") if "prometheus.yml" in o.get("data", {})]
+    text = configmap["data"]["prometheus.yml"]
+    document = yaml.safe_load(text)
+    generated = prometheus_config(DEFAULT)
+    assert document["global"] == generated["global"] and document["rule_files"] == generated["rule_files"]
+    (job,) = document["scrape_configs"]
+    assert job["job_name"] == DEFAULT.job, "every rule selects job=kpimon"
+    assert job["metrics_path"] == "/metrics" and "/metrics" in WEB_PATHS
+    ((name,),) = [sd["names"] for sd in job["dns_sd_configs"]]
+    match = re.fullmatch(r"_(\w+)\._tcp\.([\w-]+)", name)
+    assert match, name
+    service = the("Service", match[2])
+    assert service["spec"]["clusterIP"] == "None", "SRV records per pod come from a headless Service"
+    assert match[1] in {p["name"] for p in service["spec"]["ports"]}
+    check_prometheus_config(promtool, text, tmp_path)
+
+
+# --- deploy/prometheus/ on a fast clock (tests/integration/test_prometheus_e2e.py) --------------------------
+
+
+def test_prometheus_files_of_the_default_config_are_the_committed_ones() -> None:
+    for relative, text in prometheus_files(DEFAULT).items():
+        assert (DEPLOY / "prometheus" / relative).read_text() == text, relative
+
+
+def alert_rules(config: MonitoringConfig) -> list[dict[str, Any]]:
+    """The alert rules of kpimon-alerts.yaml as rendered from `config`."""
+    document: Any = prometheus_rule_files(config)["kpimon-alerts.yaml"]
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def test_accelerated_config_changes_only_for_durations_and_intervals() -> None:
+    fast = accelerated(DEFAULT, for_duration="2s", scrape_interval="1s", evaluation_interval="1s")
+    assert (fast.scrape_interval, fast.evaluation_interval) == ("1s", "1s")
+    assert (
+        prometheus_rule_files(fast)["kpimon-recording.yaml"]
+        == prometheus_rule_files(DEFAULT)["kpimon-recording.yaml"]
+    )
+    fast_rules, default_rules = alert_rules(fast), alert_rules(DEFAULT)
+    assert [{**r, "for": None} for r in fast_rules] == [{**r, "for": None} for r in default_rules]
+    # Every alert with a `for` now waits 2s; KpimonNoEvents has none in either.
+    assert {r.get("for") for r in fast_rules} == {"2s", None}
+    assert [r["alert"] for r in fast_rules if "for" not in r] == [
+        r["alert"] for r in default_rules if "for" not in r
+    ]

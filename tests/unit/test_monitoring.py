@@ -1,0 +1,357 @@
+"""Monitoring as code: the generated Prometheus rules and config, the promtool unit tests, the dashboards.
+
+promtool comes from Debian's `prometheus` package (`make system-deps` installs it); without it these tests
+fail rather than skip, so a machine that cannot check the rules never looks green.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from agents.kpi_metrics import KPI_METRICS, KpiCollector
+from agents.metrics import PipelineMetrics
+from monitoring import grafana
+from monitoring.config import DEFAULT, MonitoringConfig, PipelineAlerts
+from monitoring.dashboards import PanelQuery, dashboards, panel_queries, variable_queries
+from monitoring.generate import GENERATED_DIRS, PROMETHEUS_DIR, RULES_DIR, generated_files
+from monitoring.promql import metric_names, substitute_variables
+from monitoring.render import to_yaml
+from monitoring.rules import KPI_GAUGES, RecordingRule, alert_groups, alerts, recording_rules
+from scripts.generate import ROOT
+
+TESTS_DIR = ROOT / PROMETHEUS_DIR / "tests"
+RULE_TESTS = sorted(TESTS_DIR.glob("*.yaml"))
+
+#: Metrics the rules and dashboards use that a colleague is adding right now (name -> where it will live).
+#: Once exported, the name is found in the code and this entry is merely redundant.
+PENDING_METRICS = {"kpimon_consumer_lag_messages": "consumer lag gauge per topic/partition (agents/)"}
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    """Path of promtool, or a failure that says how to get it."""
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool not found: run `make system-deps` (installs Debian's prometheus package)")
+    return path
+
+
+def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """Run a command, capturing its output."""
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False, timeout=300)
+
+
+def exported_metrics() -> set[str]:
+    """Every sample name the workers' code exports (counters with _total, histograms with their series)."""
+    registry = CollectorRegistry()
+    PipelineMetrics(registry, topics=("clicks",))
+    registry.register(KpiCollector(lambda: (None, [])))
+    names: set[str] = set()
+    for family in registry.collect():
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        elif family.type == "histogram":
+            names.update(f"{family.name}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
+        else:
+            names.add(family.name)
+    # Gauges created with the Faust app (agents/app.py: the snapshot timestamp) or by collectors that need a
+    # running consumer (the lag): read their names from the source.
+    for path in (ROOT / "agents").glob("*.py"):
+        names.update(re.findall(r'Gauge(?:MetricFamily)?\(\s*"(kpimon_\w+)"', path.read_text()))
+    return names
+
+
+def all_expressions(config: MonitoringConfig = DEFAULT) -> list[tuple[str, str]]:
+    """(where, PromQL) of every rule, Grafana alert query, dashboard panel and variable."""
+    out = [
+        (f"record {r.record}", r.expr)
+        for g in recording_rules(config)
+        for r in g.rules
+        if isinstance(r, RecordingRule)
+    ]
+    out += [(f"alert {a.name}", a.expr) for a in alerts(config)]
+    out += [(f"grafana alert {title}", expr) for title, expr in grafana_alert_queries(config)]
+    out += [(f"{q.dashboard} / {q.panel}", q.expr) for q in panel_queries(config) + variable_queries(config)]
+    return out
+
+
+# --- promtool -------------------------------------------------------------------------------------------
+
+
+def test_rule_files_pass_promtool_check(promtool: str) -> None:
+    files = sorted(str(p) for p in (ROOT / RULES_DIR).glob("*.yaml"))
+    assert files
+    result = run(promtool, "check", "rules", *files)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_config_passes_promtool_check(promtool: str) -> None:
+    result = run(promtool, "check", "config", "prometheus.yml", cwd=ROOT / PROMETHEUS_DIR)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "WARNING" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("test_file", RULE_TESTS, ids=lambda p: p.name)
+def test_promtool_unit_tests(promtool: str, test_file: Path) -> None:
+    result = run(promtool, "test", "rules", test_file.name, cwd=TESTS_DIR)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _rule_tests() -> list[dict[str, Any]]:
+    groups: list[dict[str, Any]] = []
+    for path in RULE_TESTS:
+        groups.extend(yaml.safe_load(path.read_text())["tests"])
+    return groups
+
+
+def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for group in _rule_tests():
+        for case in group.get("alert_rule_test", []):
+            (firing if case.get("exp_alerts") else quiet).add(case["alertname"])
+    names = {a.name for a in alerts(DEFAULT)}
+    assert names - firing == set(), "alerts without a test where they fire"
+    assert names - quiet == set(), "alerts without a test where they stay quiet"
+    assert (firing | quiet) - names == set(), "tests of alerts that do not exist"
+
+
+def test_every_recording_rule_is_tested() -> None:
+    """Directly (promql_expr_test) or through an alert that a test sees firing."""
+    tested: set[str] = set()
+    exprs = {a.name: a.expr for a in alerts(DEFAULT)}
+    for group in _rule_tests():
+        for case in group.get("promql_expr_test", []):
+            tested |= metric_names(case["expr"])
+        for case in group.get("alert_rule_test", []):
+            if case.get("exp_alerts"):
+                tested |= metric_names(exprs[case["alertname"]])
+    recorded = {r.record for g in recording_rules(DEFAULT) for r in g.rules if isinstance(r, RecordingRule)}
+    # A rule used only by another rule counts through it (e.g. the rate behind the dead-letter ratio).
+    by_name = {
+        r.record: r.expr for g in recording_rules(DEFAULT) for r in g.rules if isinstance(r, RecordingRule)
+    }
+    for name in list(tested):
+        tested |= metric_names(by_name.get(name, ""))
+    assert recorded - tested == set()
+
+
+def grafana_alert_queries(config: MonitoringConfig = DEFAULT) -> list[tuple[str, str]]:
+    """(rule title, PromQL) of every Prometheus query of the Grafana alert rules."""
+    groups = grafana.alert_rules(config)["groups"]
+    assert isinstance(groups, list)
+    return [
+        (rule["title"], query["model"]["expr"])
+        for group in groups
+        for rule in group["rules"]
+        for query in rule["data"]
+        if query["datasourceUid"] == config.datasource_uid
+    ]
+
+
+def test_dashboard_and_grafana_alert_expressions_are_valid_promql(promtool: str, tmp_path: Path) -> None:
+    """Every panel query (variables filled in) and every Grafana alert query must parse: promtool checks
+    them as recording rules."""
+    queries = panel_queries(DEFAULT) + [
+        PanelQuery("grafana-alerting", t, e) for t, e in grafana_alert_queries()
+    ]
+    assert len(queries) > 50
+    document = {
+        "groups": [
+            {
+                "name": "dashboard-queries",
+                "rules": [
+                    {"record": f"kpimon_check:panel_{i}:expr", "expr": substitute_variables(q.expr)}
+                    for i, q in enumerate(queries)
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "dashboards.yaml"
+    path.write_text(to_yaml(document))
+    result = run(promtool, "check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for query in queries:
+        assert "$" not in substitute_variables(query.expr), query
+
+
+def test_the_promql_check_catches_a_bad_expression(promtool: str, tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        to_yaml({"groups": [{"name": "g", "rules": [{"record": "a:b:c", "expr": "sum(rate(x[5m])"}]}]})
+    )
+    assert run(promtool, "check", "rules", str(path)).returncode != 0
+
+
+# --- metrics ----------------------------------------------------------------------------------------------
+
+
+def test_metric_names_ignores_labels_functions_and_strings() -> None:
+    expr = (
+        'sum by (topic) (rate(kpimon_events_total{job="kpimon", kpi="kpimon_fake"}[5m]))'
+        " / topic:kpimon_events:rate5m and on (window) up"
+    )
+    assert metric_names(expr) == {"kpimon_events_total", "topic:kpimon_events:rate5m", "up"}
+
+
+def test_every_metric_used_is_exported_or_recorded() -> None:
+    exported = exported_metrics()
+    assert {"kpimon_active_users", "kpimon_events_total", "kpimon_event_delay_seconds_bucket"} <= exported
+    assert "kpimon_last_snapshot_timestamp_seconds" in exported
+    recorded = {r.record for g in recording_rules(DEFAULT) for r in g.rules if isinstance(r, RecordingRule)}
+    known = exported | recorded | set(PENDING_METRICS) | {"up"}
+    unknown = {(where, name) for where, expr in all_expressions() for name in metric_names(expr) - known}
+    assert unknown == set()
+
+
+def test_every_recorded_series_is_used() -> None:
+    recorded = {r.record for g in recording_rules(DEFAULT) for r in g.rules if isinstance(r, RecordingRule)}
+    used = {name for _, expr in all_expressions() for name in metric_names(expr)}
+    assert recorded - used == set()
+
+
+# --- alerts -----------------------------------------------------------------------------------------------
+
+
+def test_alerts_follow_the_conventions() -> None:
+    for alert in alerts(DEFAULT):
+        assert re.fullmatch(r"Kpimon[A-Z][A-Za-z]+", alert.name), alert.name
+        assert alert.severity in ("critical", "warning", "info")
+        assert alert.summary and "{value}" in alert.description, alert.name
+        assert ("{target}" in alert.description) == bool(alert.target_query), alert.name
+    names = [a.name for a in alerts(DEFAULT)]
+    assert len(names) == len(set(names))
+
+
+def test_every_alert_has_a_runbook_section() -> None:
+    text = (ROOT / "docs" / "alerts.md").read_text()
+    headings = {h.lower() for h in re.findall(r"^## (Kpimon\w+)$", text, flags=re.MULTILINE)}
+    for alert in alerts(DEFAULT):
+        assert DEFAULT.runbook_url(alert.name).endswith(f"#{alert.name.lower()}")
+        assert alert.name.lower() in headings, f"docs/alerts.md has no section for {alert.name}"
+    assert headings == {a.name.lower() for a in alerts(DEFAULT)}, (
+        "runbook sections of alerts that do not exist"
+    )
+
+
+def test_kpi_alerts_compare_against_the_published_target() -> None:
+    for alert in alerts(DEFAULT):
+        if alert.target_query:
+            assert "group_left kpi_window:kpimon_kpi_target:max{" in alert.expr
+            assert "on (window)" in alert.expr
+
+
+def test_thresholds_and_selector_come_from_the_config() -> None:
+    config = MonitoringConfig(
+        kpi_alert_selector='dimension=~"all|plan"',
+        pipeline=PipelineAlerts(dead_letter_max_ratio=0.05, rate_window="10m", for_worker_down="7m"),
+    )
+    by_name = {a.name: a for a in alerts(config)}
+    assert by_name["KpimonDeadLetterRatioHigh"].expr == "topic:kpimon_dead_letters:ratio_rate10m > 0.05"
+    assert by_name["KpimonWorkerDown"].for_ == "7m"
+    assert 'dimension=~"all|plan"' in by_name["KpimonNpsBelowTarget"].expr
+    files = generated_files(config)
+    assert "ratio_rate10m" in files[RULES_DIR / "kpimon-recording.yaml"]
+    assert "ratio_rate10m" in files[Path("grafana/dashboards/kpimon-pipeline.json")]
+
+
+def test_grafana_alerts_are_the_prometheus_alerts() -> None:
+    document = grafana.alert_rules(DEFAULT)
+    groups = document["groups"]
+    assert isinstance(groups, list)
+    rules = {rule["title"]: rule for group in groups for rule in group["rules"]}
+    prometheus = {a.name: a for a in alerts(DEFAULT)}
+    assert set(rules) == set(prometheus)
+    for name, alert in prometheus.items():
+        rule = rules[name]
+        queries = {q["refId"]: q for q in rule["data"]}
+        assert queries["A"]["model"]["expr"] == grafana.grafana_query(alert)
+        assert queries["A"]["model"]["instant"] is True
+        assert queries["C"]["model"] == {
+            "expression": "$A == $A",
+            "refId": "C",
+            "type": "math",
+            "datasource": {"type": "__expr__", "uid": "__expr__"},
+        }
+        assert ("B" in queries) == bool(alert.target_expr)
+        assert rule["condition"] == "C" and rule["noDataState"] == "OK"
+        assert rule["for"] == alert.for_ and rule["labels"] == {"severity": alert.severity}
+        assert rule["annotations"]["summary"] == alert.summary
+        assert rule["annotations"]["runbook_url"] == DEFAULT.runbook_url(name)
+        assert "$values.A.Value" in rule["annotations"]["description"]
+        assert len(rule["uid"]) <= 40
+    assert len({rule["uid"] for rule in rules.values()}) == len(rules)
+    assert [g["name"] for g in groups] == [g.name for g in alert_groups(DEFAULT)]
+
+
+# --- dashboards -------------------------------------------------------------------------------------------
+
+
+def test_dashboards_have_variables_ids_and_the_datasource() -> None:
+    boards = dashboards(DEFAULT)
+    assert set(boards) == {"kpimon-engagement.json", "kpimon-satisfaction.json", "kpimon-pipeline.json"}
+    for name, board in boards.items():
+        variables = {v["name"] for v in board["templating"]["list"]}  # type: ignore[index]
+        assert "datasource" in variables
+        if name != "kpimon-pipeline.json":
+            assert {"dimension", "segment"} <= variables
+        panels = board["panels"]
+        assert isinstance(panels, list)
+        assert [p["id"] for p in panels] == list(range(1, len(panels) + 1))
+        for panel in panels:
+            if panel["type"] != "row":
+                assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+                assert panel["targets"], panel["title"]
+                assert all(t["refId"] for t in panel["targets"])
+
+
+def test_kpi_panels_follow_the_selected_segment() -> None:
+    for query in panel_queries(DEFAULT):
+        if "dimension_segment:" in query.expr and 'dimension="stage"' not in query.expr:
+            assert 'dimension="$dimension"' in query.expr, query
+
+
+def test_satisfaction_dashboard_draws_targets_and_the_nps_split() -> None:
+    exprs = [q.expr for q in panel_queries(DEFAULT) if q.dashboard == "kpimon-satisfaction"]
+    assert any('kpi="nps"' in e for e in exprs) and any('kpi="csat"' in e for e in exprs)
+    assert any('bucket=~"promoters|passives|detractors"' in e for e in exprs)
+    assert any('dimension="stage"' in e for e in exprs)
+
+
+# --- drift ------------------------------------------------------------------------------------------------
+
+
+def test_committed_files_are_what_the_code_generates(tmp_path: Path) -> None:
+    """Regenerate into a tmp dir and compare file by file; a stale extra file in a generated dir fails too."""
+    files = generated_files()
+    for path, text in files.items():
+        target = tmp_path / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    for path in files:
+        committed = ROOT / path
+        assert committed.exists(), f"{path} missing: run `make generate`"
+        assert committed.read_text() == (tmp_path / path).read_text(), f"{path} is stale: run `make generate`"
+    for directory in GENERATED_DIRS:
+        on_disk = {p.relative_to(ROOT) for p in (ROOT / directory).rglob("*") if p.is_file()}
+        assert on_disk - set(files) == set(), f"files in {directory} that the code does not generate"
+
+
+def test_generated_files_are_registered_with_make_generate() -> None:
+    from scripts.generate import generated_files as all_generated
+
+    assert set(generated_files()) <= set(all_generated())
+
+
+def test_every_kpi_gauge_of_the_code_is_recorded_with_its_labels() -> None:
+    """monitoring.rules.KPI_GAUGES mirrors agents/kpi_metrics.py (metric -> its own labels)."""
+    code = {spec.metric: tuple(name for name, _ in spec.extra_labels) for spec in KPI_METRICS.values()}
+    assert code == KPI_GAUGES

@@ -1,0 +1,132 @@
+"""Global counters -> output records: satisfaction scores, undefined values, intervals, targets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from streams.records import group_records
+from streams.targets import Target
+from streams.uncertainty import Z
+
+DAY = 20_781
+
+
+def by_key(records: list) -> dict[tuple[str, str], object]:  # type: ignore[type-arg]
+    return {(r.kpi, r.window): r for r in records}
+
+
+def survey_counts(w: str, **counts: int) -> dict[str, int]:
+    out = {f"{k}/{w}": v for k, v in counts.items()}
+    out["survey_events/30d"] = max(1, sum(counts.values()))
+    return out
+
+
+def test_nps_and_csat_values() -> None:
+    counts = survey_counts(
+        "7d",
+        nps_responses=10,
+        nps_promoters=5,
+        nps_passives=3,
+        nps_detractors=2,
+        csat_responses=4,
+        csat_satisfied=3,
+        csat_score_sum=17,
+        nps_shown=20,
+    )
+    records = by_key(group_records("all", "all", DAY, counts))
+    assert records[("nps", "7d")].value == pytest.approx(30.0)  # type: ignore[attr-defined]
+    assert (records[("nps", "7d")].numerator, records[("nps", "7d")].denominator) == (3, 10)  # type: ignore[attr-defined]
+    assert records[("csat", "7d")].value == pytest.approx(0.75)  # type: ignore[attr-defined]
+    assert records[("csat_mean", "7d")].value == pytest.approx(4.25)  # type: ignore[attr-defined]
+    assert records[("nps_response_rate", "7d")].value == pytest.approx(0.5)  # type: ignore[attr-defined]
+    assert records[("nps_passives", "7d")].value == 3  # type: ignore[attr-defined]
+
+
+def test_undefined_values_are_null_never_zero() -> None:
+    records = by_key(group_records("all", "all", DAY, survey_counts("30d", csat_shown=3)))
+    for kpi in ("nps", "csat", "csat_mean", "nps_response_rate"):
+        record = records[(kpi, "30d")]
+        assert record.value is None, kpi  # type: ignore[attr-defined]
+    assert records[("csat_response_rate", "30d")].value == 0  # type: ignore[attr-defined]
+    assert records[("nps", "30d")].ci_low is None  # type: ignore[attr-defined]
+
+
+def test_a_segment_with_high_csat_and_low_nps() -> None:
+    counts = survey_counts(
+        "7d",
+        nps_responses=10,
+        nps_promoters=1,
+        nps_detractors=8,
+        nps_passives=1,
+        csat_responses=10,
+        csat_satisfied=9,
+        csat_score_sum=45,
+    )
+    records = by_key(group_records("plan", "team", DAY, counts))
+    assert records[("nps", "7d")].value == pytest.approx(-70.0)  # type: ignore[attr-defined]
+    assert records[("csat", "7d")].value == pytest.approx(0.9)  # type: ignore[attr-defined]
+
+
+def test_intervals_follow_the_formulas() -> None:
+    counts = survey_counts(
+        "7d",
+        nps_responses=100,
+        nps_promoters=50,
+        nps_detractors=20,
+        nps_passives=30,
+        csat_responses=40,
+        csat_satisfied=30,
+        csat_score_sum=150,
+    )
+    records = by_key(group_records("all", "all", DAY, counts))
+    a, b, n = 0.5, 0.2, 100
+    half = 100 * Z * math.sqrt((a + b - (a - b) ** 2) / n)
+    nps = records[("nps", "7d")]
+    assert (nps.ci_low, nps.ci_high) == pytest.approx((30 - half, 30 + half))  # type: ignore[attr-defined]
+    p, n = 0.75, 40
+    centre = (p + Z**2 / (2 * n)) / (1 + Z**2 / n)
+    width = Z * math.sqrt(p * (1 - p) / n + Z**2 / (4 * n * n)) / (1 + Z**2 / n)
+    csat = records[("csat", "7d")]
+    assert (csat.ci_low, csat.ci_high) == pytest.approx((centre - width, centre + width))  # type: ignore[attr-defined]
+
+
+def test_a_response_rate_above_one_has_no_interval() -> None:
+    records = by_key(
+        group_records("all", "all", DAY, survey_counts("7d", nps_responses=3, nps_promoters=3, nps_shown=2))
+    )
+    rate = records[("nps_response_rate", "7d")]
+    assert rate.value == pytest.approx(1.5)  # type: ignore[attr-defined]
+    assert (rate.ci_low, rate.ci_high) == (None, None)  # type: ignore[attr-defined]
+
+
+def test_targets_are_carried_with_a_breach_flag() -> None:
+    targets = {
+        ("nps", "7d"): Target("nps", "7d", 30.0, "min"),
+        ("csat", "7d"): Target("csat", "7d", 0.5, "min"),
+    }
+    counts = survey_counts(
+        "7d",
+        nps_responses=10,
+        nps_promoters=2,
+        nps_passives=8,
+        csat_responses=2,
+        csat_satisfied=2,
+        csat_score_sum=10,
+    )
+    records = by_key(group_records("all", "all", DAY, counts, targets=targets))
+    nps, csat = records[("nps", "7d")], records[("csat", "7d")]
+    assert (nps.target, nps.target_direction, nps.breach) == (30.0, "min", True)  # type: ignore[attr-defined]
+    assert csat.breach is False  # type: ignore[attr-defined]
+    assert records[("nps", "30d")].target is None  # type: ignore[attr-defined]
+
+
+def test_engagement_records_exist_only_with_activity_in_60_days() -> None:
+    assert group_records("all", "all", DAY, {"active_users/30d": 0, "churn_base/30d": 0}) == []
+    records = by_key(
+        group_records("all", "all", DAY, {"active_users/30d": 0, "churn_base/30d": 4, "churned/30d": 4})
+    )
+    assert records[("churn_rate", "30d")].value == 1.0  # type: ignore[attr-defined]
+    assert records[("stickiness", "30d")].value == 0.0  # type: ignore[attr-defined]
+    assert ("nps", "7d") not in records
