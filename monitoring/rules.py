@@ -43,6 +43,14 @@ KPI_GAUGES: dict[str, tuple[str, ...]] = {
     "kpimon_survey_response_ratio": ("survey",),
 }
 KPI_LABELS = ("window", "day", "dimension", "segment")
+#: The 95 % interval bounds of the ratio KPIs (label `kpi`), recorded like the KPI gauges.
+CI_GAUGES = ("kpimon_kpi_ci_low", "kpimon_kpi_ci_high")
+#: Gauge of a KPI with an interval -> its `kpi` label in the interval series.
+CI_KPIS: dict[str, str] = {
+    "kpimon_nps_score": "nps",
+    "kpimon_csat_ratio": "csat",
+    "kpimon_churn_ratio": "churn_rate",
+}
 #: Joins between two KPIs of the same segment (never on `day`: a selector fixes it on both sides).
 SEGMENT_JOIN = "on (window, dimension, segment)"
 TARGET = "kpi_window:kpimon_kpi_target:max"
@@ -51,6 +59,12 @@ TARGET = "kpi_window:kpimon_kpi_target:max"
 def kpi(metric: str) -> str:
     """The recorded per-segment series of a KPI gauge."""
     return f"dimension_segment:{metric}:max"
+
+
+def delta_halfwidth(metric: str) -> str:
+    """sqrt(hw² + hw(7 days ago)²), hw = (ci_high - ci_low) / 2: a week-over-week change beyond it is more
+    than the two 95 % intervals allow (per segment, no `kpi` label)."""
+    return f"dimension_segment:{metric}:delta7d_ci_halfwidth"
 
 
 @dataclass(frozen=True)
@@ -100,10 +114,19 @@ def recording_rules(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
     kpis.append(
         RecordingRule(TARGET, f"max by (kpi, direction, window) ({selector('kpimon_kpi_target', job)})")
     )
-    for metric in ("kpimon_nps_score", "kpimon_csat_ratio", "kpimon_churn_ratio"):
+    for metric in CI_GAUGES:
+        by = ", ".join(("kpi", *KPI_LABELS))
+        kpis.append(RecordingRule(kpi(metric), f"max by ({by}) ({selector(metric, job)})"))
+    for metric, kpi_name in CI_KPIS.items():
         kpis.append(
             RecordingRule(f"dimension_segment:{metric}:delta7d", f"{kpi(metric)} - {kpi(metric)} offset 7d")
         )
+        high, low = (selector(kpi(m), kpi=kpi_name) for m in CI_GAUGES[::-1])
+        # From the recorded bounds of now and of 7 days ago (not from a recorded half-width): history
+        # backfilled as `dimension_segment:*:max` series is enough, like for delta7d.
+        now = f"max without (kpi) ({high} - {low}) / 2"
+        then = f"max without (kpi) ({high} offset 7d - {low} offset 7d) / 2"
+        kpis.append(RecordingRule(delta_halfwidth(metric), f"sqrt(({now}) ^ 2 + ({then}) ^ 2)"))
     users = kpi("kpimon_active_users")
     kpis.append(
         RecordingRule("dimension_segment:kpimon_active_users:relchange7d", f"{users} / {users} offset 7d - 1")
@@ -166,11 +189,32 @@ class _Kpis:
         return selector(TARGET, kpi=kpi_name, direction=direction)
 
     def breach(self, metric: str, kpi_name: str, window: str, direction: str) -> str:
-        """The KPI's current value where it is on the wrong side of its target (nothing without a target)."""
+        """The KPI's current value where it is on the wrong side of its target (nothing without a target).
+
+        For a KPI with a 95 % interval (`CI_KPIS`) the whole interval must be on the wrong side: its upper
+        bound below a `min` target, its lower bound above a `max` target. Without an interval, no alert.
+        """
         op = "<" if direction == "min" else ">"
+        target = self.target(kpi_name, direction)
+        if metric not in CI_KPIS:
+            return f"{self.current(metric, window)} {op} on (window) group_left {target}"
+        bound = "kpimon_kpi_ci_high" if direction == "min" else "kpimon_kpi_ci_low"
+        interval = self.current(bound, window, kpi=kpi_name)
         return (
-            f"{self.current(metric, window)} {op} on (window) group_left {self.target(kpi_name, direction)}"
+            f"{self.current(metric, window)}\nand {SEGMENT_JOIN}\n"
+            f"({interval} {op} on (window) group_left {target})"
         )
+
+    def changed(self, metric: str, window: str, direction: str, limit: float) -> str:
+        """The week-over-week change of a KPI where it exceeds `limit` and what the two intervals allow.
+
+        `direction` "down": change < -limit and change < -sqrt(hw_now² + hw_week_ago²); "up": > both.
+        """
+        delta = self.recorded(f"dimension_segment:{metric}:delta7d", window)
+        allowed = self.recorded(delta_halfwidth(metric), window)
+        if direction == "down":
+            return f"{delta} < -{number(limit)}\nand\n{delta} < -{allowed}"
+        return f"{delta} > {number(limit)}\nand\n{delta} > {allowed}"
 
     def meets(self, metric: str, kpi_name: str, window: str, direction: str) -> str:
         """The KPI's current value where it meets its target."""
@@ -253,15 +297,15 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
         Alert(
             "KpimonChurnRoseWeekOverWeek",
             "kpimon-engagement",
-            f"{k.recorded('dimension_segment:kpimon_churn_ratio:delta7d', churn.window)}"
-            f" > {number(churn.max_rise_week_over_week)}\n"
+            f"({k.changed('kpimon_churn_ratio', churn.window, 'up', churn.max_rise_week_over_week)})\n"
             f"and {SEGMENT_JOIN}\n{churn_base}",
             churn.for_rise,
             "warning",
             "Churn rate up against the same day last week",
             where.replace("{kpi}", "churn rate")
             + " is up {value} (percentage points) against the same day last week"
-            f" (alert above {number(churn.max_rise_week_over_week * 100)} points).",
+            f" (alert above {number(churn.max_rise_week_over_week * 100)} points and beyond the two 95 %"
+            " intervals).",
             "percent",
         ),
     )
@@ -285,13 +329,13 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
         Alert(
             "KpimonNpsDroppedWeekOverWeek",
             "kpimon-satisfaction",
-            f"{k.recorded('dimension_segment:kpimon_nps_score:delta7d', w)}"
-            f" < -{number(sat.nps_max_drop_week_over_week)}\nand {SEGMENT_JOIN}\n{nps_n}",
+            f"({k.changed('kpimon_nps_score', w, 'down', sat.nps_max_drop_week_over_week)})\n"
+            f"and {SEGMENT_JOIN}\n{nps_n}",
             sat.for_drop,
             "warning",
             "NPS down against the same day last week",
             where.replace("{kpi}", "NPS") + " changed by {value} points against the same day last week"
-            f" (alert below -{number(sat.nps_max_drop_week_over_week)}).",
+            f" (alert below -{number(sat.nps_max_drop_week_over_week)} and beyond the two 95 % intervals).",
             "decimal",
         ),
         Alert(
@@ -309,13 +353,14 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
         Alert(
             "KpimonCsatDroppedWeekOverWeek",
             "kpimon-satisfaction",
-            f"{k.recorded('dimension_segment:kpimon_csat_ratio:delta7d', w)}"
-            f" < -{number(sat.csat_max_drop_week_over_week)}\nand {SEGMENT_JOIN}\n{csat_n}",
+            f"({k.changed('kpimon_csat_ratio', w, 'down', sat.csat_max_drop_week_over_week)})\n"
+            f"and {SEGMENT_JOIN}\n{csat_n}",
             sat.for_drop,
             "warning",
             "CSAT falling against the same day last week",
             where.replace("{kpi}", "CSAT") + " changed by {value} (percentage points) against the same day"
-            f" last week (alert below -{number(sat.csat_max_drop_week_over_week * 100)} points).",
+            f" last week (alert below -{number(sat.csat_max_drop_week_over_week * 100)} points and beyond the"
+            " two 95 % intervals).",
             "percent",
         ),
         Alert(

@@ -16,7 +16,7 @@ import pytest
 
 from agents.kpi_metrics import CI_HIGH, CI_LOW, KPI_METRICS
 from reference.compare import compare, parse_records
-from streams.output import KpiRecord, day_name, day_number
+from streams.output import OUTPUT_KPIS, KpiRecord, day_name, day_number
 from tests.helpers import KPIMON, free_port
 from tests.workers import WorkerProcess, running_worker
 
@@ -28,33 +28,7 @@ LATENESS = DAYS + 15  # a backfill: the whole history is within the lateness bou
 
 
 #: Every (kpi, window) of the output table of KPIS.md.
-ALL_KPIS = {
-    *(("active_users", w) for w in ("1d", "7d", "30d")),
-    ("stickiness", "30d"),
-    *((f"lifecycle_{s}", "1d") for s in ("new", "returning", "resurrecting", "dormant")),
-    *((kpi, w) for kpi in ("churn_base", "churned", "churn_rate") for w in ("7d", "30d")),
-    *(
-        (kpi, w)
-        for kpi in (
-            "nps_responses",
-            "nps_promoters",
-            "nps_passives",
-            "nps_detractors",
-            "nps",
-            "csat_responses",
-            "csat_satisfied",
-            "csat",
-            "csat_mean",
-            "nps_shown",
-            "csat_shown",
-            "nps_dismissed",
-            "csat_dismissed",
-            "nps_response_rate",
-            "csat_response_rate",
-        )
-        for w in ("7d", "30d")
-    ),
-}
+ALL_KPIS = {(kpi, window) for kpi, windows in OUTPUT_KPIS.items() for window in windows}
 
 
 def kpimon(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[bytes]:

@@ -24,6 +24,7 @@ the dropped segment is among them and that a segment with enough answers stays h
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import time
@@ -140,6 +141,45 @@ def recorded_kpis(records: list[KpiRecord]) -> dict[SeriesKey, float]:
     return out
 
 
+def recorded_intervals(records: list[KpiRecord]) -> dict[SeriesKey, float]:
+    """The `dimension_segment:kpimon_kpi_ci_{low,high}:max{kpi,...}` series that `records` imply."""
+    current = max(day_number(r.day) for r in records)
+    days = {current: "current", current - 1: "previous"}
+    out: dict[SeriesKey, float] = {}
+    for record in records:
+        day = days.get(day_number(record.day))
+        if record.kpi not in KPI_METRICS or day is None or record.ci_low is None or record.ci_high is None:
+            continue
+        labels = frozenset(
+            {
+                "kpi": record.kpi,
+                "window": record.window,
+                "day": day,
+                "dimension": record.dimension,
+                "segment": record.segment,
+            }.items()
+        )
+        out[(kpi("kpimon_kpi_ci_low"), labels)] = float(record.ci_low)
+        out[(kpi("kpimon_kpi_ci_high"), labels)] = float(record.ci_high)
+    return out
+
+
+def current_intervals(
+    records: list[KpiRecord], name: str, window: str
+) -> dict[tuple[str, str], tuple[float, float]]:
+    """(dimension, segment) -> (ci_low, ci_high) of KPI `name` in `window` on the newest day of `records`."""
+    current = max(day_number(r.day) for r in records)
+    return {
+        (r.dimension, r.segment): (float(r.ci_low), float(r.ci_high))
+        for r in records
+        if r.kpi == name
+        and r.window == window
+        and day_number(r.day) == current
+        and r.ci_low is not None
+        and r.ci_high is not None
+    }
+
+
 def current_values(records: list[KpiRecord], name: str, window: str) -> dict[tuple[str, str], float | None]:
     """(dimension, segment) -> value of KPI `name` in `window` on the newest day of `records`."""
     current = max(day_number(r.day) for r in records)
@@ -193,7 +233,8 @@ def _backfill_history(storage: Path, week_ago: list[KpiRecord], now_ms: int, wor
     """The recorded KPI series as Prometheus would have held them around NOW - 7 days."""
     centre = (now_ms - WEEK_MS) / 1000
     steps = range(-BACKFILL_BEFORE_S, BACKFILL_AFTER_S + 1, BACKFILL_STEP_S)
-    series = [Series(name, dict(labels), value) for (name, labels), value in recorded_kpis(week_ago).items()]
+    history = {**recorded_kpis(week_ago), **recorded_intervals(week_ago)}
+    series = [Series(name, dict(labels), value) for (name, labels), value in history.items()]
     backfill(storage, series, [centre + s for s in steps], work)
 
 
@@ -435,11 +476,13 @@ def wait_for_alerts(
 
 
 def test_nps_below_target_fires_for_the_dropped_segment_not_for_a_healthy_one(stack: Stack) -> None:
+    """Below target means the whole 95 % interval below it: ci_high < target."""
     candidates = alert_candidates(stack)
-    below = {key for key, value in candidates.items() if value < NPS_TARGET}
+    high = {key: ci[1] for key, ci in current_intervals(stack.now, "nps", "7d").items() if key in candidates}
+    below = {key for key, value in high.items() if value < NPS_TARGET}
     healthy = set(candidates) - below
-    unsure = {key for key, value in candidates.items() if abs(value - NPS_TARGET) < 1e-6}
-    assert DROPPED in below, f"the scenario did not drop android's NPS below target: {candidates}"
+    unsure = {key for key, value in high.items() if abs(value - NPS_TARGET) < 1e-6}
+    assert DROPPED in below, f"the scenario did not put android's NPS interval below target: {high}"
     assert healthy - unsure, f"no healthy segment to tell apart: {candidates}"
 
     wait_for_alerts(stack, "KpimonNpsBelowTarget", below, unsure)
@@ -451,16 +494,25 @@ def test_nps_below_target_fires_for_the_dropped_segment_not_for_a_healthy_one(st
 
 
 def test_nps_week_over_week_fires_for_the_dropped_segment(stack: Stack) -> None:
-    """Against the backfilled week: android fell by far more than 10 points; other segments by noise."""
+    """Against the backfilled week: android fell by far more than 10 points and than the two intervals allow
+    (sqrt(hw_now² + hw_week_ago²)); other segments by noise."""
     limit = DEFAULT.satisfaction.nps_max_drop_week_over_week
     week_ago = current_values(stack.week_ago, "nps", "7d")
+    ci_now = current_intervals(stack.now, "nps", "7d")
+    ci_then = current_intervals(stack.week_ago, "nps", "7d")
     change = {
         key: value - old
         for key, value in alert_candidates(stack).items()
-        if (old := week_ago.get(key)) is not None
+        if (old := week_ago.get(key)) is not None and key in ci_now and key in ci_then
     }
-    dropped = {key for key, delta in change.items() if delta < -limit}
-    unsure = {key for key, delta in change.items() if abs(delta + limit) < 1e-6}
+    allowed = {
+        key: math.hypot((ci_now[key][1] - ci_now[key][0]) / 2, (ci_then[key][1] - ci_then[key][0]) / 2)
+        for key in change
+    }
+    dropped = {key for key, delta in change.items() if delta < -limit and delta < -allowed[key]}
+    unsure = {
+        key for key, delta in change.items() if abs(delta + limit) < 1e-6 or abs(delta + allowed[key]) < 1e-6
+    }
     assert DROPPED in dropped, f"android's NPS did not fall week over week: {change}"
     assert change[DROPPED] < -3 * limit
 
