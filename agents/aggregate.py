@@ -62,6 +62,28 @@ class Aggregator:
             table[key] = {"v": watermark.version, "day": watermark.current_day}
         self._advance(watermark.current_day)
 
+    def expire(self, table: AggregateTable, partition: int, before_day: int) -> int:
+        """Delete the groups of `partition` older than `before_day` that are published; return how many.
+
+        Such days can no longer change (they are older than the lateness bound), and their final records
+        are in kpimon-kpis. Only groups of the partition being processed are deleted, so the changelog
+        tombstone lands in that group's own changelog partition.
+        """
+        old: list[bytes] = []
+        for key in list(table.keys()):
+            if key.startswith(_WATERMARK):
+                continue
+            group = parse_group(key.decode())
+            if (
+                group[2] < before_day
+                and group not in self.dirty
+                and partition_of(group, self.partitions) == partition
+            ):
+                old.append(key)
+        for key in old:
+            del table[key]
+        return len(old)
+
     def _advance(self, day: int) -> None:
         if self.current_day is None or day > self.current_day:
             self.current_day = day

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -27,6 +28,8 @@ def register_aggregate(kpimon: Kpimon) -> None:
     _use_serializers(aggregates, key="raw", value="json")
     kpimon.aggregates = aggregates
 
+    last_expiry: dict[int, float] = {}
+
     async def aggregate(stream: Any) -> None:
         event: Any
         async for event in stream.events():
@@ -39,6 +42,17 @@ def register_aggregate(kpimon: Kpimon) -> None:
                 continue
             if isinstance(decoded, partials.Watermark):
                 aggregator.on_watermark(aggregates, message.partition, decoded)
+                # At most once a minute per partition: forget final days (table writes are only allowed
+                # here, while processing an event of that partition).
+                now = time.monotonic()
+                if now - last_expiry.get(message.partition, 0.0) > 60:
+                    last_expiry[message.partition] = now
+                    # One day of margin: a partial of the last changeable day flushed just before midnight
+                    # must find its group still there.
+                    final = kpimon.engine.oldest_accepted_day(int(time.time() * 1000)) - 1
+                    dropped = aggregator.expire(aggregates, message.partition, final)
+                    if dropped:
+                        log.info("expired %d aggregate groups of partition %d", dropped, message.partition)
             else:
                 aggregator.on_partial(aggregates, decoded)
 

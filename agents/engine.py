@@ -48,6 +48,7 @@ class SourceEngine:
         #: Next offset to process per (topic, partition): the partials' version, and the consumer lag.
         self.positions: dict[tuple[str, int], int] = {}
         self._sent_watermarks: dict[int, tuple[int, int]] = {}
+        self._sweeps: dict[int, Iterator[bytes]] = {}
 
     def counters(self, partition: int) -> PartitionCounters:
         """The counters of a source partition (created on first use)."""
@@ -117,6 +118,30 @@ class SourceEngine:
             users[key] = state
         return "accepted"
 
+    def sweep(self, users: UserTable, partition: int, now_ms: int, budget: int = 10_000) -> int:
+        """Expire old days from up to `budget` states of `partition`'s users; return how many were written.
+
+        A user who never comes back is never written again, so without a sweep their oldest bits would
+        stay forever. Called from the ingest agent while it processes an event of `partition`: Faust
+        writes a table change to the changelog partition of the current event, which must be the user's.
+        Counters do not change: expired days are older than any day an accepted event can still touch.
+        """
+        cursor = self._sweeps.get(partition)
+        if cursor is None:
+            cursor = self._sweeps[partition] = iter(list(users.keys()))
+        cutoff = engagement.expiry_cutoff(self.oldest_accepted_day(now_ms))
+        written = 0
+        for _ in range(budget):
+            key = next(cursor, None)
+            if key is None:
+                del self._sweeps[partition]  # a full pass is done; the next call starts another
+                break
+            state = users.get(key)
+            if state is not None and state.partition == partition and state.expire(cutoff):
+                users[key] = state
+                written += 1
+        return written
+
     def rebuild(self, partition: int, states: Iterable[UserState], now_ms: int) -> PartitionCounters:
         """Recompute a partition's counters from its users' states (after a restart or a rebalance).
 
@@ -152,6 +177,7 @@ class SourceEngine:
         for partition in partitions:
             self.partitions.pop(partition, None)
             self._sent_watermarks.pop(partition, None)
+            self._sweeps.pop(partition, None)
             for key in [k for k in self.positions if k[1] == partition]:
                 del self.positions[key]
 

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: How often (per partition) the ingest agent expires old days from a batch of idle users' states.
+SWEEP_INTERVAL_MS = 10_000
+
 #: Header of a rekeyed message: the input topic kind it was first read from.
 KIND_HEADER = "kpimon-kind"
 
@@ -56,6 +59,8 @@ def register_ingest(kpimon: Kpimon) -> None:
     _use_serializers(users, key="raw", value="kpimon_user_state")
     kpimon.users = users
 
+    last_sweep: dict[int, int] = {}
+
     async def ingest(stream: Any) -> None:
         event: Any
         async for event in stream.events():
@@ -67,6 +72,9 @@ def register_ingest(kpimon: Kpimon) -> None:
             now_ms = int(time.time() * 1000)
             verdict = validate(kind, message.key, message.value, now_ms, policy)
             engine.processed(topic_name, message.partition, message.offset)
+            if now_ms - last_sweep.get(message.partition, 0) > SWEEP_INTERVAL_MS:
+                last_sweep[message.partition] = now_ms
+                engine.sweep(users, message.partition, now_ms)
             if isinstance(verdict, Accepted) and message.key is not None:
                 try:
                     outcome = engine.on_event(users, message.key, message.partition, verdict, now_ms)

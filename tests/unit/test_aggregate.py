@@ -139,3 +139,23 @@ def test_lag_collector_reports_owned_partitions_and_their_lag() -> None:
         registry.get_sample_value("kpimon_consumer_lag_messages", {"topic": "clicks", "partition": "2"})
         is None
     )
+
+
+def test_final_days_are_expired_only_for_the_partition_being_processed() -> None:
+    table: dict[bytes, Any] = {}
+    agg = Aggregator(4)
+    agg.on_watermark(table, 0, Watermark(source=0, version=1, current_day=DAY))
+    for day in (DAY - 20, DAY - 3):
+        agg.on_partial(table, partial(0, 1, 1, 1, day=day))
+    owner = partition_of(("platform", "ios", DAY - 20), 4)
+    list(agg.take_publishable(table, set(range(4))))  # published: no longer dirty
+    assert (
+        agg.expire(table, (owner + 1) % 4, DAY - 10) == 0
+        or partition_of(("platform", "ios", DAY - 20), 4) != owner
+    )
+    assert agg.expire(table, owner, DAY - 10) == 1
+    assert agg.global_counts(table, ("platform", "ios", DAY - 20)) == {}
+    assert agg.global_counts(table, ("platform", "ios", DAY - 3)) == {
+        "active_users/1d": 1,
+        "active_users/30d": 1,
+    }

@@ -171,3 +171,32 @@ def test_a_new_owner_wins_over_a_late_partial_of_the_previous_owner() -> None:
         assert not agg.on_partial(table, partial)
     assert agg.global_counts(table, ("all", "all", TODAY))["active_users/1d"] == 2
     assert versioned(8, 0) > versioned(7, 10**9)
+
+
+def test_sweep_expires_old_days_of_idle_users_of_its_partition_only() -> None:
+    engine, users = SourceEngine(7), dict[bytes, UserState]()
+    old_now = NOW - 200 * MS_PER_DAY  # the users were active long ago, then went quiet
+    for user, partition in ((b"u0", 0), (b"u1", 1)):
+        for days_ago in (3, 2):
+            event = validate(
+                "clicks",
+                user,
+                json.dumps(
+                    {
+                        "event_id": f"e{days_ago}",
+                        "user_id": user.decode(),
+                        "ts": old_now - days_ago * MS_PER_DAY,
+                        "type": "click",
+                    }
+                ).encode(),
+                old_now,
+                Policy(),
+            )
+            assert isinstance(event, Accepted)
+            engine.on_event(users, user, partition, event, old_now)
+    assert users[b"u0"].segments and users[b"u1"].segments
+    assert engine.sweep(users, 0, NOW, budget=10) == 1
+    assert users[b"u0"].segments == {}  # every bit is older than the horizon now
+    assert users[b"u0"].first_active is not None  # what decides "new" for good stays
+    assert users[b"u1"].segments  # another partition's user is not written from partition 0
+    assert engine.sweep(users, 0, NOW) == 0  # a new pass: nothing left to expire
