@@ -44,12 +44,13 @@ class SatisfactionAlerts:
 
 @dataclass(frozen=True)
 class EngagementAlerts:
-    """DAU against the same time last week; stickiness against its target."""
+    """DAU against the same time of the same weekday (median of 4 weeks); stickiness against its target."""
 
-    #: 0.2 alerts when DAU is more than 20 % below the same time of the same weekday last week.
+    #: 0.2 alerts when DAU is more than 20 % below the median of the same time of the same weekday in the
+    #: previous 4 weeks.
     dau_max_drop_ratio: float = 0.2
-    #: Last week's DAU at the same time must be at least this for the drop to count (early in the day
-    #: both numbers are small and a drop of a few users is a large percentage).
+    #: That median must be at least this for the drop to count (early in the day both numbers are small
+    #: and a drop of a few users is a large percentage).
     dau_min_users: int = 100
     #: Stickiness (DAU/MAU) is alerted on only when MAU is at least this.
     stickiness_min_mau: int = 100

@@ -269,13 +269,20 @@ def engagement(config: MonitoringConfig) -> dashboard_builders.Dashboard:
                     (
                         f'dimension_segment:kpimon_active_users:relchange7d{{{SEGMENT}, window="1d", '
                         'day="current"}',
-                        "{{segment}}",
-                    )
+                        "{{segment}} vs last week",
+                    ),
+                    (
+                        f'dimension_segment:kpimon_active_users:max{{{SEGMENT}, window="1d", day="current"}}'
+                        f' / dimension_segment:kpimon_active_users:median4w{{{SEGMENT}, window="1d", '
+                        'day="current"} - 1',
+                        "{{segment}} vs 4-week median",
+                    ),
                 ],
                 unit="percentunit",
                 threshold=-drop,
-                description="DAU / DAU at the same time of the same weekday last week - 1. The dashed line "
-                "is the alert threshold (KpimonDauDroppedWeekOverWeek).",
+                description="DAU / DAU at the same time of the same weekday last week - 1, and DAU / the "
+                "median of the same time of the same weekday in the previous 4 weeks - 1. The dashed line is "
+                "the alert threshold of the second (KpimonDauDroppedWeekOverWeek).",
             )
         )
         .with_row(dashboard_builders.Row("Stickiness and lifecycle"))

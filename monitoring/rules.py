@@ -54,6 +54,8 @@ CI_KPIS: dict[str, str] = {
 #: Joins between two KPIs of the same segment (never on `day`: a selector fixes it on both sides).
 SEGMENT_JOIN = "on (window, dimension, segment)"
 TARGET = "kpi_window:kpimon_kpi_target:max"
+#: DAU of the same weekday, median of the previous 4 weeks at the same time of day.
+DAU_MEDIAN_4W = "dimension_segment:kpimon_active_users:median4w"
 
 
 def kpi(metric: str) -> str:
@@ -131,6 +133,13 @@ def recording_rules(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
     kpis.append(
         RecordingRule("dimension_segment:kpimon_active_users:relchange7d", f"{users} / {users} offset 7d - 1")
     )
+    # The median of the current-day DAU at the same time of the same weekday 1-4 weeks ago (over the weeks
+    # that have a value: with only some of them, the median of those; with none, no series).
+    dau = selector(users, window="1d", day="current")
+    weeks = " or ".join(
+        f'label_replace({dau} offset {7 * n}d, "weeks_ago", "{n}", "", "")' for n in range(1, 5)
+    )
+    kpis.append(RecordingRule(DAU_MEDIAN_4W, f"quantile without (weeks_ago) (0.5, {weeks})"))
 
     window = config.pipeline.rate_window
     rate = f"rate{window}"
@@ -253,19 +262,19 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
         f"({k.current('kpimon_churn_base_users', churn.window, alerting=False)} >= {churn.min_base_users})"
     )
     mau = k.current("kpimon_active_users", "30d", alerting=False)
-    dau_last_week = f"{k.current('kpimon_active_users', '1d', alerting=False)} offset 7d"
+    dau_median = k.recorded(DAU_MEDIAN_4W, "1d")
     engagement = (
         Alert(
             "KpimonDauDroppedWeekOverWeek",
             "kpimon-engagement",
-            f"{k.recorded('dimension_segment:kpimon_active_users:relchange7d', '1d')}"
+            f"{k.current('kpimon_active_users', '1d')} / {dau_median} - 1"
             f" < -{number(eng.dau_max_drop_ratio)}\n"
-            f"and {SEGMENT_JOIN}\n({dau_last_week} >= {eng.dau_min_users})",
+            f"and {SEGMENT_JOIN}\n({dau_median} >= {eng.dau_min_users})",
             eng.for_dau_drop,
             "warning",
-            "DAU dropped against the same weekday last week",
-            "DAU of {dimension}={segment} changed by {value} against the same time of the same weekday last"
-            f" week (alert below -{number(eng.dau_max_drop_ratio * 100)}%).",
+            "DAU dropped against the same weekday of the previous 4 weeks",
+            "DAU of {dimension}={segment} changed by {value} against the median of the same time of the same"
+            f" weekday in the previous 4 weeks (alert below -{number(eng.dau_max_drop_ratio * 100)}%).",
             "percent",
         ),
         Alert(
