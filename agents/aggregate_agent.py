@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from agents import partials
-from agents.ingest import _use_serializers
+from agents.tables import table
 
 if TYPE_CHECKING:
     from agents.app import Kpimon
@@ -20,12 +20,7 @@ log = logging.getLogger(__name__)
 def register_aggregate(kpimon: Kpimon) -> None:
     """Register the aggregate agent and table, and the timer that publishes changed KPIs."""
     app, settings, aggregator = kpimon.app, kpimon.settings, kpimon.aggregator
-    topic = app.topic(settings.partials, key_serializer="raw", value_serializer="raw")
-    aggregates = app.Table(
-        "aggregates",
-        partitions=settings.partitions,
-    )
-    _use_serializers(aggregates, key="raw", value="json")
+    aggregates = table(app, "aggregates", settings.partitions, "json")
     kpimon.aggregates = aggregates
 
     last_expiry: dict[int, float] = {}
@@ -56,7 +51,7 @@ def register_aggregate(kpimon: Kpimon) -> None:
             else:
                 aggregator.on_partial(aggregates, decoded)
 
-    app.agent(topic, name="kpimon.aggregate")(aggregate)
+    app.agent(kpimon.partials_topic, name="kpimon.aggregate")(aggregate)
 
     async def publish() -> None:
         await kpimon.publish()

@@ -27,6 +27,7 @@ from agents.lag import LagCollector
 from agents.metrics import PipelineMetrics
 from agents.pacing import Pacer
 from agents.settings import Settings
+from agents.tables import raw_topic
 from streams import output
 from streams.output import KpiRecord
 from streams.targets import Targets
@@ -46,6 +47,8 @@ class Kpimon:
     aggregator: Aggregator
     users: Any = None
     aggregates: Any = None
+    partials_topic: Any = None
+    kpis_topic: Any = None
     started: bool = False
     last_snapshot: Gauge | None = field(default=None)
     flush_pacer: Pacer = field(default_factory=Pacer)
@@ -103,8 +106,7 @@ class Kpimon:
         if not self.flush_pacer.due():
             return
         started = self.flush_pacer.now()
-        settings, app = self.settings, self.app
-        topic = app.topic(settings.partials, key_serializer="raw", value_serializer="raw")
+        settings, app, topic = self.settings, self.app, self.partials_topic
         now_ms = int(time.time() * 1000)
         count = 0
         # Faust's aiokafka driver records the group generation of the current assignment.
@@ -133,10 +135,9 @@ class Kpimon:
             return
         started = self.publish_pacer.now()
         owned = self.owned(self.settings.partials)
-        topic = self.app.topic(self.settings.kpis, key_serializer="raw", value_serializer="raw")
         sent = 0
         for record in self.aggregator.take_publishable(self.aggregates, owned):
-            await topic.send(key=record.key.encode(), value=output.encode(record))
+            await self.kpis_topic.send(key=record.key.encode(), value=output.encode(record))
             sent += 1
         if self.last_snapshot is not None and owned:
             self.last_snapshot.set(time.time())
@@ -194,6 +195,8 @@ def create_app(
         "When this worker last published its KPI snapshot (Unix time).",
         registry=registry,
     )
+    kpimon.partials_topic = raw_topic(app, settings.partials)
+    kpimon.kpis_topic = raw_topic(app, settings.kpis)
     registry.register(KpiCollector(kpimon.gauge_records))
     registry.register(LagCollector(kpimon.assigned, kpimon.engine.positions, kpimon.highwater))
     register_ingest(kpimon)

@@ -87,8 +87,8 @@ class SourceEngine:
         first_seen = state.first_seen if state.first_seen is not None else day
         platform = self.folder.fold("platform", event.platform)
         plan = self.folder.fold("plan", event.plan)
+        stage = event_stage(day, signup_day, first_seen)
         if isinstance(event, SurveyEvent):
-            stage = event_stage(day, signup_day, first_seen)
             fact = (
                 day,
                 event.survey,
@@ -103,7 +103,6 @@ class SourceEngine:
             for segment, runs in satisfaction.facts_runs((fact,)):
                 counters.add_runs(segment, runs)
         elif event.type not in self.passive_types:
-            stage = event_stage(day, signup_day, first_seen)
             changes = engagement.record_click_runs(
                 state, day, signup_day, segments_for(platform, plan, stage)
             )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from faust.serializers import codecs
 
 from agents.deadletters import dead_letter_headers
+from agents.tables import raw_topic, table
 from streams.userstate import UserState
 from streams.validation import Accepted, Kind, Reason, Rejected, validate
 
@@ -47,16 +48,10 @@ def register_ingest(kpimon: Kpimon) -> None:
     app, settings, engine, metrics = kpimon.app, kpimon.settings, kpimon.engine, kpimon.metrics
     policy = settings.policy
     kinds: dict[str, Kind] = {settings.clicks: "clicks", settings.surveys: "surveys"}
-    source = app.topic(
-        settings.clicks, settings.surveys, settings.rekeyed, key_serializer="raw", value_serializer="raw"
-    )
-    dead_letters = app.topic(settings.dead_letters, key_serializer="raw", value_serializer="raw")
-    rekeyed = app.topic(settings.rekeyed, key_serializer="raw", value_serializer="raw")
-    users = app.Table(
-        "user-state",
-        partitions=settings.partitions,
-    )
-    _use_serializers(users, key="raw", value="kpimon_user_state")
+    source = raw_topic(app, settings.clicks, settings.surveys, settings.rekeyed)
+    dead_letters = raw_topic(app, settings.dead_letters)
+    rekeyed = raw_topic(app, settings.rekeyed)
+    users = table(app, "user-state", settings.partitions, "kpimon_user_state")
     kpimon.users = users
 
     last_sweep: dict[int, int] = {}
@@ -117,17 +112,6 @@ def register_ingest(kpimon: Kpimon) -> None:
         kpimon.rebuild_counters()
 
     users.on_recover(on_users_recovered)
-
-
-def _use_serializers(table: Any, key: str, value: str) -> None:
-    """Set a table's changelog codecs.
-
-    Faust derives a table's serializers from its key/value *types* (json for anything but a Faust
-    model) and ignores a schema's; the changelog topic is created lazily, so setting them here is
-    in time.
-    """
-    table.key_serializer = key
-    table.value_serializer = value
 
 
 def _rekeyed_kind(message: Any) -> Kind:

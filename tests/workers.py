@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-KPIMON = str(Path(sys.executable).with_name("kpimon"))
+from tests.helpers import KPIMON
 
 
 class WorkerProcess:

@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from agents.topics import TopicSpec, ensure_topics
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until
 from tests.workers import running_worker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -151,15 +151,6 @@ async def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 6
         await consumer.stop()
 
 
-async def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_worker_counts_valid_and_dead_letters_invalid(
     kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
 ) -> None:
@@ -190,7 +181,9 @@ async def test_worker_counts_valid_and_dead_letters_invalid(
                 if name == "kpimon_events_total" and ("outcome", outcome) in labels
             )
 
-        await wait_for(lambda: count("accepted") + count("rejected") >= 1350, 120, "1,350 processed events")
+        await wait_until(
+            lambda: count("accepted") + count("rejected") >= 1350, 120, 0.5, "1,350 processed events"
+        )
         await asyncio.sleep(1)  # anything extra would show up now
         samples = worker.samples()
         assert count("accepted") == N_CLICKS + N_SURVEYS

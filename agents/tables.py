@@ -1,0 +1,25 @@
+"""Faust topics and tables as kpimon declares them: raw bytes in and out, codecs chosen here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+
+def raw_topic(app: faust.App, *names: str) -> Any:
+    """A topic (or several read as one) whose keys and values are bytes, decoded by kpimon itself."""
+    return app.topic(*names, key_serializer="raw", value_serializer="raw")
+
+
+def table(app: faust.App, name: str, partitions: int, value_serializer: str) -> Any:
+    """A changelogged table with bytes keys and the given value codec.
+
+    Faust derives a table's serializers from its key/value *types* (json for anything but a Faust
+    model) and ignores a schema's; the changelog topic is created lazily, so setting them right after
+    creation is in time.
+    """
+    created: Any = app.Table(name, partitions=partitions)
+    created.key_serializer = "raw"
+    created.value_serializer = value_serializer
+    return created
