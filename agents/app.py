@@ -15,13 +15,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import faust
 from faust.types import TP
 from prometheus_client import CollectorRegistry, Gauge
 
 from agents import partials
 from agents.aggregate import Aggregator
 from agents.engine import SourceEngine
+from agents.faust_app import KpimonApp
 from agents.kpi_metrics import KpiCollector
 from agents.lag import LagCollector
 from agents.metrics import PipelineMetrics
@@ -34,18 +34,23 @@ from streams.targets import Targets
 
 log = logging.getLogger(__name__)
 
+#: Faust table stores by `Settings.store`: in memory (rebuilt from the changelogs at every start), or
+#: RocksDB on local disk (rocksdict; state beyond memory, and a restart reads only the changelog's tail).
+STORES = {"memory": "memory://", "rocksdb": "rocksdb://"}
+
 
 @dataclass
 class Kpimon:
     """A configured worker: the Faust app and what its agents, timers and web views share."""
 
     settings: Settings
-    app: faust.App
+    app: KpimonApp
     registry: CollectorRegistry
     metrics: PipelineMetrics
     engine: SourceEngine
     aggregator: Aggregator
     users: Any = None
+    reader: Any = None
     aggregates: Any = None
     partials_topic: Any = None
     kpis_topic: Any = None
@@ -78,6 +83,9 @@ class Kpimon:
 
     def highwater(self, topic_partition: tuple[str, int]) -> int | None:
         """The high watermark the consumer last saw for a partition (None when unknown)."""
+        if self.reader is not None and topic_partition[0] in self.reader.source_topics:
+            value: int | None = self.reader.highwater(topic_partition)
+            return value
         try:
             value = self.app.consumer.highwater(TP(*topic_partition))
         except Exception:  # not assigned (any more), or nothing fetched yet
@@ -167,10 +175,11 @@ def create_app(
     from agents.web import register_web
 
     registry = registry if registry is not None else CollectorRegistry()
-    app = faust.App(
+    app = KpimonApp(
         settings.app_id,
+        bulk_topics=(settings.clicks, settings.surveys, settings.rekeyed),
         broker=f"kafka://{settings.broker}",
-        store="memory://",
+        store=STORES[settings.store],
         datadir=str(settings.data_dir / settings.app_id),
         topic_partitions=settings.partitions,
         key_serializer="raw",

@@ -4,8 +4,9 @@ They are derived state: the exact sum of the contributions of the partition's us
 changelog. After a restart or rebalance they are rebuilt from the user-state table (itself restored from
 its changelog), which is what makes them exact across restarts (see docs/architecture.md).
 
-Layout: segment -> day -> a vector of counter values (indexed like `COUNTER_NAMES`), because the math
-hands over runs of consecutive days per counter, and a run is then a tight loop over one dict.
+Layout: segment -> day -> a vector of counter differences (indexed like `COUNTER_NAMES`). The math hands
+over runs of consecutive days per counter; a run adds its delta at its first day and subtracts it after its
+last, so applying it costs two additions whatever its length, and a day's value is a prefix sum.
 """
 
 from __future__ import annotations
@@ -27,8 +28,13 @@ class PartitionCounters:
 
     def __init__(self, partition: int) -> None:
         self.partition = partition
-        self.segments: dict[SegmentKey, dict[int, list[int]]] = {}
+        #: segment -> day -> difference vector: a counter's value on day d is the sum of its differences
+        #: on days <= d, so a run of 30 days costs two additions instead of thirty.
+        self.diffs: dict[SegmentKey, dict[int, list[int]]] = {}
+        #: segment -> days touched by a run, as of the last flush (with `dirty`: the groups that exist).
+        self.days: dict[SegmentKey, set[int]] = {}
         self.dirty: dict[SegmentKey, set[int]] = {}
+        self._values: dict[SegmentKey, dict[int, list[int]]] = {}
         #: Newest accepted event day in this partition (None before the first event).
         self.current_day: int | None = None
         #: Processed input offsets (clicks + surveys + rekeyed) of this partition: its partials' version.
@@ -36,21 +42,28 @@ class PartitionCounters:
 
     def add_runs(self, segment: SegmentKey, runs: Iterable[tuple[str, str, int, int, int]]) -> None:
         """Apply runs (kpi, window, first_day, last_day, delta) of one segment."""
-        days = self.segments.get(segment)
-        if days is None:
-            days = self.segments[segment] = {}
+        diffs = self.diffs.get(segment)
+        if diffs is None:
+            diffs = self.diffs[segment] = {}
+            self.days[segment] = set()
         dirty = self.dirty.get(segment)
         if dirty is None:
             dirty = self.dirty[segment] = set()
+        self._values.pop(segment, None)
+        spans: set[tuple[int, int]] = set()  # several counters usually change over the same days
         for kpi, window, first, last, delta in runs:
             index = _INDEX[kpi, window]
-            span = range(first, last + 1)
-            for day in span:
-                vector = days.get(day)
-                if vector is None:
-                    vector = days[day] = [0] * _WIDTH
-                vector[index] += delta
-            dirty.update(span)
+            vector = diffs.get(first)
+            if vector is None:
+                vector = diffs[first] = [0] * _WIDTH
+            vector[index] += delta
+            vector = diffs.get(last + 1)
+            if vector is None:
+                vector = diffs[last + 1] = [0] * _WIDTH
+            vector[index] -= delta
+            if (first, last) not in spans:
+                spans.add((first, last))
+                dirty.update(range(first, last + 1))
 
     def add_deltas(self, segment: SegmentKey, deltas: Mapping[tuple[str, str, int], int]) -> None:
         """Apply {(kpi, window, day): delta} of one segment."""
@@ -63,28 +76,69 @@ class PartitionCounters:
         if self.current_day is None or day > self.current_day:
             self.current_day = day
 
+    def _segment_values(self, segment: SegmentKey) -> dict[int, list[int]]:
+        """A segment's absolute vectors by day (prefix sums of its differences), cached until a change."""
+        values = self._values.get(segment)
+        if values is None:
+            values = self._values[segment] = {}
+            diffs = self.diffs.get(segment, {})
+            running = [0] * _WIDTH
+            for day in sorted(diffs.keys() | self.days.get(segment, set()) | self.dirty.get(segment, set())):
+                diff = diffs.get(day)
+                if diff is not None:
+                    running = [a + b for a, b in zip(running, diff, strict=True)]
+                values[day] = running
+        return values
+
+    def groups(self) -> set[Group]:
+        """Every group some run has touched and that was not dropped."""
+        return {
+            (segment[0], segment[1], day)
+            for segment, days in self.days.items()
+            for day in days | self.dirty.get(segment, set())
+        }
+
     def counts(self, group: Group) -> dict[str, int]:
         """The counters of one group by name (zeros included)."""
-        vector = self.segments.get((group[0], group[1]), {}).get(group[2])
+        vector = self._segment_values((group[0], group[1])).get(group[2])
         return dict(zip(COUNTER_NAMES, vector or [0] * _WIDTH, strict=True))
 
     def take_dirty(self) -> Iterator[tuple[Group, dict[str, int]]]:
         """The changed groups with their absolute counters, clearing the dirty set."""
         dirty, self.dirty = self.dirty, {}
         for (dimension, segment), days in dirty.items():
+            self.days[dimension, segment].update(days)
+            values = self._segment_values((dimension, segment))
+            if not days <= values.keys():  # cached before these days were known: compute afresh
+                del self._values[dimension, segment]
+                values = self._segment_values((dimension, segment))
             for day in days:
-                yield (dimension, segment, day), self.counts((dimension, segment, day))
+                yield (dimension, segment, day), dict(zip(COUNTER_NAMES, values[day], strict=True))
 
     def mark_all_dirty(self) -> None:
         """Everything must be re-sent (after a rebuild, so aggregators get absolute values)."""
-        self.dirty = {segment: set(days) for segment, days in self.segments.items()}
+        for segment, days in self.days.items():
+            self.dirty.setdefault(segment, set()).update(days)
 
     def drop_before(self, day: int) -> int:
-        """Forget the days before `day` that are already flushed; return how many groups were dropped."""
+        """Forget the days before `day` that are already flushed; return how many groups were dropped.
+
+        The differences of the forgotten days fold into the oldest day kept, so later values stay the same.
+        """
         dropped = 0
-        for segment, days in self.segments.items():
+        for segment, days in self.days.items():
             pending = self.dirty.get(segment, set())
-            for old in [d for d in days if d < day and d not in pending]:
-                del days[old]
-                dropped += 1
+            old = [d for d in days if d < day and d not in pending]
+            if not old:
+                continue
+            days.difference_update(old)
+            dropped += len(old)
+            keep_from = min([day, *(d for d in pending if d < day)])
+            diffs = self.diffs[segment]
+            folded = [0] * _WIDTH
+            for d in [d for d in diffs if d < keep_from]:
+                folded = [a + b for a, b in zip(folded, diffs.pop(d), strict=True)]
+            kept = diffs.get(keep_from)
+            diffs[keep_from] = folded if kept is None else [a + b for a, b in zip(folded, kept, strict=True)]
+            self._values.pop(segment, None)
         return dropped

@@ -1,33 +1,29 @@
-"""The ingest agent: validate every input message, keep per-user state, move the partition's counters.
+"""The ingest side: validate every input message, keep per-user state, move the partition's counters.
 
-One agent reads `clicks`, `surveys` and `kpimon-rekeyed` (all co-partitioned by user), so a user's
-events of both kinds meet one state value. Nothing raised by the input can leave the agent: validation
-turns every bad message into a `Rejected`, which goes to the dead-letter topic.
+Clicks, surveys and `kpimon-rekeyed` (all co-partitioned by user) are read together, so a user's events
+of both kinds meet one state value. Faust assigns their partitions to the `kpimon.ingest` agent, and the
+source reader (agents/source_reader.py) reads them in bulk; `BatchProcessor` (agents/batch.py) applies
+each batch. Nothing raised by the input can stop the worker: validation turns every bad message into a
+`Rejected`, which goes to the dead-letter topic.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from faust.serializers import codecs
 
-from agents.deadletters import dead_letter_headers
+from agents.batch import BatchProcessor
+from agents.source_reader import SourceReader, writing_partition
 from agents.tables import raw_topic, table
 from streams.userstate import UserState
-from streams.validation import Accepted, Kind, Reason, Rejected, validate
+from streams.validation import Kind
 
 if TYPE_CHECKING:
     from agents.app import Kpimon
 
 log = logging.getLogger(__name__)
-
-#: How often (per partition) the ingest agent expires old days from a batch of idle users' states.
-SWEEP_INTERVAL_MS = 10_000
-
-#: Header of a rekeyed message: the input topic kind it was first read from.
-KIND_HEADER = "kpimon-kind"
 
 
 class UserStateCodec(codecs.Codec):
@@ -44,64 +40,48 @@ codecs.register("kpimon_user_state", UserStateCodec())
 
 
 def register_ingest(kpimon: Kpimon) -> None:
-    """Register the ingest agent, the user-state table and the partial flush timer on the app."""
-    app, settings, engine, metrics = kpimon.app, kpimon.settings, kpimon.engine, kpimon.metrics
-    policy = settings.policy
+    """Register the ingest agent, the user-state table, the source reader and the partial flush timer."""
+    app, settings = kpimon.app, kpimon.settings
     kinds: dict[str, Kind] = {settings.clicks: "clicks", settings.surveys: "surveys"}
+    labels: dict[Kind, str] = {"clicks": settings.clicks, "surveys": settings.surveys}
     source = raw_topic(app, settings.clicks, settings.surveys, settings.rekeyed)
-    dead_letters = raw_topic(app, settings.dead_letters)
-    rekeyed = raw_topic(app, settings.rekeyed)
+    topics = {
+        "dead_letters": raw_topic(app, settings.dead_letters),
+        "rekeyed": raw_topic(app, settings.rekeyed),
+    }
     users = table(app, "user-state", settings.partitions, "kpimon_user_state")
     kpimon.users = users
-
-    last_sweep: dict[int, int] = {}
+    processor = BatchProcessor(kpimon.engine, kpimon.metrics, settings.policy, kinds, labels)
+    reader = SourceReader(kpimon, processor, users, topics)
+    kpimon.reader = reader
 
     async def ingest(stream: Any) -> None:
+        # Subscribing is what makes Faust assign the source partitions (with the user-state table's);
+        # its consumer does not fetch them (agents/faust_app.py). Should an event arrive anyway, it is
+        # applied like any batch, so nothing is lost and nothing counted twice (offsets are checked).
         event: Any
         async for event in stream.events():
             message = event.message
-            topic_name = message.topic
-            kind = kinds.get(topic_name) or _rekeyed_kind(message)
-            # Metrics and dead letters name the input topic the message was produced to.
-            label = settings.clicks if kind == "clicks" else settings.surveys
-            now_ms = int(time.time() * 1000)
-            verdict = validate(kind, message.key, message.value, now_ms, policy)
-            engine.processed(topic_name, message.partition, message.offset)
-            if now_ms - last_sweep.get(message.partition, 0) > SWEEP_INTERVAL_MS:
-                last_sweep[message.partition] = now_ms
-                engine.sweep(users, message.partition, now_ms)
-            if isinstance(verdict, Accepted) and message.key is not None:
-                try:
-                    outcome = engine.on_event(users, message.key, message.partition, verdict, now_ms)
-                except Exception as exc:  # a bug must neither crash the worker nor lose the event silently
-                    log.exception(
-                        "failed to process %s[%d]@%d", topic_name, message.partition, message.offset
-                    )
-                    verdict = Rejected(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:300])
-                else:
-                    if outcome == "duplicate":
-                        metrics.duplicate(label)
-                    else:
-                        metrics.accepted(label, (now_ms - verdict.ts_ms) / 1000)
-                    continue
-            if isinstance(verdict, Rejected):
-                metrics.rejected(label, verdict.reason)
-                # Attached to the source offset: Faust publishes it before committing that offset.
-                await dead_letters.send(
-                    key=message.key,
-                    value=message.value,
-                    headers=dead_letter_headers(
-                        verdict, topic_name, message.partition, message.offset, _timestamp_ms(message)
-                    ),
+            log.warning("ingest agent received %s[%d]@%d", message.topic, message.partition, message.offset)
+            with writing_partition(message.topic, message.partition):
+                result = processor.process(
+                    message.topic, message.partition, [_FaustRecord(message)], users, _now_ms()
                 )
-                continue
-            # Valid but unkeyed: route it to its user's partition first (the state lives there); it is
-            # counted when it comes back from kpimon-rekeyed, keyed.
-            assert isinstance(verdict, Accepted)
-            user_key = verdict.event.user_id.encode()
-            await rekeyed.send(key=user_key, value=message.value, headers=[(KIND_HEADER, kind.encode())])
+            reader._send(result)
 
     app.agent(source, name="kpimon.ingest")(ingest)
+
+    async def read_sources() -> None:
+        await reader.run()
+
+    app.task(read_sources)
+    app.before_stop.append(reader.stop)
+
+    async def on_revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        revoked = args[0] if args else kwargs.get("revoked", ())
+        await reader.release({(tp.topic, tp.partition) for tp in revoked})
+
+    app.on_partitions_revoked.connect(on_revoked)
 
     async def flush_partials() -> None:
         await kpimon.flush_partials()
@@ -110,19 +90,25 @@ def register_ingest(kpimon: Kpimon) -> None:
 
     async def on_users_recovered() -> None:
         kpimon.rebuild_counters()
+        await reader.assign(set(kpimon.assigned()))
 
     users.on_recover(on_users_recovered)
 
 
-def _rekeyed_kind(message: Any) -> Kind:
-    headers = message.headers or ()
-    for name, value in headers.items() if isinstance(headers, dict) else headers:
-        if name == KIND_HEADER and value in (b"clicks", b"surveys"):
-            return "clicks" if value == b"clicks" else "surveys"
-    return "clicks"
+class _FaustRecord:
+    """A Faust message seen as a `SourceRecord`."""
+
+    def __init__(self, message: Any) -> None:
+        self.offset: int = message.offset
+        self.key: bytes | None = message.key
+        self.value: bytes | None = message.value
+        ts = getattr(message, "timestamp", None)
+        self.timestamp: int | None = int(ts * 1000) if ts else None
+        headers = message.headers or ()
+        self.headers = list(headers.items() if isinstance(headers, dict) else headers)
 
 
-def _timestamp_ms(message: Any) -> int | None:
-    """The Kafka timestamp of a Faust message in epoch milliseconds, when it has one."""
-    ts = getattr(message, "timestamp", None)
-    return int(ts * 1000) if ts else None
+def _now_ms() -> int:
+    import time
+
+    return int(time.time() * 1000)

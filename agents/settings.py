@@ -49,6 +49,12 @@ class Settings:
     targets_file: str = ""
     #: Seconds between flushes of changed counters to kpimon-partials and of changed KPIs to kpimon-kpis.
     flush_interval: float = 1.0
+    #: Table store of the worker's state: "memory" or "rocksdb" (local disk under data_dir).
+    store: str = "memory"
+    #: At most this many messages per fetch of the source partitions (one batch).
+    batch_max_messages: int = 10_000
+    #: Seconds between commits of the processed source offsets (after flushing what they produced).
+    commit_interval: float = 2.0
     log_level: str = "info"
 
     @classmethod
@@ -77,6 +83,12 @@ class Settings:
             raise ValueError(f"max_segment_values must be >= 1, got {self.max_segment_values}")
         if self.flush_interval <= 0:
             raise ValueError(f"flush_interval must be > 0, got {self.flush_interval}")
+        if self.store not in ("memory", "rocksdb"):
+            raise ValueError(f"store must be memory or rocksdb, got {self.store!r}")
+        if self.batch_max_messages < 1:
+            raise ValueError(f"batch_max_messages must be >= 1, got {self.batch_max_messages}")
+        if self.commit_interval <= 0:
+            raise ValueError(f"commit_interval must be > 0, got {self.commit_interval}")
         if ":" not in self.broker:
             raise ValueError(f"broker must be HOST:PORT, got {self.broker!r}")
 

@@ -90,6 +90,25 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     help="Seconds between flushes of changed counters and KPIs.  [default: 1.0]",
 )
 @click.option(
+    "--store",
+    type=click.Choice(["memory", "rocksdb"]),
+    envvar="KPIMON_STORE",
+    help="Where the worker keeps its tables: memory (rebuilt from the changelogs at every start) or "
+    "rocksdb (on disk under --data-dir; less memory, faster restarts).  [default: memory]",
+)
+@click.option(
+    "--batch-max-messages",
+    type=int,
+    envvar="KPIMON_BATCH_MAX_MESSAGES",
+    help="At most this many input messages per fetched batch.  [default: 10000]",
+)
+@click.option(
+    "--commit-interval",
+    type=float,
+    envvar="KPIMON_COMMIT_INTERVAL",
+    help="Seconds between commits of processed input offsets.  [default: 2.0]",
+)
+@click.option(
     "--passive-types",
     envvar="KPIMON_PASSIVE_TYPES",
     help="Comma-separated click types that do not make a user active.  [default: none]",
