@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from faust.serializers import codecs
 
-from agents.deadletters import dead_letter_headers
+from agents.deadletters import Redactor, dead_letter_headers
+from agents.kafka_security import read_secret
 from agents.tables import raw_topic, table
 from streams.userstate import UserState
 from streams.validation import Accepted, Kind, Reason, Rejected, validate
@@ -53,6 +54,11 @@ def register_ingest(kpimon: Kpimon) -> None:
     rekeyed = raw_topic(app, settings.rekeyed)
     users = table(app, "user-state", settings.partitions, "kpimon_user_state")
     kpimon.users = users
+    redactor = (
+        Redactor(read_secret("dead_letter_redact_key_file", settings.dead_letter_redact_key_file).encode())
+        if settings.dead_letter_redact
+        else None
+    )
 
     last_sweep: dict[int, int] = {}
 
@@ -86,14 +92,15 @@ def register_ingest(kpimon: Kpimon) -> None:
                     continue
             if isinstance(verdict, Rejected):
                 metrics.rejected(label, verdict.reason)
-                # Attached to the source offset: Faust publishes it before committing that offset.
-                await dead_letters.send(
-                    key=message.key,
-                    value=message.value,
-                    headers=dead_letter_headers(
-                        verdict, topic_name, message.partition, message.offset, _timestamp_ms(message)
-                    ),
+                headers = dead_letter_headers(
+                    verdict, topic_name, message.partition, message.offset, _timestamp_ms(message)
                 )
+                key, value = message.key, message.value
+                if redactor is not None:
+                    key, value, extra = redactor.redact(key, value)
+                    headers.extend(extra)
+                # Attached to the source offset: Faust publishes it before committing that offset.
+                await dead_letters.send(key=key, value=value, headers=headers)
                 continue
             # Valid but unkeyed: route it to its user's partition first (the state lives there); it is
             # counted when it comes back from kpimon-rekeyed, keyed.

@@ -15,8 +15,9 @@ import signal
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import click
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -24,6 +25,8 @@ from aiokafka.errors import KafkaConnectionError
 from rich.console import Console, RenderableType
 from rich.live import Live
 
+from agents.kafka_options import kafka_options
+from agents.kafka_security import aiokafka_options
 from agents.kpis_cli import topic_partitions
 from agents.settings import Settings
 from agents.top_view import (
@@ -60,6 +63,8 @@ class TopConfig:
     interval: float = 2.0
     plain: bool | None = None  # None: plain when stdout is not a terminal
     once: bool = False
+    #: Security options of the Kafka clients (agents.kafka_security.aiokafka_options).
+    kafka_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 class KpiFeed:
@@ -69,8 +74,11 @@ class KpiFeed:
     `loaded` is set once every partition was read to the end offset it had when the feed started.
     """
 
-    def __init__(self, bootstrap: str, topic: str, retry: float = 1.0) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, retry: float = 1.0, options: Mapping[str, Any] | None = None
+    ) -> None:
         self.bootstrap, self.topic, self.retry = bootstrap, topic, retry
+        self.options = dict(options or {})
         self.index = KpiIndex()
         self.state = "connecting"
         self.missing_topic = False
@@ -94,7 +102,7 @@ class KpiFeed:
             await asyncio.sleep(self.retry)
 
     async def _consume(self) -> None:
-        partitions = await topic_partitions(self.bootstrap, self.topic)
+        partitions = await topic_partitions(self.bootstrap, self.topic, self.options)
         self.unreachable = False
         self.missing_topic = not partitions
         if not partitions:
@@ -102,6 +110,7 @@ class KpiFeed:
             return
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
+            **self.options,
             client_id="kpimon-top",
             group_id=None,
             enable_auto_commit=False,
@@ -217,7 +226,7 @@ async def _main(config: TopConfig, plain: bool, watch: Callable[[], None] | None
     stop = asyncio.Event()
     previous_term = signal.getsignal(signal.SIGTERM)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    feed = KpiFeed(config.broker, config.topic)
+    feed = KpiFeed(config.broker, config.topic, options=config.kafka_options)
     poller = MetricsPoller(config.metrics_urls)
     feed_task = asyncio.create_task(feed.run(), name="kpimon-top-feed")
     source = f"{config.topic} @ {config.broker}"
@@ -347,6 +356,7 @@ def _default_metrics_url() -> str:
     show_default=False,
 )
 @click.option("--once", is_flag=True, help="Show the current values once and exit.", show_default=False)
+@kafka_options
 def top(
     broker: str | None,
     topic_prefix: str | None,
@@ -357,6 +367,7 @@ def top(
     interval: float,
     plain: bool,
     once: bool,
+    kafka: dict[str, Any],
 ) -> None:
     """A live terminal view of kpimon-kpis: DAU/WAU/MAU, stickiness, churn, NPS, CSAT and response rates,
     each with its target, a 14-day sparkline and a BREACH mark, plus the pipeline (events/s, dead
@@ -370,8 +381,9 @@ def top(
       kpimon top --plain --interval 10 >> kpis.log # plain lines (also when piped)
     """
     try:
-        settings = Settings.from_env(broker=broker, topic_prefix=topic_prefix)
-    except ValueError as exc:
+        settings = Settings.from_env(broker=broker, topic_prefix=topic_prefix, **kafka)
+        security = aiokafka_options(settings)
+    except ValueError as exc:  # a bad setting or an unreadable secret file
         raise click.UsageError(str(exc)) from None
     if segment is None and dimension == "all":
         segment = "all"
@@ -385,6 +397,7 @@ def top(
         interval=interval,
         plain=True if plain else None,
         once=once,
+        kafka_options=security,
     )
     with contextlib.suppress(KeyboardInterrupt):
         run_top(config)
