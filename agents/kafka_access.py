@@ -19,8 +19,31 @@ class KafkaAccessError(Exception):
     """This process cannot reach or authenticate to Kafka; str() is one line for the user."""
 
 
+class KafkaUnreachableError(KafkaAccessError):
+    """No answer from a broker (refused, timed out): another bootstrap broker may still answer."""
+
+
 async def check_access(settings: Settings, timeout: float = 20.0) -> None:
-    """Connect to the first bootstrap broker and ask for metadata; KafkaAccessError saying why not."""
+    """Connect to a bootstrap broker and ask for metadata; KafkaAccessError saying why not.
+
+    Brokers of a comma-separated `broker` are tried in turn while they do not answer; a refused handshake or
+    credential is final (every broker of a cluster would refuse it alike).
+    """
+    try:
+        options = aiokafka_options(settings)
+    except SecretFileError as exc:
+        raise KafkaAccessError(str(exc)) from None
+    brokers = [b.strip() for b in settings.broker.split(",") if b.strip()]
+    for index, broker in enumerate(brokers):
+        try:
+            await _probe(broker, settings, options, timeout)
+            return
+        except KafkaUnreachableError:
+            if index == len(brokers) - 1:
+                raise
+
+
+async def _probe(broker: str, settings: Settings, options: dict[str, Any], timeout: float) -> None:
     from aiokafka.conn import create_conn
     from aiokafka.errors import (
         KafkaConnectionError,
@@ -29,13 +52,8 @@ async def check_access(settings: Settings, timeout: float = 20.0) -> None:
     )
     from aiokafka.protocol.metadata import MetadataRequest
 
-    broker = settings.broker.split(",")[0].strip()
     host, _, port = broker.rpartition(":")
     how = describe(settings)
-    try:
-        options = aiokafka_options(settings)
-    except SecretFileError as exc:
-        raise KafkaAccessError(str(exc)) from None
     refused = f"cannot authenticate to Kafka at {broker} with {how}"
     try:
         async with asyncio.timeout(timeout):
@@ -87,9 +105,9 @@ async def check_access(settings: Settings, timeout: float = 20.0) -> None:
             f"listener without TLS (check security_protocol, now {settings.security_protocol})"
         ) from None
     except TimeoutError:
-        raise KafkaAccessError(
+        raise KafkaUnreachableError(
             f"cannot reach Kafka at {broker}: no answer within {timeout:.0f} s (check broker and "
             "security_protocol)"
         ) from None
     except OSError as exc:
-        raise KafkaAccessError(f"cannot reach Kafka at {broker}: {exc.strerror or exc}") from None
+        raise KafkaUnreachableError(f"cannot reach Kafka at {broker}: {exc.strerror or exc}") from None
