@@ -9,9 +9,11 @@ stdout is not a terminal (or with --plain) it prints one plain line per refresh 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import signal
+import ssl
 import sys
 import time
 import urllib.request
@@ -26,7 +28,7 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 
 from agents.kafka_options import kafka_options
-from agents.kafka_security import aiokafka_options
+from agents.kafka_security import aiokafka_options, read_secret
 from agents.kpis_cli import topic_partitions
 from agents.settings import Settings
 from agents.top_view import (
@@ -65,6 +67,29 @@ class TopConfig:
     once: bool = False
     #: Security options of the Kafka clients (agents.kafka_security.aiokafka_options).
     kafka_options: Mapping[str, Any] = field(default_factory=dict)
+    #: How to reach workers whose /metrics need basic auth or HTTPS with a private CA.
+    metrics_access: MetricsAccess | None = None
+
+
+@dataclass(frozen=True)
+class MetricsAccess:
+    """Basic auth and TLS trust for scraping workers' /metrics (docs/security.md)."""
+
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
+
+    def request(self, url: str) -> urllib.request.Request:
+        """A GET of `url` with the Authorization header, if any."""
+        request = urllib.request.Request(url)  # noqa: S310 (URL given by the user)
+        if self.user is not None and self.password is not None:
+            token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        return request
+
+    def context(self) -> ssl.SSLContext | None:
+        """The TLS context of https URLs: the CA file's, else the system CAs (None)."""
+        return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
 
 
 class KpiFeed:
@@ -156,10 +181,13 @@ class KpiFeed:
             self.undecodable += 1
 
 
-def scrape(url: str, timeout: float = 2.0) -> PipelineTotals | None:
-    """The pipeline totals of one worker's /metrics; None when it does not answer."""
+def scrape(url: str, timeout: float = 2.0, access: MetricsAccess | None = None) -> PipelineTotals | None:
+    """The pipeline totals of one worker's /metrics; None when it does not answer (or refuses us)."""
+    access = access or MetricsAccess()
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (URL given by the user)
+        with urllib.request.urlopen(  # noqa: S310 (URL given by the user)
+            access.request(url), timeout=timeout, context=access.context()
+        ) as response:
             text = response.read().decode()
         return parse_metrics(text, time.monotonic())
     except (OSError, ValueError):
@@ -169,8 +197,9 @@ def scrape(url: str, timeout: float = 2.0) -> PipelineTotals | None:
 class MetricsPoller:
     """Scrapes workers' /metrics and keeps each one's previous totals, for events/s."""
 
-    def __init__(self, urls: tuple[str, ...]) -> None:
+    def __init__(self, urls: tuple[str, ...], access: MetricsAccess | None = None) -> None:
         self.urls = urls
+        self.access = access
         self._last: dict[str, PipelineTotals] = {}
         self.figures = PipelineFigures(urls=len(urls))
 
@@ -178,7 +207,9 @@ class MetricsPoller:
         """Scrape every URL (concurrently) and return the new figures."""
         if not self.urls:
             return self.figures
-        current = await asyncio.gather(*(asyncio.to_thread(scrape, url) for url in self.urls))
+        current = await asyncio.gather(
+            *(asyncio.to_thread(scrape, url, 2.0, self.access) for url in self.urls)
+        )
         pairs = [(self._last.get(url), cur) for url, cur in zip(self.urls, current, strict=True)]
         for url, cur in zip(self.urls, current, strict=True):
             if cur is not None:
@@ -227,7 +258,7 @@ async def _main(config: TopConfig, plain: bool, watch: Callable[[], None] | None
     previous_term = signal.getsignal(signal.SIGTERM)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     feed = KpiFeed(config.broker, config.topic, options=config.kafka_options)
-    poller = MetricsPoller(config.metrics_urls)
+    poller = MetricsPoller(config.metrics_urls, config.metrics_access)
     feed_task = asyncio.create_task(feed.run(), name="kpimon-top-feed")
     source = f"{config.topic} @ {config.broker}"
 
@@ -328,6 +359,20 @@ def _default_metrics_url() -> str:
     f"  [default: {_default_metrics_url()}]",
 )
 @click.option(
+    "--web-auth-user",
+    envvar="KPIMON_WEB_AUTH_USER",
+    help="Basic auth user of the workers' /metrics (as the worker's option).  [default: none]",
+)
+@click.option(
+    "--web-auth-password-file",
+    envvar="KPIMON_WEB_AUTH_PASSWORD_FILE",
+    help="File holding the basic auth password of the workers' /metrics.  [default: none]",
+)
+@click.option(
+    "--metrics-ca-file",
+    help="PEM CA of https --metrics-url certificates.  [default: the system CAs]",
+)
+@click.option(
     "--no-metrics", is_flag=True, help="Do not read any /metrics (no pipeline figures).", show_default=False
 )
 @click.option(
@@ -367,6 +412,9 @@ def top(
     interval: float,
     plain: bool,
     once: bool,
+    web_auth_user: str | None,
+    web_auth_password_file: str | None,
+    metrics_ca_file: str | None,
     kafka: dict[str, Any],
 ) -> None:
     """A live terminal view of kpimon-kpis: DAU/WAU/MAU, stickiness, churn, NPS, CSAT and response rates,
@@ -381,8 +429,19 @@ def top(
       kpimon top --plain --interval 10 >> kpis.log # plain lines (also when piped)
     """
     try:
-        settings = Settings.from_env(broker=broker, topic_prefix=topic_prefix, **kafka)
+        settings = Settings.from_env(
+            broker=broker,
+            topic_prefix=topic_prefix,
+            web_auth_user=web_auth_user,
+            web_auth_password_file=web_auth_password_file,
+            **kafka,
+        )
         security = aiokafka_options(settings)
+        password = (
+            read_secret("web_auth_password_file", settings.web_auth_password_file)
+            if settings.web_auth_user
+            else None
+        )
     except ValueError as exc:  # a bad setting or an unreadable secret file
         raise click.UsageError(str(exc)) from None
     if segment is None and dimension == "all":
@@ -398,6 +457,7 @@ def top(
         plain=True if plain else None,
         once=once,
         kafka_options=security,
+        metrics_access=MetricsAccess(settings.web_auth_user or None, password, metrics_ca_file),
     )
     with contextlib.suppress(KeyboardInterrupt):
         run_top(config)

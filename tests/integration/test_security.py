@@ -225,6 +225,28 @@ async def test_secured_worker_keeps_user_ids_private(
         await wait_until(lambda: '"active_users"' in kpis_output(), 60, 1, "KPIs published")
         published = kpis_output()
 
+        # kpimon top reads the secured /metrics with the same user and password file, and the CA.
+        def top_once(*auth: str) -> str:
+            result = subprocess.run(
+                [
+                    *(KPIMON, "top", "--once", "--plain", "--broker", kafka_bootstrap),
+                    *("--topic-prefix", unique_prefix, "--metrics-url", f"{worker.url}/metrics"),
+                    f"--metrics-ca-file={pki.ca}",
+                    *auth,
+                ],
+                env=clean_env(),
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert result.returncode == 0, result.stderr
+            return result.stdout
+
+        assert "metrics unreachable" in top_once()
+        viewed = top_once(f"--web-auth-user={WEB_USER}", f"--web-auth-password-file={password_file}")
+        assert "events/s" in viewed and "metrics unreachable" not in viewed
+
         # Dead letters: pseudonymised, without comments; bad JSON and non-objects dropped to headers only.
         dead = await read_all(kafka_bootstrap, f"{unique_prefix}kpimon-dead-letters", 4)
     log = worker.log_path.read_text(errors="replace")
