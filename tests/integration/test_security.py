@@ -7,6 +7,7 @@ Delivery over SASL_SSL and mutual TLS is tests/integration/test_ingest.py, param
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import http.client
@@ -26,7 +27,7 @@ from aiokafka.errors import KafkaConnectionError
 from agents.topics import TopicSpec, ensure_topics
 from tests.helpers import KPIMON, free_port, wait_until
 from tests.integration.test_ingest import produce, read_all
-from tests.security import SCRAM_PASSWORD, SCRAM_USER, SecureKafka
+from tests.security import SCRAM_PASSWORD, SCRAM_USER, Access, SecureKafka
 from tests.workers import running_worker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -84,7 +85,7 @@ REFUSALS = {
 }
 
 
-@pytest.mark.parametrize("command", ["worker", "kpis"])
+@pytest.mark.parametrize("command", ["worker", "kpis", "simulate"])
 @pytest.mark.parametrize("case", sorted(REFUSALS))
 def test_refused_access_fails_fast_with_one_clear_line(
     secure_kafka: SecureKafka, tmp_path: Path, case: str, command: str
@@ -101,10 +102,13 @@ def test_refused_access_fails_fast_with_one_clear_line(
     args = [flag.format(**files) for flag in flags]
     if flags and not any(a.startswith("--ssl-ca-file") for a in args):
         args.append(f"--ssl-ca-file={secure_kafka.pki.ca}")
-    extra = ["--data-dir", str(tmp_path / "state"), "--web-port", str(free_port())]
+    extra = {
+        "worker": ["--data-dir", str(tmp_path / "state"), "--web-port", str(free_port())],
+        "simulate": ["--users", "5", "--days", "1"],
+    }.get(command, [])
     started = time.monotonic()
     result = subprocess.run(
-        [KPIMON, command, "--broker", bootstrap, *args, *(extra if command == "worker" else [])],
+        [KPIMON, command, "--broker", bootstrap, *args, *extra],
         env=clean_env(),
         capture_output=True,
         text=True,
@@ -121,6 +125,32 @@ def test_refused_access_fails_fast_with_one_clear_line(
     assert expected in errors[0], output
     assert "Traceback" not in output
     assert SCRAM_PASSWORD not in output
+
+
+def test_replay_and_kpis_connect_over_each_protocol(
+    kafka_access: Access, unique_prefix: str, tmp_path: Path
+) -> None:
+    lines = [json.dumps({"event_id": f"e{i}", "user_id": f"u{i}", "ts": 1, "type": "x"}) for i in range(10)]
+    (tmp_path / "clicks.jsonl").write_text("\n".join(lines) + "\n")
+    common = ["--broker", kafka_access.bootstrap, "--topic-prefix", unique_prefix, *kafka_access.flags]
+
+    def kpimon(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [KPIMON, *args, *common], env=clean_env(), capture_output=True, text=True, timeout=60, check=False
+        )
+
+    replayed = kpimon("replay", "--clicks", str(tmp_path / "clicks.jsonl"), "--quiet")
+    assert replayed.returncode == 0, replayed.stderr
+    assert f"sent 10 messages to {unique_prefix}clicks" in replayed.stderr
+    records = asyncio.run(
+        read_all(kafka_access.bootstrap, f"{unique_prefix}clicks", 10, options=kafka_access.options)
+    )
+    assert sorted(r.value for r in records) == sorted(line.encode() for line in lines)
+    # Authenticated, it gets as far as the missing output topic.
+    read = kpimon("kpis")
+    assert read.returncode == 1 and f"topic {unique_prefix}kpimon-kpis does not exist" in read.stderr, (
+        read.stderr
+    )
 
 
 # --- a secured worker: web TLS and basic auth, no user ids where they do not belong -------------------------
