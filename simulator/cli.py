@@ -7,9 +7,11 @@ import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
+from agents.kafka_options import kafka_options
 from agents.settings import Settings
 from simulator.model import DAY_MS, BatchConfig, Counts, Outgoing, Scenario, batch_traffic
 from simulator.render import render
@@ -110,6 +112,7 @@ def write_files(messages: Iterable[tuple[str, bytes]], out_dir: Path) -> None:
 @click.option(
     "--scenario-after", type=click.FloatRange(min=0), default=120.0, help="Live: seconds before scenarios."
 )
+@kafka_options
 def simulate(
     users: int,
     days: int,
@@ -128,6 +131,7 @@ def simulate(
     live: bool,
     rate: float,
     scenario_after: float,
+    kafka: dict[str, Any],
 ) -> None:
     """Simulate realistic click and survey traffic: history to files or Kafka, or live traffic.
 
@@ -156,7 +160,7 @@ def simulate(
             raise click.UsageError("--live sends to Kafka; --out-dir is for batch mode")
         from simulator.live import run_live
 
-        settings = _settings(broker, topic_prefix)
+        settings = _settings(broker, topic_prefix, kafka)
         with _broker_errors(settings):
             run_live(
                 settings,
@@ -200,7 +204,7 @@ def simulate(
     else:
         from simulator.live import send_all
 
-        settings = _settings(broker, topic_prefix)
+        settings = _settings(broker, topic_prefix, kafka)
         with _broker_errors(settings):
             send_all(settings, messages)
         target = f"{settings.clicks}, {settings.surveys} at {settings.broker}"
@@ -213,15 +217,19 @@ def simulate(
 @contextlib.contextmanager
 def _broker_errors(settings: Settings) -> Iterator[None]:
     """A broker problem ends the command with one clear line, not a traceback."""
+    from agents.kafka_access import KafkaAccessError
+
     try:
         yield
+    except KafkaAccessError as exc:
+        raise click.ClickException(str(exc)) from None
     except Exception as exc:
         raise click.ClickException(f"simulate to {settings.broker} failed: {exc!r}") from None
 
 
-def _settings(broker: str | None, topic_prefix: str | None) -> Settings:
+def _settings(broker: str | None, topic_prefix: str | None, kafka: dict[str, Any]) -> Settings:
     try:
-        return Settings.from_env(broker=broker, topic_prefix=topic_prefix)
+        return Settings.from_env(broker=broker, topic_prefix=topic_prefix, **kafka)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 
