@@ -139,8 +139,9 @@ def simulate(
     Live (events stamped now, at about --rate events/s):
       kpimon simulate --live --rate 50 --users 3000 --broker 127.0.0.1:9092 --scenario nps-drop:android
 
-    Scenarios for the alerts (batch: the last 7 days, exactly the 7d window; the pair shows that the NPS
-    alerts tell a real change from noise):
+    \b
+    Scenarios for the alerts (batch: the last 7 days, exactly the 7d window; the pair
+    shows that the NPS alerts tell a real change from noise):
       --scenario nps-drop:android   android's NPS answers drop by about 100 points on ~30 answers a week
       --scenario nps-noise:ios      ios' NPS swings as much, but on 5 answers (its other prompts dismissed)
 
