@@ -626,3 +626,24 @@ def test_live_traffic_is_current_at_the_rate_and_starts_the_scenario_on_time() -
     share_before = clicks_by_minute[1]["android"] / sum(clicks_by_minute[1].values())
     share_after = clicks_by_minute[8]["android"] / sum(clicks_by_minute[8].values())
     assert share_before > 0.2 and share_after < 0.5 * share_before, (share_before, share_after)
+
+
+def test_live_nps_noise_gives_its_segment_a_handful_of_answers() -> None:
+    """Live, scenario from the start: ios gives NPS_NOISE_ANSWERS answers in all; without it, many more."""
+
+    def ios_answers(scenarios: list[Scenario]) -> int:
+        model = LiveModel(300, 2, NOW_MS, rate=200, scenarios=scenarios, scenario_after_s=0)
+        count = 0
+        for tick in range(1, 1201):  # 2 minutes, a tick every 100 ms
+            for out in model.step(NOW_MS + tick * 100, 20):
+                d = out.draft
+                count += (
+                    out.role == "event"
+                    and d.survey == "nps"
+                    and d.action == "answered"
+                    and d.platform == "ios"
+                )
+        return count
+
+    assert ios_answers([]) >= 3 * NPS_NOISE_ANSWERS
+    assert ios_answers([Scenario.parse("nps-noise:ios")]) == NPS_NOISE_ANSWERS
