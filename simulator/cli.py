@@ -99,7 +99,8 @@ def write_files(messages: Iterable[tuple[str, bytes]], out_dir: Path) -> None:
     "scenario_texts",
     multiple=True,
     metavar="KIND:SEGMENT",
-    help="nps-drop:SEGMENT or churn-wave:SEGMENT, SEGMENT a platform or plan (android, team, plan=pro).",
+    help="nps-drop:SEGMENT (a true NPS drop), nps-noise:SEGMENT (the same drop on only 5 answers: noise"
+    " an alert must ignore) or churn-wave:SEGMENT; SEGMENT a platform or plan (android, team, plan=pro).",
 )
 @click.option(
     "--no-signup-fraction",
@@ -141,6 +142,12 @@ def simulate(
       kpimon simulate --users 3000 --days 75 --seed 1 --broker 127.0.0.1:9092
     Live (events stamped now, at about --rate events/s):
       kpimon simulate --live --rate 50 --users 3000 --broker 127.0.0.1:9092 --scenario nps-drop:android
+
+    \b
+    Scenarios for the alerts (batch: the last 7 days, exactly the 7d window; the pair
+    shows that the NPS alerts tell a real change from noise):
+      --scenario nps-drop:android   android's NPS answers drop by about 100 points on ~30 answers a week
+      --scenario nps-noise:ios      ios' NPS swings as much, but on 5 answers (its other prompts dismissed)
 
     The traffic has a daily and weekly rhythm, ios/android/web and free/pro/team segments, signups, quiet
     spells and churn, NPS and CSAT surveys with segment-specific satisfaction, and deliberate noise: late
