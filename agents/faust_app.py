@@ -55,6 +55,20 @@ class KpimonApp(faust.App):
         transport.Consumer = BulkTopicsConsumer  # type: ignore[misc]
         return transport
 
+    def track_topics(self, topics: Iterable[str]) -> None:
+        """Keep the producer's metadata of `topics` fresh, however the topics first became known.
+
+        aiokafka refreshes metadata only for the topics its client was asked about. A topic already in
+        the client's first (all-topics) metadata is never added to that list, so a later refresh drops
+        it, and every message to it then waits for a partition leader forever (the producer's flush,
+        and with it every commit, hangs). kpimon's own topics exist before the worker starts, so they
+        are exactly such topics.
+        """
+        producer: Any = self.producer  # Faust's aiokafka producer, whose client is aiokafka's
+        client = producer._ensure_producer().client
+        for topic in topics:
+            client.add_topic(topic)
+
     async def on_stop(self) -> None:
         for hook in self.before_stop:
             await hook()

@@ -79,6 +79,7 @@ def register_ingest(kpimon: Kpimon) -> None:
     app.agent(source, name="kpimon.ingest")(ingest)
 
     async def read_sources() -> None:
+        app.track_topics([settings.dead_letters, settings.rekeyed, settings.partials, settings.kpis])
         await reader.run()
 
     app.task(read_sources)

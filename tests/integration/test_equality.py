@@ -117,9 +117,10 @@ def run_pipeline(
     history: tuple[Path, Path, list[KpiRecord]],
     workers: int,
     partitions: int,
+    store: str = "memory",
 ) -> tuple[list[KpiRecord], list[WorkerProcess]]:
     clicks, surveys, expected = history
-    extra = ["--partitions", str(partitions), "--max-lateness-days", str(LATENESS)]
+    extra = ["--partitions", str(partitions), "--max-lateness-days", str(LATENESS), "--store", store]
     with ExitStack() as stack:
         procs = [
             stack.enter_context(running_worker(bootstrap, prefix, free_port(), tmp / f"w{i}", extra))
@@ -211,4 +212,5 @@ def test_two_workers_on_four_partitions_equal_the_reference(
 def test_one_worker_on_one_partition_gives_the_same_output(
     kafka_bootstrap: str, unique_prefix: str, tmp_path: Path, history: tuple[Path, Path, list[KpiRecord]]
 ) -> None:
-    run_pipeline(kafka_bootstrap, unique_prefix, tmp_path, history, workers=1, partitions=1)
+    """Also the RocksDB table store: the state lives on disk, the output is the same."""
+    run_pipeline(kafka_bootstrap, unique_prefix, tmp_path, history, workers=1, partitions=1, store="rocksdb")
