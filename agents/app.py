@@ -172,12 +172,14 @@ def create_app(
     # Imported here: these modules register on an app, and importing them must not need one.
     from agents.aggregate_agent import register_aggregate
     from agents.ingest import register_ingest
-    from agents.web import register_web
+    from agents.kafka_security import faust_options
+    from agents.web import register_web, web_ssl_context
 
     registry = registry if registry is not None else CollectorRegistry()
     app = KpimonApp(
         settings.app_id,
         bulk_topics=(settings.clicks, settings.surveys, settings.rekeyed),
+        **faust_options(settings),  # broker_credentials for TLS / SASL_SSL
         broker=f"kafka://{settings.broker}",
         store=STORES[settings.store],
         datadir=str(settings.data_dir / settings.app_id),
@@ -187,6 +189,7 @@ def create_app(
         web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
+        web_ssl_context=web_ssl_context(settings),
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_rebalance_timeout=60,

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from faust.serializers import codecs
 
 from agents.batch import BatchProcessor
+from agents.deadletters import Redactor
+from agents.kafka_security import read_secret
 from agents.source_reader import SourceReader, writing_partition
 from agents.tables import raw_topic, table
 from streams.userstate import UserState
@@ -52,7 +54,12 @@ def register_ingest(kpimon: Kpimon) -> None:
     users = table(app, "user-state", settings.partitions, "kpimon_user_state")
     kpimon.users = users
     processor = BatchProcessor(kpimon.engine, kpimon.metrics, settings.policy, kinds, labels)
-    reader = SourceReader(kpimon, processor, users, topics)
+    redactor = (
+        Redactor(read_secret("dead_letter_redact_key_file", settings.dead_letter_redact_key_file).encode())
+        if settings.dead_letter_redact
+        else None
+    )
+    reader = SourceReader(kpimon, processor, users, topics, redactor)
     kpimon.reader = reader
 
     async def ingest(stream: Any) -> None:

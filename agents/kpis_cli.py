@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import click
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from agents.kafka_access import KafkaAccessError, check_access
+from agents.kafka_options import kafka_options
+from agents.kafka_security import aiokafka_options
 from agents.settings import Settings
 from streams import output
 from streams.output import KpiRecord
 
 
-async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
-    """The partition numbers of a topic ([] when it does not exist)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def topic_partitions(bootstrap: str, topic: str, options: Mapping[str, Any] | None = None) -> list[int]:
+    """The partition numbers of a topic ([] when it does not exist); `options`: security client options."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(options or {}))
     await admin.start()
     try:
         if topic not in await admin.list_topics():
@@ -28,12 +33,16 @@ async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
         await admin.close()
 
 
-async def read_kpis(bootstrap: str, topic: str, timeout: float = 60) -> dict[str, KpiRecord]:
+async def read_kpis(
+    bootstrap: str, topic: str, timeout: float = 60, options: Mapping[str, Any] | None = None
+) -> dict[str, KpiRecord]:
     """The latest record per key of the compacted KPI topic, read from the beginning to the current end."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, **(options or {})
+    )
     await consumer.start()
     try:
-        partitions = await topic_partitions(bootstrap, topic)
+        partitions = await topic_partitions(bootstrap, topic, options)
         if not partitions:
             raise click.ClickException(f"topic {topic} does not exist on {bootstrap}")
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
@@ -64,6 +73,11 @@ async def read_kpis(bootstrap: str, topic: str, timeout: float = 60) -> dict[str
         await consumer.stop()
 
 
+async def _read(settings: Settings) -> dict[str, KpiRecord]:
+    await check_access(settings)
+    return await read_kpis(settings.broker, settings.kpis, options=aiokafka_options(settings))
+
+
 def write_records(records: dict[str, KpiRecord], out: Path | None) -> None:
     """Sorted by key, one JSON object per line, to `out` or stdout."""
     lines = b"".join(output.encode(records[key]) + b"\n" for key in sorted(records))
@@ -83,19 +97,22 @@ def write_records(records: dict[str, KpiRecord], out: Path | None) -> None:
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), help="Output file.  [default: stdout]"
 )
-def kpis(broker: str | None, topic_prefix: str | None, out: Path | None) -> None:
+@kafka_options
+def kpis(broker: str | None, topic_prefix: str | None, out: Path | None, kafka: dict[str, Any]) -> None:
     """Write the current content of kpimon-kpis: the latest record per key, sorted, as JSON lines.
 
     The same format as `kpimon reference`, so the two can be compared.
     """
     try:
-        settings = Settings.from_env(broker=broker, topic_prefix=topic_prefix)
+        settings = Settings.from_env(broker=broker, topic_prefix=topic_prefix, **kafka)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     try:
-        records = asyncio.run(read_kpis(settings.broker, settings.kpis))
+        records = asyncio.run(_read(settings))
     except click.ClickException:
         raise
+    except KafkaAccessError as exc:
+        raise click.ClickException(str(exc)) from None
     except Exception as exc:
         raise click.ClickException(
             f"reading {settings.kpis} from {settings.broker} failed: {exc!r}"

@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Coroutine, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -274,6 +275,54 @@ def _tcp_accepts(port: int, timeout: float = 0.5) -> bool:
 # --------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SecureListeners:
+    """Extra listeners of a LocalKafka, for testing kpimon's Kafka security (docs/security.md).
+
+    - `SASL_SSL://127.0.0.1:<sasl_ssl_port>`: TLS, then SCRAM-SHA-512 with the `scram_users`
+      (name -> password), created when the storage is formatted (`kafka-storage format --add-scram`), so
+      they exist from the first start of a fresh run dir.
+    - `SSL://127.0.0.1:<ssl_port>`: mutual TLS, a client certificate signed by the truststore's CA required.
+
+    `keystore` is a PEM file holding the broker's unencrypted PKCS#8 private key and its certificate chain
+    (Kafka's `ssl.keystore.type=PEM`); `truststore` a PEM file of the CA certificates clients are checked
+    against. The PLAINTEXT listener stays: the broker talks to itself and the launcher probes it there.
+    """
+
+    sasl_ssl_port: int
+    ssl_port: int
+    keystore: Path
+    truststore: Path
+    scram_users: Mapping[str, str] = field(default_factory=dict)
+
+    def properties(self) -> dict[str, str]:
+        """The broker settings of the two listeners (merged into server.properties)."""
+        return {
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            "listener.name.ssl.ssl.client.auth": "required",
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self.keystore),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.truststore),
+        }
+
+    def scram_arguments(self) -> list[str]:
+        """`--add-scram` arguments of `kafka-storage format` for the users."""
+        args: list[str] = []
+        for name, password in self.scram_users.items():
+            # The storage tool splits `name=...,password=...` itself: no separators inside the values.
+            if not re.fullmatch(r"[\w.@+-]+", name) or not re.fullmatch(r"[^,\[\]=\s\"]+", password):
+                raise KafkaLauncherError(
+                    f"SCRAM user {name!r}: names are letters, digits and ._@+-; passwords have no , [ ] = "
+                    "quotes or spaces"
+                )
+            args += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
+        return args
+
+
 class LocalKafka:
     """One local single-node Kafka broker+controller, identified by its run directory.
 
@@ -289,6 +338,7 @@ class LocalKafka:
         home: Path | None = None,
         cache_dir: Path | None = None,
         properties: Mapping[str, str] | None = None,
+        secure: SecureListeners | None = None,
     ) -> None:
         if not 0 < port < 65536:
             raise KafkaLauncherError(f"port must be in 1..65535, got {port}")
@@ -296,6 +346,7 @@ class LocalKafka:
         self.run_dir = (home if home is not None else default_home() / "kafka" / f"run-{port}").resolve()
         self.cache_dir = (cache_dir if cache_dir is not None else default_home() / "cache").resolve()
         self.extra_properties = dict(properties or {})
+        self.secure = secure
         self.version = kafka_version()
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -305,6 +356,20 @@ class LocalKafka:
     def bootstrap(self) -> str:
         """The bootstrap address clients use."""
         return f"{HOST}:{self.port}"
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        """The SASL_SSL bootstrap address (only with `secure` listeners)."""
+        if self.secure is None:
+            raise KafkaLauncherError("this LocalKafka has no secure listeners")
+        return f"{HOST}:{self.secure.sasl_ssl_port}"
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        """The mutual-TLS bootstrap address (only with `secure` listeners)."""
+        if self.secure is None:
+            raise KafkaLauncherError("this LocalKafka has no secure listeners")
+        return f"{HOST}:{self.secure.ssl_port}"
 
     @property
     def libs_dir(self) -> Path:
@@ -501,6 +566,14 @@ class LocalKafka:
             # Matches Settings.partitions, so auto-created topics line up with kpimon's topics.
             "num.partitions": "4",
         }
+        if self.secure is not None:
+            secure = self.secure
+            props["listeners"] += f",SASL_SSL://{HOST}:{secure.sasl_ssl_port},SSL://{HOST}:{secure.ssl_port}"
+            props["advertised.listeners"] += (
+                f",SASL_SSL://{HOST}:{secure.sasl_ssl_port},SSL://{HOST}:{secure.ssl_port}"
+            )
+            props["listener.security.protocol.map"] += ",SASL_SSL:SASL_SSL,SSL:SSL"
+            props.update(secure.properties())
         props.update(self.extra_properties)
         return props
 
@@ -561,6 +634,7 @@ class LocalKafka:
             cluster_id,
             "-c",
             str(self.properties_file),
+            *(self.secure.scram_arguments() if self.secure is not None else ()),
         )
         fresh = not self.data_dir.exists()
         try:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import msgspec
 from aiokafka import AIOKafkaProducer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from agents.kafka_access import KafkaAccessError, check_access
+from agents.kafka_options import kafka_options
+from agents.kafka_security import aiokafka_options
 from agents.settings import Settings
 from agents.topics import TopicSpec, ensure_topics
 
@@ -40,10 +44,14 @@ def key_of(line: bytes) -> bytes | None:
 
 async def send_files(settings: Settings, files: list[tuple[str, Path]], show_progress: bool = True) -> int:
     """Send every line of each (topic, file) pair; return the count once all are acknowledged."""
-    await ensure_topics(settings.broker, [TopicSpec(t, settings.partitions) for t, _ in files])
+    await check_access(settings)
+    security = aiokafka_options(settings)
+    specs = [TopicSpec(t, settings.partitions) for t, _ in files]
+    await ensure_topics(settings.broker, specs, options=security)
     total = sum(sum(1 for _ in read_lines(p)) for _, p in files)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.broker,
+        **security,
         acks="all",
         linger_ms=20,
         max_batch_size=256 * 1024,
@@ -104,6 +112,7 @@ async def send_files(settings: Settings, files: list[tuple[str, Path]], show_pro
     help="Partitions of topics created when missing.  [default: 4]",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@kafka_options
 def replay(
     clicks_file: Path | None,
     surveys_file: Path | None,
@@ -111,6 +120,7 @@ def replay(
     topic_prefix: str | None,
     partitions: int | None,
     quiet: bool,
+    kafka: dict[str, Any],
 ) -> None:
     """Send recorded messages to the clicks and surveys topics and wait until Kafka acknowledged all.
 
@@ -121,7 +131,7 @@ def replay(
     if clicks_file is None and surveys_file is None:
         raise click.UsageError("give --clicks FILE, --surveys FILE or both")
     try:
-        settings = Settings.from_env(broker=broker, topic_prefix=topic_prefix, partitions=partitions)
+        settings = Settings.from_env(broker=broker, topic_prefix=topic_prefix, partitions=partitions, **kafka)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     files: list[tuple[str, Path]] = []
@@ -131,6 +141,8 @@ def replay(
         files.append((settings.surveys, surveys_file))
     try:
         count = asyncio.run(send_files(settings, files, show_progress=not quiet))
+    except KafkaAccessError as exc:
+        raise click.ClickException(str(exc)) from None
     except Exception as exc:  # a broker problem: one clear line, not a traceback
         raise click.ClickException(f"replay to {settings.broker} failed: {exc!r}") from None
     click.echo(f"sent {count} messages to {', '.join(t for t, _ in files)}", err=True)

@@ -28,6 +28,8 @@ from faust.streams import _current_event
 from faust.types import TP
 
 from agents.batch import BatchProcessor, BatchResult
+from agents.deadletters import Redactor
+from agents.kafka_security import aiokafka_options
 
 if TYPE_CHECKING:
     from agents.app import Kpimon
@@ -73,8 +75,17 @@ def writing_partition(topic: str, partition: int) -> Iterator[None]:
 class SourceReader:
     """The bulk reader of one worker's source partitions."""
 
-    def __init__(self, kpimon: Kpimon, processor: BatchProcessor, users: Any, topics: dict[str, Any]) -> None:
-        """`topics` has the Faust topics to send to: "dead_letters" and "rekeyed"."""
+    def __init__(
+        self,
+        kpimon: Kpimon,
+        processor: BatchProcessor,
+        users: Any,
+        topics: dict[str, Any],
+        redactor: Redactor | None = None,
+    ) -> None:
+        """`topics` has the Faust topics to send to: "dead_letters" and "rekeyed"; `redactor`, when
+        given, pseudonymises dead letters (docs/security.md)."""
+        self.redactor = redactor
         self.kpimon = kpimon
         self.processor = processor
         self.users = users
@@ -120,6 +131,7 @@ class SourceReader:
                 auto_offset_reset="earliest",
                 max_partition_fetch_bytes=8 * 1024 * 1024,
                 fetch_max_bytes=64 * 1024 * 1024,
+                **aiokafka_options(settings),  # TLS / SASL_SSL, as every kpimon Kafka client
             )
             await consumer.start()
             self._consumer = consumer
@@ -206,7 +218,11 @@ class SourceReader:
     def _send(self, result: BatchResult) -> None:
         dead_letters, rekeyed = self.topics["dead_letters"], self.topics["rekeyed"]
         for out in result.dead_letters:
-            dead_letters.send_soon(key=out.key, value=out.value, headers=out.headers)
+            key, value, headers = out.key, out.value, out.headers
+            if self.redactor is not None:
+                key, value, extra = self.redactor.redact(key, value)
+                headers = [*headers, *extra]
+            dead_letters.send_soon(key=key, value=value, headers=headers)
         for out in result.rekeyed:
             rekeyed.send_soon(key=out.key, value=out.value, headers=out.headers)
 

@@ -9,14 +9,17 @@ stdout is not a terminal (or with --plain) it prints one plain line per refresh 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import signal
+import ssl
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import click
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -24,6 +27,8 @@ from aiokafka.errors import KafkaConnectionError
 from rich.console import Console, RenderableType
 from rich.live import Live
 
+from agents.kafka_options import kafka_options
+from agents.kafka_security import aiokafka_options, read_secret
 from agents.kpis_cli import topic_partitions
 from agents.settings import Settings
 from agents.top_view import (
@@ -60,6 +65,31 @@ class TopConfig:
     interval: float = 2.0
     plain: bool | None = None  # None: plain when stdout is not a terminal
     once: bool = False
+    #: Security options of the Kafka clients (agents.kafka_security.aiokafka_options).
+    kafka_options: Mapping[str, Any] = field(default_factory=dict)
+    #: How to reach workers whose /metrics need basic auth or HTTPS with a private CA.
+    metrics_access: MetricsAccess | None = None
+
+
+@dataclass(frozen=True)
+class MetricsAccess:
+    """Basic auth and TLS trust for scraping workers' /metrics (docs/security.md)."""
+
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
+
+    def request(self, url: str) -> urllib.request.Request:
+        """A GET of `url` with the Authorization header, if any."""
+        request = urllib.request.Request(url)  # noqa: S310 (URL given by the user)
+        if self.user is not None and self.password is not None:
+            token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        return request
+
+    def context(self) -> ssl.SSLContext | None:
+        """The TLS context of https URLs: the CA file's, else the system CAs (None)."""
+        return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
 
 
 class KpiFeed:
@@ -69,8 +99,11 @@ class KpiFeed:
     `loaded` is set once every partition was read to the end offset it had when the feed started.
     """
 
-    def __init__(self, bootstrap: str, topic: str, retry: float = 1.0) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, retry: float = 1.0, options: Mapping[str, Any] | None = None
+    ) -> None:
         self.bootstrap, self.topic, self.retry = bootstrap, topic, retry
+        self.options = dict(options or {})
         self.index = KpiIndex()
         self.state = "connecting"
         self.missing_topic = False
@@ -94,7 +127,7 @@ class KpiFeed:
             await asyncio.sleep(self.retry)
 
     async def _consume(self) -> None:
-        partitions = await topic_partitions(self.bootstrap, self.topic)
+        partitions = await topic_partitions(self.bootstrap, self.topic, self.options)
         self.unreachable = False
         self.missing_topic = not partitions
         if not partitions:
@@ -102,6 +135,7 @@ class KpiFeed:
             return
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
+            **self.options,
             client_id="kpimon-top",
             group_id=None,
             enable_auto_commit=False,
@@ -147,10 +181,13 @@ class KpiFeed:
             self.undecodable += 1
 
 
-def scrape(url: str, timeout: float = 2.0) -> PipelineTotals | None:
-    """The pipeline totals of one worker's /metrics; None when it does not answer."""
+def scrape(url: str, timeout: float = 2.0, access: MetricsAccess | None = None) -> PipelineTotals | None:
+    """The pipeline totals of one worker's /metrics; None when it does not answer (or refuses us)."""
+    access = access or MetricsAccess()
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (URL given by the user)
+        with urllib.request.urlopen(  # noqa: S310 (URL given by the user)
+            access.request(url), timeout=timeout, context=access.context()
+        ) as response:
             text = response.read().decode()
         return parse_metrics(text, time.monotonic())
     except (OSError, ValueError):
@@ -160,8 +197,9 @@ def scrape(url: str, timeout: float = 2.0) -> PipelineTotals | None:
 class MetricsPoller:
     """Scrapes workers' /metrics and keeps each one's previous totals, for events/s."""
 
-    def __init__(self, urls: tuple[str, ...]) -> None:
+    def __init__(self, urls: tuple[str, ...], access: MetricsAccess | None = None) -> None:
         self.urls = urls
+        self.access = access
         self._last: dict[str, PipelineTotals] = {}
         self.figures = PipelineFigures(urls=len(urls))
 
@@ -169,7 +207,9 @@ class MetricsPoller:
         """Scrape every URL (concurrently) and return the new figures."""
         if not self.urls:
             return self.figures
-        current = await asyncio.gather(*(asyncio.to_thread(scrape, url) for url in self.urls))
+        current = await asyncio.gather(
+            *(asyncio.to_thread(scrape, url, 2.0, self.access) for url in self.urls)
+        )
         pairs = [(self._last.get(url), cur) for url, cur in zip(self.urls, current, strict=True)]
         for url, cur in zip(self.urls, current, strict=True):
             if cur is not None:
@@ -217,8 +257,8 @@ async def _main(config: TopConfig, plain: bool, watch: Callable[[], None] | None
     stop = asyncio.Event()
     previous_term = signal.getsignal(signal.SIGTERM)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    feed = KpiFeed(config.broker, config.topic)
-    poller = MetricsPoller(config.metrics_urls)
+    feed = KpiFeed(config.broker, config.topic, options=config.kafka_options)
+    poller = MetricsPoller(config.metrics_urls, config.metrics_access)
     feed_task = asyncio.create_task(feed.run(), name="kpimon-top-feed")
     source = f"{config.topic} @ {config.broker}"
 
@@ -319,6 +359,20 @@ def _default_metrics_url() -> str:
     f"  [default: {_default_metrics_url()}]",
 )
 @click.option(
+    "--web-auth-user",
+    envvar="KPIMON_WEB_AUTH_USER",
+    help="Basic auth user of the workers' /metrics (as the worker's option).  [default: none]",
+)
+@click.option(
+    "--web-auth-password-file",
+    envvar="KPIMON_WEB_AUTH_PASSWORD_FILE",
+    help="File holding the basic auth password of the workers' /metrics.  [default: none]",
+)
+@click.option(
+    "--metrics-ca-file",
+    help="PEM CA of https --metrics-url certificates.  [default: the system CAs]",
+)
+@click.option(
     "--no-metrics", is_flag=True, help="Do not read any /metrics (no pipeline figures).", show_default=False
 )
 @click.option(
@@ -347,6 +401,7 @@ def _default_metrics_url() -> str:
     show_default=False,
 )
 @click.option("--once", is_flag=True, help="Show the current values once and exit.", show_default=False)
+@kafka_options
 def top(
     broker: str | None,
     topic_prefix: str | None,
@@ -357,6 +412,10 @@ def top(
     interval: float,
     plain: bool,
     once: bool,
+    web_auth_user: str | None,
+    web_auth_password_file: str | None,
+    metrics_ca_file: str | None,
+    kafka: dict[str, Any],
 ) -> None:
     """A live terminal view of kpimon-kpis: DAU/WAU/MAU, stickiness, churn, NPS, CSAT and response rates,
     each with its target, a 14-day sparkline and a BREACH mark, plus the pipeline (events/s, dead
@@ -370,8 +429,20 @@ def top(
       kpimon top --plain --interval 10 >> kpis.log # plain lines (also when piped)
     """
     try:
-        settings = Settings.from_env(broker=broker, topic_prefix=topic_prefix)
-    except ValueError as exc:
+        settings = Settings.from_env(
+            broker=broker,
+            topic_prefix=topic_prefix,
+            web_auth_user=web_auth_user,
+            web_auth_password_file=web_auth_password_file,
+            **kafka,
+        )
+        security = aiokafka_options(settings)
+        password = (
+            read_secret("web_auth_password_file", settings.web_auth_password_file)
+            if settings.web_auth_user
+            else None
+        )
+    except ValueError as exc:  # a bad setting or an unreadable secret file
         raise click.UsageError(str(exc)) from None
     if segment is None and dimension == "all":
         segment = "all"
@@ -385,6 +456,8 @@ def top(
         interval=interval,
         plain=True if plain else None,
         once=once,
+        kafka_options=security,
+        metrics_access=MetricsAccess(settings.web_auth_user or None, password, metrics_ca_file),
     )
     with contextlib.suppress(KeyboardInterrupt):
         run_top(config)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -20,9 +22,17 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
-async def ensure_topics(bootstrap: str, specs: list[TopicSpec], client_id: str = "kpimon-admin") -> None:
-    """Create the topics of `specs` that do not exist yet; warn when one exists with other partitions."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id)
+async def ensure_topics(
+    bootstrap: str,
+    specs: list[TopicSpec],
+    client_id: str = "kpimon-admin",
+    options: Mapping[str, Any] | None = None,
+) -> None:
+    """Create the topics of `specs` that do not exist yet; warn when one exists with other partitions.
+
+    `options` are extra client options, e.g. the security ones of `agents.kafka_security.aiokafka_options`.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id, **(options or {}))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

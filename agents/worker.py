@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 import click
 
+from agents.kafka_access import KafkaAccessError, check_access
+from agents.kafka_options import kafka_options
+from agents.kafka_security import aiokafka_options
 from agents.settings import Settings
 from agents.topics import TopicSpec, ensure_topics
 from streams.targets import Targets, TargetsError, load_targets
@@ -119,16 +123,52 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     envvar="KPIMON_LOG_LEVEL",
     help="Log level.  [default: info]",
 )
-def worker(**options: object) -> None:
+@click.option(
+    "--web-tls-cert-file",
+    envvar="KPIMON_WEB_TLS_CERT_FILE",
+    help="PEM certificate chain: serve the web endpoints over HTTPS only.  [default: none]",
+)
+@click.option("--web-tls-key-file", envvar="KPIMON_WEB_TLS_KEY_FILE", help="PEM key of --web-tls-cert-file.")
+@click.option(
+    "--web-auth-user",
+    envvar="KPIMON_WEB_AUTH_USER",
+    help="HTTP basic auth user for /metrics and /ready (/live stays open).  [default: none]",
+)
+@click.option(
+    "--web-auth-password-file",
+    envvar="KPIMON_WEB_AUTH_PASSWORD_FILE",
+    help="File holding the basic auth password.  [default: none]",
+)
+@click.option(
+    "--dead-letter-redact/--no-dead-letter-redact",
+    default=None,
+    envvar="KPIMON_DEAD_LETTER_REDACT",
+    help="Dead letters without comment, with user_id and key as HMAC-SHA256, not the original bytes."
+    "  [default: no]",
+)
+@click.option(
+    "--dead-letter-redact-key-file",
+    envvar="KPIMON_DEAD_LETTER_REDACT_KEY_FILE",
+    help="File holding the HMAC key of --dead-letter-redact.  [default: none]",
+)
+@kafka_options
+def worker(kafka: dict[str, Any], **options: object) -> None:
     """Run a kpimon worker: consume clicks and surveys, validate, compute KPIs, serve /metrics.
 
     Start several workers with the same --app-id to share the partitions. Stop with Ctrl-C or SIGTERM.
     """
     try:
-        settings = Settings.from_env(**options)
+        settings = Settings.from_env(**options, **kafka)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     run_worker(settings)
+
+
+async def preflight(settings: Settings) -> None:
+    """Check access to Kafka (one clear error), then create the missing topics."""
+    await check_access(settings)
+    options = aiokafka_options(settings)
+    await asyncio.wait_for(ensure_topics(settings.broker, topic_specs(settings), options=options), 60)
 
 
 def run_worker(settings: Settings) -> None:
@@ -153,14 +193,21 @@ def run_worker(settings: Settings) -> None:
             raise click.ClickException(f"invalid targets file: {exc}") from None
         log.info("loaded %d KPI targets from %s", len(targets), settings.targets_file)
     try:
-        asyncio.run(asyncio.wait_for(ensure_topics(settings.broker, topic_specs(settings)), timeout=60))
-    except Exception as exc:  # unreachable broker, refused request, timeout: one clear line
+        asyncio.run(preflight(settings))
+    except KafkaAccessError as exc:  # refused credentials, TLS trouble, no broker: one line naming the cause
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # a refused request, a timeout: one clear line
         raise click.ClickException(f"cannot reach Kafka at {settings.broker}: {exc!r}") from None
-    kpimon = create_app(settings, targets=targets)
+    try:
+        kpimon = create_app(settings, targets=targets)
+    except ValueError as exc:  # an unreadable secret or certificate file: named, not dumped
+        raise click.ClickException(str(exc)) from None
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    scheme = "https" if settings.web_tls_cert_file else "http"
     click.echo(
         f"kpimon worker {settings.app_id}: broker {settings.broker}, "
-        f"metrics on http://{settings.web_host}:{settings.web_port}/metrics",
+        f"metrics on {scheme}://{settings.web_host}:{settings.web_port}/metrics"
+        + (" (basic auth)" if settings.web_auth_user else ""),
         err=True,
     )
     faust.Worker(kpimon.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()

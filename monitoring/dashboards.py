@@ -5,6 +5,12 @@ recording rules (no `instance` label, so a KPI group moving between workers draw
 the `topic*:*` rules. Targets are drawn from `kpi_window:kpimon_kpi_target:max` as dashed red series named
 `target ...`. Variables: data source, dimension, segment (multi, with All), and window / topic where useful.
 
+Intervals: the ratio KPIs with a 95 % interval (NPS, CSAT, churn rate, response rates) also get a panel per
+segment (`repeat` on the segment variable, so each copy shows one segment) with the interval drawn as a
+band: the `ci_high` series fills down to the `ci_low` series (`custom.fillBelowTo`, which names one series by
+its display name; with a multi-valued segment in one panel there would be one name per segment). `bands()`
+lists each band's series names and queries for the tests.
+
 `panel_queries()` lists every (dashboard, panel title, PromQL) so tests (and a later end-to-end test
 against a real Prometheus) can check each expression; `monitoring.promql.substitute_variables` fills in the
 Grafana variables.
@@ -26,12 +32,49 @@ from grafana_foundation_sdk.models import common, prometheus
 from grafana_foundation_sdk.models import dashboard as models
 
 from monitoring.config import MonitoringConfig
-from monitoring.rules import TARGET, kpi
+from monitoring.rules import CI_GAUGES, TARGET, kpi
 
 DATASOURCE = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
 #: The segment selector of KPI panels (segment is multi-valued with All = ".*").
 SEGMENT = 'dimension="$dimension", segment=~"$segment"'
 Query = tuple[str, str]  # (PromQL, legend)
+#: Windows of the churn KPIs (KPIS.md); each gets its own band.
+CHURN_WINDOWS = ("7d", "30d")
+#: Fill of an interval band (percent): visible behind the line, light enough to read lines through it.
+BAND_FILL_OPACITY = 20
+
+
+@dataclass(frozen=True)
+class Band:
+    """A KPI line and its 95 % interval: three queries whose legends are fixed names (no `{{label}}`), so
+    the band's `fillBelowTo` can name the lower series. Fixed names need exactly one series per query: the
+    panel repeats per segment, and window and labels are single-valued."""
+
+    name: str  # legend of the KPI line, e.g. "NPS"
+    kpi: str  # the `kpi` label of its interval series, e.g. "nps"
+    metric: str  # the KPI gauge, e.g. "kpimon_nps_score"
+    matchers: str  # selector of the three queries: segment, window, day
+    color: str  # the line's and the band's colour
+    own: str = ""  # matchers of the KPI gauge only (its own labels, e.g. 'survey="nps"')
+
+    @property
+    def value(self) -> str:
+        """PromQL of the KPI line."""
+        return f"{kpi(self.metric)}{{{', '.join(m for m in (self.matchers, self.own) if m)}}}"
+
+    @property
+    def low_name(self) -> str:
+        """Legend of the lower bound."""
+        return f"{self.name} 95 % low"
+
+    @property
+    def high_name(self) -> str:
+        """Legend of the upper bound: the series that fills down to the lower one."""
+        return f"{self.name} 95 % high"
+
+    def bound(self, gauge: str) -> str:
+        """PromQL of one bound (`gauge` from CI_GAUGES): the interval series of the same segment and day."""
+        return f'{kpi(gauge)}{{kpi="{self.kpi}", {self.matchers}}}'
 
 
 @dataclass(frozen=True)
@@ -107,6 +150,79 @@ def _series(
     if interval:
         panel = panel.interval(interval)
     _targets(panel, queries)
+    return panel
+
+
+def _band_series(
+    title: str,
+    bands: Sequence[Band],
+    *,
+    unit: str = "short",
+    description: str = "",
+    extra: Sequence[Query] = (),
+) -> timeseries.Panel:
+    """A time series panel, repeated per segment, of KPI lines with their 95 % intervals as bands.
+
+    `extra` are further queries (targets: dashed red like in `_series`). Each band: the line in its
+    colour; the upper bound without a line, filled down to the lower bound (`custom.fillBelowTo`, by display
+    name); the lower bound without a line or fill. Both bounds stay in the tooltip and out of the legend.
+    """
+    hidden = {"legend": True, "tooltip": False, "viz": False}
+    panel = (
+        timeseries.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .span(8)
+        .height(8)
+        .line_width(2)
+        .fill_opacity(0)
+        .repeat("segment")
+        .repeat_direction("h")
+        .max_per_row(3)
+        .legend(
+            common_builders.VizLegendOptions()
+            .show_legend(True)
+            .display_mode(common.LegendDisplayMode.LIST)
+            .placement(common.LegendPlacement.BOTTOM)
+        )
+        .override_by_regexp(
+            "^target.*",
+            [
+                models.DynamicConfigValue("custom.lineStyle", {"fill": "dash", "dash": [10, 10]}),
+                models.DynamicConfigValue("color", {"mode": "fixed", "fixedColor": "red"}),
+                models.DynamicConfigValue("custom.lineWidth", 1),
+            ],
+        )
+    )
+    queries: list[Query] = []
+    for band in bands:
+        low, high = (band.bound(gauge) for gauge in CI_GAUGES)
+        queries += [(band.value, band.name), (low, band.low_name), (high, band.high_name)]
+        color = models.DynamicConfigValue("color", {"mode": "fixed", "fixedColor": band.color})
+        panel = (
+            panel.override_by_name(band.name, [color])
+            .override_by_name(
+                band.high_name,
+                [
+                    color,
+                    models.DynamicConfigValue("custom.lineWidth", 0),
+                    models.DynamicConfigValue("custom.fillOpacity", BAND_FILL_OPACITY),
+                    models.DynamicConfigValue("custom.fillBelowTo", band.low_name),
+                    models.DynamicConfigValue("custom.hideFrom", hidden),
+                ],
+            )
+            .override_by_name(
+                band.low_name,
+                [
+                    color,
+                    models.DynamicConfigValue("custom.lineWidth", 0),
+                    models.DynamicConfigValue("custom.hideFrom", hidden),
+                ],
+            )
+        )
+    _targets(panel, [*queries, *extra])
     return panel
 
 
@@ -377,6 +493,26 @@ def engagement(config: MonitoringConfig) -> dashboard_builders.Dashboard:
                 description="Churn rate minus the churn rate of the same day last week (ratio points).",
             )
         )
+        .with_panel(
+            _band_series(
+                "Churn rate with its 95 % interval: $segment",
+                [
+                    Band(
+                        f"churn {window}",
+                        "churn_rate",
+                        "kpimon_churn_ratio",
+                        f'{SEGMENT}, window="{window}", day="current"',
+                        color,
+                    )
+                    for window, color in zip(CHURN_WINDOWS, ("orange", "purple"), strict=True)
+                ],
+                unit="percentunit",
+                extra=[(f'{TARGET}{{kpi="churn_rate"}}', "target {{window}} ({{direction}})")],
+                description="One panel per selected segment. The band is the 95 % (Wilson) interval of the "
+                "churn rate: the alerts need all of it above the target, and a week-over-week rise beyond "
+                "both weeks' intervals. A wide band means a small churn base.",
+            )
+        )
     )
 
 
@@ -393,6 +529,7 @@ def satisfaction(config: MonitoringConfig) -> dashboard_builders.Dashboard:
     for variable in [_datasource_variable(), *_segment_variables(responses), _window_variable(("7d", "30d"))]:
         board = board.with_variable(variable)
     w = 'window="$window"'
+    current = f'{SEGMENT}, {w}, day="current"'
     nps_split = 'survey="nps", bucket=~"promoters|passives|detractors"'
     return (
         board.with_row(dashboard_builders.Row("Now"))
@@ -526,6 +663,46 @@ def satisfaction(config: MonitoringConfig) -> dashboard_builders.Dashboard:
                         "{{survey}} {{bucket}} {{segment}}",
                     )
                 ],
+            )
+        )
+        .with_row(dashboard_builders.Row("95 % intervals (one panel per selected segment)"))
+        .with_panel(
+            _band_series(
+                "NPS with its 95 % interval: $segment",
+                [Band("NPS", "nps", "kpimon_nps_score", current, "blue")],
+                extra=[(f'{TARGET}{{kpi="nps", {w}}}', "target ({{direction}})")],
+                description="The band is the 95 % interval of NPS. KpimonNpsBelowTarget needs all of it "
+                "below the target (and enough answers); KpimonNpsDroppedWeekOverWeek a drop beyond both "
+                "weeks' intervals. A wide band means few answers: a swing inside it can be chance.",
+            )
+        )
+        .with_panel(
+            _band_series(
+                "CSAT with its 95 % interval: $segment",
+                [Band("CSAT", "csat", "kpimon_csat_ratio", current, "green")],
+                unit="percentunit",
+                extra=[(f'{TARGET}{{kpi="csat", {w}}}', "target ({{direction}})")],
+                description="The band is the 95 % (Wilson) interval of the satisfied share; the CSAT "
+                "alerts use it like the NPS alerts use theirs.",
+            )
+        )
+        .with_panel(
+            _band_series(
+                "Response rates with their 95 % intervals: $segment",
+                [
+                    Band(
+                        f"{survey.upper()} response rate",
+                        f"{survey}_response_rate",
+                        "kpimon_survey_response_ratio",
+                        current,
+                        color,
+                        f'survey="{survey}"',
+                    )
+                    for survey, color in (("nps", "purple"), ("csat", "orange"))
+                ],
+                unit="percentunit",
+                description="Answered / shown surveys with 95 % (Wilson) intervals. A falling response rate "
+                "means a more self-selected sample.",
             )
         )
         .with_row(dashboard_builders.Row("By segment"))
@@ -717,6 +894,34 @@ def panel_queries(config: MonitoringConfig) -> list[PanelQuery]:
         for panel in _walk_panels(document):
             for target in panel.get("targets") or []:  # type: ignore[attr-defined]
                 out.append(PanelQuery(str(document["uid"]), str(panel["title"]), str(target["expr"])))
+    return out
+
+
+@dataclass(frozen=True)
+class DrawnBand:
+    """A band as the generated JSON draws it: the panel, the upper series filled down to the lower one,
+    and every target of the panel as legend -> PromQL."""
+
+    dashboard: str
+    panel: dict[str, object]
+    high: str  # display name of the series with `custom.fillBelowTo`
+    low: str  # the display name it fills to
+    targets: dict[str, str]
+
+
+def bands(config: MonitoringConfig) -> list[DrawnBand]:
+    """Every `fillBelowTo` override of every dashboard, read back from the generated JSON."""
+    out: list[DrawnBand] = []
+    for document in dashboards(config).values():
+        for panel in _walk_panels(document):
+            field_config = panel.get("fieldConfig")
+            overrides = field_config.get("overrides", []) if isinstance(field_config, dict) else []
+            targets = {str(t["legendFormat"]): str(t["expr"]) for t in panel.get("targets") or []}  # type: ignore[attr-defined]
+            for override in overrides:
+                for prop in override.get("properties", []):
+                    if prop.get("id") == "custom.fillBelowTo":
+                        high = str(override["matcher"]["options"])
+                        out.append(DrawnBand(str(document["uid"]), panel, high, str(prop["value"]), targets))
     return out
 
 

@@ -7,9 +7,11 @@ import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
+from agents.kafka_options import kafka_options
 from agents.settings import Settings
 from simulator.model import DAY_MS, BatchConfig, Counts, Outgoing, Scenario, batch_traffic
 from simulator.render import render
@@ -97,7 +99,8 @@ def write_files(messages: Iterable[tuple[str, bytes]], out_dir: Path) -> None:
     "scenario_texts",
     multiple=True,
     metavar="KIND:SEGMENT",
-    help="nps-drop:SEGMENT or churn-wave:SEGMENT, SEGMENT a platform or plan (android, team, plan=pro).",
+    help="nps-drop:SEGMENT (a true NPS drop), nps-noise:SEGMENT (the same drop on only 5 answers: noise"
+    " an alert must ignore) or churn-wave:SEGMENT; SEGMENT a platform or plan (android, team, plan=pro).",
 )
 @click.option(
     "--no-signup-fraction",
@@ -110,6 +113,7 @@ def write_files(messages: Iterable[tuple[str, bytes]], out_dir: Path) -> None:
 @click.option(
     "--scenario-after", type=click.FloatRange(min=0), default=120.0, help="Live: seconds before scenarios."
 )
+@kafka_options
 def simulate(
     users: int,
     days: int,
@@ -128,6 +132,7 @@ def simulate(
     live: bool,
     rate: float,
     scenario_after: float,
+    kafka: dict[str, Any],
 ) -> None:
     """Simulate realistic click and survey traffic: history to files or Kafka, or live traffic.
 
@@ -137,6 +142,12 @@ def simulate(
       kpimon simulate --users 3000 --days 75 --seed 1 --broker 127.0.0.1:9092
     Live (events stamped now, at about --rate events/s):
       kpimon simulate --live --rate 50 --users 3000 --broker 127.0.0.1:9092 --scenario nps-drop:android
+
+    \b
+    Scenarios for the alerts (batch: the last 7 days, exactly the 7d window; the pair
+    shows that the NPS alerts tell a real change from noise):
+      --scenario nps-drop:android   android's NPS answers drop by about 100 points on ~30 answers a week
+      --scenario nps-noise:ios      ios' NPS swings as much, but on 5 answers (its other prompts dismissed)
 
     The traffic has a daily and weekly rhythm, ios/android/web and free/pro/team segments, signups, quiet
     spells and churn, NPS and CSAT surveys with segment-specific satisfaction, and deliberate noise: late
@@ -156,7 +167,7 @@ def simulate(
             raise click.UsageError("--live sends to Kafka; --out-dir is for batch mode")
         from simulator.live import run_live
 
-        settings = _settings(broker, topic_prefix)
+        settings = _settings(broker, topic_prefix, kafka)
         with _broker_errors(settings):
             run_live(
                 settings,
@@ -200,7 +211,7 @@ def simulate(
     else:
         from simulator.live import send_all
 
-        settings = _settings(broker, topic_prefix)
+        settings = _settings(broker, topic_prefix, kafka)
         with _broker_errors(settings):
             send_all(settings, messages)
         target = f"{settings.clicks}, {settings.surveys} at {settings.broker}"
@@ -213,15 +224,19 @@ def simulate(
 @contextlib.contextmanager
 def _broker_errors(settings: Settings) -> Iterator[None]:
     """A broker problem ends the command with one clear line, not a traceback."""
+    from agents.kafka_access import KafkaAccessError
+
     try:
         yield
+    except KafkaAccessError as exc:
+        raise click.ClickException(str(exc)) from None
     except Exception as exc:
         raise click.ClickException(f"simulate to {settings.broker} failed: {exc!r}") from None
 
 
-def _settings(broker: str | None, topic_prefix: str | None) -> Settings:
+def _settings(broker: str | None, topic_prefix: str | None, kafka: dict[str, Any]) -> Settings:
     try:
-        return Settings.from_env(broker=broker, topic_prefix=topic_prefix)
+        return Settings.from_env(broker=broker, topic_prefix=topic_prefix, **kafka)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 

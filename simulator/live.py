@@ -17,6 +17,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
+from agents.kafka_access import check_access
+from agents.kafka_security import aiokafka_options
 from agents.replay import key_of
 from agents.settings import Settings
 from agents.topics import TopicSpec, ensure_topics
@@ -34,6 +36,7 @@ def _producer(settings: Settings) -> AIOKafkaProducer:
     # Linger and large batches for throughput; acks from all replicas so "sent" means stored.
     return AIOKafkaProducer(
         bootstrap_servers=settings.broker,
+        **aiokafka_options(settings),
         client_id="kpimon-simulate",
         acks="all",
         linger_ms=20,
@@ -42,8 +45,9 @@ def _producer(settings: Settings) -> AIOKafkaProducer:
 
 
 async def _ensure(settings: Settings) -> None:
+    await check_access(settings)
     specs = [TopicSpec(topic, settings.partitions) for topic in (settings.clicks, settings.surveys)]
-    await ensure_topics(settings.broker, specs)
+    await ensure_topics(settings.broker, specs, options=aiokafka_options(settings))
 
 
 async def send_messages(settings: Settings, messages: Iterable[tuple[str, bytes]]) -> int:

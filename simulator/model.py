@@ -142,6 +142,10 @@ CSAT_BIAS_SD = 0.3
 # Scenarios.
 NPS_DROP_DAYS = 7  # nps-drop: the last 7 days of a batch
 NPS_DROP = 4.0  # points off the latent NPS mean: from about +10 to below -60
+#: nps-noise: the segment gives only this many NPS answers in the scenario's period (batch: the last 7 days,
+#: so exactly the 7d window), each dropped by NPS_DROP: a swing as large as nps-drop's on a sample too small
+#: to tell from chance (below the alerts' minimum sample).
+NPS_NOISE_ANSWERS = 5
 CHURN_WAVE_DAYS = 10  # churn-wave: the last 10 days of a batch
 CHURN_WAVE_HAZARD = 0.25  # per day: half the segment is gone within 3 days, 95 % after 10
 LIVE_CHURN_WAVE_SECONDS = 300  # live: segment users fall silent over 5 minutes
@@ -192,16 +196,21 @@ SURVEY_KINDS = tuple(InvalidKind)
 # ---------------------------------------------------------------------------------------------------------
 # Scenarios
 
+SCENARIO_KINDS = ("nps-drop", "nps-noise", "churn-wave")
+
 
 @dataclass(frozen=True, slots=True)
 class Scenario:
     """A deliberate change in behaviour of one platform or plan segment, for dashboards and alerts to catch.
 
     `nps-drop`: the segment's NPS answers drop sharply (batch: the last 7 days; live: after the delay).
+    `nps-noise`: the same drop, seen through a handful of answers: only the first `NPS_NOISE_ANSWERS` NPS
+    answers of the segment in that period are given, its other NPS prompts are dismissed. The raw NPS swings
+    as much as with nps-drop, on a sample no alert should trust (what chance does to a small segment).
     `churn-wave`: the segment's users go quiet (batch: during the last 10 days; live: after the delay).
     """
 
-    kind: Literal["nps-drop", "churn-wave"]
+    kind: Literal["nps-drop", "nps-noise", "churn-wave"]
     dimension: Literal["platform", "plan"]
     value: str
 
@@ -209,8 +218,9 @@ class Scenario:
     def parse(cls, text: str) -> Scenario:
         """`KIND:SEGMENT` with SEGMENT a platform or plan value (`android`) or `DIMENSION=VALUE`."""
         kind, sep, segment = text.partition(":")
-        if not sep or kind not in ("nps-drop", "churn-wave"):
-            raise ValueError(f"scenario must be nps-drop:SEGMENT or churn-wave:SEGMENT, got {text!r}")
+        if not sep or kind not in SCENARIO_KINDS:
+            kinds = ", ".join(f"{k}:SEGMENT" for k in SCENARIO_KINDS)
+            raise ValueError(f"scenario must be one of {kinds}, got {text!r}")
         dimension, eq, value = segment.partition("=")
         if not eq:
             value = dimension
@@ -224,6 +234,18 @@ class Scenario:
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.dimension}={self.value}"
+
+    def covers(self, platform: str, plan: str) -> bool:
+        """Whether a session on `platform` by a user on `plan` is in the scenario's segment."""
+        return (platform if self.dimension == "platform" else plan) == self.value
+
+
+@dataclass(slots=True)
+class NpsNoise:
+    """An nps-noise scenario in force and how many NPS answers its segment may still give."""
+
+    scenario: Scenario
+    answers_left: int = NPS_NOISE_ANSWERS
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -260,7 +282,7 @@ class User:
 
     def in_segment(self, scenario: Scenario) -> bool:
         """Whether the user belongs to the scenario's segment (their main platform, their current plan)."""
-        return (self.platform if scenario.dimension == "platform" else self.plan) == scenario.value
+        return scenario.covers(self.platform, self.plan)
 
 
 @dataclass(slots=True)
@@ -553,11 +575,14 @@ class Behaviour:
         first_type: str | None,
         nps_drops: Sequence[Scenario] = (),
         survey_day: int | None = None,
+        nps_noise: Sequence[NpsNoise] = (),
     ) -> list[Draft]:
         """One session starting at `start_ms` (events after `end_ms` are cut), with a survey maybe after.
 
         `first_type` forces the first event (signup); `nps_drops` are the nps-drop scenarios in force: an
-        NPS answer given in their segment (this session's platform, the user's plan) drops.
+        NPS answer given in their segment (this session's platform, the user's plan) drops. `nps_noise` are
+        the nps-noise scenarios in force: in their segment an NPS answer drops the same and uses up one of
+        the answers left (none left: the prompt is dismissed instead).
         `survey_day` is the day survey cooldowns count in (live mode compresses time); default: the day.
         """
         day = start_ms // DAY_MS
@@ -609,10 +634,13 @@ class Behaviour:
                 )
             )
         if out:
-            drop = any((platform if s.dimension == "platform" else user.plan) == s.value for s in nps_drops)
+            drop = any(s.covers(platform, user.plan) for s in nps_drops)
+            noise = next((n for n in nps_noise if n.scenario.covers(platform, user.plan)), None)
             cooldown_day = day if survey_day is None else survey_day
             out.extend(
-                self._survey(rng, user, day, cooldown_day, out[-1].ts_ms, end_ms, platform, productive, drop)
+                self._survey(
+                    rng, user, day, cooldown_day, out[-1].ts_ms, end_ms, platform, productive, drop, noise
+                )
             )
         return out
 
@@ -663,6 +691,7 @@ class Behaviour:
         platform: str,
         productive: bool,
         nps_drop: bool,
+        nps_noise: NpsNoise | None = None,
     ) -> list[Draft]:
         """Maybe ask a question at the end of a session: shown, then answered, dismissed or ignored."""
         since_nps, since_csat = cooldown_day - user.last_nps_day, cooldown_day - user.last_csat_day
@@ -679,6 +708,13 @@ class Behaviour:
         reply_ms = shown_ms + rng.randint(4_000, 120_000)
         r = rng.random()
         action = "answered" if r < outcomes[0] else "dismissed" if r < outcomes[0] + outcomes[1] else None
+        if kind == "nps" and nps_noise is not None and action == "answered":
+            # A small segment: its few answers drop like nps-drop's; beyond them the prompt is dismissed.
+            nps_drop = True
+            if nps_noise.answers_left > 0 and reply_ms <= end_ms:
+                nps_noise.answers_left -= 1
+            else:
+                action = "dismissed"
         # Always draw the same numbers, so a scenario changes scores and nothing else.
         z, comment_roll, comment_pick, shown_roll = (
             rng.gauss(0.0, 1.0),
@@ -742,6 +778,8 @@ class BatchModel:
         self.behaviour = Behaviour()
         end = config.end_day
         self._drop = [s for s in config.scenarios if s.kind == "nps-drop"]
+        # One answer budget per scenario for the whole period (the 7d window of the last day).
+        self._noise = [NpsNoise(s) for s in config.scenarios if s.kind == "nps-noise"]
         self._wave = [s for s in config.scenarios if s.kind == "churn-wave"]
         self._drop_from = end - NPS_DROP_DAYS + 1
         self._wave_from = end - CHURN_WAVE_DAYS + 1
@@ -792,12 +830,13 @@ class BatchModel:
             starts = [user.signup_ms] + [s for s in starts[1:] if s > user.signup_ms]
         starts.sort()
         drops = self._drop if day >= self._drop_from else ()
+        noise = self._noise if day >= self._drop_from else ()
         out: list[Draft] = []
         for i, start in enumerate(starts):
             if start > end_ms:
                 break
             first = "signup" if signup_today and i == 0 else None
-            out.extend(self.behaviour.session(rng, user, start, end_ms, first, drops))
+            out.extend(self.behaviour.session(rng, user, start, end_ms, first, drops, nps_noise=noise))
         return out
 
 
@@ -966,6 +1005,7 @@ class LiveModel:
         self.pending: list[tuple[int, int, Outgoing]] = []  # surveys and duplicates not yet due
         self.seq = 0
         self.scenario_started = False
+        self._noise = [NpsNoise(s) for s in self.scenarios if s.kind == "nps-noise"]
         self._signups = 0
 
     def step(self, now_ms: int, clicks: int) -> list[Outgoing]:
@@ -1022,9 +1062,13 @@ class LiveModel:
             if user is None:
                 continue
             first = "signup" if user.signup_ms >= now_ms - MINUTE_MS else None
-            drops = [s for s in self.scenarios if s.kind == "nps-drop"] if self.scenario_started else []
+            started = self.scenario_started
+            drops = [s for s in self.scenarios if s.kind == "nps-drop"] if started else []
+            noise = self._noise if started else []
             survey_day = self.today + (now_ms - self.start_ms) // self.survey_day_ms
-            drafts = self.behaviour.session(rng, user, now_ms, now_ms + DAY_MS, first, drops, survey_day)
+            drafts = self.behaviour.session(
+                rng, user, now_ms, now_ms + DAY_MS, first, drops, survey_day, nps_noise=noise
+            )
             clicks = [d for d in drafts if d.topic == "clicks"]
             for survey in (d for d in drafts if d.topic == "surveys"):
                 # Asked after the session: at the time the session will end, roughly.

@@ -8,8 +8,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from agents.localkafka import LocalKafka
+from agents.localkafka import LocalKafka, SecureListeners
+from tests.certs import make_pki
 from tests.helpers import free_port
+from tests.security import SCRAM_PASSWORD, SCRAM_USER, Access, SecureKafka, access
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +37,37 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def unique_prefix() -> str:
     """A fresh `t-<8 hex>-` prefix for topic names and app ids, so no two tests share topics or groups."""
     return f"t-{uuid.uuid4().hex[:8]}-"
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureKafka]:
+    """A second local broker for the session with SASL_SSL (SCRAM-SHA-512) and mutual-TLS listeners.
+
+    Started only by the tests that ask for it; certificates are made for it with `cryptography`.
+    """
+    home = tmp_path_factory.mktemp("secure-kafka")
+    pki = make_pki(home / "pki")
+    password_file = home / "scram-password"
+    password_file.write_text(SCRAM_PASSWORD + "\n")
+    wrong_password_file = home / "wrong-password"
+    wrong_password_file.write_text("not-" + SCRAM_PASSWORD + "\n")
+    listeners = SecureListeners(
+        sasl_ssl_port=free_port(),
+        ssl_port=free_port(),
+        keystore=pki.server_keystore,
+        truststore=pki.ca,
+        scram_users={SCRAM_USER: SCRAM_PASSWORD},
+    )
+    broker = LocalKafka(port=free_port(), home=home / "run", secure=listeners)
+    try:
+        broker.start()
+        yield SecureKafka(broker, pki, password_file, wrong_password_file)
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(params=["plaintext", "sasl_ssl", "mtls"])
+def kafka_access(request: pytest.FixtureRequest, kafka_bootstrap: str) -> Access:
+    """The same test over PLAINTEXT (the session broker), SASL_SSL and mutual TLS (the secure broker)."""
+    secure = request.getfixturevalue("secure_kafka") if request.param != "plaintext" else None
+    return access(request.param, kafka_bootstrap, secure)

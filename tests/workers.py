@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -17,11 +19,25 @@ from tests.helpers import KPIMON
 
 
 class WorkerProcess:
-    """A `kpimon worker` subprocess with its web port and log file."""
+    """A `kpimon worker` subprocess with its web port and log file.
 
-    def __init__(self, args: list[str], web_port: int, log_path: Path, env: dict[str, str]) -> None:
+    With `tls_ca` the web endpoints are reached over HTTPS (trusting that CA), with `auth` (user, password)
+    requests carry HTTP basic auth.
+    """
+
+    def __init__(
+        self,
+        args: list[str],
+        web_port: int,
+        log_path: Path,
+        env: dict[str, str],
+        tls_ca: Path | None = None,
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         self.web_port = web_port
         self.log_path = log_path
+        self.tls_ca = tls_ca
+        self.auth = auth
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
             [KPIMON, "worker", "--web-port", str(web_port), *args],
@@ -33,12 +49,24 @@ class WorkerProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.web_port}"
+        scheme = "https" if self.tls_ca is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.web_port}"
 
-    def get(self, path: str, timeout: float = 5) -> tuple[int, bytes]:
-        """GET a path of the worker's web server: (status, body)."""
+    def get(
+        self, path: str, timeout: float = 5, auth: tuple[str, str] | bool | None = True
+    ) -> tuple[int, bytes]:
+        """GET a path of the worker's web server: (status, body).
+
+        `auth` True sends the worker's credentials (if any), False none, a (user, password) those.
+        """
+        credentials = self.auth if auth is True else (auth or None)
+        request = urllib.request.Request(self.url + path)  # noqa: S310 (loopback)
+        if credentials is not None:
+            token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        context = ssl.create_default_context(cafile=str(self.tls_ca)) if self.tls_ca is not None else None
         try:
-            with urllib.request.urlopen(self.url + path, timeout=timeout) as response:  # noqa: S310 (loopback)
+            with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
                 return response.status, response.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
@@ -86,9 +114,18 @@ class WorkerProcess:
 
 @contextmanager
 def running_worker(
-    bootstrap: str, prefix: str, web_port: int, tmp: Path, extra: list[str] | None = None
+    bootstrap: str,
+    prefix: str,
+    web_port: int,
+    tmp: Path,
+    extra: list[str] | None = None,
+    tls_ca: Path | None = None,
+    auth: tuple[str, str] | None = None,
 ) -> Iterator[WorkerProcess]:
-    """A ready worker on topics prefixed `prefix`, app id `prefix`app; stopped on exit."""
+    """A ready worker on topics prefixed `prefix`, app id `prefix`app; stopped on exit.
+
+    `tls_ca` and `auth` say how to reach its web endpoints when `extra` turns on web TLS or basic auth.
+    """
     tmp.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("KPIMON_")}
     args = [
@@ -102,7 +139,7 @@ def running_worker(
         str(tmp / "state"),
         *(extra or []),
     ]
-    worker = WorkerProcess(args, web_port, tmp / f"worker-{web_port}.log", env)
+    worker = WorkerProcess(args, web_port, tmp / f"worker-{web_port}.log", env, tls_ca, auth)
     try:
         worker.wait_ready()
         yield worker

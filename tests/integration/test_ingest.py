@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from agents.topics import TopicSpec, ensure_topics
 from tests.helpers import free_port, wait_until
+from tests.security import Access
 from tests.workers import running_worker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -114,8 +116,13 @@ def invalid_messages(now_ms: int) -> list[tuple[str, bytes | None, bytes, str]]:
     return out
 
 
-async def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+async def produce(
+    bootstrap: str,
+    topic: str,
+    messages: list[tuple[bytes | None, bytes]],
+    options: Mapping[str, Any] | None = None,
+) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **(options or {}))
     await producer.start()
     try:
         futures = [await producer.send(topic, value=v, key=k) for k, v in messages]
@@ -124,9 +131,18 @@ async def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None,
         await producer.stop()
 
 
-async def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 60) -> list[Any]:
+async def read_all(
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    timeout: float = 60,
+    options: Mapping[str, Any] | None = None,
+) -> list[Any]:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **(options or {}),
     )
     await consumer.start()
     try:
@@ -152,26 +168,34 @@ async def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 6
 
 
 async def test_worker_counts_valid_and_dead_letters_invalid(
-    kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
+    kafka_access: Access, unique_prefix: str, tmp_path: Path
 ) -> None:
+    """Over PLAINTEXT, SASL_SSL (SCRAM-SHA-512) and mutual TLS alike: the test's clients and the worker
+    connect as `kafka_access` says."""
+    kafka_bootstrap, options = kafka_access.bootstrap, kafka_access.options
     now_ms = int(time.time() * 1000)
     clicks_topic, surveys_topic, dlq = (
         f"{unique_prefix}{n}" for n in ("clicks", "surveys", "kpimon-dead-letters")
     )
-    await ensure_topics(kafka_bootstrap, [TopicSpec(clicks_topic, 4), TopicSpec(surveys_topic, 4)])
+    await ensure_topics(
+        kafka_bootstrap, [TopicSpec(clicks_topic, 4), TopicSpec(surveys_topic, 4)], options=options
+    )
     bad = invalid_messages(now_ms)
     await produce(
         kafka_bootstrap,
         clicks_topic,
         [*valid_clicks(now_ms), *[(k, v) for t, k, v, _ in bad if t == "clicks"]],
+        options,
     )
     await produce(
         kafka_bootstrap,
         surveys_topic,
         [*valid_surveys(now_ms), *[(k, v) for t, k, v, _ in bad if t == "surveys"]],
+        options,
     )
 
-    with running_worker(kafka_bootstrap, unique_prefix, free_port(), tmp_path) as worker:
+    flags = list(kafka_access.flags)
+    with running_worker(kafka_bootstrap, unique_prefix, free_port(), tmp_path, flags) as worker:
 
         def count(outcome: str) -> float:
             samples = worker.samples()
@@ -199,7 +223,7 @@ async def test_worker_counts_valid_and_dead_letters_invalid(
         expected = Counter((clicks_topic if t == "clicks" else surveys_topic, r) for t, _, _, r in bad)
         assert by_reason == expected
 
-        records = await read_all(kafka_bootstrap, dlq, 150)
+        records = await read_all(kafka_bootstrap, dlq, 150, options=options)
         assert len(records) == 150
         expected_by_value = {v: (t, k, r) for t, k, v, r in bad}
         assert len(expected_by_value) == 150

@@ -16,6 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from agents.localkafka import (
     KafkaLauncherError,
     LocalKafka,
+    SecureListeners,
     kafka_version,
     new_cluster_id,
     parse_java_version,
@@ -75,6 +76,34 @@ def test_cluster_ids_are_kafka_uuids() -> None:
         cluster_id = new_cluster_id()
         assert len(cluster_id) == 22 and not cluster_id.startswith("-")
         assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
+
+
+def test_secure_listeners_are_added_next_to_the_unchanged_plaintext_one(tmp_path: Path) -> None:
+    plain = LocalKafka(port=9092, home=tmp_path / "a")._server_properties(9093)
+    assert plain["listeners"] == "PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"
+    assert plain["advertised.listeners"] == "PLAINTEXT://127.0.0.1:9092"
+    assert not any(key.startswith(("ssl.", "sasl.", "listener.name.")) for key in plain)
+    secure = SecureListeners(9094, 9095, tmp_path / "keystore.pem", tmp_path / "ca.pem", {"u": "p-1"})
+    broker = LocalKafka(port=9092, home=tmp_path / "b", secure=secure)
+    props = broker._server_properties(9093)
+    assert props["listeners"].endswith(",SASL_SSL://127.0.0.1:9094,SSL://127.0.0.1:9095")
+    assert props["advertised.listeners"].startswith("PLAINTEXT://127.0.0.1:9092,")
+    assert props["inter.broker.listener.name"] == "PLAINTEXT"
+    assert props["listener.name.ssl.ssl.client.auth"] == "required"
+    assert props["ssl.keystore.type"] == props["ssl.truststore.type"] == "PEM"
+    assert (broker.sasl_ssl_bootstrap, broker.ssl_bootstrap) == ("127.0.0.1:9094", "127.0.0.1:9095")
+    assert secure.scram_arguments() == ["--add-scram", "SCRAM-SHA-512=[name=u,password=p-1]"]
+    with pytest.raises(KafkaLauncherError, match="no secure listeners"):
+        _ = LocalKafka(port=9092, home=tmp_path / "c").sasl_ssl_bootstrap
+
+
+@pytest.mark.parametrize(("name", "password"), [("u", "a,b"), ("u", "a]"), ("u", "a b"), ("u v", "p")])
+def test_scram_users_the_storage_tool_cannot_parse_are_refused(
+    name: str, password: str, tmp_path: Path
+) -> None:
+    secure = SecureListeners(1, 2, tmp_path, tmp_path, {name: password})
+    with pytest.raises(KafkaLauncherError, match="SCRAM user"):
+        secure.scram_arguments()
 
 
 # --- clear errors --------------------------------------------------------------------------------

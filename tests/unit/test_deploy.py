@@ -10,10 +10,12 @@ other targets and pass `promtool check config` (Debian's prometheus package; mis
 from __future__ import annotations
 
 import base64
+import functools
 import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 import tomllib
 from dataclasses import fields, replace
 from pathlib import Path
@@ -22,7 +24,9 @@ from typing import Any
 import pytest
 import yaml
 
+from agents.kafka_security import aiokafka_options
 from agents.settings import Settings
+from agents.web import basic_auth, web_ssl_context
 from agents.worker import worker as worker_command
 from monitoring.accelerated import accelerated, prometheus_files
 from monitoring.config import DEFAULT, MonitoringConfig
@@ -73,9 +77,15 @@ def check_prometheus_config(promtool: str, text: str, tmp: Path) -> None:
     assert "2 rule files found" in output, output
 
 
-def check_kpimon_environment(env: dict[str, Any], where: str) -> Settings:
-    """Every KPIMON_* name is a setting, and the values pass Settings' own checks; the settings."""
-    strings = {name: str(value) for name, value in env.items()}
+def check_kpimon_environment(
+    env: dict[str, Any], where: str, secrets: dict[str, Path] | None = None
+) -> Settings:
+    """Every KPIMON_* name is a setting, and the values pass Settings' own checks; the settings.
+
+    `secrets` maps the container paths of mounted secrets to files made like them here, so the checks of
+    Settings (secret files must be readable) run on real files.
+    """
+    strings = {name: str((secrets or {}).get(str(value), value)) for name, value in env.items()}
     unknown = {
         name
         for name in strings
@@ -228,8 +238,46 @@ def bind_source(source: str) -> Path | None:
     return None
 
 
+SECRETS_DIR = "/run/secrets/"
+
+
+@functools.cache
+def made_secrets() -> Path:
+    """deploy/make-secrets.sh run once into a temporary directory (openssl; about a second)."""
+    directory = Path(tempfile.mkdtemp(prefix="kpimon-secrets-"))
+    result = subprocess.run(
+        [str(DEPLOY / "make-secrets.sh"), str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return directory
+
+
+def service_secrets(service: dict[str, Any], name: str) -> dict[str, Path]:
+    """/run/secrets/<secret> of the secrets a compose service mounts -> the file make-secrets.sh makes."""
+    declared = COMPOSE_DOC.get("secrets") or {}
+    out: dict[str, Path] = {}
+    for secret in service.get("secrets", []):
+        assert secret in declared, f"{name}: secret {secret} is not declared"
+        source = (DEPLOY / declared[secret]["file"]).resolve()
+        assert source.parent == DEPLOY / "secrets", f"{secret}: make-secrets.sh writes to deploy/secrets/"
+        made = made_secrets() / source.name
+        assert made.is_file(), f"{secret}: deploy/make-secrets.sh does not make {source.name}"
+        out[SECRETS_DIR + secret] = made
+    return out
+
+
 def worker_settings(service: dict[str, Any], name: str) -> Settings:
-    return check_kpimon_environment(service["environment"], f"compose service {name}")
+    where = f"compose service {name}"
+    env = service["environment"]
+    secrets = service_secrets(service, name)
+    for value in env.values():
+        if str(value).startswith(SECRETS_DIR):
+            assert str(value) in secrets, f"{where}: reads {value}, which it does not mount"
+    return check_kpimon_environment(env, where, secrets)
 
 
 def compose_config(name: str) -> str:
@@ -266,7 +314,7 @@ def test_compose_kpimon_environment_names_are_settings() -> None:
     for name, service in SERVICES.items():
         env = service.get("environment") or {}
         if any(key.startswith("KPIMON_") for key in env):
-            check_kpimon_environment(env, f"compose service {name}")
+            worker_settings(service, name)
 
 
 def test_compose_workers_listen_where_prometheus_scrapes_them() -> None:
@@ -315,16 +363,33 @@ def test_compose_workers_reach_the_kraft_broker() -> None:
     pom = (DEPLOY / "kafka" / "pom.xml").read_text()
     version = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom)
     assert version and SERVICES["kafka"]["image"] == f"apache/kafka:{version[1]}"
+    protocols = dict(pair.split(":") for pair in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    by_address = {listener.split("://")[1]: listener.split("://")[0] for listener in advertised}
     for name, service in WORKERS.items():
-        broker = worker_settings(service, name).broker
-        assert f"PLAINTEXT://{broker}" in advertised, f"{name}: {broker} is not an advertised listener"
-        assert service["depends_on"]["kafka"]["condition"] == "service_healthy"
+        settings = worker_settings(service, name)
+        listener = by_address.get(settings.broker)
+        assert listener is not None, f"{name}: {settings.broker} is not an advertised listener"
+        assert protocols[listener] == settings.security_protocol, (
+            f"{name}: {listener} speaks {protocols[listener]}"
+        )
+        assert service["depends_on"]["kafka-setup"]["condition"] == "service_completed_successfully"
 
 
 def test_compose_prometheus_config_is_the_generated_one_for_the_workers(
     promtool: str, tmp_path: Path
 ) -> None:
     document = yaml.safe_load(compose_config("prometheus"))
+    (job,) = document["scrape_configs"]
+    # The generated config scrapes plain HTTP; the workers here want HTTPS and basic auth.
+    security = {key: job.pop(key) for key in ("scheme", "basic_auth", "tls_config") if key in job}
+    for name, service in WORKERS.items():
+        settings = worker_settings(service, name)
+        assert security["scheme"] == ("https" if settings.web_tls_cert_file else "http"), name
+        assert security["basic_auth"]["username"] == settings.web_auth_user, name
+        prometheus_secrets = service_secrets(SERVICES["prometheus"], "prometheus")
+        password = prometheus_secrets[security["basic_auth"]["password_file"]]
+        assert password.read_text() == Path(settings.web_auth_password_file).read_text()
+        assert security["tls_config"]["ca_file"] in prometheus_secrets
     alerting = document.pop("alerting")
     targets = tuple(f"{name}:{worker_settings(s, name).web_port}" for name, s in WORKERS.items())
     assert document == prometheus_config(replace(DEFAULT, worker_targets=targets))
@@ -528,3 +593,46 @@ def test_accelerated_config_changes_only_for_durations_and_intervals() -> None:
     assert [r["alert"] for r in fast_rules if "for" not in r] == [
         r["alert"] for r in default_rules if "for" not in r
     ]
+
+
+# --- deploy/compose.yaml: security (docs/security.md) ------------------------------------------------------
+
+
+def test_compose_clients_reach_kafka_only_over_sasl_ssl_with_secrets_from_files() -> None:
+    kafka = SERVICES["kafka"]["environment"]
+    protocols = dict(pair.split(":") for pair in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    for listener in kafka["KAFKA_LISTENERS"].split(","):
+        name, address = listener.split("://")
+        if protocols[name] == "PLAINTEXT" and name != "CONTROLLER":
+            assert address.startswith("localhost:"), f"{listener}: a plain listener must stay on loopback"
+    assert "SASL_SSL" in protocols.values()
+    assert kafka["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    assert "SSL://" not in kafka["KAFKA_ADVERTISED_LISTENERS"], (
+        "the image's start script then wants JKS files"
+    )
+    kafka_secrets = service_secrets(SERVICES["kafka"], "kafka")
+    assert {kafka["KAFKA_SSL_KEYSTORE_LOCATION"], kafka["KAFKA_SSL_TRUSTSTORE_LOCATION"]} <= set(
+        kafka_secrets
+    )
+    jaas = compose_config("kafka-jaas")
+    assert "ScramLoginModule" in jaas and kafka["KAFKA_OPTS"].endswith(
+        next(c["target"] for c in SERVICES["kafka"]["configs"] if c["source"] == "kafka-jaas")
+    )
+    setup = " ".join(SERVICES["kafka-setup"]["command"])
+    for name, service in SERVICES.items():
+        env = service.get("environment") or {}
+        if "KPIMON_BROKER" not in env:
+            continue
+        settings = worker_settings(service, name)
+        assert settings.security_protocol == "SASL_SSL", name
+        assert f"--entity-name {settings.sasl_username}" in setup, f"{name}: kafka-setup creates another user"
+        assert f"{settings.sasl_mechanism}=[password=" in setup
+        assert aiokafka_options(settings)["sasl_plain_password"], name  # the made secret is read
+
+
+def test_compose_workers_serve_https_with_basic_auth_and_redact_dead_letters() -> None:
+    for name, service in WORKERS.items():
+        settings = worker_settings(service, name)
+        assert web_ssl_context(settings) is not None, name  # the made certificate and key load
+        assert basic_auth(settings) is not None, name
+        assert settings.dead_letter_redact, name

@@ -20,11 +20,11 @@ from agents.kpi_metrics import KPI_METRICS, KpiCollector
 from agents.metrics import PipelineMetrics
 from monitoring import grafana
 from monitoring.config import DEFAULT, MonitoringConfig, PipelineAlerts
-from monitoring.dashboards import PanelQuery, dashboards, panel_queries, variable_queries
+from monitoring.dashboards import PanelQuery, bands, dashboards, panel_queries, variable_queries
 from monitoring.generate import GENERATED_DIRS, PROMETHEUS_DIR, RULES_DIR, generated_files
 from monitoring.promql import metric_names, substitute_variables
 from monitoring.render import to_yaml
-from monitoring.rules import KPI_GAUGES, RecordingRule, alert_groups, alerts, recording_rules
+from monitoring.rules import KPI_GAUGES, RecordingRule, alert_groups, alerts, kpi, recording_rules
 from scripts.generate import ROOT
 
 TESTS_DIR = ROOT / PROMETHEUS_DIR / "tests"
@@ -324,6 +324,73 @@ def test_satisfaction_dashboard_draws_targets_and_the_nps_split() -> None:
     assert any('kpi="nps"' in e for e in exprs) and any('kpi="csat"' in e for e in exprs)
     assert any('bucket=~"promoters|passives|detractors"' in e for e in exprs)
     assert any('dimension="stage"' in e for e in exprs)
+
+
+# --- interval bands ---------------------------------------------------------------------------------------
+
+#: Every KPI with an interval (KPIS.md, "Uncertainty"); each must be drawn with its band.
+INTERVAL_KPIS = {"nps", "csat", "churn_rate", "nps_response_rate", "csat_response_rate"}
+
+
+def matchers(expr: str) -> set[tuple[str, str, str]]:
+    """(label, operator, value) of the one selector of a plain `metric{...}` expression."""
+    assert re.fullmatch(r"[\w:]+\{[^{}]*\}", expr), expr
+    return set(re.findall(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"', expr))
+
+
+def properties(panel: dict[str, Any], name: str) -> dict[str, Any]:
+    """The override properties (id -> value) of the series named `name` (matched by name)."""
+    found = [
+        o for o in panel["fieldConfig"]["overrides"] if o["matcher"] == {"id": "byName", "options": name}
+    ]
+    assert len(found) == 1, (panel["title"], name)
+    return {prop["id"]: prop["value"] for prop in found[0]["properties"]}
+
+
+def test_every_interval_kpi_is_drawn_with_its_band() -> None:
+    drawn = bands(DEFAULT)
+    kpis = [dict((m[0], m[2]) for m in matchers(band.targets[band.high]))["kpi"] for band in drawn]
+    assert set(kpis) == INTERVAL_KPIS
+    assert len({(band.dashboard, band.high) for band in drawn}) == len(drawn)  # churn: one per window
+
+
+def test_each_band_fills_from_its_upper_to_its_lower_bound_of_the_same_series() -> None:
+    """fillBelowTo names a series by display name: both names must be literal legends of the panel's
+    queries, each query one series (the panel repeats per segment; every other label is single-valued),
+    and the bounds must be the interval of the KPI line they surround."""
+    for band in bands(DEFAULT):
+        panel, where = band.panel, band.panel["title"]
+        targets = panel["targets"]
+        assert isinstance(targets, list)
+        legends = [t["legendFormat"] for t in targets]
+        assert len(set(legends)) == len(legends), where
+        assert [t["refId"] for t in targets] == [chr(ord("A") + i) for i in range(len(targets))], where
+        assert band.high in band.targets and band.low in band.targets, where
+        assert "{{" not in band.high + band.low, where
+        assert panel["repeat"] == "segment" and panel["repeatDirection"] == "h", where
+
+        high, low = band.targets[band.high], band.targets[band.low]
+        line_name = band.high.removesuffix(" 95 % high")
+        assert band.low == f"{line_name} 95 % low" and line_name in band.targets, where
+        line = band.targets[line_name]
+        assert high.startswith(kpi("kpimon_kpi_ci_high") + "{"), where
+        assert low == high.replace("kpimon_kpi_ci_high", "kpimon_kpi_ci_low"), where
+        bound = matchers(high)
+        assert ("segment", "=~", "$segment") in bound and ("dimension", "=", "$dimension") in bound
+        assert ("day", "=", "current") in bound
+        # Every other label fixed, or a single-valued variable ($dimension, $window), never a regex.
+        assert all(op == "=" for label, op, _ in bound if label != "segment"), where
+        assert {label for label, _, _ in bound} == {"kpi", "window", "day", "dimension", "segment"}, where
+        # The line: the same segment, window and day; its own labels (survey) single-valued too.
+        shared = {m for m in bound if m[0] != "kpi"}
+        assert shared <= matchers(line), where
+        assert all(op == "=" for label, op, _ in matchers(line) - shared), where
+
+        upper, lower = properties(panel, band.high), properties(panel, band.low)
+        assert upper["custom.fillBelowTo"] == band.low and upper["custom.fillOpacity"] > 0
+        assert upper["custom.lineWidth"] == 0 and lower["custom.lineWidth"] == 0
+        assert "custom.fillBelowTo" not in lower
+        assert upper["color"] == lower["color"] == properties(panel, line_name)["color"], where
 
 
 # --- drift ------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from simulator.model import (
     EXPECTED_PLAN_SHARES,
     EXPECTED_PLATFORM_SHARES,
     NPS_DROP_DAYS,
+    NPS_NOISE_ANSWERS,
     SURVEY_KINDS,
     BatchConfig,
     InvalidKind,
@@ -194,6 +195,7 @@ def test_scenario_segments() -> None:
     assert Scenario.parse("churn-wave:team") == Scenario("churn-wave", "plan", "team")
     assert Scenario.parse("churn-wave:plan=pro") == Scenario("churn-wave", "plan", "pro")
     assert str(Scenario.parse("nps-drop:platform=web")) == "nps-drop:platform=web"
+    assert Scenario.parse("nps-noise:ios") == Scenario("nps-noise", "platform", "ios")
     with pytest.raises(ValueError, match="unknown scenario segment"):
         Scenario.parse("nps-drop:platform=team")
 
@@ -523,6 +525,44 @@ def test_nps_drop_drops_the_segment_nps_in_the_last_week_and_changes_nothing_els
     assert others[0] == others[1]
 
 
+def test_nps_noise_gives_a_drop_as_large_on_a_handful_of_answers(small: list[Line]) -> None:
+    """nps-noise: exactly NPS_NOISE_ANSWERS answers of the segment in the last 7 days, each dropped as by
+    nps-drop; the segment's other prompts are dismissed; nothing else changes."""
+    noisy = run(replace(SMALL, scenarios=(Scenario.parse("nps-noise:ios"),)))
+    drop_from = END_DAY - NPS_DROP_DAYS + 1
+
+    def ios_nps(lines: list[Line]) -> dict[str, tuple[str, int | None]]:
+        out: dict[str, tuple[str, int | None]] = {}  # event_id -> (action, score); duplicates agree
+        for a in accepted(lines, "surveys"):
+            e = a.event
+            assert isinstance(e, SurveyEvent)
+            if e.survey == "nps" and e.platform == "ios" and a.day >= drop_from and e.action != "shown":
+                out[e.event_id] = (e.action, e.score)
+        return out
+
+    before, after = ios_nps(small), ios_nps(noisy)
+    assert before.keys() == after.keys()  # the same prompts, answered or dismissed
+    answered = {k: v[1] for k, v in after.items() if v[0] == "answered"}
+    assert len(answered) == NPS_NOISE_ANSWERS
+    assert sum(v[0] == "answered" for v in before.values()) >= 3 * NPS_NOISE_ANSWERS  # really thinned
+    pairs = [(before[k][1], score) for k, score in answered.items()]
+    assert all(b is not None and s is not None and s <= b for b, s in pairs)
+    assert (
+        _nps([s for _, s in pairs if s is not None])
+        < _nps([s for a, s in before.values() if a == "answered" and s is not None]) - 40
+    )
+    # Clicks are identical, and so is every survey line outside ios or before the period.
+    assert [ln.value for ln in small if ln.topic == "clicks"] == [
+        ln.value for ln in noisy if ln.topic == "clicks"
+    ]
+    assert by_event_day(small, drop_from) == by_event_day(noisy, drop_from)
+    others = [
+        [ln.value for ln in lines if ln.topic == "surveys" and ln.out.draft.platform != "ios"]
+        for lines in (small, noisy)
+    ]
+    assert others[0] == others[1]
+
+
 def _nps(scores: list[int]) -> float:
     return 100 * (sum(s >= 9 for s in scores) - sum(s <= 6 for s in scores)) / len(scores)
 
@@ -586,3 +626,24 @@ def test_live_traffic_is_current_at_the_rate_and_starts_the_scenario_on_time() -
     share_before = clicks_by_minute[1]["android"] / sum(clicks_by_minute[1].values())
     share_after = clicks_by_minute[8]["android"] / sum(clicks_by_minute[8].values())
     assert share_before > 0.2 and share_after < 0.5 * share_before, (share_before, share_after)
+
+
+def test_live_nps_noise_gives_its_segment_a_handful_of_answers() -> None:
+    """Live, scenario from the start: ios gives NPS_NOISE_ANSWERS answers in all; without it, many more."""
+
+    def ios_answers(scenarios: list[Scenario]) -> int:
+        model = LiveModel(300, 2, NOW_MS, rate=200, scenarios=scenarios, scenario_after_s=0)
+        count = 0
+        for tick in range(1, 1201):  # 2 minutes, a tick every 100 ms
+            for out in model.step(NOW_MS + tick * 100, 20):
+                d = out.draft
+                count += (
+                    out.role == "event"
+                    and d.survey == "nps"
+                    and d.action == "answered"
+                    and d.platform == "ios"
+                )
+        return count
+
+    assert ios_answers([]) >= 3 * NPS_NOISE_ANSWERS
+    assert ios_answers([Scenario.parse("nps-noise:ios")]) == NPS_NOISE_ANSWERS
