@@ -16,10 +16,12 @@ def table(app: faust.App, name: str, partitions: int, value_serializer: str) -> 
     """A changelogged table with bytes keys and the given value codec.
 
     Faust derives a table's serializers from its key/value *types* (json for anything but a Faust
-    model) and ignores a schema's; the changelog topic is created lazily, so setting them right after
-    creation is in time.
+    model) and ignores a schema's. Writes to the changelog use the table's serializers, but restoring
+    reads through the changelog topic, which the constructor already built with json: rebuilt here with
+    the same serializers, or a restart could not decode its own changelog and would start empty.
     """
     created: Any = app.Table(name, partitions=partitions)
     created.key_serializer = "raw"
     created.value_serializer = value_serializer
+    created.changelog_topic = created._new_changelog_topic()
     return created
