@@ -181,6 +181,7 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_rebalance_timeout=60,
+        broker_session_timeout=settings.session_timeout,
     )
     kpimon = Kpimon(
         settings=settings,

@@ -49,6 +49,8 @@ class Settings:
     targets_file: str = ""
     #: Seconds between flushes of changed counters to kpimon-partials and of changed KPIs to kpimon-kpis.
     flush_interval: float = 1.0
+    #: Seconds without a heartbeat after which Kafka gives a (crashed) worker's partitions to the others.
+    session_timeout: float = 60.0
     log_level: str = "info"
 
     @classmethod
@@ -77,6 +79,9 @@ class Settings:
             raise ValueError(f"max_segment_values must be >= 1, got {self.max_segment_values}")
         if self.flush_interval <= 0:
             raise ValueError(f"flush_interval must be > 0, got {self.flush_interval}")
+        if not 6 <= self.session_timeout <= 300:
+            # Kafka's default group.min/max.session.timeout.ms bounds.
+            raise ValueError(f"session_timeout must be in 6..300 seconds, got {self.session_timeout}")
         if ":" not in self.broker:
             raise ValueError(f"broker must be HOST:PORT, got {self.broker!r}")
 

@@ -90,6 +90,13 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     help="Seconds between flushes of changed counters and KPIs.  [default: 1.0]",
 )
 @click.option(
+    "--session-timeout",
+    type=float,
+    envvar="KPIMON_SESSION_TIMEOUT",
+    help="Seconds without a heartbeat before a crashed worker's partitions move to the others."
+    "  [default: 60]",
+)
+@click.option(
     "--passive-types",
     envvar="KPIMON_PASSIVE_TYPES",
     help="Comma-separated click types that do not make a user active.  [default: none]",
