@@ -6,6 +6,14 @@ from typing import Any
 
 import faust
 
+#: The changelogged tables agents.ingest and agents.aggregate_agent register (tests check they agree).
+TABLE_NAMES = ("user-state", "aggregates")
+
+
+def changelog_topic_name(app_id: str, table_name: str) -> str:
+    """The changelog topic Faust uses for a table of app `app_id`."""
+    return f"{app_id}-{table_name}-changelog"
+
 
 def raw_topic(app: faust.App, *names: str) -> Any:
     """A topic (or several read as one) whose keys and values are bytes, decoded by kpimon itself."""

@@ -8,6 +8,8 @@ import pytest
 
 from agents.app import create_app
 from agents.settings import Settings
+from agents.tables import TABLE_NAMES, changelog_topic_name
+from agents.worker import topic_specs
 from streams.userstate import UserState
 
 
@@ -32,3 +34,16 @@ def test_a_user_state_survives_the_changelog_round_trip(tmp_path: Path) -> None:
     assert restored.to_bytes() == state.to_bytes()
     key = serializers.dumps_key(None, b"user-1", serializer=users.key_serializer)
     assert serializers.loads_key(None, key, serializer=users.changelog_topic.key_serializer) == b"user-1"
+
+
+def test_the_worker_creates_every_changelog_topic_beforehand(tmp_path: Path) -> None:
+    settings = Settings(app_id="t-tables", data_dir=tmp_path, partitions=6)
+    kpimon = create_app(settings)
+    specs = {spec.name: spec for spec in topic_specs(settings)}
+    for table in kpimon.app.tables.values():
+        spec = specs[table.changelog_topic_name]
+        assert spec.partitions == 6
+        assert spec.config == {"cleanup.policy": "compact"}
+    assert {changelog_topic_name("t-tables", name) for name in TABLE_NAMES} == {
+        t.changelog_topic_name for t in kpimon.app.tables.values()
+    }
