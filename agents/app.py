@@ -93,10 +93,21 @@ class Kpimon:
         return int(value) if value is not None else None
 
     def rebuild_counters(self) -> None:
-        """After table recovery: drop counters of lost partitions, rebuild those of new ones from state."""
+        """After table recovery: drop counters of lost partitions, rebuild those of new ones from state.
+
+        The partials of the partitions this worker keeps are sent again as well. An aggregate group that
+        moved to another worker is restored there from the aggregates changelog, which can lack the
+        previous owner's last merges: Faust commits the partials' offsets before its producer has
+        flushed those changelog writes, so they may land after the new owner's restore, and the
+        partials are not read again. A source partition that did not move would then never correct the
+        group's stale entry (found by the scaling reliability test). Partials are absolute and newer by
+        generation, so sending them again is harmless.
+        """
         owned = self.owned(self.settings.clicks)
         engine = self.engine
         engine.forget([p for p in engine.partitions if p not in owned])
+        for counters in engine.partitions.values():
+            counters.mark_all_dirty()
         missing = owned - set(engine.partitions)
         if not missing:
             return
@@ -109,9 +120,12 @@ class Kpimon:
         for partition in sorted(missing):
             engine.rebuild(partition, by_partition[partition], now_ms)
 
-    async def flush_partials(self) -> None:
-        """Send the changed counters of owned partitions, and their current days, to kpimon-partials."""
-        if not self.flush_pacer.due():
+    async def flush_partials(self, final: bool = False) -> None:
+        """Send the changed counters of owned partitions, and their current days, to kpimon-partials.
+
+        `final`: the last flush while the worker stops (not paced; the producer still runs).
+        """
+        if not final and not self.flush_pacer.due():
             return
         started = self.flush_pacer.now()
         settings, app, topic = self.settings, self.app, self.partials_topic
@@ -120,6 +134,8 @@ class Kpimon:
         # Faust's aiokafka driver records the group generation of the current assignment.
         generation = int(getattr(app, "consumer_generation_id", 0) or 0)
         for partial in self.engine.take_partials(now_ms, generation):
+            if app.should_stop and not final:
+                return  # stopping: the final flush sends the rest; the producer may be gone after it
             await topic.send(
                 key=partials.partial_key(partial.group, partial.source),
                 value=partials.encode(partial),
@@ -135,7 +151,7 @@ class Kpimon:
                 )
         self.flush_pacer.ran(started)
         if count:
-            log.debug("flushed %d partials", count)
+            log.log(logging.INFO if final else logging.DEBUG, "flushed %d partials", count)
 
     async def publish(self) -> None:
         """Send the changed global KPIs of owned groups to kpimon-kpis."""
@@ -145,6 +161,11 @@ class Kpimon:
         owned = self.owned(self.settings.partials)
         sent = 0
         for record in self.aggregator.take_publishable(self.aggregates, owned):
+            if self.app.should_stop:
+                # Stopping: this worker is leaving the group and may no longer own the group; the next
+                # owner re-publishes everything it takes over. Sending on would also race the producer's
+                # shutdown (a send after it stopped crashes the app, and the worker exits non-zero).
+                return
             await self.kpis_topic.send(key=record.key.encode(), value=output.encode(record))
             sent += 1
         if self.last_snapshot is not None and owned:
@@ -193,6 +214,7 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         broker_rebalance_timeout=60,
+        broker_session_timeout=settings.session_timeout,
     )
     kpimon = Kpimon(
         settings=settings,
@@ -219,4 +241,16 @@ def create_app(
         kpimon.started = True
 
     app.task(_mark_started)  # Faust runs tasks once the worker has started
+
+    async def _final_flush(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # Sent by Faust on stop after the consumer stopped (offsets committed) and before the producer
+        # is flushed: the counters are final, so their partials go out now rather than never. Not needed
+        # for correctness (the next owner rebuilds the counters from the user states), but it keeps
+        # kpimon-partials current when the last worker stops.
+        try:
+            await kpimon.flush_partials(final=True)
+        except Exception:  # a failed last flush must not turn a clean stop into a crash
+            log.exception("final flush of partials failed")
+
+    app.on_before_shutdown.connect(_final_flush)
     return kpimon

@@ -60,6 +60,8 @@ class Settings:
     batch_max_messages: int = 10_000
     #: Seconds between commits of the processed source offsets (after flushing what they produced).
     commit_interval: float = 2.0
+    #: Seconds without a heartbeat after which Kafka gives a (crashed) worker's partitions to the others.
+    session_timeout: float = 60.0
     log_level: str = "info"
     #: TOML file of settings (`name = value`, names as below); flags and environment win over it.
     config_file: str = ""
@@ -127,6 +129,9 @@ class Settings:
             raise ValueError(f"batch_max_messages must be >= 1, got {self.batch_max_messages}")
         if self.commit_interval <= 0:
             raise ValueError(f"commit_interval must be > 0, got {self.commit_interval}")
+        if not 6 <= self.session_timeout <= 300:
+            # Kafka's default group.min/max.session.timeout.ms bounds.
+            raise ValueError(f"session_timeout must be in 6..300 seconds, got {self.session_timeout}")
         if ":" not in self.broker:
             raise ValueError(f"broker must be HOST:PORT, got {self.broker!r}")
 

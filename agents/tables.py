@@ -6,6 +6,14 @@ from typing import Any
 
 import faust
 
+#: The changelogged tables agents.ingest and agents.aggregate_agent register (tests check they agree).
+TABLE_NAMES = ("user-state", "aggregates")
+
+
+def changelog_topic_name(app_id: str, table_name: str) -> str:
+    """The changelog topic Faust uses for a table of app `app_id`."""
+    return f"{app_id}-{table_name}-changelog"
+
 
 def raw_topic(app: faust.App, *names: str) -> Any:
     """A topic (or several read as one) whose keys and values are bytes, decoded by kpimon itself."""
@@ -16,10 +24,12 @@ def table(app: faust.App, name: str, partitions: int, value_serializer: str) -> 
     """A changelogged table with bytes keys and the given value codec.
 
     Faust derives a table's serializers from its key/value *types* (json for anything but a Faust
-    model) and ignores a schema's; the changelog topic is created lazily, so setting them right after
-    creation is in time.
+    model) and ignores a schema's. Writes to the changelog use the table's serializers, but restoring
+    reads through the changelog topic, which the constructor already built with json: rebuilt here with
+    the same serializers, or a restart could not decode its own changelog and would start empty.
     """
     created: Any = app.Table(name, partitions=partitions)
     created.key_serializer = "raw"
     created.value_serializer = value_serializer
+    created.changelog_topic = created._new_changelog_topic()
     return created

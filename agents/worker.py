@@ -13,6 +13,7 @@ from agents.kafka_access import KafkaAccessError, check_access
 from agents.kafka_options import kafka_options
 from agents.kafka_security import aiokafka_options
 from agents.settings import Settings
+from agents.tables import TABLE_NAMES, changelog_topic_name
 from agents.topics import TopicSpec, ensure_topics
 from streams.targets import Targets, TargetsError, load_targets
 
@@ -20,13 +21,22 @@ log = logging.getLogger("kpimon.worker")
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """The topics a worker needs before it starts (Faust creates its own table changelogs).
+    """The topics a worker needs before it starts, the tables' changelogs included.
 
     The input topics, kpimon-rekeyed and kpimon-partials must have the same partition count: Faust assigns
     their partitions together (co-partitioning), which keeps a user's events and state on one worker.
+    Faust would create the changelogs itself, but only while the consumer joins the group: the join's
+    metadata can then list a changelog with 0 partitions, and Faust's check that a table's changelog has
+    as many partitions as its source topic fails on every event until the next rebalance (the agent
+    crashes and restarts each time).
     """
     compacted = {"cleanup.policy": "compact"}
+    changelogs = [
+        TopicSpec(changelog_topic_name(settings.app_id, name), settings.partitions, compacted)
+        for name in TABLE_NAMES
+    ]
     return [
+        *changelogs,
         TopicSpec(settings.clicks, settings.partitions),
         TopicSpec(settings.surveys, settings.partitions),
         TopicSpec(settings.rekeyed, settings.partitions),
@@ -111,6 +121,13 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     type=float,
     envvar="KPIMON_COMMIT_INTERVAL",
     help="Seconds between commits of processed input offsets.  [default: 2.0]",
+)
+@click.option(
+    "--session-timeout",
+    type=float,
+    envvar="KPIMON_SESSION_TIMEOUT",
+    help="Seconds without a heartbeat before a crashed worker's partitions move to the others."
+    "  [default: 60]",
 )
 @click.option(
     "--passive-types",

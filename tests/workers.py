@@ -112,22 +112,24 @@ class WorkerProcess:
         return self.proc.returncode
 
 
-@contextmanager
-def running_worker(
+def start_worker(
     bootstrap: str,
     prefix: str,
     web_port: int,
     tmp: Path,
     extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
     tls_ca: Path | None = None,
     auth: tuple[str, str] | None = None,
-) -> Iterator[WorkerProcess]:
-    """A ready worker on topics prefixed `prefix`, app id `prefix`app; stopped on exit.
+) -> WorkerProcess:
+    """Start a worker on topics prefixed `prefix`, app id `prefix`app, state in `tmp`/state; not waited for.
 
+    Two workers started with the same `tmp` share the state directory: a restart of the same worker.
+    `env` adds variables (settings without a flag) to the test's environment, whose KPIMON_* are dropped.
     `tls_ca` and `auth` say how to reach its web endpoints when `extra` turns on web TLS or basic auth.
     """
     tmp.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KPIMON_")}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("KPIMON_")}, **(env or {})}
     args = [
         "--broker",
         bootstrap,
@@ -139,7 +141,22 @@ def running_worker(
         str(tmp / "state"),
         *(extra or []),
     ]
-    worker = WorkerProcess(args, web_port, tmp / f"worker-{web_port}.log", env, tls_ca, auth)
+    return WorkerProcess(args, web_port, tmp / f"worker-{web_port}.log", env, tls_ca, auth)
+
+
+@contextmanager
+def running_worker(
+    bootstrap: str,
+    prefix: str,
+    web_port: int,
+    tmp: Path,
+    extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    tls_ca: Path | None = None,
+    auth: tuple[str, str] | None = None,
+) -> Iterator[WorkerProcess]:
+    """A ready worker (see `start_worker`); stopped on exit."""
+    worker = start_worker(bootstrap, prefix, web_port, tmp, extra, env, tls_ca, auth)
     try:
         worker.wait_ready()
         yield worker

@@ -6,15 +6,14 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from agents.topics import TopicSpec, ensure_topics
 from tests.helpers import free_port, wait_until
+from tests.kafka_io import produce, read_all
 from tests.security import Access
 from tests.workers import running_worker
 
@@ -114,57 +113,6 @@ def invalid_messages(now_ms: int) -> list[tuple[str, bytes | None, bytes, str]]:
             value = json.dumps({**survey, "ts": "2026-11-24 10:00"}).encode()
         out.append((kind, key, value, reason))
     return out
-
-
-async def produce(
-    bootstrap: str,
-    topic: str,
-    messages: list[tuple[bytes | None, bytes]],
-    options: Mapping[str, Any] | None = None,
-) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, **(options or {}))
-    await producer.start()
-    try:
-        futures = [await producer.send(topic, value=v, key=k) for k, v in messages]
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-
-
-async def read_all(
-    bootstrap: str,
-    topic: str,
-    expected: int,
-    timeout: float = 60,
-    options: Mapping[str, Any] | None = None,
-) -> list[Any]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        **(options or {}),
-    )
-    await consumer.start()
-    try:
-        partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = [TopicPartition(topic, p) for p in (consumer.partitions_for_topic(topic) or set())]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        records: list[Any] = []
-        deadline = time.monotonic() + timeout
-        while len(records) < expected and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=500)
-            for part in batch.values():
-                records.extend(part)
-        # Make sure nothing beyond the expected count arrives.
-        end = await consumer.end_offsets(partitions)
-        total = sum(end.values()) - sum((await consumer.beginning_offsets(partitions)).values())
-        assert total == len(records), f"topic holds {total} records, read {len(records)}"
-        return records
-    finally:
-        await consumer.stop()
 
 
 async def test_worker_counts_valid_and_dead_letters_invalid(

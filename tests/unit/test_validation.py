@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from streams.events import ClickEvent, SurveyEvent, day_of
-from streams.validation import Accepted, Policy, Reason, Rejected, validate
+from streams.validation import MAX_NESTING, Accepted, Policy, Reason, Rejected, validate
 
 NOW = 1_795_500_000_000  # 2026-11-24T...Z, a fixed wall clock
 DAY_MS = 86_400_000
@@ -161,6 +161,46 @@ def test_deep_nesting_never_raises(depth: int, accepted: bool) -> None:
     if not accepted:
         assert isinstance(verdict, Rejected)
         assert verdict.reason == Reason.INVALID_JSON
+
+
+def nested(depth: int, inner: bytes = b"1") -> bytes:
+    """A valid click whose `properties` nest `depth` levels (objects in lists); the message one more."""
+    head = b'{"event_id":"e","user_id":"u1","ts":%d,"type":"t","properties":' % (NOW - 1)
+    levels = depth
+    return (
+        head
+        + b'{"a":[' * (levels // 2)
+        + b'{"a":' * (levels % 2)
+        + inner
+        + b"}" * (levels % 2)
+        + b"]}" * (levels // 2)
+        + b"}"
+    )
+
+
+@pytest.mark.parametrize(("depth", "accepted"), [(MAX_NESTING - 1, True), (MAX_NESTING, False), (400, False)])
+def test_nesting_is_bounded_by_a_fixed_limit(depth: int, accepted: bool) -> None:
+    verdict = check("clicks", nested(depth))
+    assert isinstance(verdict, Accepted) is accepted, verdict
+    if not accepted:
+        assert verdict == Rejected(Reason.INVALID_JSON, f"nested deeper than {MAX_NESTING} levels")
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    assert isinstance(check("clicks", nested(3, json.dumps("[{" * 500).encode())), Accepted)
+
+
+def test_the_verdict_does_not_depend_on_the_callers_stack_depth() -> None:
+    """A worker validates deeper in the stack than a test: msgspec's recursion limit must not decide."""
+
+    def deep_in_the_stack(frames: int, value: bytes) -> Accepted | Rejected:
+        if frames:
+            return deep_in_the_stack(frames - 1, value)
+        return check("clicks", value)
+
+    for depth in (MAX_NESTING - 1, MAX_NESTING, MAX_NESTING + 50, 300, 450):
+        value = nested(depth)
+        assert deep_in_the_stack(700, value) == check("clicks", value), depth
 
 
 def test_lateness_bound_is_a_setting() -> None:

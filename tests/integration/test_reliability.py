@@ -1,0 +1,324 @@
+"""Reliability, against real Kafka and real `kpimon worker` processes (issue #8).
+
+In the spirit of Kafka Streams' exactly-once system tests: a simulated history is replayed while workers
+are killed, scaled, stopped, restarted without their local state, or while the broker restarts;
+afterwards `kpimon-kpis` must equal `kpimon reference` exactly: nothing lost, nothing counted twice. The
+tests are black-box (processes, topics, /metrics), so they hold whatever the worker's hot path looks like.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pytest
+
+from agents.localkafka import LocalKafka
+from tests.helpers import free_port
+from tests.pipeline import (
+    History,
+    Series,
+    check_gauges,
+    events_total,
+    kpi_series,
+    processed,
+    read_kpis,
+    replay,
+    replay_args,
+    simulate_history,
+    wait_for_equality,
+)
+from tests.workers import WorkerProcess, running_worker, start_worker
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(420)]
+
+# About 12,500 messages (invalid lines, duplicates and late events included): seconds of work for a worker.
+# A week only: after a restart the new owner re-publishes every record (about 3,000 here), and the next
+# publish waits nine times as long as that took (agents/pacing.py).
+USERS, DAYS, SEED = 1000, 7, 23
+LATENESS = DAYS + 10  # a backfill: the whole history is within the lateness bound
+PARTITIONS = 4
+#: A crashed worker's partitions move after 10 s instead of Faust's 60 s.
+SESSION_TIMEOUT = "10"
+#: Re-publishing every group after a restart, then the paced publish after it, on a busy 2-core machine.
+EQUALITY_TIMEOUT = 240
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> History:
+    """The simulated history and its reference, computed once for the module."""
+    return simulate_history(tmp_path_factory.mktemp("history"), USERS, DAYS, SEED, LATENESS)
+
+
+def options(partitions: int = PARTITIONS) -> list[str]:
+    """Worker flags: the backfill's lateness bound and a short session timeout."""
+    return [
+        *("--partitions", str(partitions), "--max-lateness-days", str(LATENESS)),
+        *("--session-timeout", SESSION_TIMEOUT),
+    ]
+
+
+def start_replay(
+    history: History, bootstrap: str, prefix: str, partitions: int = PARTITIONS
+) -> subprocess.Popen[bytes]:
+    """`kpimon replay` in the background, so workers can be disturbed while it runs."""
+    return subprocess.Popen(
+        replay_args(history, bootstrap, prefix, partitions),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def finish_replay(replayer: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    _, stderr = replayer.communicate(timeout=timeout)
+    assert replayer.returncode == 0, stderr.decode()[-3000:]
+
+
+def wait_for(
+    predicate: Callable[[], bool], timeout: float, message: str, workers: list[WorkerProcess]
+) -> None:
+    """Poll `predicate` until true; fail with a worker's log if it died, or when time runs out."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        for worker in workers:
+            assert worker.proc.poll() is None, f"worker died:\n{worker.log_tail()}"
+        assert time.monotonic() < deadline, f"{message} not true after {timeout} s"
+        time.sleep(0.2)
+
+
+def republished_since(bootstrap: str, prefix: str, tmp: Path, since: str) -> Callable[[], bool]:
+    """Whether every record of kpimon-kpis was published at or after `since` (an updated_at string)."""
+
+    def check() -> bool:
+        records = read_kpis(bootstrap, prefix, tmp)
+        return bool(records) and all((r.updated_at or "") >= since for r in records)
+
+    return check
+
+
+def probe(worker: WorkerProcess, path: str) -> int | None:
+    """The HTTP status of a worker's path, None while it does not answer."""
+    try:
+        return worker.get(path, timeout=2)[0]
+    except OSError:
+        return None
+
+
+def utc_now() -> str:
+    """Now in the format of a record's updated_at (comparable as a string)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - 1))
+
+
+# --- 1. kill -9 ------------------------------------------------------------------------------------------
+
+
+def test_a_worker_killed_mid_replay_loses_nothing_and_counts_nothing_twice(
+    kafka_bootstrap: str, unique_prefix: str, tmp_path: Path, history: History
+) -> None:
+    state = tmp_path / "worker"
+    with running_worker(kafka_bootstrap, unique_prefix, free_port(), state, options()) as first:
+        replayer = start_replay(history, kafka_bootstrap, unique_prefix)
+        third = history.messages / 3
+        wait_for(lambda: processed([first]) >= third, 120, "a third processed", [first])
+        # No chance to flush partials or commit offsets: the restart re-reads uncommitted input.
+        assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+    with running_worker(kafka_bootstrap, unique_prefix, free_port(), state, options()) as second:
+        finish_replay(replayer)
+        actual = wait_for_equality(
+            kafka_bootstrap, unique_prefix, tmp_path, history.expected, EQUALITY_TIMEOUT
+        )
+        check_gauges([second], actual)
+
+
+# --- 2. scaling -------------------------------------------------------------------------------------------
+
+
+class ScrapeMonitor:
+    """Scrapes /metrics of the running workers in a loop; records series exported by two at once.
+
+    Two scrapes are never simultaneous, so a series seen on worker A and then on worker B may just have
+    moved in between. Each round therefore scrapes every worker twice, in the same order: a series that A
+    exported at both of its scrapes and B exported at the scrape in between was exported by both at once
+    (a rebalance moves a series in seconds, not back and forth within one round).
+    """
+
+    def __init__(self) -> None:
+        self.workers: list[WorkerProcess] = []
+        self.rounds = 0
+        self.overlaps: list[tuple[Series, int, int]] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def _scrape(self, worker: WorkerProcess) -> set[Series] | None:
+        try:
+            return set(kpi_series(worker))
+        except (OSError, AssertionError):  # starting, stopping, or killed: nothing to compare
+            return None
+
+    def _round(self) -> None:
+        with self._lock:
+            workers = list(self.workers)
+        first = [self._scrape(w) for w in workers]
+        second = [self._scrape(w) for w in workers]
+        scrapes = [*first, *second]  # in time order
+        n = len(workers)
+        for i in range(n):
+            if first[i] is None or second[i] is None:
+                continue
+            steady = first[i] & second[i]  # type: ignore[operator]
+            for j in range(n):
+                if j == i:
+                    continue
+                between = scrapes[j] if j > i else scrapes[n + j]  # j's scrape between i's two
+                if between:
+                    for series in steady & between:
+                        self.overlaps.append((series, workers[i].web_port, workers[j].web_port))
+        self.rounds += 1
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self._round()
+
+    def set_workers(self, workers: list[WorkerProcess]) -> None:
+        with self._lock:
+            self.workers = list(workers)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@contextmanager
+def scraping() -> Iterator[ScrapeMonitor]:
+    monitor = ScrapeMonitor()
+    thread = threading.Thread(target=monitor.run, daemon=True)
+    thread.start()
+    try:
+        yield monitor
+    finally:
+        monitor.stop()
+        thread.join(30)
+
+
+def test_scaling_one_two_three_one_workers_mid_replay(
+    kafka_bootstrap: str, unique_prefix: str, tmp_path: Path, history: History
+) -> None:
+    partitions = 6
+    extra = options(partitions)
+    total = history.messages
+    with ExitStack() as stack, scraping() as monitor:
+        workers: list[WorkerProcess] = []
+
+        def scale_to(n: int) -> None:
+            while len(workers) < n:
+                workers.append(
+                    stack.enter_context(
+                        running_worker(
+                            kafka_bootstrap, unique_prefix, free_port(), tmp_path / f"w{len(workers)}", extra
+                        )
+                    )
+                )
+            while len(workers) > n:
+                # Stopped gracefully (SIGTERM): leaves the group at once, which starts the rebalance.
+                assert workers.pop().stop() == 0
+            monitor.set_workers(workers)
+
+        scale_to(1)
+        replayer = start_replay(history, kafka_bootstrap, unique_prefix, partitions)
+        for n, share in ((2, 0.2), (3, 0.45), (1, 0.7)):
+            wait_for(lambda s=share: processed(workers) >= s * total, 180, f"{share} processed", workers)
+            scale_to(n)
+        finish_replay(replayer)
+        actual = wait_for_equality(
+            kafka_bootstrap, unique_prefix, tmp_path, history.expected, EQUALITY_TIMEOUT
+        )
+        check_gauges(workers, actual)
+        monitor.stop()
+    assert monitor.rounds > 10, monitor.rounds
+    assert not monitor.overlaps, f"series exported by two workers at once: {monitor.overlaps[:5]}"
+
+
+# --- 3. broker restart ------------------------------------------------------------------------------------
+
+
+def test_a_broker_restart_mid_replay_is_survived(
+    unique_prefix: str, tmp_path: Path, history: History
+) -> None:
+    # A broker of its own: the session broker is shared by every test.
+    broker = LocalKafka(port=free_port(), home=tmp_path / "kafka")
+    bootstrap = broker.start()
+    try:
+        replay(history, bootstrap, unique_prefix, PARTITIONS)
+        with running_worker(bootstrap, unique_prefix, free_port(), tmp_path / "w", options()) as worker:
+            wait_for(lambda: processed([worker]) >= history.messages / 3, 120, "a third", [worker])
+            assert broker.stop()
+            # The worker does not exit while the broker is away; it reconnects by itself.
+            assert worker.proc.poll() is None, worker.log_tail()
+            assert broker.start() == bootstrap
+            actual = wait_for_equality(bootstrap, unique_prefix, tmp_path, history.expected, EQUALITY_TIMEOUT)
+            check_gauges([worker], actual)
+            assert worker.get("/live")[0] == 200
+    finally:
+        broker.stop()
+
+
+# --- 4. graceful stop, restart, and a restart without local state ------------------------------------------
+
+
+def test_sigterm_commits_and_a_lost_state_dir_is_rebuilt_from_the_changelogs(
+    kafka_bootstrap: str, unique_prefix: str, tmp_path: Path, history: History
+) -> None:
+    state = tmp_path / "worker"
+    replay(history, kafka_bootstrap, unique_prefix, PARTITIONS)
+    worker = start_worker(kafka_bootstrap, unique_prefix, free_port(), state, options())
+    try:
+        worker.wait_ready()
+        wait_for(lambda: processed([worker]) >= history.messages, 180, "all processed", [worker])
+        wait_for_equality(kafka_bootstrap, unique_prefix, tmp_path, history.expected, EQUALITY_TIMEOUT)
+        started = time.monotonic()
+        assert worker.stop(signal.SIGTERM) == 0, worker.log_tail()
+        assert time.monotonic() - started < 20  # Faust's shutdown, not a kill after the timeout
+    finally:
+        worker.stop(signal.SIGKILL)
+
+    # Restarted on its state dir: offsets were committed, so nothing is processed again.
+    restarted = utc_now()
+    again = start_worker(kafka_bootstrap, unique_prefix, free_port(), state, options())
+    with ExitStack() as stack:
+        stack.callback(again.stop)
+        # Liveness and readiness are separate: live as soon as it serves, ready once the tables are
+        # restored and the partitions assigned.
+        wait_for(lambda: probe(again, "/live") == 200, 60, "live", [again])
+        assert probe(again, "/ready") == 503
+        again.wait_ready()
+        wait_for(
+            republished_since(kafka_bootstrap, unique_prefix, tmp_path, restarted),
+            120,
+            "republished",
+            [again],
+        )
+        actual = wait_for_equality(kafka_bootstrap, unique_prefix, tmp_path, history.expected, 30)
+        check_gauges([again], actual)
+        assert events_total(again) == 0
+
+    # Without its state dir: the tables come back from their changelogs, the output is unchanged.
+    shutil.rmtree(state / "state")
+    restarted = utc_now()
+    with running_worker(kafka_bootstrap, unique_prefix, free_port(), state, options()) as fresh:
+        # Every record published again from the restored tables (an empty table would publish nothing).
+        wait_for(
+            republished_since(kafka_bootstrap, unique_prefix, tmp_path, restarted),
+            120,
+            "republished",
+            [fresh],
+        )
+        rebuilt = wait_for_equality(kafka_bootstrap, unique_prefix, tmp_path, history.expected, 30)
+        assert {r.key: r.value for r in rebuilt} == {r.key: r.value for r in actual}
+        check_gauges([fresh], rebuilt)
+        assert events_total(fresh) == 0
+        assert fresh.get("/live")[0] == 200

@@ -1,0 +1,164 @@
+"""End-to-end pipeline pieces shared by the equality and reliability tests.
+
+A simulated history is written to files (`kpimon simulate`), computed in batch (`kpimon reference`),
+replayed through real Kafka (`kpimon replay`) to real `kpimon worker` processes, and the published
+`kpimon-kpis` are compared with the reference by the contract's rule (reference/compare.py).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from agents.kpi_metrics import CI_HIGH, CI_LOW, KPI_METRICS
+from reference.compare import compare, parse_records
+from streams.output import KpiRecord, day_name, day_number
+from tests.helpers import KPIMON
+from tests.workers import WorkerProcess
+
+Series = tuple[str, frozenset[tuple[str, str]]]
+
+#: Every metric name of a global KPI series (the ones exactly one worker may export).
+KPI_SERIES_METRICS = frozenset(
+    {spec.metric for spec in KPI_METRICS.values()} | {CI_LOW.metric, CI_HIGH.metric}
+)
+
+
+def kpimon(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[bytes]:
+    """Run the real `kpimon` command; fail with its stderr unless it exits 0."""
+    result = subprocess.run([KPIMON, *args], capture_output=True, timeout=timeout, check=False)
+    assert result.returncode == 0, result.stderr.decode()[-3000:]
+    return result
+
+
+@dataclass(frozen=True)
+class History:
+    """Simulated input files and the reference's records for them."""
+
+    clicks: Path
+    surveys: Path
+    expected: list[KpiRecord]
+    lateness: int
+
+    @property
+    def messages(self) -> int:
+        """Lines (messages) in both files."""
+        return line_count(self.clicks, self.surveys)
+
+
+def simulate_history(out: Path, users: int, days: int, seed: int, lateness: int) -> History:
+    """Simulate `users` over `days` into `out` and compute the reference (lateness bound `lateness`)."""
+    now = str(int(time.time() * 1000))
+    kpimon(
+        "simulate",
+        *("--users", str(users), "--days", str(days), "--seed", str(seed), "--now", now),
+        # Every user carries signup_ts (KPIS.md: without it, an event's stage depends on arrival order).
+        *("--no-signup-fraction", "0", "--out-dir", str(out)),
+    )
+    clicks, surveys = out / "clicks.jsonl", out / "surveys.jsonl"
+    kpimon(
+        "reference",
+        *("--clicks", str(clicks), "--surveys", str(surveys), "--now", now),
+        *("--max-lateness-days", str(lateness), "--out", str(out / "reference.jsonl")),
+    )
+    return History(clicks, surveys, parse_records((out / "reference.jsonl").read_bytes()), lateness)
+
+
+def replay_args(history: History, bootstrap: str, prefix: str, partitions: int) -> list[str]:
+    """The `kpimon replay` command line that sends `history` to the topics prefixed `prefix`."""
+    return [
+        KPIMON,
+        "replay",
+        *("--clicks", str(history.clicks), "--surveys", str(history.surveys)),
+        *("--broker", bootstrap, "--topic-prefix", prefix, "--partitions", str(partitions), "--quiet"),
+    ]
+
+
+def replay(history: History, bootstrap: str, prefix: str, partitions: int) -> None:
+    """Send every line of `history` and wait until Kafka acknowledged them."""
+    kpimon(*replay_args(history, bootstrap, prefix, partitions)[1:])
+
+
+def line_count(*paths: Path) -> int:
+    return sum(path.read_bytes().count(b"\n") for path in paths)
+
+
+def events_total(worker: WorkerProcess, outcome: str | None = None) -> float:
+    """The worker's kpimon_events_total, over all topics, for one outcome or all."""
+    return sum(
+        value
+        for (name, labels), value in worker.samples().items()
+        if name == "kpimon_events_total" and (outcome is None or ("outcome", outcome) in labels)
+    )
+
+
+def processed(workers: list[WorkerProcess]) -> float:
+    """Input messages processed by `workers` since they started (any outcome)."""
+    return sum(events_total(worker) for worker in workers)
+
+
+def read_kpis(bootstrap: str, prefix: str, tmp: Path) -> list[KpiRecord]:
+    """The current content of kpimon-kpis (`kpimon kpis`)."""
+    out = tmp / "kpis.jsonl"
+    kpimon("kpis", "--broker", bootstrap, "--topic-prefix", prefix, "--out", str(out))
+    return parse_records(out.read_bytes())
+
+
+def wait_for_equality(
+    bootstrap: str, prefix: str, tmp: Path, expected: list[KpiRecord], timeout: float
+) -> list[KpiRecord]:
+    """Poll kpimon-kpis until it equals the reference; fail with the differences after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        actual = read_kpis(bootstrap, prefix, tmp)
+        differences = compare(expected, actual)
+        if not differences:
+            return actual
+        if time.monotonic() > deadline:
+            shown = "\n".join(differences[:40])
+            raise AssertionError(f"{len(differences)} differences between reference and stream:\n{shown}")
+        time.sleep(3)
+
+
+def kpi_series(worker: WorkerProcess) -> dict[Series, float]:
+    """The global KPI series a worker exports right now."""
+    return {key: value for key, value in worker.samples().items() if key[0] in KPI_SERIES_METRICS}
+
+
+def check_gauges(workers: list[WorkerProcess], records: list[KpiRecord]) -> None:
+    """Each global series is exported by exactly one worker and equals the kpimon-kpis value of its day."""
+    current = max(day_number(r.day) for r in records)
+    days = {day_name(current): "current", day_name(current - 1): "previous"}
+    expected: dict[Series, float] = {}
+    for record in records:
+        spec = KPI_METRICS.get(record.kpi)
+        if spec is None or record.day not in days:
+            continue
+        labels = {
+            "window": record.window,
+            "day": days[record.day],
+            "dimension": record.dimension,
+            "segment": record.segment,
+        }
+        if record.value is not None:  # an undefined value has no series
+            expected[(spec.metric, frozenset({**labels, **dict(spec.extra_labels)}.items()))] = float(
+                record.value
+            )
+        if record.ci_low is not None and record.ci_high is not None:
+            bounds = {**labels, "kpi": record.kpi}
+            expected[(CI_LOW.metric, frozenset(bounds.items()))] = record.ci_low
+            expected[(CI_HIGH.metric, frozenset(bounds.items()))] = record.ci_high
+    assert expected, "no record of the current or previous day"
+    seen: dict[Series, list[float]] = {}
+    for worker in workers:
+        for key, value in kpi_series(worker).items():
+            seen.setdefault(key, []).append(value)
+    duplicated = {k: v for k, v in seen.items() if len(v) != 1}
+    assert not duplicated, f"series exported by more than one worker: {list(duplicated)[:5]}"
+    assert set(seen) == set(expected), (
+        f"missing: {sorted(set(expected) - set(seen))[:5]}, extra: {sorted(set(seen) - set(expected))[:5]}"
+    )
+    wrong = {k: (seen[k][0], v) for k, v in expected.items() if abs(seen[k][0] - v) > 1e-9}
+    assert not wrong, f"gauge != kpimon-kpis: {list(wrong.items())[:5]}"
