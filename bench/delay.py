@@ -113,7 +113,8 @@ async def run(
     inputs = [TopicSpec(run_topics.clicks, partitions), TopicSpec(run_topics.surveys, partitions)]
     await ensure_topics(bootstrap, inputs + run_topics.changelog_specs(partitions), "bench")
     worker = Worker(bootstrap, run_topics, scratch / "delay", 7, flush_interval)
-    result = StageResult("delay")
+    result = StageResult("delay", complete=False)
+    result.figures.update(offered_rate=rate, scrape_interval_s=interval, flush_interval_s=flush_interval)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0)
     scraper = Scraper(worker, interval)
     scraping: asyncio.Task[None] | None = None

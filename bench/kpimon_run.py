@@ -134,6 +134,7 @@ async def run(
         for _ in range(workers)
     ]
     t0 = c0 = t_last = c_last = all_seen = 0.0
+    moved = started
     next_report = started + 15
     failed = ""
     try:
@@ -149,6 +150,11 @@ async def run(
                 continue
             if not t0 and total > 0:
                 t0, c0 = now, total
+            if total != c_last:
+                moved = now
+            elif now - moved > _STALL:
+                failed = f"no message processed for {_STALL:.0f} s (at {total:,.0f} of {data.events:,})"
+                break
             t_last, c_last = now, total
             if total < data.events:
                 all_seen = 0.0
@@ -167,7 +173,7 @@ async def run(
                 print(f"  {stage}: {total:,.0f}/{data.events:,} messages ({shown})", file=sys.stderr)
         finished = time.monotonic()
         rss = [w.peak_rss_bytes() for w in procs]
-        crashes = [c for c in (w.crash() for w in procs) if c]
+        problems = [line for w in procs for line in w.problems()]
         final = await asyncio.to_thread(_total, procs)
     finally:
         watcher.cancel()
@@ -189,9 +195,9 @@ async def run(
             if failed
             else (f"capped after {timeout:.0f} s: partial rate from kpimon_events_total ({c_last:,.0f} done)")
         )
-    if crashes:
-        result.figures["crash"] = crashes[0]
-        print(f"  {stage}: a worker logged an agent crash: {crashes[0]}", file=sys.stderr)
+    if problems:
+        result.figures["worker_log_problems"] = problems
+        print(f"  {stage}: the worker logs show problems:\n    " + "\n    ".join(problems), file=sys.stderr)
     result.figures["workers"] = workers
     result.figures["processed"] = final
     result.figures["store"] = store or "default"

@@ -27,7 +27,8 @@ KPIMON = str(Path(sys.executable).with_name("kpimon"))
 _EVENTS = re.compile(r"^kpimon_events_total\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
 #: The worker's changelogged tables (docs/architecture.md).
 _TABLES = ("user-state", "aggregates")
-DAU_SERIES = 'kpimon_active_users{window="1d",day="current",dimension="all",segment="all"} '
+DAU_LABELS = {"window": "1d", "day": "current", "dimension": "all", "segment": "all"}
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 @functools.cache
@@ -162,12 +163,20 @@ class Worker:
         """VmHWM (peak resident set) of the worker process from /proc, None when unavailable."""
         return peak_rss_bytes(self.proc.pid)
 
-    def crash(self) -> str | None:
-        """The first agent crash the worker logged ("Crashed reason=..."), None when there is none."""
+    def problems(self) -> list[str]:
+        """The first agent crash and the count of recovery errors the worker logged, as short lines."""
+        found: list[str] = []
+        recovery_errors = 0
         for line in self.log_path.read_text(errors="replace").splitlines():
-            if "Crashed reason=" in line:
-                return line.strip()[:300]
-        return None
+            if "Crashed reason=" in line and not found:
+                found.append(line.strip()[:300])
+            elif "Error in recovery" in line:
+                recovery_errors += 1
+                if recovery_errors == 1:
+                    found.append(line.strip()[:300])
+        if recovery_errors > 1:
+            found.append(f"({recovery_errors} 'Error in recovery' lines in {self.log_path.name})")
+        return found
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -186,13 +195,17 @@ def peak_rss_bytes(pid: int) -> int | None:
     return int(match.group(1)) * 1024 if match else None
 
 
-def gauge_value(metrics_text: str, series: str = DAU_SERIES) -> float | None:
-    """The value of one exposition line starting with `series` (name, labels and a space), or None."""
-    start = metrics_text.find("\n" + series)
-    if start < 0:
-        if not metrics_text.startswith(series):
-            return None
-        start = -1
-    start += 1 + len(series)
-    end = metrics_text.find("\n", start)
-    return float(metrics_text[start : end if end >= 0 else None])
+def gauge_value(metrics_text: str, name: str = "kpimon_active_users", **labels: str) -> float | None:
+    """The value of the sample of `name` with exactly `labels` in Prometheus text, or None.
+
+    Without labels given: the global DAU of the current day (`DAU_LABELS`). Label order does not matter.
+    """
+    wanted = labels or DAU_LABELS
+    prefix = name + "{"
+    for line in metrics_text.splitlines():
+        if not line.startswith(prefix):
+            continue
+        label_text, _, value = line[len(prefix) :].rpartition("} ")
+        if dict(_LABEL.findall(label_text)) == wanted:
+            return float(value)
+    return None

@@ -67,9 +67,11 @@ def test_gauge_value_reads_one_exposition_line() -> None:
     text = (
         "# HELP kpimon_active_users x\n"
         'kpimon_active_users{window="7d",day="current",dimension="all",segment="all"} 9.0\n'
-        'kpimon_active_users{window="1d",day="current",dimension="all",segment="all"} 42.0\n'
+        'kpimon_active_users{day="current",dimension="all",segment="all",window="1d"} 42.0\n'
+        'kpimon_active_users{day="current",dimension="plan",segment="free",window="1d"} 40.0\n'
     )
     assert gauge_value(text) == 42.0
+    assert gauge_value(text, dimension="plan", segment="free", day="current", window="1d") == 40.0
     assert gauge_value("# nothing\n") is None
 
 
