@@ -20,6 +20,20 @@ from bench.cluster import local_kafka
 from bench.stats import StageResult
 
 STAGES = ("ceiling", "bare", "naive", "kpimon", "kpimon2", "rss", "delay")
+FULL: dict[str, float] = {
+    "events": 1_000_000,
+    "days": 30,
+    "rss_users": 1_000_000,
+    "timeout": 600,
+    "delay_seconds": 30,
+}
+QUICK: dict[str, float] = {
+    "events": 20_000,
+    "days": 10,
+    "rss_users": 20_000,
+    "timeout": 120,
+    "delay_seconds": 5,
+}
 _MAIN_DATA_STAGES = {"ceiling", "bare", "naive", "kpimon", "kpimon2"}
 
 DESCRIPTION = """\
@@ -52,20 +66,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m bench", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--events", type=int, default=1_000_000, help="messages of the main data set (at least)"
+        "--events", type=int, default=None, help="messages of the main data set, at least [1,000,000]"
     )
     parser.add_argument(
         "--users", type=int, default=None, help="simulated population (default: enough for --events)"
     )
-    parser.add_argument("--days", type=int, default=30, help="days of simulated history, ending today (UTC)")
+    parser.add_argument("--days", type=int, default=None, help="days of simulated history to today [30]")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--rss-users", type=int, default=1_000_000, help="distinct users of the rss stage")
+    parser.add_argument("--rss-users", type=int, default=None, help="users of the rss stage [1,000,000]")
     parser.add_argument("--rss-days", type=int, default=60, help="days the rss stage's users are spread over")
     parser.add_argument("--only", default=",".join(STAGES), help="stages to run, comma-separated")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds per stage before it is capped")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per stage before its cap [600]")
     parser.add_argument("--flush-interval", type=float, default=1.0, help="kpimon worker --flush-interval")
     parser.add_argument("--delay-rate", type=float, default=None, help="offered events/s of the delay stage")
-    parser.add_argument("--delay-seconds", type=float, default=30, help="measured seconds of the delay stage")
+    parser.add_argument("--delay-seconds", type=float, default=None, help="measured seconds of delay [30]")
     parser.add_argument(
         "--scrape-interval", type=float, default=0.05, help="delay stage: /metrics poll period"
     )
@@ -75,9 +89,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch dir (Kafka data, worker logs)")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.events, args.rss_users, args.days = 20_000, 20_000, 10
-        args.timeout, args.delay_seconds = min(args.timeout, 120), min(args.delay_seconds, 5)
+    # Flags given explicitly win over the sizes of a full or a --quick run.
+    sizes = QUICK if args.quick else FULL
+    for name, value in sizes.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     stages = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(stages) - set(STAGES))
     if unknown:
@@ -209,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         results = asyncio.run(run_stages(args, bootstrap, scratch, meta))
     meta["total_seconds"] = round(time.monotonic() - started, 1)
     print(report.render(results, meta))
-    print()
-    print(delay.__doc__ or "")
+    if "delay" in results:
+        print()
+        print(delay.__doc__ or "")
     if args.json is not None:
         args.json.write_text(json.dumps(report.to_json(results, meta), indent=2) + "\n")
         say(f"wrote {args.json}")

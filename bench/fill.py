@@ -270,7 +270,7 @@ def users_for(events: int, days: int, seed: int, now_ms: int, sample: int = 1000
     the population.
     """
     per_user = sum(1 for _ in batch_traffic(_config(sample, days, seed, now_ms))) / sample
-    return max(10, int(events / per_user * 1.01) + 1)
+    return max(10, int(events / per_user * 1.03) + 1)
 
 
 def now_ms() -> int:

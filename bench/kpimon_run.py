@@ -22,7 +22,7 @@ from agents.kpis_cli import topic_partitions
 from agents.topics import ensure_topics
 from bench.fill import DataSet
 from bench.stats import StageResult
-from bench.worker import RunTopics, Worker, has_store_option
+from bench.worker import RunTopics, Worker, has_store_option, peak_rss_bytes
 
 _EPOCH = date(1970, 1, 1)
 _POLL = 0.5
@@ -135,6 +135,7 @@ async def run(
     ]
     t0 = c0 = t_last = c_last = all_seen = 0.0
     moved = started
+    base_rss: list[int | None] = []
     next_report = started + 15
     failed = ""
     try:
@@ -150,6 +151,8 @@ async def run(
                 continue
             if not t0 and total > 0:
                 t0, c0 = now, total
+                # What the workers hold before they hold users: the base of the RSS extrapolation.
+                base_rss = [peak_rss_bytes(w.proc.pid, "VmRSS") for w in procs]
             if total != c_last:
                 moved = now
             elif now - moved > _STALL:
@@ -202,6 +205,8 @@ async def run(
     result.figures["processed"] = final
     result.figures["store"] = store or "default"
     result.figures["peak_rss_bytes"] = [r for r in rss if r is not None]
+    result.figures["base_rss_bytes"] = [r for r in base_rss if r is not None]
+    result.figures["users"] = data.users
     if rocksdb and store is None:
         result.figures["store_note"] = "kpimon worker has no --store option: measured with its default store"
     if state_bytes:

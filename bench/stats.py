@@ -70,13 +70,18 @@ class Target:
     threshold: float
     at_least: bool = True
     unit: str = ""
+    #: Measured on a capped run, for a value that only grows with more work (memory): a partial value
+    #: over the threshold already misses it, one under it says nothing.
+    partial: bool = False
 
     @property
     def verdict(self) -> str:
-        """MET, NOT MET, or UNKNOWN when the stage did not run or measured nothing."""
+        """MET, NOT MET, or UNKNOWN when the stage did not run, measured nothing or was cut short."""
         if self.value is None:
             return "UNKNOWN"
         met = self.value >= self.threshold if self.at_least else self.value <= self.threshold
+        if self.partial and met:
+            return "UNKNOWN (partial run)"
         return "MET" if met else "NOT MET"
 
 
@@ -100,3 +105,10 @@ def crossing_delays(
             break
         delays.append(max(0.0, observations[j][0] - sent_at))
     return delays
+
+
+def extrapolate(base: float, measured: float, done: float, target: float) -> float | None:
+    """`measured` grown linearly above `base` from `done` units of work to `target` units."""
+    if done <= 0:
+        return None
+    return base + (measured - base) * target / done

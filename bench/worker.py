@@ -185,13 +185,13 @@ class Worker:
         stop_process(self.proc, timeout=30)
 
 
-def peak_rss_bytes(pid: int) -> int | None:
-    """VmHWM of a process (Linux), None when /proc does not say."""
+def peak_rss_bytes(pid: int, field: str = "VmHWM") -> int | None:
+    """VmHWM (or another `Vm*` field, e.g. VmRSS) of a process (Linux), None when /proc does not say."""
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
-    match = re.search(r"^VmHWM:\s+(\d+) kB", text, re.MULTILINE)
+    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
     return int(match.group(1)) * 1024 if match else None
 
 

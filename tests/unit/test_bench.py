@@ -7,7 +7,7 @@ import math
 import pytest
 
 from bench import report
-from bench.stats import StageResult, Target, crossing_delays, percentile, rate, ratio
+from bench.stats import StageResult, Target, crossing_delays, extrapolate, percentile, rate, ratio
 from bench.worker import gauge_value
 
 
@@ -63,6 +63,13 @@ def test_targets_verdicts() -> None:
     assert Target("p99", None, 2.0, at_least=False).verdict == "UNKNOWN"
 
 
+def test_partial_memory_figures_only_fail() -> None:
+    assert Target("rss", 500, 400, at_least=False, partial=True).verdict == "NOT MET"
+    assert Target("rss", 300, 400, at_least=False, partial=True).verdict == "UNKNOWN (partial run)"
+    assert extrapolate(100.0, 150.0, 100, 1000) == pytest.approx(600.0)
+    assert extrapolate(100.0, 150.0, 0, 1000) is None
+
+
 def test_gauge_value_reads_one_exposition_line() -> None:
     text = (
         "# HELP kpimon_active_users x\n"
@@ -93,7 +100,7 @@ def test_report_shows_rates_ratios_and_targets() -> None:
         "kpimon events/s per worker process": "NOT MET",
         "kpimon/ceiling": "NOT MET",
         "kpimon/naive": "NOT MET",
-        "peak RSS, many users (MB)": "MET",
+        "peak RSS, 0 users (MB)": "MET",
         "p99 end-to-end delay (s)": "NOT MET",
     }
     text = report.render(results, {"when": "today", "machine": "m", "data_sets": {}})
