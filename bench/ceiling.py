@@ -36,6 +36,7 @@ async def run(bootstrap: str, data: DataSet, timeout: float) -> StageResult:
         count = decoded_fields = 0
         # Timed from the first fetch request, so the first batch's fetch counts too.
         first = last = time.monotonic()
+        cpu_first = time.process_time()
         deadline = first + timeout
         while remaining and time.monotonic() < deadline:
             batches = await consumer.getmany(*remaining, timeout_ms=500, max_records=100_000)
@@ -46,12 +47,15 @@ async def run(bootstrap: str, data: DataSet, timeout: float) -> StageResult:
                 if records and records[-1].offset + 1 >= ends[tp]:
                     remaining.discard(tp)
             last = time.monotonic()
+        cpu = time.process_time() - cpu_first
     finally:
         await consumer.stop()
-    return StageResult.from_count(
+    result = StageResult.from_count(
         "ceiling",
         count,
         last - first,
         complete=not remaining,
         note=f"{decoded_fields / max(1, count):.1f} fields/event decoded",
     )
+    result.figures["cpu_seconds"] = cpu
+    return result

@@ -2,9 +2,10 @@
 
 A child (`python -m bench.bare_faust ...`, `python -m bench.naive ...`) is a real Faust worker process.
 It counts the messages its agent has processed and writes a small JSON status file every second and
-when it has seen the expected number: {"count", "first", "last", "done", "figures"} with wall-clock
-times of the first and the latest message. The parent polls that file, stops the child when it is done
-or when the stage's time is up, and turns the status into a result (a partial rate on a timeout).
+when it has seen the expected number: {"count", "first", "last", "done", "figures", "cpu"} with the
+wall-clock times of the first and the latest message and the CPU seconds the process used since the
+first one. The parent polls that file, stops the child when it is done or when the stage's time is up,
+and turns the status into a result (a partial rate on a timeout).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Progress:
     first: float = 0.0
     last: float = 0.0
     done: bool = False
+    cpu_first: float = 0.0
     figures: dict[str, Any] = field(default_factory=dict)
 
     def tick(self) -> bool:
@@ -55,6 +57,7 @@ class Progress:
         now = time.time()
         if not self.count:
             self.first = now
+            self.cpu_first = time.process_time()
         self.count += 1
         self.last = now
         if self.count == self.expected:
@@ -71,6 +74,8 @@ class Progress:
             "last": self.last,
             "done": self.done,
             "figures": self.figures,
+            # CPU seconds of this process since the first message, at the moment of `count`.
+            "cpu": time.process_time() - self.cpu_first if self.count else 0.0,
         }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(status))
@@ -161,6 +166,7 @@ def run_child(
         complete=done,
     )
     result.figures.update(status.get("figures", {}))
+    result.figures["cpu_seconds"] = float(status.get("cpu", 0.0))
     if not done:
         result.note = f"capped after {timeout:.0f} s: partial rate over {count:,} of {data.events:,} messages"
     return result

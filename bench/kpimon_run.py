@@ -22,7 +22,7 @@ from agents.kpis_cli import topic_partitions
 from agents.topics import ensure_topics
 from bench.fill import DataSet
 from bench.stats import StageResult
-from bench.worker import RunTopics, Worker, has_store_option, peak_rss_bytes
+from bench.worker import RunTopics, Worker, cpu_seconds, has_store_option, peak_rss_bytes
 
 _EPOCH = date(1970, 1, 1)
 _POLL = 0.5
@@ -101,6 +101,11 @@ async def changelog_state_bytes(bootstrap: str, topic: str, timeout: float = 300
     return len(sizes), sum(sizes.values())
 
 
+def _cpu(workers: list[Worker]) -> float:
+    """CPU seconds the workers have used so far."""
+    return sum(cpu_seconds(w.proc.pid) or 0.0 for w in workers)
+
+
 def _total(workers: list[Worker]) -> float | None:
     counts = [w.events_total() for w in workers]
     known = [c for c in counts if c is not None]
@@ -135,6 +140,7 @@ async def run(
     ]
     t0 = c0 = t_last = c_last = all_seen = 0.0
     moved = started
+    cpu0 = cpu_last = cpu_all_seen = 0.0
     base_rss: list[int | None] = []
     next_report = started + 15
     failed = ""
@@ -149,8 +155,9 @@ async def run(
             now = time.monotonic()
             if total is None:
                 continue
+            cpu = _cpu(procs)
             if not t0 and total > 0:
-                t0, c0 = now, total
+                t0, c0, cpu0 = now, total, cpu
                 # What the workers hold before they hold users: the base of the RSS extrapolation.
                 base_rss = [peak_rss_bytes(w.proc.pid, "VmRSS") for w in procs]
             if total != c_last:
@@ -158,11 +165,11 @@ async def run(
             elif now - moved > _STALL:
                 failed = f"no message processed for {_STALL:.0f} s (at {total:,.0f} of {data.events:,})"
                 break
-            t_last, c_last = now, total
+            t_last, c_last, cpu_last = now, total, cpu
             if total < data.events:
                 all_seen = 0.0
             elif not all_seen:
-                all_seen = now
+                all_seen, cpu_all_seen = now, cpu
             elif now - all_seen > _STALL:
                 failed = (
                     f"every message was processed {_STALL:.0f} s ago but kpimon-kpis shows DAU "
@@ -175,6 +182,7 @@ async def run(
                 shown = f"{(total - c0) / span:,.0f}/s" if span > 0 else "-"
                 print(f"  {stage}: {total:,.0f}/{data.events:,} messages ({shown})", file=sys.stderr)
         finished = time.monotonic()
+        cpu_finished = _cpu(procs)
         rss = [w.peak_rss_bytes() for w in procs]
         problems = [line for w in procs for line in w.problems()]
         final = await asyncio.to_thread(_total, procs)
@@ -198,6 +206,13 @@ async def run(
             if failed
             else (f"capped after {timeout:.0f} s: partial rate from kpimon_events_total ({c_last:,.0f} done)")
         )
+    # CPU seconds the workers spent on the timed part (up to the same moment as the rate).
+    if done:
+        result.figures["cpu_seconds"] = cpu_finished - cpu0
+    elif all_seen:
+        result.figures["cpu_seconds"] = cpu_all_seen - cpu0
+    else:
+        result.figures["cpu_seconds"] = cpu_last - cpu0
     if problems:
         result.figures["worker_log_problems"] = problems
         print(f"  {stage}: the worker logs show problems:\n    " + "\n    ".join(problems), file=sys.stderr)

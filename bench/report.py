@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bench.stats import StageResult, Target, extrapolate, ratio
+from bench.stats import StageResult, Target, extrapolate, rate, ratio
 
 #: Stage key -> label in the table, in display order.
 LABELS = {
@@ -25,6 +25,14 @@ def rate_of(results: Mapping[str, StageResult], stage: str) -> float | None:
     """The events/s of a stage, None when it did not run or measured nothing."""
     found = results.get(stage)
     return found.rate if found is not None else None
+
+
+def cpu_rate_of(results: Mapping[str, StageResult], stage: str) -> float | None:
+    """Events per CPU second of the stage's consumer or worker processes (robust to a busy machine)."""
+    found = results.get(stage)
+    if found is None:
+        return None
+    return rate(found.events, float(found.figures.get("cpu_seconds") or 0.0))
 
 
 def peak_rss(result: StageResult | None) -> float | None:
@@ -61,6 +69,17 @@ def ratios(results: Mapping[str, StageResult]) -> dict[str, float | None]:
         "kpimon/bare": ratio(kpimon, rate_of(results, "bare")),
         "bare/ceiling": ratio(rate_of(results, "bare"), rate_of(results, "ceiling")),
         "kpimon2/kpimon": ratio(rate_of(results, "kpimon2"), kpimon),
+    }
+
+
+def cpu_ratios(results: Mapping[str, StageResult]) -> dict[str, float | None]:
+    """The same ratios per CPU second spent by each stage's processes."""
+    kpimon = cpu_rate_of(results, "kpimon")
+    return {
+        "kpimon/ceiling": ratio(kpimon, cpu_rate_of(results, "ceiling")),
+        "kpimon/naive": ratio(kpimon, cpu_rate_of(results, "naive")),
+        "kpimon/bare": ratio(kpimon, cpu_rate_of(results, "bare")),
+        "bare/ceiling": ratio(cpu_rate_of(results, "bare"), cpu_rate_of(results, "ceiling")),
     }
 
 
@@ -115,7 +134,7 @@ def render(results: Mapping[str, StageResult], meta: Mapping[str, Any]) -> str:
             f"{data['mean_value_bytes']:.0f} B/message, filled in {data['fill_seconds']:.1f} s"
         )
     out.append("")
-    rows = [["stage", "messages", "seconds", "events/s", "complete", "note"]]
+    rows = [["stage", "messages", "seconds", "events/s", "events/CPU-s", "complete", "note"]]
     for stage, label in LABELS.items():
         found = results.get(stage)
         if found is None:
@@ -128,6 +147,7 @@ def render(results: Mapping[str, StageResult], meta: Mapping[str, Any]) -> str:
                 number(found.events),
                 number(found.seconds, 1),
                 rate_text,
+                number(cpu_rate_of(results, stage)),
                 "yes" if found.complete else "NO",
                 found.note,
             ]
@@ -135,6 +155,10 @@ def render(results: Mapping[str, StageResult], meta: Mapping[str, Any]) -> str:
     out.append(table(rows))
     out.append("")
     out.append("ratios: " + ", ".join(f"{k} = {number(v, 3)}" for k, v in ratios(results).items()))
+    out.append(
+        "ratios per CPU second (each stage's own processes; less sensitive to other load): "
+        + ", ".join(f"{k} = {number(v, 3)}" for k, v in cpu_ratios(results).items())
+    )
     for stage in ("kpimon", "kpimon2", "rss"):
         found = results.get(stage)
         if found is None:
@@ -191,6 +215,7 @@ def to_json(results: Mapping[str, StageResult], meta: Mapping[str, Any]) -> dict
         "meta": dict(meta),
         "stages": {name: result.to_json() for name, result in results.items()},
         "ratios": ratios(results),
+        "cpu_ratios": cpu_ratios(results),
         "targets": [
             {
                 "name": t.name,

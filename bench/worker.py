@@ -195,6 +195,16 @@ def peak_rss_bytes(pid: int, field: str = "VmHWM") -> int | None:
     return int(match.group(1)) * 1024 if match else None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU seconds a process has used (Linux /proc/<pid>/stat), None when unavailable."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # the command name may contain spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def gauge_value(metrics_text: str, name: str = "kpimon_active_users", **labels: str) -> float | None:
     """The value of the sample of `name` with exactly `labels` in Prometheus text, or None.
 

@@ -93,6 +93,10 @@ def test_report_shows_rates_ratios_and_targets() -> None:
         "delay": StageResult("delay", 100, 10.0, figures={"p50_s": 0.4, "p99_s": 2.5, "offered_rate": 10}),
     }
     results["rss"].figures.update(store="rocksdb", changelog="x-user-state-changelog")
+    results["ceiling"].figures["cpu_seconds"] = 2.0
+    results["kpimon"].figures["cpu_seconds"] = 100.0
+    assert report.cpu_ratios(results)["kpimon/ceiling"] == pytest.approx(0.02)
+    assert report.cpu_ratios(results)["kpimon/naive"] is None
     assert report.ratios(results)["kpimon/ceiling"] == pytest.approx(0.01)
     assert report.ratios(results)["kpimon/naive"] == pytest.approx(25 / 3)
     verdicts = {t.name: t.verdict for t in report.targets(results)}
@@ -105,6 +109,7 @@ def test_report_shows_rates_ratios_and_targets() -> None:
     }
     text = report.render(results, {"when": "today", "machine": "m", "data_sets": {}})
     assert "250,000" in text  # the ceiling's events/s
+    assert "500,000" in text  # its events per CPU second
     assert "80.0 bytes/user" in text
     assert "kpimon/naive = 8.333" in text
     assert text.count("NOT MET") == 4
