@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from dataclasses import asdict
@@ -152,9 +153,7 @@ async def run_stages(
     for stage, module in (("bare", "bench.bare_faust"), ("naive", "bench.naive")):
         if data is not None and stage in stages:
             say(f"{stage}: python -m {module}")
-            results[stage] = await asyncio.to_thread(
-                run_child, stage, module, bootstrap, data, scratch, args.timeout
-            )
+            results[stage] = await run_child(stage, module, bootstrap, data, scratch, args.timeout)
             _show(results[stage])
     for stage, workers in (("kpimon", 1), ("kpimon2", 2)):
         if data is not None and stage in stages:
@@ -206,9 +205,15 @@ async def run_stages(
     return results
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C: stages stop their workers and the bench stops its Kafka on the way out."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the bench; the report goes to stdout (and to --json)."""
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     meta: dict[str, Any] = {
         "when": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
@@ -220,9 +225,13 @@ def main(argv: list[str] | None = None) -> int:
         "data_sets": {},
     }
     say(f"starting a local Kafka for the bench ({meta['machine']})")
-    with local_kafka(keep=args.keep) as (bootstrap, scratch):
-        say(f"Kafka on {bootstrap}, scratch dir {scratch}")
-        results = asyncio.run(run_stages(args, bootstrap, scratch, meta))
+    try:
+        with local_kafka(keep=args.keep) as (bootstrap, scratch):
+            say(f"Kafka on {bootstrap}, scratch dir {scratch}")
+            results = asyncio.run(run_stages(args, bootstrap, scratch, meta))
+    except KeyboardInterrupt:
+        say("interrupted: workers and Kafka stopped, no report")
+        return 130
     meta["total_seconds"] = round(time.monotonic() - started, 1)
     print(report.render(results, meta))
     if "delay" in results:

@@ -11,6 +11,7 @@ and turns the status into a result (a partial rate on a timeout).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -105,7 +106,7 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
         proc.wait(10)
 
 
-def run_child(
+async def run_child(
     stage: str, module: str, bootstrap: str, data: DataSet, scratch: Path, timeout: float
 ) -> StageResult:
     """Run `python -m <module>` over the data set until it has processed every message or time is up."""
@@ -149,9 +150,10 @@ def run_child(
                 count, span = status.get("count", 0), status.get("last", 0) - status.get("first", 0)
                 shown = f"{count / span:,.0f}/s" if span > 0 else "-"
                 print(f"  {stage}: {count:,}/{data.events:,} messages ({shown})", file=sys.stderr)
-            time.sleep(0.5)
+            await asyncio.sleep(0.5)
         status = read_status(status_path)
     finally:
+        # Also on cancellation (Ctrl-C, SIGTERM): the child has its own session and must not outlive us.
         stop_process(proc)
     count = int(status.get("count", 0))
     done = bool(status.get("done"))
