@@ -52,8 +52,9 @@ stages (--only, comma-separated; all by default):
   rss      one `kpimon worker` (`--store rocksdb` when the worker has that option) over --rss-users
            distinct users spread over --rss-days days: peak RSS (VmHWM) and user-state bytes per user
            (latest value sizes in the <app id>-user-state-changelog topic)
-  delay    a fresh worker fed clicks of new users stamped now, at half the kpimon rate (or
-           --delay-rate): delay from producing an event to its effect on /metrics, p50 and p99
+  delay    a fresh worker fed clicks stamped now at half the kpimon rate (or --delay-rate), every
+           --delay-per-user-th one the first click of a new user (a marker): the delay from producing
+           a marker to its effect on the DAU gauge of /metrics, p50 and p99
 
 A stage that runs longer than --timeout is stopped and reports the rate measured so far.
 Targets (issue #7): kpimon >= 100,000 events/s per worker process (kpimon/ceiling >= 1/3),
@@ -81,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--flush-interval", type=float, default=1.0, help="kpimon worker --flush-interval")
     parser.add_argument("--delay-rate", type=float, default=None, help="offered events/s of the delay stage")
     parser.add_argument("--delay-seconds", type=float, default=None, help="measured seconds of delay [30]")
+    parser.add_argument(
+        "--delay-per-user", type=int, default=5, help="delay stage: clicks per new user (1 = all markers)"
+    )
     parser.add_argument(
         "--scrape-interval", type=float, default=0.05, help="delay stage: /metrics poll period"
     )
@@ -199,6 +203,7 @@ async def run_stages(
             args.delay_seconds,
             interval=args.scrape_interval,
             flush_interval=args.flush_interval,
+            per_user=args.delay_per_user,
         )
         figures = results["delay"].figures
         say(f"delay: p50 {figures.get('p50_s')} s, p99 {figures.get('p99_s')} s {results['delay'].note}")

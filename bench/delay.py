@@ -1,20 +1,23 @@
 """End-to-end delay: from producing an event to its effect on the worker's /metrics, at a steady load.
 
-Method. A fresh `kpimon worker` reads its own, empty input topics. The bench produces clicks of *new*
-users, stamped now (so on the current UTC day), at a paced rate, and scrapes the worker's /metrics every
-`interval` seconds for `kpimon_active_users{window="1d",day="current",dimension="all",segment="all"}`.
-Every such event raises that gauge by exactly 1, so the i-th event of the measured phase is taken as
-visible at the first scrape showing the baseline plus i + 1 users; its delay is that scrape's time minus
-the time the bench handed the event to the producer. A warm-up phase of a few seconds at the same rate
-comes first and is not measured. Limits: the scrape interval bounds the resolution (a delay is over-
-estimated by at most one interval); events of different partitions may become visible out of order, and
-the count-based matching then attributes the delays to the order of sending (the distribution is right up
-to that reordering); the scrapes themselves cost the worker a little CPU.
+Method. A fresh `kpimon worker` reads its own, empty input topics. The bench produces clicks stamped now
+(so on the current UTC day) at a paced rate: every fifth click is a *marker*, the first click of a new
+user, and the others are further clicks of users introduced earlier in the run (the cheap path: they
+change no KPI), about the mix of a backfill. It scrapes the worker's /metrics every `interval` seconds for
+`kpimon_active_users{window="1d",day="current",dimension="all",segment="all"}`. Each marker raises that
+gauge by exactly 1, so the i-th marker is taken as visible at the first scrape showing the baseline plus
+i + 1 users; its delay is that scrape's time minus the time the bench handed it to the producer. A warm-up
+phase of a few seconds at the same rate comes first and is not measured. Limits: the scrape interval
+bounds the resolution (a delay is over-estimated by at most one interval); markers of different
+partitions may become visible out of order, and the count-based matching then attributes the delays in
+the order of sending (the distribution is right up to that reordering); a marker never visible counts as
+infinitely late; the scrapes themselves cost the worker a little CPU.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import sys
 import time
 import uuid
@@ -71,19 +74,37 @@ class Scraper:
 
 
 async def _send_paced(
-    producer: AIOKafkaProducer, topic: str, rate: float, seconds: float, sent: list[float]
+    producer: AIOKafkaProducer,
+    topic: str,
+    rate: float,
+    seconds: float,
+    per_user: int,
+    rng: random.Random,
+    markers: list[float],
 ) -> None:
-    """Send `rate * seconds` clicks of new users at an even pace; append each send time to `sent`."""
+    """Send `rate * seconds` clicks at an even pace; append the send time of each marker to `markers`.
+
+    Every `per_user`-th click is a marker: the first click of a new user, which turns the DAU gauge up by
+    one. The others are further clicks of users already introduced in this phase (same day, same
+    partition as their first click, so processed after it), which change no KPI: the cheap path.
+    """
     total = int(rate * seconds)
     start = time.monotonic()
+    users: list[str] = []
     index = 0
     while index < total:
         due = min(total, int((time.monotonic() - start) * rate) + 1)
         while index < due:
-            user = f"d_{uuid.uuid4().hex[:12]}"
+            marker = index % per_user == 0
+            if marker:
+                users.append(f"d_{uuid.uuid4().hex[:12]}")
+                user = users[-1]
+            else:
+                user = users[int(rng.random() * len(users))]
             now = time.monotonic()
             await producer.send(topic, click(user, time.time_ns() // 1_000_000), key=user.encode())
-            sent.append(now)
+            if marker:
+                markers.append(now)
             index += 1
         await asyncio.sleep(0.002)
 
@@ -107,6 +128,7 @@ async def run(
     interval: float = 0.05,
     flush_interval: float = 1.0,
     partitions: int = 4,
+    per_user: int = 5,
 ) -> StageResult:
     """Measure the delay distribution at `rate` events/s for `seconds` (after a warm-up); see module doc."""
     run_topics = RunTopics("bench-delay-clicks", "bench-delay-surveys", "bench-delay-")
@@ -114,7 +136,13 @@ async def run(
     await ensure_topics(bootstrap, inputs + run_topics.changelog_specs(partitions), "bench")
     worker = Worker(bootstrap, run_topics, scratch / "delay", 7, flush_interval)
     result = StageResult("delay", complete=False)
-    result.figures.update(offered_rate=rate, scrape_interval_s=interval, flush_interval_s=flush_interval)
+    result.figures.update(
+        offered_rate=rate,
+        scrape_interval_s=interval,
+        flush_interval_s=flush_interval,
+        events_per_user=per_user,
+    )
+    rng = random.Random(0)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0)
     scraper = Scraper(worker, interval)
     scraping: asyncio.Task[None] | None = None
@@ -128,14 +156,14 @@ async def run(
         await producer.start()
         scraping = asyncio.create_task(scraper.run())
         warm: list[float] = []
-        await _send_paced(producer, run_topics.clicks, rate, warmup, warm)
+        await _send_paced(producer, run_topics.clicks, rate, warmup, per_user, rng, warm)
         if not await _wait_for(scraper, len(warm), 60):
             result.note = f"the warm-up events never showed on /metrics (gauge {scraper.latest()})"
             return result
         baseline = scraper.latest() or 0.0
-        print(f"  delay: warm-up done ({len(warm)} events); measuring {seconds:.0f} s", file=sys.stderr)
+        print(f"  delay: warm-up done ({len(warm)} new users); measuring {seconds:.0f} s", file=sys.stderr)
         sent: list[float] = []
-        await _send_paced(producer, run_topics.clicks, rate, seconds, sent)
+        await _send_paced(producer, run_topics.clicks, rate, seconds, per_user, rng, sent)
         await _wait_for(scraper, baseline + len(sent), 30)
     finally:
         if scraping is not None:
@@ -146,20 +174,21 @@ async def run(
     seen = [d for d in delays if d is not None]
     # An event that never showed counts as infinitely late.
     ranked = seen + [float("inf")] * (len(delays) - len(seen))
-    result.events = len(sent)
+    result.events = int(rate * seconds)
     result.seconds = seconds
-    result.rate = len(sent) / seconds if seconds else None
+    result.rate = result.events / seconds if seconds else None
     result.complete = len(seen) == len(sent)
     result.figures.update(
         offered_rate=rate,
         p50_s=percentile(ranked, 50),
         p99_s=percentile(ranked, 99),
         max_s=max(seen) if seen else None,
+        markers=len(sent),
         never_visible=len(sent) - len(seen),
         scrape_interval_s=interval,
         scrapes=scraper.scrapes,
         flush_interval_s=flush_interval,
     )
     if not result.complete:
-        result.note = f"{len(sent) - len(seen)} events not visible 30 s after the last send"
+        result.note = f"{len(sent) - len(seen)} markers not visible 30 s after the last send"
     return result

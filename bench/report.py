@@ -188,8 +188,9 @@ def render(results: Mapping[str, StageResult], meta: Mapping[str, Any]) -> str:
         out.append(
             f"delay at {number(fig.get('offered_rate'))} events/s offered for {delay.seconds:.0f} s: "
             f"p50 {number(fig.get('p50_s'), 3)} s, p99 {number(fig.get('p99_s'), 3)} s, "
-            f"max {number(fig.get('max_s'), 3)} s ({delay.events:,} events, {fig.get('never_visible', 0)} "
-            f"never visible, /metrics scraped every {fig.get('scrape_interval_s')} s, "
+            f"max {number(fig.get('max_s'), 3)} s ({delay.events:,} events, {fig.get('markers', 0):,} "
+            f"markers, {fig.get('never_visible', 0)} never visible, /metrics scraped every "
+            f"{fig.get('scrape_interval_s')} s, "
             f"flush interval {fig.get('flush_interval_s')} s)"
         )
     out.append("")
