@@ -7,9 +7,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-deps run test lint typecheck format unit kafka-start kafka-stop clean generate
+.PHONY: help setup system-deps run test lint typecheck format unit bench bench-quick kafka-start kafka-stop clean generate
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -42,6 +43,12 @@ unit: setup  ## the fast unit tests only
 
 test: setup lint typecheck  ## everything CI runs: lint, types, the whole test suite (real Kafka)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+bench: setup  ## the benchmark suite (issue #7): its own Kafka, 1M events, ~30-60 min; BENCH_ARGS=--help
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-quick: setup  ## a small smoke run of every benchmark stage (a few minutes)
+	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 format: setup  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .

@@ -1,0 +1,47 @@
+"""Bare Faust: one agent that only iterates over the raw input messages (no decoding, no table).
+
+Run as its own process by the bench (`python -m bench.bare_faust --help`): what a Faust worker costs per
+event before any work is done, on the same topics and machine as the other stages.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from bench.child import Progress, child_arguments
+
+
+def main() -> None:
+    """Run the worker until the parent stops it."""
+    args = child_arguments(__doc__ or "")
+    progress = Progress(args.expected, args.status)
+    app = faust.App(
+        args.app_id,
+        broker=f"kafka://{args.broker}",
+        store="memory://",
+        datadir=str(args.data_dir),
+        topic_partitions=args.partitions,
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    topic = app.topic(*args.topics.split(","), key_serializer="raw", value_serializer="raw")
+
+    @app.agent(topic)
+    async def iterate(stream: Any) -> None:
+        async for _value in stream:
+            progress.tick()
+
+    async def report() -> None:
+        progress.write()
+
+    app.timer(1.0)(report)
+
+    faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    main()

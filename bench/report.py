@@ -1,0 +1,230 @@
+"""The bench's final report: a table of rates, the ratios, the state and delay figures, the targets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bench.stats import StageResult, Target, extrapolate, rate, ratio
+
+#: Stage key -> label in the table, in display order.
+LABELS = {
+    "ceiling": "ceiling: aiokafka getmany + msgspec decode",
+    "bare": "bare Faust agent (iterate only)",
+    "naive": "naive Faust DAU (windowed tables)",
+    "kpimon": "kpimon, 1 worker",
+    "kpimon2": "kpimon, 2 workers",
+    "rss": "kpimon, many users (state/RSS)",
+    "delay": "kpimon, delay stage (offered load)",
+}
+
+MB = 1_000_000
+
+
+def rate_of(results: Mapping[str, StageResult], stage: str) -> float | None:
+    """The events/s of a stage, None when it did not run or measured nothing."""
+    found = results.get(stage)
+    return found.rate if found is not None else None
+
+
+def cpu_rate_of(results: Mapping[str, StageResult], stage: str) -> float | None:
+    """Events per CPU second of the stage's consumer or worker processes (robust to a busy machine)."""
+    found = results.get(stage)
+    if found is None:
+        return None
+    return rate(found.events, float(found.figures.get("cpu_seconds") or 0.0))
+
+
+def peak_rss(result: StageResult | None) -> float | None:
+    """The largest peak RSS of the stage's workers, in bytes."""
+    if result is None or not result.figures.get("peak_rss_bytes"):
+        return None
+    return float(max(result.figures["peak_rss_bytes"]))
+
+
+def state_bytes_per_user(result: StageResult | None) -> float | None:
+    """Mean size of the latest user-state changelog value per user key, in bytes."""
+    if result is None or not result.figures.get("state_users"):
+        return None
+    return float(result.figures["state_bytes"]) / float(result.figures["state_users"])
+
+
+def rss_estimate(result: StageResult) -> tuple[int, int, float] | None:
+    """(users held, users of the data set, extrapolated peak RSS) of a capped run; None if complete."""
+    figures = result.figures
+    held, users = int(figures.get("state_users") or 0), int(figures.get("users") or 0)
+    peak, base = peak_rss(result), figures.get("base_rss_bytes") or []
+    if result.complete or not held or held >= users or peak is None or not base:
+        return None
+    value = extrapolate(float(max(base)), peak, held, users)
+    return None if value is None else (held, users, value)
+
+
+def ratios(results: Mapping[str, StageResult]) -> dict[str, float | None]:
+    """kpimon over the other stages (and two workers over one)."""
+    kpimon = rate_of(results, "kpimon")
+    return {
+        "kpimon/ceiling": ratio(kpimon, rate_of(results, "ceiling")),
+        "kpimon/naive": ratio(kpimon, rate_of(results, "naive")),
+        "kpimon/bare": ratio(kpimon, rate_of(results, "bare")),
+        "bare/ceiling": ratio(rate_of(results, "bare"), rate_of(results, "ceiling")),
+        "kpimon2/kpimon": ratio(rate_of(results, "kpimon2"), kpimon),
+    }
+
+
+def cpu_ratios(results: Mapping[str, StageResult]) -> dict[str, float | None]:
+    """The same ratios per CPU second spent by each stage's processes."""
+    kpimon = cpu_rate_of(results, "kpimon")
+    return {
+        "kpimon/ceiling": ratio(kpimon, cpu_rate_of(results, "ceiling")),
+        "kpimon/naive": ratio(kpimon, cpu_rate_of(results, "naive")),
+        "kpimon/bare": ratio(kpimon, cpu_rate_of(results, "bare")),
+        "bare/ceiling": ratio(cpu_rate_of(results, "bare"), cpu_rate_of(results, "ceiling")),
+    }
+
+
+def targets(results: Mapping[str, StageResult]) -> list[Target]:
+    """Issue #7's targets, each with the measured value (None when its stage did not run)."""
+    both = ratios(results)
+    delay = results.get("delay")
+    p99 = delay.figures.get("p99_s") if delay is not None else None
+    rss_result = results.get("rss")
+    rss = peak_rss(rss_result)
+    users = rss_result.figures.get("users", 0) if rss_result is not None else 0
+    partial = rss_result is not None and not rss_result.complete
+    return [
+        Target("kpimon events/s per worker process", rate_of(results, "kpimon"), 100_000, unit="/s"),
+        Target("kpimon/ceiling", both["kpimon/ceiling"], 1 / 3),
+        Target("kpimon/naive", both["kpimon/naive"], 10),
+        Target(
+            f"peak RSS, {users:,} users (MB)" if users else "peak RSS, many users (MB)",
+            rss / MB if rss is not None else None,
+            400,
+            at_least=False,
+            partial=partial,
+        ),
+        Target("p99 end-to-end delay (s)", p99, 2.0, at_least=False),
+    ]
+
+
+def number(value: float | None, digits: int = 0) -> str:
+    """A figure for the table: thousands separators, '-' when unknown."""
+    if value is None:
+        return "-"
+    if value == float("inf"):
+        return "inf"
+    return f"{value:,.{digits}f}"
+
+
+def table(rows: Sequence[Sequence[str]]) -> str:
+    """Rows as left-aligned text columns (the first row is the header)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render(results: Mapping[str, StageResult], meta: Mapping[str, Any]) -> str:
+    """The whole report as text."""
+    out = [f"kpimon benchmark - {meta.get('when', '')} - {meta.get('machine', '')}"]
+    for name, data in meta.get("data_sets", {}).items():
+        out.append(
+            f"data {name}: {data['events']:,} messages ({data['clicks']:,} clicks, {data['surveys']:,} "
+            f"surveys), {data['users']:,} users, {data['days']} days, {data['partitions']} partitions, "
+            f"{data['mean_value_bytes']:.0f} B/message, filled in {data['fill_seconds']:.1f} s"
+        )
+    out.append("")
+    rows = [["stage", "messages", "seconds", "events/s", "events/CPU-s", "complete", "note"]]
+    for stage, label in LABELS.items():
+        found = results.get(stage)
+        if found is None:
+            continue
+        shown = found.figures.get("offered_rate") if stage == "delay" else found.rate
+        rate_text = number(shown)
+        rows.append(
+            [
+                label,
+                number(found.events),
+                number(found.seconds, 1),
+                rate_text,
+                number(cpu_rate_of(results, stage)),
+                "yes" if found.complete else "NO",
+                found.note,
+            ]
+        )
+    out.append(table(rows))
+    out.append("")
+    out.append("ratios: " + ", ".join(f"{k} = {number(v, 3)}" for k, v in ratios(results).items()))
+    out.append(
+        "ratios per CPU second (each stage's own processes; less sensitive to other load): "
+        + ", ".join(f"{k} = {number(v, 3)}" for k, v in cpu_ratios(results).items())
+    )
+    for stage in ("kpimon", "kpimon2", "rss"):
+        found = results.get(stage)
+        if found is None:
+            continue
+        rss_list = found.figures.get("peak_rss_bytes") or []
+        rss_text = ", ".join(f"{r / MB:,.0f} MB" for r in rss_list) or "-"
+        line = f"{LABELS[stage]}: peak RSS (VmHWM) {rss_text}; store {found.figures.get('store')}"
+        per_user = state_bytes_per_user(found)
+        if per_user is not None:
+            line += (
+                f"; state {per_user:,.1f} bytes/user ({found.figures['state_users']:,} users in "
+                f"{found.figures['changelog']})"
+            )
+        if found.figures.get("store_note"):
+            line += f"; {found.figures['store_note']}"
+        out.append(line)
+        estimate = rss_estimate(found)
+        if estimate is not None:
+            held, users, value = estimate
+            out.append(
+                f"  capped while holding {held:,} of {users:,} users: linear extrapolation of the peak RSS "
+                f"above the RSS at the first message to {users:,} users = {value / MB:,.0f} MB (an estimate)"
+            )
+    delay = results.get("delay")
+    if delay is not None:
+        fig = delay.figures
+        out.append(
+            f"delay at {number(fig.get('offered_rate'))} events/s offered for {delay.seconds:.0f} s: "
+            f"p50 {number(fig.get('p50_s'), 3)} s, p99 {number(fig.get('p99_s'), 3)} s, "
+            f"max {number(fig.get('max_s'), 3)} s ({delay.events:,} events, {fig.get('markers', 0):,} "
+            f"markers, {fig.get('never_visible', 0)} never visible, /metrics scraped every "
+            f"{fig.get('scrape_interval_s')} s, "
+            f"flush interval {fig.get('flush_interval_s')} s)"
+        )
+    out.append("")
+    rows = [["target", "threshold", "measured", "verdict"]]
+    for target in targets(results):
+        sign = ">=" if target.at_least else "<="
+        digits = 0 if target.threshold >= 100 else 3
+        rows.append(
+            [
+                target.name,
+                f"{sign} {number(target.threshold, digits)}",
+                number(target.value, digits),
+                target.verdict,
+            ]
+        )
+    out.append(table(rows))
+    return "\n".join(out)
+
+
+def to_json(results: Mapping[str, StageResult], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything the report shows, as plain data for `--json`."""
+    return {
+        "meta": dict(meta),
+        "stages": {name: result.to_json() for name, result in results.items()},
+        "ratios": ratios(results),
+        "cpu_ratios": cpu_ratios(results),
+        "targets": [
+            {
+                "name": t.name,
+                "threshold": t.threshold,
+                "at_least": t.at_least,
+                "value": t.value,
+                "verdict": t.verdict,
+            }
+            for t in targets(results)
+        ],
+    }

@@ -1,0 +1,116 @@
+"""The benchmark suite's pure helpers: rates, ratios, percentiles, delay matching, target verdicts, report."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench import report
+from bench.stats import StageResult, Target, crossing_delays, extrapolate, percentile, rate, ratio
+from bench.worker import gauge_value
+
+
+def test_rate_and_ratio_are_none_when_unknown() -> None:
+    assert rate(1000, 2.0) == 500
+    assert rate(0, 2.0) is None
+    assert rate(10, 0.0) is None
+    assert ratio(30.0, 10.0) == 3
+    assert ratio(None, 10.0) is None
+    assert ratio(3.0, 0.0) is None
+
+
+@pytest.mark.parametrize(
+    ("values", "q", "expected"),
+    [
+        ([5.0], 50, 5.0),
+        ([1.0, 2.0, 3.0, 4.0], 0, 1.0),
+        ([1.0, 2.0, 3.0, 4.0], 100, 4.0),
+        ([4.0, 1.0, 3.0, 2.0], 50, 2.5),
+        ([float(i) for i in range(1, 101)], 99, 99.01),
+        ([1.0, 2.0, math.inf], 99, math.inf),
+        ([1.0, math.inf, math.inf], 99, math.inf),
+    ],
+)
+def test_percentile_interpolates_between_closest_ranks(
+    values: list[float], q: float, expected: float
+) -> None:
+    assert percentile(values, q) == pytest.approx(expected)
+
+
+def test_percentile_of_nothing_and_bad_q() -> None:
+    assert percentile([], 50) is None
+    with pytest.raises(ValueError, match="q must be"):
+        percentile([1.0], 101)
+
+
+def test_crossing_delays_match_the_ith_event_to_the_first_count_above_it() -> None:
+    sent = [0.0, 0.1, 0.2, 0.3]
+    # counter was 10 before; it shows 11 at 0.5, 13 at 0.7, never 14
+    observations = [(0.05, 10.0), (0.5, 11.0), (0.7, 13.0)]
+    delays = crossing_delays(sent, observations, baseline=10)
+    assert delays[0] == pytest.approx(0.5)
+    assert delays[1] == pytest.approx(0.6)
+    assert delays[2] == pytest.approx(0.5)
+    assert delays[3] is None
+
+
+def test_targets_verdicts() -> None:
+    assert Target("rate", 150_000, 100_000).verdict == "MET"
+    assert Target("rate", 2_500, 100_000).verdict == "NOT MET"
+    assert Target("p99", 1.5, 2.0, at_least=False).verdict == "MET"
+    assert Target("p99", math.inf, 2.0, at_least=False).verdict == "NOT MET"
+    assert Target("p99", None, 2.0, at_least=False).verdict == "UNKNOWN"
+
+
+def test_partial_memory_figures_only_fail() -> None:
+    assert Target("rss", 500, 400, at_least=False, partial=True).verdict == "NOT MET"
+    assert Target("rss", 300, 400, at_least=False, partial=True).verdict == "UNKNOWN (partial run)"
+    assert extrapolate(100.0, 150.0, 100, 1000) == pytest.approx(600.0)
+    assert extrapolate(100.0, 150.0, 0, 1000) is None
+
+
+def test_gauge_value_reads_one_exposition_line() -> None:
+    text = (
+        "# HELP kpimon_active_users x\n"
+        'kpimon_active_users{window="7d",day="current",dimension="all",segment="all"} 9.0\n'
+        'kpimon_active_users{day="current",dimension="all",segment="all",window="1d"} 42.0\n'
+        'kpimon_active_users{day="current",dimension="plan",segment="free",window="1d"} 40.0\n'
+    )
+    assert gauge_value(text) == 42.0
+    assert gauge_value(text, dimension="plan", segment="free", day="current", window="1d") == 40.0
+    assert gauge_value("# nothing\n") is None
+
+
+def test_report_shows_rates_ratios_and_targets() -> None:
+    results = {
+        "ceiling": StageResult.from_count("ceiling", 1_000_000, 4.0),
+        "naive": StageResult.from_count("naive", 60_000, 200.0, complete=False, note="capped"),
+        "kpimon": StageResult.from_count("kpimon", 1_000_000, 400.0),
+        "rss": StageResult(
+            "rss", figures={"peak_rss_bytes": [350_000_000], "state_users": 10, "state_bytes": 800}
+        ),
+        "delay": StageResult("delay", 100, 10.0, figures={"p50_s": 0.4, "p99_s": 2.5, "offered_rate": 10}),
+    }
+    results["rss"].figures.update(store="rocksdb", changelog="x-user-state-changelog")
+    results["ceiling"].figures["cpu_seconds"] = 2.0
+    results["kpimon"].figures["cpu_seconds"] = 100.0
+    assert report.cpu_ratios(results)["kpimon/ceiling"] == pytest.approx(0.02)
+    assert report.cpu_ratios(results)["kpimon/naive"] is None
+    assert report.ratios(results)["kpimon/ceiling"] == pytest.approx(0.01)
+    assert report.ratios(results)["kpimon/naive"] == pytest.approx(25 / 3)
+    verdicts = {t.name: t.verdict for t in report.targets(results)}
+    assert verdicts == {
+        "kpimon events/s per worker process": "NOT MET",
+        "kpimon/ceiling": "NOT MET",
+        "kpimon/naive": "NOT MET",
+        "peak RSS, many users (MB)": "MET",
+        "p99 end-to-end delay (s)": "NOT MET",
+    }
+    text = report.render(results, {"when": "today", "machine": "m", "data_sets": {}})
+    assert "250,000" in text  # the ceiling's events/s
+    assert "500,000" in text  # its events per CPU second
+    assert "80.0 bytes/user" in text
+    assert "kpimon/naive = 8.333" in text
+    assert text.count("NOT MET") == 4
+    assert report.to_json(results, {})["targets"][3]["verdict"] == "MET"
