@@ -129,14 +129,15 @@ class PartitionCounters:
         for segment, days in self.days.items():
             pending = self.dirty.get(segment, set())
             old = [d for d in days if d < day and d not in pending]
-            if not old:
-                continue
             days.difference_update(old)
             dropped += len(old)
             keep_from = min([day, *(d for d in pending if d < day)])
             diffs = self.diffs[segment]
+            stale = [d for d in diffs if d < keep_from]
+            if not stale:
+                continue
             folded = [0] * _WIDTH
-            for d in [d for d in diffs if d < keep_from]:
+            for d in stale:
                 folded = [a + b for a, b in zip(folded, diffs.pop(d), strict=True)]
             kept = diffs.get(keep_from)
             diffs[keep_from] = folded if kept is None else [a + b for a, b in zip(folded, kept, strict=True)]

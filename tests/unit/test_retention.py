@@ -77,7 +77,9 @@ def test_state_keeps_no_day_older_than_the_windows_need(record_property: pytest.
         assert all(fact[0] >= cutoff for fact in state.surveys.values()), key
     # Counters and aggregate groups: nothing older than the lateness bound (one day of margin).
     for counters in engine.partitions.values():
-        assert all(min(days, default=oldest_open) >= oldest_open for days in counters.segments.values())
+        assert min((day for _, _, day in counters.groups()), default=oldest_open) >= oldest_open
+        # Older days' differences are folded into the oldest kept day, not kept one by one.
+        assert all(min(diffs, default=oldest_open) >= oldest_open for diffs in counters.diffs.values())
     groups = [parse_group(key.decode()) for key in aggregates if not key.startswith(b"__watermark__")]
     assert groups and min(day for _, _, day in groups) >= final
     # Bounded: the window needs at most lateness + 60 days, so bytes per user stop growing after that.
