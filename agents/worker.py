@@ -227,4 +227,9 @@ def run_worker(settings: Settings) -> None:
         + (" (basic auth)" if settings.web_auth_user else ""),
         err=True,
     )
-    faust.Worker(kpimon.app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+    runner = faust.Worker(kpimon.app, loglevel=settings.log_level, quiet=True)
+    # Faust's terminal spinner, with a log level of warning or above, sets the root logger to DEBUG and
+    # handles every record: each message of the hot path would then build aiokafka's and Faust's debug
+    # log records (measured: 7 % of a worker's CPU). A worker's output is a log, not a terminal.
+    runner.spinner = None
+    runner.execute_from_commandline()
