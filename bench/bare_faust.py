@@ -8,27 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import faust
-
-from bench.child import Progress, child_arguments
+from bench.child import Progress, child_app, child_arguments, serve_child
 
 
 def main() -> None:
     """Run the worker until the parent stops it."""
     args = child_arguments(__doc__ or "")
     progress = Progress(args.expected, args.status)
-    app = faust.App(
-        args.app_id,
-        broker=f"kafka://{args.broker}",
-        store="memory://",
-        datadir=str(args.data_dir),
-        topic_partitions=args.partitions,
-        web_enabled=False,
-        consumer_auto_offset_reset="earliest",
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-    topic = app.topic(*args.topics.split(","), key_serializer="raw", value_serializer="raw")
+    app, topic = child_app(args, key_serializer="raw", value_serializer="raw")
 
     @app.agent(topic)
     async def iterate(stream: Any) -> None:
@@ -40,7 +27,7 @@ def main() -> None:
 
     app.timer(1.0)(report)
 
-    faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+    serve_child(app)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import faust
+
 from bench.fill import DataSet
 from bench.stats import StageResult
 
@@ -38,6 +40,33 @@ def child_arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--days", type=int, default=90, help="window retention of the naive tables")
     return parser.parse_args()
+
+
+def child_app(args: argparse.Namespace, **settings: Any) -> tuple[faust.App, Any]:
+    """The Faust app of a child and its input topic (raw bytes), configured alike for every stage."""
+    app = faust.App(
+        args.app_id,
+        broker=f"kafka://{args.broker}",
+        store="memory://",
+        datadir=str(args.data_dir),
+        topic_partitions=args.partitions,
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        **settings,
+    )
+    topic = app.topic(*args.topics.split(","), key_serializer="raw", value_serializer="raw")
+    return app, topic
+
+
+def serve_child(app: faust.App) -> None:
+    """Run the child's Faust worker until the parent stops it.
+
+    Without Faust's terminal spinner, as `kpimon worker` runs: with a warning log level the spinner makes
+    every library debug record be built, which would tax the Faust stages and not kpimon.
+    """
+    runner = faust.Worker(app, loglevel="warning", quiet=True)
+    runner.spinner = None
+    runner.execute_from_commandline()
 
 
 @dataclass

@@ -13,25 +13,14 @@ import json
 from datetime import timedelta
 from typing import Any
 
-import faust
-
-from bench.child import Progress, child_arguments
+from bench.child import Progress, child_app, child_arguments, serve_child
 
 
 def main() -> None:
     """Run the worker until the parent stops it."""
     args = child_arguments(__doc__ or "")
     progress = Progress(args.expected, args.status)
-    app = faust.App(
-        args.app_id,
-        broker=f"kafka://{args.broker}",
-        store="memory://",
-        datadir=str(args.data_dir),
-        topic_partitions=args.partitions,
-        web_enabled=False,
-        consumer_auto_offset_reset="earliest",
-    )
-    topic = app.topic(*args.topics.split(","), key_serializer="raw", value_serializer="raw")
+    app, topic = child_app(args)
     day, keep = timedelta(days=1), timedelta(days=args.days)
     seen = app.Table("seen", default=bool, partitions=args.partitions).tumbling(day, expires=keep)
     dau = app.Table("dau", default=int, partitions=args.partitions).tumbling(day, expires=keep)
@@ -54,7 +43,7 @@ def main() -> None:
 
     app.timer(1.0)(report)
 
-    faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+    serve_child(app)
 
 
 if __name__ == "__main__":
