@@ -10,6 +10,7 @@ each batch. Nothing raised by the input can stop the worker: validation turns ev
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from faust.serializers import codecs
@@ -72,9 +73,9 @@ def register_ingest(kpimon: Kpimon) -> None:
             log.warning("ingest agent received %s[%d]@%d", message.topic, message.partition, message.offset)
             with writing_partition(message.topic, message.partition):
                 result = processor.process(
-                    message.topic, message.partition, [_FaustRecord(message)], users, _now_ms()
+                    message.topic, message.partition, [_FaustRecord(message)], users, int(time.time() * 1000)
                 )
-            reader._send(result)
+            reader.send(result)
 
     app.agent(source, name="kpimon.ingest")(ingest)
 
@@ -114,9 +115,3 @@ class _FaustRecord:
         self.timestamp: int | None = int(ts * 1000) if ts else None
         headers = message.headers or ()
         self.headers = list(headers.items() if isinstance(headers, dict) else headers)
-
-
-def _now_ms() -> int:
-    import time
-
-    return int(time.time() * 1000)

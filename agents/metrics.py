@@ -41,10 +41,6 @@ class PipelineMetrics:
             for outcome in OUTCOMES:
                 self.events.labels(topic=topic, outcome=outcome)
 
-    def accepted(self, topic: str, delay_seconds: float) -> None:
-        """Count an accepted event and observe its delay."""
-        self.accepted_many(topic, [delay_seconds])
-
     def accepted_many(self, topic: str, delays_seconds: list[float]) -> None:
         """Count a batch of accepted events and observe their delays."""
         self.events.labels(topic=topic, outcome="accepted").inc(len(delays_seconds))

@@ -213,9 +213,10 @@ class SourceReader:
                 if now_ms - self._last_sweep.get(tp.partition, 0) > SWEEP_INTERVAL_MS:
                     self._last_sweep[tp.partition] = now_ms
                     engine.sweep(self.users, tp.partition, now_ms)
-            self._send(result)
+            self.send(result)
 
-    def _send(self, result: BatchResult) -> None:
+    def send(self, result: BatchResult) -> None:
+        """Queue a batch's dead letters (redacted when configured) and re-keyed events on the producer."""
         dead_letters, rekeyed = self.topics["dead_letters"], self.topics["rekeyed"]
         for out in result.dead_letters:
             key, value, headers = out.key, out.value, out.headers

@@ -143,7 +143,7 @@ def test_the_delay_histogram_counts_batches_like_prometheus_histograms() -> None
     registry = CollectorRegistry()
     metrics = PipelineMetrics(registry, topics=("clicks",))
     metrics.accepted_many("clicks", [0.05, 0.07, -2.0, 3600.0, 10**7])
-    metrics.accepted("clicks", 1.0)
+    metrics.accepted_many("clicks", [1.0])
 
     def bucket(le: str) -> float | None:
         return registry.get_sample_value("kpimon_event_delay_seconds_bucket", {"topic": "clicks", "le": le})
