@@ -25,7 +25,7 @@ from agents.faust_app import KpimonApp
 from agents.kpi_metrics import KpiCollector
 from agents.lag import LagCollector
 from agents.metrics import PipelineMetrics
-from agents.pacing import Pacer
+from agents.pacing import Pacer, Turns
 from agents.settings import Settings
 from agents.tables import raw_topic
 from streams import output
@@ -58,6 +58,8 @@ class Kpimon:
     last_snapshot: Gauge | None = field(default=None)
     flush_pacer: Pacer = field(default_factory=Pacer)
     publish_pacer: Pacer = field(default_factory=Pacer)
+    #: Flushes and publishing run as jobs the source reader waits for (agents/pacing.py).
+    turns: Turns = field(default_factory=Turns)
 
     @property
     def ready(self) -> bool:
@@ -120,13 +122,25 @@ class Kpimon:
         for partition in sorted(missing):
             engine.rebuild(partition, by_partition[partition], now_ms)
 
+    def caught_up(self) -> bool:
+        """Whether the source reader's last fetch found nothing new: pacing then holds nothing back.
+
+        Pacing keeps flushes from starving a backfill; once the input is read, the last values should
+        come out at the next interval, not after a pause sized by the backfill's long flushes.
+        """
+        return self.reader is not None and bool(self.reader.caught_up)
+
     async def flush_partials(self, final: bool = False) -> None:
         """Send the changed counters of owned partitions, and their current days, to kpimon-partials.
 
         `final`: the last flush while the worker stops (not paced; the producer still runs).
         """
-        if not final and not self.flush_pacer.due():
+        if not final and not self.flush_pacer.due() and not self.caught_up():
             return
+        async with self.turns.job():
+            await self._flush_partials(final)
+
+    async def _flush_partials(self, final: bool) -> None:
         started = self.flush_pacer.now()
         settings, app, topic = self.settings, self.app, self.partials_topic
         now_ms = int(time.time() * 1000)
@@ -155,8 +169,12 @@ class Kpimon:
 
     async def publish(self) -> None:
         """Send the changed global KPIs of owned groups to kpimon-kpis."""
-        if self.aggregates is None or not self.publish_pacer.due():
+        if self.aggregates is None or not (self.publish_pacer.due() or self.caught_up()):
             return
+        async with self.turns.job():
+            await self._publish()
+
+    async def _publish(self) -> None:
         started = self.publish_pacer.now()
         owned = self.owned(self.settings.partials)
         sent = 0
@@ -213,6 +231,9 @@ def create_app(
         web_ssl_context=web_ssl_context(settings),
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # The user-state changelog goes out in record batches (agents/user_store.py): bigger batches, fewer
+        # produce round trips. Within Faust's default max request size (1,000,000 bytes).
+        producer_max_batch_size=512 * 1024,
         broker_rebalance_timeout=60,
         broker_session_timeout=settings.session_timeout,
     )

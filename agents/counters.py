@@ -33,7 +33,10 @@ class PartitionCounters:
         self.diffs: dict[SegmentKey, dict[int, list[int]]] = {}
         #: segment -> days touched by a run, as of the last flush (with `dirty`: the groups that exist).
         self.days: dict[SegmentKey, set[int]] = {}
-        self.dirty: dict[SegmentKey, set[int]] = {}
+        self._dirty: dict[SegmentKey, set[int]] = {}
+        #: segment -> (first, last) spans of runs since the days were last expanded into the dirty days:
+        #: a run covers up to 60 days, and most runs of a backfill repeat a span already noted.
+        self._spans: dict[SegmentKey, set[tuple[int, int]]] = {}
         self._values: dict[SegmentKey, dict[int, list[int]]] = {}
         #: Newest accepted event day in this partition (None before the first event).
         self.current_day: int | None = None
@@ -46,11 +49,10 @@ class PartitionCounters:
         if diffs is None:
             diffs = self.diffs[segment] = {}
             self.days[segment] = set()
-        dirty = self.dirty.get(segment)
-        if dirty is None:
-            dirty = self.dirty[segment] = set()
+        spans = self._spans.get(segment)
+        if spans is None:
+            spans = self._spans[segment] = set()
         self._values.pop(segment, None)
-        spans: set[tuple[int, int]] = set()  # several counters usually change over the same days
         for kpi, window, first, last, delta in runs:
             index = _INDEX[kpi, window]
             vector = diffs.get(first)
@@ -61,9 +63,20 @@ class PartitionCounters:
             if vector is None:
                 vector = diffs[last + 1] = [0] * _WIDTH
             vector[index] -= delta
-            if (first, last) not in spans:
-                spans.add((first, last))
-                dirty.update(range(first, last + 1))
+            spans.add((first, last))
+
+    @property
+    def dirty(self) -> dict[SegmentKey, set[int]]:
+        """segment -> days changed since the last flush."""
+        if self._spans:
+            for segment, spans in self._spans.items():
+                days = self._dirty.get(segment)
+                if days is None:
+                    days = self._dirty[segment] = set()
+                for first, last in spans:
+                    days.update(range(first, last + 1))
+            self._spans = {}
+        return self._dirty
 
     def add_deltas(self, segment: SegmentKey, deltas: Mapping[tuple[str, str, int], int]) -> None:
         """Apply {(kpi, window, day): delta} of one segment."""
@@ -105,7 +118,7 @@ class PartitionCounters:
 
     def take_dirty(self) -> Iterator[tuple[Group, dict[str, int]]]:
         """The changed groups with their absolute counters, clearing the dirty set."""
-        dirty, self.dirty = self.dirty, {}
+        dirty, self._dirty = self.dirty, {}
         for (dimension, segment), days in dirty.items():
             self.days[dimension, segment].update(days)
             values = self._segment_values((dimension, segment))

@@ -64,10 +64,14 @@ class KpimonApp(faust.App):
         and with it every commit, hangs). kpimon's own topics exist before the worker starts, so they
         are exactly such topics.
         """
-        producer: Any = self.producer  # Faust's aiokafka producer, whose client is aiokafka's
-        client = producer._ensure_producer().client
+        client = self.producer_client().client
         for topic in topics:
             client.add_topic(topic)
+
+    def producer_client(self) -> Any:
+        """aiokafka's producer under Faust's (started with the app): for record-batch sends."""
+        producer: Any = self.producer
+        return producer._ensure_producer()
 
     async def on_stop(self) -> None:
         for hook in self.before_stop:

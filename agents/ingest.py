@@ -20,6 +20,7 @@ from agents.deadletters import Redactor
 from agents.kafka_security import read_secret
 from agents.source_reader import SourceReader, writing_partition
 from agents.tables import raw_topic, table
+from agents.user_store import UserStore
 from streams.userstate import UserState
 from streams.validation import Kind
 
@@ -54,13 +55,15 @@ def register_ingest(kpimon: Kpimon) -> None:
     }
     users = table(app, "user-state", settings.partitions, "kpimon_user_state")
     kpimon.users = users
+    # Every user-state write goes through this one store: changelog records in batches (agents/user_store.py).
+    store = UserStore(users)
     processor = BatchProcessor(kpimon.engine, kpimon.metrics, settings.policy, kinds, labels)
     redactor = (
         Redactor(read_secret("dead_letter_redact_key_file", settings.dead_letter_redact_key_file).encode())
         if settings.dead_letter_redact
         else None
     )
-    reader = SourceReader(kpimon, processor, users, topics, redactor)
+    reader = SourceReader(kpimon, processor, store, topics, redactor)
     kpimon.reader = reader
 
     async def ingest(stream: Any) -> None:
@@ -73,14 +76,23 @@ def register_ingest(kpimon: Kpimon) -> None:
             log.warning("ingest agent received %s[%d]@%d", message.topic, message.partition, message.offset)
             with writing_partition(message.topic, message.partition):
                 result = processor.process(
-                    message.topic, message.partition, [_FaustRecord(message)], users, int(time.time() * 1000)
+                    message.topic, message.partition, [_FaustRecord(message)], store, int(time.time() * 1000)
                 )
             reader.send(result)
+            await store.send_pending(app.producer_client())
 
     app.agent(source, name="kpimon.ingest")(ingest)
 
     async def read_sources() -> None:
-        app.track_topics([settings.dead_letters, settings.rekeyed, settings.partials, settings.kpis])
+        app.track_topics(
+            [
+                settings.dead_letters,
+                settings.rekeyed,
+                settings.partials,
+                settings.kpis,
+                users.changelog_topic.get_topic_name(),
+            ]
+        )
         await reader.run()
 
     app.task(read_sources)

@@ -56,7 +56,8 @@ class Settings:
     flush_interval: float = 1.0
     #: Table store of the worker's state: "memory" or "rocksdb" (local disk under data_dir).
     store: str = "memory"
-    #: At most this many messages per fetch of the source partitions (one batch).
+    #: At most this many messages per fetch of the source partitions (one batch); within it, batches are
+    #: sized to take about 50 ms (agents/pacing.py BatchSizer).
     batch_max_messages: int = 10_000
     #: Seconds between commits of the processed source offsets (after flushing what they produced).
     commit_interval: float = 2.0

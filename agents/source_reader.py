@@ -30,6 +30,8 @@ from faust.types import TP
 from agents.batch import BatchProcessor, BatchResult
 from agents.deadletters import Redactor
 from agents.kafka_security import aiokafka_options
+from agents.pacing import BatchSizer
+from agents.user_store import UserStore
 
 if TYPE_CHECKING:
     from agents.app import Kpimon
@@ -79,7 +81,7 @@ class SourceReader:
         self,
         kpimon: Kpimon,
         processor: BatchProcessor,
-        users: Any,
+        users: UserStore,
         topics: dict[str, Any],
         redactor: Redactor | None = None,
     ) -> None:
@@ -92,7 +94,7 @@ class SourceReader:
         self.topics = topics
         settings = kpimon.settings
         self.source_topics = frozenset((settings.clicks, settings.surveys, settings.rekeyed))
-        self.max_records = settings.batch_max_messages
+        self.sizer = BatchSizer(settings.batch_max_messages)
         self.commit_interval = settings.commit_interval
         self._consumer: AIOKafkaConsumer | None = None
         self._assigned: set[tuple[str, int]] = set()
@@ -102,6 +104,8 @@ class SourceReader:
         self._stopping = False
         self._last_commit = time.monotonic()
         self._last_sweep: dict[int, int] = {}
+        #: Whether the last fetch returned no message (the reader has read all there is).
+        self.caught_up = False
 
     @property
     def assigned(self) -> set[tuple[str, int]]:
@@ -184,15 +188,22 @@ class SourceReader:
                 continue
             consumer = await self._ensure_consumer()
             try:
-                batches = await consumer.getmany(timeout_ms=100, max_records=self.max_records)
+                batches = await consumer.getmany(timeout_ms=100, max_records=self.sizer.size)
             except KafkaError as exc:  # the broker went away, a partition moved: retry, don't die
                 log.warning("fetching source partitions failed (%r); retrying in 1 s", exc)
                 await asyncio.sleep(1.0)
                 continue
+            self.caught_up = not any(batches.values())
+            await self.kpimon.turns.wait_for_jobs()  # a flush or publish runs: let it finish first
             async with self._lock:
                 if self._stopping:
                     break
+                started = time.perf_counter()
                 self._apply(batches)
+                self.sizer.ran(
+                    sum(len(records) for records in batches.values()), time.perf_counter() - started
+                )
+                await self.users.send_pending(self.kpimon.app.producer_client())
                 # Back-pressure: wait while Faust's producer buffer is over its limit.
                 await self.kpimon.app.producer.buffer.wait_until_ebb()
                 if time.monotonic() - self._last_commit >= self.commit_interval:

@@ -114,7 +114,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     "--batch-max-messages",
     type=int,
     envvar="KPIMON_BATCH_MAX_MESSAGES",
-    help="At most this many input messages per fetched batch.  [default: 10000]",
+    help="At most this many input messages per fetched batch; within it, the worker sizes batches to take "
+    "about 50 ms each, so its web server and timers keep their turns.  [default: 10000]",
 )
 @click.option(
     "--commit-interval",
