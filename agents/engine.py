@@ -127,7 +127,10 @@ class SourceEngine:
         """
         cursor = self._sweeps.get(partition)
         if cursor is None:
-            cursor = self._sweeps[partition] = iter(list(users.keys()))
+            keys_of_partition = getattr(users, "keys_of_partition", None)  # agents.user_store.UserStore
+            cursor = self._sweeps[partition] = (
+                keys_of_partition(partition) if keys_of_partition is not None else iter(list(users.keys()))
+            )
         cutoff = engagement.expiry_cutoff(self.oldest_accepted_day(now_ms))
         written = 0
         for _ in range(budget):

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Changelog records are handed to the producer once this many bytes are pending (and before a commit).
+SEND_AT_BYTES = 256 * 1024
 #: How often (per partition) a batch also expires old days from a slice of idle users' states.
 SWEEP_INTERVAL_MS = 10_000
 
@@ -203,7 +205,7 @@ class SourceReader:
                 self.sizer.ran(
                     sum(len(records) for records in batches.values()), time.perf_counter() - started
                 )
-                await self.users.send_pending(self.kpimon.app.producer_client())
+                await self.users.send_pending(self.kpimon.app.producer_client(), min_bytes=SEND_AT_BYTES)
                 # Back-pressure: wait while Faust's producer buffer is over its limit.
                 await self.kpimon.app.producer.buffer.wait_until_ebb()
                 if time.monotonic() - self._last_commit >= self.commit_interval:
@@ -241,6 +243,9 @@ class SourceReader:
     async def _commit(self, only: set[tuple[str, int]] | None = None) -> None:
         """Flush the producer, then commit the processed offsets (of `only`, or of all partitions)."""
         self._last_commit = time.monotonic()
+        # Changelog records still held back go out first, whatever is committed now: a partition that
+        # moves must find its users' latest states in the changelog.
+        await self.users.send_pending(self.kpimon.app.producer_client())
         positions = self.processor.engine.positions
         offsets = {
             tp: positions[tp]

@@ -103,6 +103,8 @@ async def test_a_rocksdb_store_holds_the_bytes_and_notes_the_changelog_offset(tm
         for i in range(50):
             users[f"u{i}".encode()] = _state(200 + i)
         assert users[b"u7"] == _state(207)  # read back through the store's own decoding
+        assert users.get(b"u8") == _state(208)  # and through the raw read
+        assert users.get(b"nobody") is None
     producer = FakeProducer(batch_size=1024)
     await users.send_pending(producer)
     await asyncio.sleep(0)  # the acknowledgement callbacks
@@ -116,3 +118,47 @@ def test_a_write_outside_a_partition_is_refused(tmp_path: Path) -> None:
     _, users = _store(tmp_path)
     with pytest.raises(RuntimeError, match="source partition"):
         users[b"a"] = _state(1)
+
+
+async def test_a_sweep_walks_one_rocksdb_partition_lazily_without_the_offset_key(tmp_path: Path) -> None:
+    _, users = _store(tmp_path, store="rocksdb")
+    with writing_partition("clicks", 0):
+        users[b"p0-a"] = _state(1)
+        users[b"p0-b"] = _state(2)
+    with writing_partition("clicks", 1):
+        users[b"p1-a"] = _state(3)
+    await users.send_pending(FakeProducer(batch_size=1 << 20))
+    await asyncio.sleep(0)  # the persisted offsets are now in the partitions' databases too
+    keys = users.keys_of_partition(0)
+    assert not isinstance(keys, list)
+    assert sorted(keys) == [b"p0-a", b"p0-b"]
+    assert list(users.keys_of_partition(1)) == [b"p1-a"]
+
+
+async def test_with_the_memory_store_a_sweep_gets_a_snapshot_of_every_key(tmp_path: Path) -> None:
+    _, users = _store(tmp_path)
+    with writing_partition("clicks", 0):
+        users[b"a"] = _state(1)
+    with writing_partition("clicks", 1):
+        users[b"b"] = _state(2)
+    keys = users.keys_of_partition(0)
+    with writing_partition("clicks", 0):
+        users[b"c"] = _state(3)  # a write during the sweep does not disturb it
+    assert sorted(keys) == [b"a", b"b"]  # the engine skips states of other partitions itself
+
+
+async def test_records_are_held_back_until_enough_are_pending(tmp_path: Path) -> None:
+    _, users = _store(tmp_path)
+    producer = FakeProducer(batch_size=1 << 20)
+    with writing_partition("clicks", 0):
+        users[b"a"] = _state(1)
+    assert await users.send_pending(producer, min_bytes=5_000) == 0
+    assert producer.sent == [] and users.pending == 1
+    with writing_partition("clicks", 0):
+        for i in range(300):
+            users[f"user-{i}".encode()] = _state(i)
+    assert await users.send_pending(producer, min_bytes=5_000) == 301
+    assert users.pending == 0
+    with writing_partition("clicks", 0):
+        users[b"b"] = _state(2)
+    assert await users.send_pending(producer) == 1  # no threshold: everything (before a commit)
