@@ -94,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--scrape-interval", type=float, default=0.05, help="delay stage: /metrics poll period"
     )
-    parser.add_argument("--quick", action="store_true", help="a small smoke run of each stage (about 3 min)")
+    parser.add_argument("--quick", action="store_true", help="a small smoke run of each stage (about 4 min)")
     parser.add_argument(
         "--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON"
     )
