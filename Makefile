@@ -44,7 +44,7 @@ unit: setup  ## the fast unit tests only
 test: setup lint typecheck  ## everything CI runs: lint, types, the whole test suite (real Kafka)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-bench: setup  ## the benchmark suite (issue #7): its own Kafka, 1M events, ~30-60 min; BENCH_ARGS=--help
+bench: setup  ## the benchmark suite (issue #7): its own Kafka, 1M events, ~40-70 min; BENCH_ARGS=--help
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 bench-quick: setup  ## a small smoke run of every benchmark stage (a few minutes)

@@ -15,12 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ceiling, delay, fill, kpimon_run, report
+from bench import ceiling, delay, faust_variants, fill, kpimon_run, report
 from bench.child import run_child
 from bench.cluster import local_kafka
 from bench.stats import StageResult
 
-STAGES = ("ceiling", "bare", "naive", "kpimon", "kpimon2", "rss", "delay")
+STAGES = ("ceiling", "bare", "candidates", "naive", "kpimon", "kpimon2", "rss", "delay")
 FULL: dict[str, float] = {
     "events": 1_000_000,
     "days": 30,
@@ -35,7 +35,7 @@ QUICK: dict[str, float] = {
     "timeout": 120,
     "delay_seconds": 5,
 }
-_MAIN_DATA_STAGES = {"ceiling", "bare", "naive", "kpimon", "kpimon2"}
+_MAIN_DATA_STAGES = {"ceiling", "bare", "candidates", "naive", "kpimon", "kpimon2"}
 
 DESCRIPTION = """\
 Benchmark kpimon against a plain aiokafka consumer, a bare Faust agent and a naive Faust DAU, on the same
@@ -45,6 +45,12 @@ jar cache). Progress goes to stderr, the report to stdout.
 stages (--only, comma-separated; all by default):
   ceiling  a plain aiokafka consumer (getmany) decoding every message with msgspec: the ceiling
   bare     a Faust agent that only iterates over the raw messages (its own process)
+  candidates  issue #7's levers on Faust's per-event cost, each a bare Faust process changed in one
+           way: consumer/fetcher settings (10k records per poll, 8 MiB fetches, a 128k stream
+           buffer), the conductor's cython_optimizations, stream.take(1000, within=1), and a bulk
+           getmany task sending each batch as one event to a channel's agent; events/s and
+           events/CPU-s each and over bare's (runs bare too when it is not chosen), and where bare's
+           wall time goes: CPU-s/wall-s, its event loop on a CPU, waiting for one, asleep in epoll
   naive    a Faust DAU with per-event updates of 1-day tumbling windowed tables (its own process)
   kpimon   one `kpimon worker`, timed from its first message until kpimon-kpis holds the true DAU of
            the last day (computed by the bench from the events it produced)
@@ -88,7 +94,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--scrape-interval", type=float, default=0.05, help="delay stage: /metrics poll period"
     )
-    parser.add_argument("--quick", action="store_true", help="a small smoke run of each stage (about 3 min)")
+    parser.add_argument("--quick", action="store_true", help="a small smoke run of each stage (about 4 min)")
     parser.add_argument(
         "--json", type=Path, default=None, metavar="FILE", help="also write the results as JSON"
     )
@@ -130,6 +136,22 @@ def _show(result: StageResult) -> None:
     say(f"{result.stage}: {rate} ({result.events:,} messages in {result.seconds:.1f} s) {result.note}")
 
 
+async def _child(
+    stage: str,
+    module: str,
+    bootstrap: str,
+    data: fill.DataSet,
+    scratch: Path,
+    timeout: float,
+    extra_args: list[str] | None = None,
+) -> StageResult:
+    """Run one Faust child stage (`bench.child.run_child`), with progress on stderr."""
+    say(f"{stage}: python -m {module} {' '.join(extra_args or [])}".rstrip())
+    result = await run_child(stage, module, bootstrap, data, scratch, timeout, extra_args or ())
+    _show(result)
+    return result
+
+
 async def run_stages(
     args: argparse.Namespace, bootstrap: str, scratch: Path, meta: dict[str, Any]
 ) -> dict[str, StageResult]:
@@ -154,11 +176,24 @@ async def run_stages(
         say("ceiling: plain aiokafka consumer")
         results["ceiling"] = await ceiling.run(bootstrap, data, args.timeout)
         _show(results["ceiling"])
-    for stage, module in (("bare", "bench.bare_faust"), ("naive", "bench.naive")):
-        if data is not None and stage in stages:
-            say(f"{stage}: python -m {module}")
-            results[stage] = await run_child(stage, module, bootstrap, data, scratch, args.timeout)
-            _show(results[stage])
+    if data is not None and ("bare" in stages or "candidates" in stages):
+        # bare Faust is also the candidates' baseline ("Faust defaults"), so it runs for them too.
+        results["bare"] = await _child("bare", "bench.bare_faust", bootstrap, data, scratch, args.timeout)
+    if data is not None and "candidates" in stages:
+        # Right after bare: their ratios to it are the figures, and on a shared machine the load
+        # changes less over a few minutes than over the whole run.
+        for variant in faust_variants.VARIANTS:
+            results[report.candidate_key(variant)] = await _child(
+                report.candidate_key(variant),
+                "bench.faust_variants",
+                bootstrap,
+                data,
+                scratch,
+                args.timeout,
+                extra_args=["--variant", variant],
+            )
+    if data is not None and "naive" in stages:
+        results["naive"] = await _child("naive", "bench.naive", bootstrap, data, scratch, args.timeout)
     for stage, workers in (("kpimon", 1), ("kpimon2", 2)):
         if data is not None and stage in stages:
             say(f"{stage}: {workers} x kpimon worker")

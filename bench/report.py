@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from typing import Any
 
-from bench.stats import StageResult, Target, extrapolate, rate, ratio
+from bench.stats import StageResult, Target, extrapolate, rate, ratio, time_split
 
 #: Stage key -> label in the table, in display order.
 LABELS = {
@@ -16,6 +17,15 @@ LABELS = {
     "kpimon2": "kpimon, 2 workers",
     "rss": "kpimon, many users (state/RSS)",
     "delay": "kpimon, delay stage (offered load)",
+}
+
+#: The candidates stage's variants -> label, in display order; "bare" (variant 1) is Faust's defaults.
+CANDIDATES = {
+    "bare": "1 Faust defaults (= bare)",
+    "settings": "2 consumer/fetcher settings",
+    "conductor": "2b conductor: cython_optimizations",
+    "take": "3 stream.take(1000, within=1)",
+    "channel": "4 bulk getmany, 1 channel event/batch",
 }
 
 MB = 1_000_000
@@ -81,6 +91,97 @@ def cpu_ratios(results: Mapping[str, StageResult]) -> dict[str, float | None]:
         "kpimon/bare": ratio(kpimon, cpu_rate_of(results, "bare")),
         "bare/ceiling": ratio(cpu_rate_of(results, "bare"), cpu_rate_of(results, "ceiling")),
     }
+
+
+def candidate_key(variant: str) -> str:
+    """The results key of a candidate variant (Faust's defaults are the bare stage's result)."""
+    return "bare" if variant == "bare" else f"candidate-{variant}"
+
+
+def candidates(results: Mapping[str, StageResult]) -> list[dict[str, Any]]:
+    """One row per candidate variant that ran: its rates, both over bare Faust's, and where its wall
+    time went (`bench.stats.TimeSplit`). Empty when no variant but bare ran."""
+    if not any(candidate_key(v) in results for v in CANDIDATES if v != "bare"):
+        return []
+    bare_rate, bare_cpu_rate = rate_of(results, "bare"), cpu_rate_of(results, "bare")
+    rows: list[dict[str, Any]] = []
+    for variant, label in CANDIDATES.items():
+        key = candidate_key(variant)
+        found = results.get(key)
+        if found is None:
+            continue
+        cpu_rate = cpu_rate_of(results, key)
+        rows.append(
+            {
+                "variant": variant,
+                "label": label,
+                "events": found.events,
+                "seconds": found.seconds,
+                "rate": found.rate,
+                "cpu_rate": cpu_rate,
+                "rate_over_bare": ratio(found.rate, bare_rate),
+                "cpu_rate_over_bare": ratio(cpu_rate, bare_cpu_rate),
+                "complete": found.complete,
+                **asdict(time_split(found.figures)),
+            }
+        )
+    return rows
+
+
+def percent(value: float | None) -> str:
+    """A fraction as a whole percentage, '-' when unknown."""
+    return "-" if value is None else f"{value * 100:.0f}%"
+
+
+def render_candidates(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The candidates table and the idle-time line of Faust's defaults (variant 5)."""
+    out = ["candidates (issue #7): Faust's per-event cost with one lever changed at a time, vs bare Faust"]
+    table_rows = [
+        [
+            "variant",
+            "messages",
+            "seconds",
+            "events/s",
+            "events/CPU-s",
+            "x bare",
+            "x bare/CPU-s",
+            "CPU-s/wall-s",
+            "loop cpu/wait/asleep",
+            "complete",
+        ]
+    ]
+    for row in rows:
+        split = "/".join(percent(row[k]) for k in ("loop_busy", "loop_waiting", "loop_asleep"))
+        table_rows.append(
+            [
+                row["label"],
+                number(row["events"]),
+                number(row["seconds"], 1),
+                number(row["rate"]),
+                number(row["cpu_rate"]),
+                number(row["rate_over_bare"], 2),
+                number(row["cpu_rate_over_bare"], 2),
+                number(row["process_busy"], 2),
+                split if row["loop_busy"] is not None else "-",
+                "yes" if row["complete"] else "NO",
+            ]
+        )
+    out.append(table(table_rows))
+    defaults = next((row for row in rows if row["variant"] == "bare"), None)
+    if defaults is not None and defaults["process_busy"] is not None:
+        line = (
+            f"5 where the idle time goes, Faust defaults: {defaults['process_busy']:.2f} CPU-s per wall-s "
+            f"(all threads, i.e. {percent(max(0.0, 1 - defaults['process_busy']))} of one core unused)"
+        )
+        if defaults["loop_busy"] is not None:
+            line += (
+                f"; its event loop thread on a CPU {percent(defaults['loop_busy'])} of the wall time, "
+                f"runnable but waiting for a CPU {percent(defaults['loop_waiting'])} (other load), "
+                f"asleep {percent(defaults['loop_asleep'])} (idle in epoll: waiting for the consumer "
+                "thread's fetches, the broker or a timer)"
+            )
+        out.append(line)
+    return out
 
 
 def targets(results: Mapping[str, StageResult]) -> list[Target]:
@@ -159,6 +260,11 @@ def render(results: Mapping[str, StageResult], meta: Mapping[str, Any]) -> str:
         "ratios per CPU second (each stage's own processes; less sensitive to other load): "
         + ", ".join(f"{k} = {number(v, 3)}" for k, v in cpu_ratios(results).items())
     )
+    candidate_rows = candidates(results)
+    if candidate_rows:
+        out.append("")
+        out.extend(render_candidates(candidate_rows))
+        out.append("")
     for stage in ("kpimon", "kpimon2", "rss"):
         found = results.get(stage)
         if found is None:
@@ -217,6 +323,7 @@ def to_json(results: Mapping[str, StageResult], meta: Mapping[str, Any]) -> dict
         "stages": {name: result.to_json() for name, result in results.items()},
         "ratios": ratios(results),
         "cpu_ratios": cpu_ratios(results),
+        "candidates": candidates(results),
         "targets": [
             {
                 "name": t.name,

@@ -112,3 +112,47 @@ def extrapolate(base: float, measured: float, done: float, target: float) -> flo
     if done <= 0:
         return None
     return base + (measured - base) * target / done
+
+
+def parse_schedstat(text: str) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for a CPU) from a `/proc/<pid>/schedstat` line.
+
+    The file holds three numbers: nanoseconds on a CPU, nanoseconds waiting on a run queue, time slices.
+    """
+    fields = text.split()
+    if len(fields) < 2:
+        raise ValueError(f"not a schedstat line: {text!r}")
+    return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+
+
+@dataclass(frozen=True)
+class TimeSplit:
+    """Where a Faust child's wall time went, as fractions of its wall seconds (None when unknown).
+
+    `process_busy` is the CPU seconds of all the process's threads (the event loop, Faust's consumer
+    thread, ...) over its wall seconds: CPU-s / wall-s, which can pass 1 with threads on several cores.
+    The other three split the main thread's wall time, the thread that runs Faust's event loop: on a CPU,
+    runnable but waiting for a CPU (other processes' load), and asleep -- the loop idle in epoll, waiting
+    for the consumer thread, the broker or a timer.
+    """
+
+    process_busy: float | None = None
+    loop_busy: float | None = None
+    loop_waiting: float | None = None
+    loop_asleep: float | None = None
+
+
+def time_split(figures: dict[str, Any]) -> TimeSplit:
+    """The TimeSplit of a child's figures (`wall_seconds`, `cpu_seconds`, `loop_cpu_seconds`,
+    `loop_wait_seconds`, as `bench.child.run_child` records them)."""
+    wall = float(figures.get("wall_seconds") or 0.0)
+    if wall <= 0:
+        return TimeSplit()
+    cpu = float(figures.get("cpu_seconds") or 0.0)
+    loop_cpu = float(figures.get("loop_cpu_seconds") or 0.0)
+    loop_wait = float(figures.get("loop_wait_seconds") or 0.0)
+    if loop_cpu <= 0:  # no schedstat on this system
+        return TimeSplit(process_busy=cpu / wall)
+    busy, waiting = loop_cpu / wall, loop_wait / wall
+    # Clamped: the counters are sampled a few microseconds apart from the wall clock.
+    return TimeSplit(cpu / wall, busy, waiting, max(0.0, 1.0 - busy - waiting))

@@ -1,13 +1,29 @@
-"""The benchmark suite's pure helpers: rates, ratios, percentiles, delay matching, target verdicts, report."""
+"""The benchmark suite's pure helpers: rates, ratios, percentiles, delay matching, target verdicts, report,
+the Faust children's progress counting and the candidates table."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
 from bench import report
-from bench.stats import StageResult, Target, crossing_delays, extrapolate, percentile, rate, ratio
+from bench.__main__ import parse_args
+from bench.child import Progress, read_status
+from bench.faust_variants import VARIANTS
+from bench.stats import (
+    StageResult,
+    Target,
+    TimeSplit,
+    crossing_delays,
+    extrapolate,
+    parse_schedstat,
+    percentile,
+    rate,
+    ratio,
+    time_split,
+)
 from bench.worker import gauge_value
 
 
@@ -114,3 +130,85 @@ def test_report_shows_rates_ratios_and_targets() -> None:
     assert "kpimon/naive = 8.333" in text
     assert text.count("NOT MET") == 4
     assert report.to_json(results, {})["targets"][3]["verdict"] == "MET"
+
+
+def test_parse_schedstat_reads_on_cpu_and_waiting_nanoseconds() -> None:
+    assert parse_schedstat("1500000000 250000000 42\n") == (1.5, 0.25)
+    with pytest.raises(ValueError, match="schedstat"):
+        parse_schedstat("")
+
+
+def test_time_split_divides_by_the_wall_seconds() -> None:
+    split = time_split(
+        {"wall_seconds": 10.0, "cpu_seconds": 4.0, "loop_cpu_seconds": 3.0, "loop_wait_seconds": 1.0}
+    )
+    assert split.process_busy == pytest.approx(0.4)
+    assert split.loop_busy == pytest.approx(0.3)
+    assert split.loop_waiting == pytest.approx(0.1)
+    assert split.loop_asleep == pytest.approx(0.6)
+    # No schedstat (loop seconds 0): only the process figure; nothing timed: nothing known.
+    assert time_split({"wall_seconds": 2.0, "cpu_seconds": 1.0}) == TimeSplit(process_busy=0.5)
+    assert time_split({"cpu_seconds": 1.0}) == TimeSplit()
+    # Sampling skew never gives a negative sleep.
+    over = time_split({"wall_seconds": 1.0, "loop_cpu_seconds": 0.9, "loop_wait_seconds": 0.2})
+    assert over.loop_asleep == 0.0
+
+
+def test_progress_counts_batches_and_leaves_the_first_delivery_untimed(tmp_path: Path) -> None:
+    status = tmp_path / "status.json"
+    progress = Progress(expected=2500, path=status)
+    assert not progress.add(0)
+    assert not progress.add(1000)
+    assert progress.untimed == 1000
+    progress.write()
+    assert read_status(status)["count"] == 1000
+    assert not read_status(status)["done"]
+    assert progress.add(1000) is False
+    assert progress.add(1000) is True  # past the expected count: done, once
+    assert progress.add(10) is False
+    written = read_status(status)
+    assert written["done"]
+    assert written["untimed"] == 1000
+    assert {"cpu", "wall", "loop_cpu", "loop_wait"} <= set(written)
+    # Frozen at done: later status writes (the timer's) report the same seconds.
+    assert progress.measured() is progress.measured()
+
+
+def test_progress_ticks_leave_one_message_untimed(tmp_path: Path) -> None:
+    progress = Progress(expected=2, path=tmp_path / "status.json")
+    assert not progress.tick()
+    assert progress.tick()
+    assert progress.untimed == 1
+    assert read_status(tmp_path / "status.json")["count"] == 2
+
+
+def test_candidates_stage_is_chosen_by_default_and_alone() -> None:
+    assert "candidates" in parse_args([]).stages
+    assert parse_args(["--quick", "--only", "candidates"]).stages == ["candidates"]
+    assert [v for v in report.CANDIDATES if v != "bare"] == list(VARIANTS)
+    assert report.candidate_key("bare") == "bare"
+    assert report.candidate_key("take") == "candidate-take"
+
+
+def test_candidates_rows_are_ratios_to_bare() -> None:
+    bare = StageResult.from_count("bare", 10_000, 2.0)  # 5,000/s
+    bare.figures.update(
+        cpu_seconds=1.0, wall_seconds=2.0, loop_cpu_seconds=0.8, loop_wait_seconds=0.2
+    )  # 10,000/CPU-s
+    take = StageResult.from_count("candidate-take", 10_000, 1.0)  # 10,000/s
+    take.figures.update(cpu_seconds=0.5, wall_seconds=1.0)  # 20,000/CPU-s
+    assert report.candidates({"bare": bare}) == []  # bare alone is no side-by-side
+    rows = report.candidates({"bare": bare, "candidate-take": take})
+    assert [r["variant"] for r in rows] == ["bare", "take"]
+    assert rows[0]["rate_over_bare"] == pytest.approx(1.0)
+    assert rows[1]["rate_over_bare"] == pytest.approx(2.0)
+    assert rows[1]["cpu_rate_over_bare"] == pytest.approx(2.0)
+    assert rows[0]["loop_asleep"] == pytest.approx(0.5)
+    assert rows[1]["loop_busy"] is None
+    text = report.render({"bare": bare, "candidate-take": take}, {"data_sets": {}})
+    assert "3 stream.take(1000, within=1)" in text
+    assert "2.00" in text
+    assert "0.50 CPU-s per wall-s" in text
+    assert "on a CPU 40% of the wall time, runnable but waiting for a CPU 10%" in text
+    assert "asleep 50%" in text
+    assert report.to_json({"bare": bare, "candidate-take": take}, {})["candidates"][1]["variant"] == "take"
