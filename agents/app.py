@@ -221,7 +221,12 @@ def create_app(
         app=app,
         registry=registry,
         metrics=PipelineMetrics(registry, topics=(settings.clicks, settings.surveys)),
-        engine=SourceEngine(settings.max_lateness_days, settings.passive, settings.max_segment_values),
+        engine=SourceEngine(
+            settings.max_lateness_days,
+            settings.passive,
+            settings.max_segment_values,
+            settings.policy.max_future_ms,
+        ),
         aggregator=Aggregator(settings.partitions, targets),
     )
     kpimon.last_snapshot = Gauge(
