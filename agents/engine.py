@@ -189,14 +189,15 @@ class SourceEngine:
         """The newest day whose changed groups a flush at wall-clock `now_ms` sends.
 
         An active day changes the counters of up to 59 later days (7d and 30d windows, dormancy, churn
-        bases), so in live traffic almost every partial of a flush would be of a day to come: 960 of 1,000
-        in the bench's delay stage, whose flushes then took most of a second and were paced to one in
-        five to ten seconds (agents/pacing.py). Yet no worker publishes or shows a day before it is some
-        source partition's current day, and validation accepts no event more than `max_future_ms` ahead of
-        the wall clock, so no current day is later than the day of `now_ms + max_future_ms`. Groups of
-        later days stay dirty and go out, with their absolute values of then, once their day comes within
-        that bound. One more day of margin covers clock differences between workers: every source sends a
-        day's groups from a day before any worker's current day can reach it, as it did before.
+        bases), so in live traffic almost every partial of a flush would be of a day to come: 928 of the
+        960 partials of a flush in the bench's delay stage, whose flushes then took most of a second and
+        were paced to one in five to ten seconds (agents/pacing.py). Yet no worker publishes or shows a
+        day before it is some source partition's current day, and validation accepts no event more than
+        `max_future_ms` ahead of the wall clock, so no current day is later than the day of
+        `now_ms + max_future_ms`. Groups of later days stay dirty and go out, with their absolute values
+        of then, once their day comes within that bound. One more day of margin covers clock differences
+        between workers: every source sends a day's groups from a day before any worker's current day
+        can reach it, as it did before.
         """
         return day_of(now_ms + self.max_future_ms) + 1
 
