@@ -149,7 +149,10 @@ class Kpimon:
         generation = int(getattr(app, "consumer_generation_id", 0) or 0)
         for partial in self.engine.take_partials(now_ms, generation):
             if app.should_stop and not final:
-                return  # stopping: the final flush sends the rest; the producer may be gone after it
+                # Stopping: the producer may be gone after the final flush. The groups this flush took and
+                # did not send are not lost: whoever reads the partition next rebuilds its counters from the
+                # user states and sends every group.
+                return
             await topic.send(
                 key=partials.partial_key(partial.group, partial.source),
                 value=partials.encode(partial),
@@ -242,7 +245,12 @@ def create_app(
         app=app,
         registry=registry,
         metrics=PipelineMetrics(registry, topics=(settings.clicks, settings.surveys)),
-        engine=SourceEngine(settings.max_lateness_days, settings.passive, settings.max_segment_values),
+        engine=SourceEngine(
+            settings.max_lateness_days,
+            settings.passive,
+            settings.max_segment_values,
+            settings.policy.max_future_ms,
+        ),
         aggregator=Aggregator(settings.partitions, targets),
     )
     kpimon.last_snapshot = Gauge(

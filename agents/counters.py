@@ -116,10 +116,24 @@ class PartitionCounters:
         vector = self._segment_values((group[0], group[1])).get(group[2])
         return dict(zip(COUNTER_NAMES, vector or [0] * _WIDTH, strict=True))
 
-    def take_dirty(self) -> Iterator[tuple[Group, dict[str, int]]]:
-        """The changed groups with their absolute counters, clearing the dirty set."""
+    def take_dirty(self, until_day: int | None = None) -> Iterator[tuple[Group, dict[str, int]]]:
+        """The changed groups with their absolute counters, clearing them from the dirty set.
+
+        With `until_day`, only the groups of that day and earlier: those of later days stay dirty and come
+        out, with their values of that time, once a later call's `until_day` reaches them.
+        """
         dirty, self._dirty = self.dirty, {}
+        if until_day is not None:
+            # Split before the first yield: runs added while the caller is suspended between two groups
+            # go to the new dirty set (or its spans), which must not be overwritten afterwards.
+            for key, days in dirty.items():
+                later = {day for day in days if day > until_day}
+                if later:
+                    self._dirty[key] = later
+                    days -= later
         for (dimension, segment), days in dirty.items():
+            if not days:
+                continue
             self.days[dimension, segment].update(days)
             values = self._segment_values((dimension, segment))
             if not days <= values.keys():  # cached before these days were known: compute afresh

@@ -17,7 +17,7 @@ from streams import engagement, satisfaction
 from streams.events import SurveyEvent, day_of
 from streams.segments import UNKNOWN, event_stage, segments_for, signup_day_of
 from streams.userstate import UserState
-from streams.validation import Accepted
+from streams.validation import Accepted, Policy
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,14 @@ class SourceEngine:
     """Per-partition counters of the partitions this worker owns, and what changes them."""
 
     def __init__(
-        self, max_lateness_days: int, passive_types: Iterable[str] = (), max_segment_values: int = 50
+        self,
+        max_lateness_days: int,
+        passive_types: Iterable[str] = (),
+        max_segment_values: int = 50,
+        max_future_ms: int = Policy().max_future_ms,
     ) -> None:
         self.max_lateness_days = max_lateness_days
+        self.max_future_ms = max_future_ms
         self.passive_types = frozenset(passive_types)
         self.folder = SegmentFolder(max_segment_values)
         self.partitions: dict[int, PartitionCounters] = {}
@@ -183,11 +188,31 @@ class SourceEngine:
             for key in [k for k in self.positions if k[1] == partition]:
                 del self.positions[key]
 
+    def newest_flushed_day(self, now_ms: int) -> int:
+        """The newest day whose changed groups a flush at wall-clock `now_ms` sends.
+
+        An active day changes the counters of up to 59 later days (7d and 30d windows, dormancy, churn
+        bases), so in live traffic almost every partial of a flush would be of a day to come: 928 of the
+        960 partials of a flush in the bench's delay stage, whose flushes then took most of a second and
+        were paced to one in five to ten seconds (agents/pacing.py). Yet no worker publishes or shows a
+        day before it is some source partition's current day, and validation accepts no event more than
+        `max_future_ms` ahead of the wall clock, so no current day is later than the day of
+        `now_ms + max_future_ms`. Groups of later days stay dirty and go out, with their absolute values
+        of then, once their day comes within that bound. One more day of margin covers clock differences
+        between workers: every source sends a day's groups from a day before any worker's current day
+        can reach it, as it did before.
+        """
+        return day_of(now_ms + self.max_future_ms) + 1
+
     def take_partials(self, now_ms: int, generation: int = 0) -> Iterator[Partial]:
-        """The changed groups of every owned partition as absolute partials; drops old flushed groups."""
+        """The changed groups up to `newest_flushed_day` of every owned partition as absolute partials.
+
+        Drops old flushed groups. Changed groups of later days stay dirty until a later flush.
+        """
         final_before = self.oldest_accepted_day(now_ms)
+        until_day = self.newest_flushed_day(now_ms)
         for partition, counters in self.partitions.items():
-            for (dimension, segment, day), counts in counters.take_dirty():
+            for (dimension, segment, day), counts in counters.take_dirty(until_day):
                 yield Partial(
                     source=partition,
                     version=versioned(generation, counters.version),

@@ -21,7 +21,9 @@ run = st.tuples(
 )
 step = st.one_of(
     st.tuples(st.just("run"), run),
-    st.tuples(st.just("flush"), st.integers(0, 60)),  # take the dirty groups, then drop before a day
+    # Take the dirty groups (all, or up to some days after the drop day, as the engine asks for), then
+    # drop before a day.
+    st.tuples(st.just("flush"), st.tuples(st.integers(0, 60), st.none() | st.integers(0, 20))),
 )
 
 
@@ -42,13 +44,17 @@ def test_counters_equal_a_day_by_day_model(steps: list[tuple[str, Any]]) -> None
                 values[f"{kpi}/{window}"] += delta
                 dirty.add(group)
         else:
-            taken = dict(counters.take_dirty())
-            # Exactly the groups touched since the last flush, with their absolute values.
-            assert taken == {group: model[group] for group in dirty}
+            drop_before, ahead = arg
+            until_day = None if ahead is None else drop_before + ahead
+            taken = dict(counters.take_dirty(until_day))
+            # Exactly the groups touched since the last flush (up to `until_day`), with absolute values;
+            # later ones stay dirty for a later flush.
+            due = {group for group in dirty if until_day is None or group[2] <= until_day}
+            assert taken == {group: model[group] for group in due}
             sent.update(taken)
-            dirty.clear()
-            counters.drop_before(arg)
-            for group in [g for g in model if g[2] < arg]:
+            dirty -= due
+            counters.drop_before(drop_before)
+            for group in [g for g in model if g[2] < drop_before and g not in dirty]:
                 del model[group]  # flushed and older than the bound: forgotten
     for group, values in model.items():
         assert counters.counts(group) == values, group
@@ -69,12 +75,16 @@ def test_a_thirty_day_run_touches_two_difference_vectors() -> None:
 @given(
     st.lists(
         st.one_of(st.tuples(st.just("run"), run), st.tuples(st.just("take"), st.integers(1, 10))), max_size=50
-    )
+    ),
+    st.none() | st.integers(0, 80),
 )
 def test_runs_between_the_steps_of_a_suspended_flush_are_neither_lost_nor_wrong(
-    steps: list[tuple[str, Any]],
+    steps: list[tuple[str, Any]], until_day: int | None
 ) -> None:
-    """The worker's flush sends partials one by one, and a batch may add runs in between."""
+    """The worker's flush sends partials one by one, and a batch may add runs in between.
+
+    With `until_day`, the later groups a flush leaves dirty must survive runs added while it is suspended.
+    """
     counters = PartitionCounters(0)
     model: dict[tuple[str, str, int], dict[str, int]] = {}
     flush = None
@@ -87,7 +97,7 @@ def test_runs_between_the_steps_of_a_suspended_flush_are_neither_lost_nor_wrong(
                 values = model.setdefault((segment[0], segment[1], day), dict.fromkeys(COUNTER_NAMES, 0))
                 values[f"{kpi}/{window}"] += delta
         elif kind == "take":
-            flush = flush or counters.take_dirty()
+            flush = flush or counters.take_dirty(until_day)
             for _ in range(arg):
                 item = next(flush, None)
                 if item is None:
@@ -99,3 +109,18 @@ def test_runs_between_the_steps_of_a_suspended_flush_are_neither_lost_nor_wrong(
     sent.update(counters.take_dirty())
     # Every group was sent, and the last value sent of each is its current value.
     assert sent == model
+
+
+def test_groups_after_the_until_day_stay_dirty_until_a_flush_reaches_them() -> None:
+    counters = PartitionCounters(0)
+    counters.add_runs(("all", "all"), [("active_users", "30d", 100, 129, 1)])
+    assert sorted(day for (_, _, day), _ in counters.take_dirty(until_day=101)) == [100, 101]
+    counters.add_runs(("all", "all"), [("active_users", "30d", 110, 139, 1)])  # a second user, later
+    assert list(counters.take_dirty(until_day=101)) == []  # nothing of days <= 101 changed since
+    taken = dict(counters.take_dirty(until_day=120))
+    assert sorted(day for _, _, day in taken) == list(range(102, 121))
+    # Sent late, with the values of the time they are sent: both users from day 110 on.
+    assert taken[("all", "all", 109)]["active_users/30d"] == 1
+    assert taken[("all", "all", 110)]["active_users/30d"] == 2
+    assert sorted(day for (_, _, day), _ in counters.take_dirty()) == list(range(121, 140))
+    assert counters.groups() == {("all", "all", day) for day in range(100, 140)}

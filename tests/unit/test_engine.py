@@ -200,3 +200,31 @@ def test_sweep_expires_old_days_of_idle_users_of_its_partition_only() -> None:
     assert users[b"u0"].first_active is not None  # what decides "new" for good stays
     assert users[b"u1"].segments  # another partition's user is not written from partition 0
     assert engine.sweep(users, 0, NOW) == 0  # a new pass: nothing left to expire
+
+
+def test_a_flush_sends_the_days_that_can_be_current_and_later_days_once_they_can() -> None:
+    engine, users = SourceEngine(90), dict[bytes, UserState]()
+    engine.on_event(users, b"u1", 0, click("u1", 0), NOW)
+    counters = engine.partitions[0]
+    # Today's click changes 60 days (windows, dormancy, churn bases); only today and tomorrow go now.
+    assert {p.day for p in engine.take_partials(NOW)} == {TODAY, TODAY + 1}
+    assert {day for _, _, day in counters.groups()} == set(range(TODAY, TODAY + 60))
+    engine.on_event(users, b"u2", 0, click("u2", 0), NOW)
+    later = NOW + 10 * MS_PER_DAY
+    partials = list(engine.take_partials(later))
+    assert {p.day for p in partials} == set(range(TODAY, TODAY + 12))
+    for partial in partials:  # absolute values as of the flush that sends them
+        assert partial.counts == counters.counts(partial.group)
+    by_group = {p.group: p for p in partials}
+    assert by_group[("all", "all", TODAY + 11)].counts["active_users/30d"] == 2  # u2 included
+    assert {p.day for p in engine.take_partials(NOW + 100 * MS_PER_DAY)} == set(range(TODAY + 12, TODAY + 60))
+    assert list(engine.take_partials(NOW + 100 * MS_PER_DAY)) == []
+
+
+def test_the_newest_flushed_day_covers_events_up_to_the_future_bound_and_a_day_more() -> None:
+    midnight = (TODAY + 1) * MS_PER_DAY
+    engine = SourceEngine(90, max_future_ms=5 * 60 * 1000)
+    # An event 5 minutes ahead of 23:56 is tomorrow's: tomorrow can be current, and a day of margin.
+    assert engine.newest_flushed_day(midnight - 4 * 60 * 1000) == TODAY + 2
+    assert engine.newest_flushed_day(midnight - 6 * 60 * 1000) == TODAY + 1
+    assert SourceEngine(90, max_future_ms=0).newest_flushed_day(midnight - 1) == TODAY + 1
