@@ -9,7 +9,7 @@ and alert rules every second. The rules are the committed ones rendered from a `
 differs from the default only by configuration: short `for` durations and intervals
 (`monitoring.accelerated`), the alert selector widened to the platform segments, a smaller minimum NPS
 sample (three weeks of 1,500 users give about 20 NPS answers per platform and week), and a test targets
-file whose NPS target (-40) separates the dropped segment (about -70) from the healthy ones.
+file whose NPS target (-30) separates the dropped segment (about -65) from the healthy ones.
 
 History: the week-over-week rules (`offset 7d`) need what Prometheus held a week ago, which a test that
 lasts minutes cannot have scraped. It is backfilled, honestly: `kpimon reference` (the independent batch
@@ -76,7 +76,10 @@ NOISY = ("platform", "ios")  # --scenario nps-noise:ios
 SCENARIOS = ("nps-drop:android", "nps-noise:ios")
 NPS_ALERTS = ("KpimonNpsBelowTarget", "KpimonNpsDroppedWeekOverWeek")
 ALERTED_DIMENSIONS = ("all", "platform")
-NPS_TARGET = -40.0
+# -30, not -40: the dropped segment's ~20 answers a week give a 95 % interval of about +-25 points around
+# -65, so its upper bound straddled -40 with the hour's sample (a full run failed at -38.9); the healthy
+# platform sits near 0.
+NPS_TARGET = -30.0
 MIN_RESPONSES = 10
 FOR = "3s"
 DAY_MS = 86_400_000
