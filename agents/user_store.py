@@ -13,6 +13,7 @@ partition could reorder a user's records, and recovery keeps the last one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator, MutableMapping
 from typing import Any
@@ -38,6 +39,9 @@ class UserStore(MutableMapping[bytes, UserState]):
         self.table = table
         self._pending: dict[int, list[tuple[bytes, bytes]]] = {}
         self._pending_bytes = 0
+        # One hand-over at a time: two could interleave their batches of one partition (the source reader
+        # and the ingest agent's fallback both send), and recovery keeps a key's last record.
+        self._sending = asyncio.Lock()
 
     @property
     def _store(self) -> Any:
@@ -120,6 +124,10 @@ class UserStore(MutableMapping[bytes, UserState]):
         """
         if not self._pending or self._pending_bytes < min_bytes:
             return 0
+        async with self._sending:
+            return await self._send_all(producer)
+
+    async def _send_all(self, producer: Any) -> int:
         pending, self._pending, self._pending_bytes = self._pending, {}, 0
         topic: str = self.table.changelog_topic.get_topic_name()
         sent = 0

@@ -162,3 +162,33 @@ async def test_records_are_held_back_until_enough_are_pending(tmp_path: Path) ->
     with writing_partition("clicks", 0):
         users[b"b"] = _state(2)
     assert await users.send_pending(producer) == 1  # no threshold: everything (before a commit)
+
+
+class SlowProducer(FakeProducer):
+    """Suspends in every send, as aiokafka does while the previous batch of a partition drains."""
+
+    async def send_batch(self, batch: BatchBuilder, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        await asyncio.sleep(0.01)
+        return await super().send_batch(batch, topic, partition=partition)
+
+
+async def test_concurrent_hand_overs_keep_a_partitions_records_in_order(tmp_path: Path) -> None:
+    _, users = _store(tmp_path)
+    producer = SlowProducer(batch_size=512)  # several batches per hand-over
+    with writing_partition("clicks", 0):
+        for i in range(200):
+            users[b"k"] = _state(i)
+    first = asyncio.create_task(users.send_pending(producer))
+    await asyncio.sleep(0)  # the first hand-over is suspended in its first send
+    with writing_partition("clicks", 0):
+        for i in range(200, 400):
+            users[b"k"] = _state(i)
+    await asyncio.gather(first, users.send_pending(producer))
+    serializers = users.table.app.serializers
+    days = [
+        serializers.loads_value(None, value, serializer=users.table.value_serializer).last_seen
+        for _, _, pairs in producer.sent
+        for _, value in pairs
+    ]
+    assert len(producer.sent) > 4
+    assert days == list(range(400))  # the changelog's last record of the key is its latest state
