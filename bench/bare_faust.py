@@ -22,12 +22,7 @@ def main() -> None:
         async for _value in stream:
             progress.tick()
 
-    async def report() -> None:
-        progress.write()
-
-    app.timer(1.0)(report)
-
-    serve_child(app)
+    serve_child(app, progress)
 
 
 if __name__ == "__main__":

@@ -66,12 +66,17 @@ def child_app(args: argparse.Namespace, **settings: Any) -> tuple[faust.App, Any
     return app, topic
 
 
-def serve_child(app: faust.App) -> None:
-    """Run the child's Faust worker until the parent stops it.
+def serve_child(app: faust.App, progress: Progress) -> None:
+    """Run the child's Faust worker until the parent stops it, writing `progress` every second.
 
     Without Faust's terminal spinner, as `kpimon worker` runs: with a warning log level the spinner makes
     every library debug record be built, which would tax the Faust stages and not kpimon.
     """
+
+    async def report() -> None:
+        progress.write()
+
+    app.timer(1.0)(report)
     runner = faust.Worker(app, loglevel="warning", quiet=True)
     runner.spinner = None
     runner.execute_from_commandline()

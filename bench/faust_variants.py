@@ -124,12 +124,7 @@ def main() -> None:
     progress = Progress(args.expected, args.status)
     app = build(args, progress)
 
-    async def report() -> None:
-        progress.write()
-
-    app.timer(1.0)(report)
-
-    serve_child(app)
+    serve_child(app, progress)
 
 
 if __name__ == "__main__":

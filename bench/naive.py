@@ -38,12 +38,7 @@ def main() -> None:
                 progress.figures["dau_last_window"] = dau["all"].current()
                 progress.write()
 
-    async def report() -> None:
-        progress.write()
-
-    app.timer(1.0)(report)
-
-    serve_child(app)
+    serve_child(app, progress)
 
 
 if __name__ == "__main__":
