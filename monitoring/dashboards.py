@@ -100,6 +100,25 @@ def _thresholds(*steps: tuple[float | None, str]) -> dashboard_builders.Threshol
     )
 
 
+def _bottom_legend() -> common_builders.VizLegendOptions:
+    """The legend of every time series panel: a list below the graph."""
+    return (
+        common_builders.VizLegendOptions()
+        .show_legend(True)
+        .display_mode(common.LegendDisplayMode.LIST)
+        .placement(common.LegendPlacement.BOTTOM)
+    )
+
+
+def _target_line(*extra: models.DynamicConfigValue) -> list[models.DynamicConfigValue]:
+    """Overrides of the `target...` series of a panel: a dashed red line, plus the panel's own `extra`."""
+    return [
+        models.DynamicConfigValue("custom.lineStyle", {"fill": "dash", "dash": [10, 10]}),
+        models.DynamicConfigValue("color", {"mode": "fixed", "fixedColor": "red"}),
+        *extra,
+    ]
+
+
 def _series(
     title: str,
     queries: Sequence[Query],
@@ -123,20 +142,13 @@ def _series(
         .height(8)
         .line_width(1)
         .fill_opacity(60 if bars else 10)
-        .legend(
-            common_builders.VizLegendOptions()
-            .show_legend(True)
-            .display_mode(common.LegendDisplayMode.LIST)
-            .placement(common.LegendPlacement.BOTTOM)
-        )
+        .legend(_bottom_legend())
         .override_by_regexp(
             "^target.*",
-            [
-                models.DynamicConfigValue("custom.lineStyle", {"fill": "dash", "dash": [10, 10]}),
-                models.DynamicConfigValue("color", {"mode": "fixed", "fixedColor": "red"}),
+            _target_line(
                 models.DynamicConfigValue("custom.fillOpacity", 0),
                 models.DynamicConfigValue("custom.stacking", {"mode": "none", "group": "A"}),
-            ],
+            ),
         )
     )
     if bars:
@@ -181,19 +193,10 @@ def _band_series(
         .repeat("segment")
         .repeat_direction("h")
         .max_per_row(3)
-        .legend(
-            common_builders.VizLegendOptions()
-            .show_legend(True)
-            .display_mode(common.LegendDisplayMode.LIST)
-            .placement(common.LegendPlacement.BOTTOM)
-        )
+        .legend(_bottom_legend())
         .override_by_regexp(
             "^target.*",
-            [
-                models.DynamicConfigValue("custom.lineStyle", {"fill": "dash", "dash": [10, 10]}),
-                models.DynamicConfigValue("color", {"mode": "fixed", "fixedColor": "red"}),
-                models.DynamicConfigValue("custom.lineWidth", 1),
-            ],
+            _target_line(models.DynamicConfigValue("custom.lineWidth", 1)),
         )
     )
     queries: list[Query] = []
