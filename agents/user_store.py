@@ -92,10 +92,6 @@ class UserStore(MutableMapping[bytes, UserState]):
     def __len__(self) -> int:
         return len(self._store)
 
-    def keys(self) -> Any:
-        """The keys of every state in the store (all partitions this worker holds)."""
-        return self._store.keys()
-
     def keys_of_partition(self, partition: int) -> Iterator[bytes]:
         """The keys of a source partition's states: lazily from its RocksDB database, else a snapshot of
         every key (the caller checks each state's partition). A list of a million fresh key objects per
