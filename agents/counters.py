@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 
 from agents.partials import Group
-from streams import engagement, satisfaction
+from streams import crossed, engagement, satisfaction
 from streams.segments import SegmentKey
 
-_COUNTERS = (*engagement.COUNTERS, *satisfaction.COUNTERS)
+_COUNTERS = (*engagement.ALL_COUNTERS, *satisfaction.COUNTERS, *crossed.COUNTERS)
 COUNTER_NAMES: tuple[str, ...] = tuple(f"{kpi}/{window}" for kpi, window in _COUNTERS)
 _INDEX: dict[tuple[str, str], int] = {counter: i for i, counter in enumerate(_COUNTERS)}
 _WIDTH = len(COUNTER_NAMES)

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator, MutableMapping
 from agents.counters import PartitionCounters
 from agents.folding import SegmentFolder
 from agents.partials import Partial, Watermark
-from streams import engagement, satisfaction
-from streams.events import SurveyEvent, day_of
+from streams import crossed, engagement
+from streams.events import MS_PER_DAY, SurveyEvent, day_of
 from streams.segments import UNKNOWN, event_stage, segments_for, signup_day_of
 from streams.userstate import UserState
 from streams.validation import Accepted, Policy
@@ -94,6 +94,7 @@ class SourceEngine:
         plan = self.folder.fold("plan", event.plan)
         stage = event_stage(day, signup_day, first_seen)
         if isinstance(event, SurveyEvent):
+            answered_nps = event.survey == "nps" and event.score is not None
             fact = (
                 day,
                 event.survey,
@@ -102,22 +103,21 @@ class SourceEngine:
                 platform or UNKNOWN,
                 plan or UNKNOWN,
                 stage,
+                accepted.ts_ms % MS_PER_DAY if answered_nps else 0,  # orders a user's NPS answers
             )
-            state.surveys[event.event_id] = fact
             write = True
-            for segment, runs in satisfaction.facts_runs((fact,)):
+            for segment, runs in crossed.record_survey(state, event.event_id, fact):
                 counters.add_runs(segment, runs)
         elif event.type not in self.passive_types:
-            changes = engagement.record_click_runs(
-                state, day, signup_day, segments_for(platform, plan, stage)
-            )
+            changes = crossed.record_click(state, day, signup_day, segments_for(platform, plan, stage))
             if changes is not None:
                 write = True
-                for segment, segment_runs in changes.items():
+                for segment, segment_runs in changes:
                     counters.add_runs(segment, segment_runs)
         if write:
             # Only a changed state is written: one changelog record per user-segment-day or survey.
-            state.expire(engagement.expiry_cutoff(self.oldest_accepted_day(now_ms)))
+            oldest = self.oldest_accepted_day(now_ms)
+            state.expire(engagement.expiry_cutoff(oldest), engagement.survey_expiry_cutoff(oldest))
             state.partition = partition
             users[key] = state
         return "accepted"
@@ -136,7 +136,8 @@ class SourceEngine:
             cursor = self._sweeps[partition] = (
                 keys_of_partition(partition) if keys_of_partition is not None else iter(list(users.keys()))
             )
-        cutoff = engagement.expiry_cutoff(self.oldest_accepted_day(now_ms))
+        oldest = self.oldest_accepted_day(now_ms)
+        cutoff, survey_cutoff = engagement.expiry_cutoff(oldest), engagement.survey_expiry_cutoff(oldest)
         written = 0
         for _ in range(budget):
             key = next(cursor, None)
@@ -144,7 +145,7 @@ class SourceEngine:
                 del self._sweeps[partition]  # a full pass is done; the next call starts another
                 break
             state = users.get(key)
-            if state is not None and state.partition == partition and state.expire(cutoff):
+            if state is not None and state.partition == partition and state.expire(cutoff, survey_cutoff):
                 users[key] = state
                 written += 1
         return written
@@ -167,7 +168,7 @@ class SourceEngine:
                 counters.saw_day(state.last_seen)
             for segment, deltas in engagement.full_contribution(state, from_day).items():
                 counters.add_deltas(segment, deltas)
-            for segment, runs in satisfaction.facts_runs(state.surveys.values(), from_day):
+            for segment, runs in crossed.rebuild_runs(state, from_day):
                 counters.add_runs(segment, runs)
         counters.mark_all_dirty()
         self.partitions[partition] = counters

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from streams import retention
 from streams.activity import offsets, spread
 from streams.segments import SegmentKey
 from streams.userstate import UserState
@@ -65,11 +66,19 @@ COUNTERS: tuple[Counter, ...] = (
     CHURNED_30D,
 )
 
-#: How many days before d a counter of day d looks at (churn 30d base: [d-59, d-30]).
+#: The engagement counters followed by the retention counters: what a segment of dimension all, platform
+#: or plan counts (a stage segment only COUNTERS).
+ALL_COUNTERS: tuple[Counter, ...] = (*COUNTERS, *retention.COUNTERS)
+
+#: How many days before d an engagement counter of day d looks at (churn 30d base: [d-59, d-30]).
 HORIZON = 59
+#: How many days before d any counter of day d computed from the activity bitmaps looks at: the
+#: retention counters (streams.retention) look further back than the engagement ones.
+STATE_HORIZON = max(HORIZON, retention.HORIZON)
 
 _RUN_7 = (1 << 7) - 1
 _RUN_30 = (1 << 30) - 1
+_RUN_PRESENT = (1 << retention.PRESENT_DAYS) - 1
 
 
 def new_days(state: UserState) -> int:
@@ -205,14 +214,17 @@ def _record_change(
     out: SegmentRuns = {}
     # A user's segments usually share one history (one platform, one plan, ...): compute each distinct
     # (before, after) pair once.
-    done: dict[tuple[int, int], list[Run]] = {}
+    done: dict[tuple[int, int, bool], list[Run]] = {}
     for segment, bits in stored.items():
         old = before.get(segment, bits)
         if old == bits and not new_changed & bits:
             continue  # neither its days nor the new-ness of one of its active days changed
-        changes = done.get((old, bits))
+        with_retention = segment[0] in retention.DIMENSIONS
+        changes = done.get((old, bits, with_retention))
         if changes is None:
-            changes = done[old, bits] = _changes(state.base, old, bits, off, new_before, new_after)
+            changes = done[old, bits, with_retention] = _changes(
+                state.base, old, bits, off, new_before, new_after, with_retention
+            )
         if changes:
             out[segment] = changes
     return out
@@ -233,9 +245,18 @@ def _note_new_day_facts(state: UserState, day: int, signup_day: int | None, bit:
     state.note_seen(day)
 
 
-def _changes(base: int, old: int, new: int, off: int, new_before: int, new_after: int) -> list[Run]:
+def _changes(
+    base: int,
+    old: int,
+    new: int,
+    off: int,
+    new_before: int,
+    new_after: int,
+    with_retention: bool = False,
+) -> list[Run]:
     """The runs of counter changes when a segment's days go from `old` to `new` (`old` or `old` plus the
-    day at `off`) and the user's new days from `new_before` to `new_after`."""
+    day at `off`) and the user's new days from `new_before` to `new_after`; with the retention counters
+    (streams.retention) when `with_retention`."""
     old7 = spread(old, 7)
     old30 = spread(old, 30)
     before = _contribution(old, old7, old30, new_before)
@@ -244,8 +265,31 @@ def _changes(base: int, old: int, new: int, off: int, new_before: int, new_after
     else:
         # One more active day adds one run to each window: no need to spread again.
         after = _contribution(new, old7 | _RUN_7 << off, old30 | _RUN_30 << off, new_after)
+    counters = COUNTERS
+    if with_retention:
+        counters = ALL_COUNTERS
+        old_present = spread(old, retention.PRESENT_DAYS)
+        new_present = old_present if old == new else old_present | _RUN_PRESENT << off
+        before += retention.contribution(old, new_before, old_present)
+        after += retention.contribution(new, new_after, new_present)
     out: list[Run] = []
-    for (kpi, window), was, now in zip(COUNTERS, before, after, strict=True):
+    diff_runs(counters, before, after, base, out)
+    return out
+
+
+def diff_runs(
+    counters: Sequence[tuple[str, str]],
+    before: Sequence[int],
+    after: Sequence[int],
+    base: int,
+    out: list[Run],
+) -> None:
+    """Append to `out` the runs that turn each counter's `before` bitmap into its `after` bitmap.
+
+    The bitmaps are relative to day `base`; a counter gains +1 on the days set only after and -1 on the
+    days set only before.
+    """
+    for (kpi, window), was, now in zip(counters, before, after, strict=True):
         if was == now:
             continue
         # Runs of set bits, as in activity.runs, inlined: a generator per mask costs more than the math.
@@ -260,13 +304,21 @@ def _changes(base: int, old: int, new: int, off: int, new_before: int, new_after
             if delta < 0:
                 break
             changed, delta = was & ~now, -1
-    return out
 
 
 def expiry_cutoff(oldest_accepted_day: int) -> int:
-    """The cutoff to pass to UserState.expire so that every counter an accepted event can still change
-    stays exact: events on days >= oldest_accepted_day (wall-clock day - max lateness) only touch days
-    >= oldest_accepted_day, whose contributions look back HORIZON days at most.
+    """The cutoff of the activity bitmaps to pass to UserState.expire so that every counter an accepted
+    event can still change stays exact: events on days >= oldest_accepted_day (wall-clock day - max
+    lateness) only touch days >= oldest_accepted_day, whose contributions look back STATE_HORIZON days at
+    most (the retention counters; the engagement counters HORIZON).
+    """
+    return oldest_accepted_day - STATE_HORIZON
+
+
+def survey_expiry_cutoff(oldest_accepted_day: int) -> int:
+    """The cutoff of the remembered surveys (UserState.expire's `survey_cutoff`): a counter of a day >=
+    oldest_accepted_day reads surveys of the 59 days before it at most (the NPS group of a 30d churn base
+    user, streams.crossed); satisfaction windows and the engagement level of a survey look back less.
     """
     return oldest_accepted_day - HORIZON
 
@@ -301,7 +353,10 @@ def full_contribution(state: UserState, from_day: int | None = None) -> SegmentD
     out: SegmentDeltas = {}
     for segment, active in state.segments.items():
         deltas: Deltas = {}
-        for (kpi, window), bits in zip(COUNTERS, contribution(active, new), strict=True):
+        counters, bitmaps = COUNTERS, contribution(active, new)
+        if segment[0] in retention.DIMENSIONS:
+            counters, bitmaps = ALL_COUNTERS, bitmaps + retention.contribution(active, new)
+        for (kpi, window), bits in zip(counters, bitmaps, strict=True):
             for offset in offsets(bits):
                 day = base + offset
                 if from_day is None or day >= from_day:

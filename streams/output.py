@@ -23,6 +23,9 @@ OUTPUT_KPIS: dict[str, tuple[str, ...]] = {
     **{f"lifecycle_{status}": ("1d",) for status in ("new", "returning", "resurrecting", "dormant")},
     **{kpi: ("7d", "30d") for kpi in ("churn_base", "churned", "churn_rate")},
     **{kpi: ("7d", "30d") for kpi in _SURVEY_KPIS},
+    "retention_cohort": ("1d",),
+    "retained": ("1d", "7d", "30d"),
+    "retention_rate": ("1d", "7d", "30d"),
 }
 
 
@@ -38,7 +41,7 @@ class KpiRecord(msgspec.Struct, kw_only=True, omit_defaults=False):
     numerator: float | int | None = None
     denominator: float | int | None = None
     updated_at: str | None = None
-    #: 95 % interval of nps, csat, churn_rate and the response rates (docs/definitions.md, Uncertainty).
+    #: 95 % interval of nps, csat, churn_rate, retention_rate and the response rates (docs/definitions.md, Uncertainty).
     ci_low: float | None = None
     ci_high: float | None = None
     #: The configured target of this KPI, its direction ("min" or "max") and whether the value breaches it.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from streams import engagement, satisfaction
+from streams import crossed, engagement, retention, satisfaction
 from streams.output import KpiRecord, day_name
 from streams.targets import Targets
 from streams.uncertainty import nps_interval, wilson
@@ -45,13 +45,17 @@ class _Builder:
         num: int | None = None,
         den: int | None = None,
         interval: tuple[float, float] | tuple[None, None] | None = None,
+        *,
+        day: str | None = None,
+        dimension: str | None = None,
+        segment: str | None = None,
     ) -> None:
         record = KpiRecord(
             kpi=kpi,
             window=window,
-            dimension=self.dimension,
-            segment=self.segment,
-            day=self.day,
+            dimension=self.dimension if dimension is None else dimension,
+            segment=self.segment if segment is None else segment,
+            day=self.day if day is None else day,
             value=value,
             numerator=num,
             denominator=den,
@@ -78,6 +82,12 @@ def group_records(
     b = _Builder(dimension, segment, day, counts, updated_at, targets or {})
     if engagement.record_exists(b.get("active_users", "30d"), b.get("churn_base", "30d")):
         _engagement(b)
+        if dimension in retention.DIMENSIONS:
+            b.add("retention_cohort", "1d", b.get("lifecycle_new", "1d"))
+        if (dimension, segment) == ("all", "all"):
+            _nps_group_churn(b)
+    if dimension in retention.DIMENSIONS:
+        _retention(b, day)
     if b.get("survey_events", "30d") > 0:
         for window, _ in satisfaction.WINDOWS:
             _satisfaction(b, window)
@@ -94,6 +104,51 @@ def _engagement(b: _Builder) -> None:
         b.add(
             "churn_rate", window, engagement.churn_rate(churned, base), churned, base, wilson(churned, base)
         )
+
+
+def _retention(b: _Builder, day: int) -> None:
+    """Retention of the cohorts d - k, from the counters of the day d they are observed on (their records
+    carry the cohort day). A cohort day's records exist when its engagement record does."""
+    for k in retention.OFFSETS:
+        w = retention.window(k)
+        if b.get(retention.PRESENT, w) <= 0:
+            continue
+        cohort, kept = b.get(retention.COHORT, w), b.get(retention.RETAINED, w)
+        cohort_day = day_name(day - k)
+        b.add("retained", w, kept, day=cohort_day)
+        b.add(
+            "retention_rate",
+            w,
+            retention.retention_rate(kept, cohort),
+            kept,
+            cohort,
+            wilson(kept, cohort),
+            day=cohort_day,
+        )
+
+
+def _nps_group_churn(b: _Builder) -> None:
+    """Churn by the NPS group of the base users (dimension nps_group); group `none` is the rest of the base."""
+    for w, _ in crossed.CHURN_WINDOWS:
+        rest_base, rest_churned = b.get("churn_base", w), b.get("churned", w)
+        for group in (*crossed.GROUPS, crossed.NO_GROUP):
+            if group == crossed.NO_GROUP:
+                base, churned = rest_base, rest_churned
+            else:
+                base, churned = b.get(f"churn_base:{group}", w), b.get(f"churned:{group}", w)
+                rest_base, rest_churned = rest_base - base, rest_churned - churned
+            where = {"dimension": crossed.NPS_GROUP, "segment": group}
+            b.add("churn_base", w, base, **where)
+            b.add("churned", w, churned, **where)
+            b.add(
+                "churn_rate",
+                w,
+                engagement.churn_rate(churned, base),
+                churned,
+                base,
+                wilson(churned, base),
+                **where,
+            )
 
 
 def _satisfaction(b: _Builder, w: str) -> None:

@@ -73,14 +73,16 @@ def survey_runs(day: int, survey: str, action: str, score: int | None) -> list[R
 
 def fact_segments(fact: SurveyFact) -> tuple[SegmentKey, ...]:
     """The segments a remembered survey counts in."""
-    _, _, _, _, platform, plan, stage = fact
+    _, _, _, _, platform, plan, stage, _ = fact
     return (("all", "all"), ("platform", platform), ("plan", plan), ("stage", stage))
 
 
 def facts_runs(
     facts: Iterable[SurveyFact], from_day: int | None = None
 ) -> Iterator[tuple[SegmentKey, list[Run]]]:
-    """Runs of remembered surveys, clipped to days >= `from_day` (for rebuilding counters)."""
+    """Runs of remembered surveys, clipped to days >= `from_day` (for rebuilding counters), in the
+    segments of the facts themselves (the engagement segment, which depends on the user's activity, is
+    streams.crossed.level_runs)."""
     for fact in facts:
         day, survey, action, score, *_ = fact
         runs = survey_runs(day, survey, action, None if score < 0 else score)

@@ -21,6 +21,7 @@ TARGETABLE: dict[str, tuple[str, ...]] = {
     "active_users": ("1d", "7d", "30d"),
     "stickiness": ("30d",),
     "churn_rate": ("7d", "30d"),
+    "retention_rate": ("1d", "7d", "30d"),
     "nps": ("7d", "30d"),
     "csat": ("7d", "30d"),
     "csat_mean": ("7d", "30d"),

@@ -13,11 +13,15 @@ from streams import activity
 from streams.segments import DIMENSIONS, SegmentKey
 
 #: A remembered survey (streams.satisfaction.SurveyFact): (day, survey, action, score or -1, platform,
-#: plan, stage).
-SurveyFact = tuple[int, str, str, int, str, str, str]
+#: plan, stage, ms): `ms` is the event's time of day in milliseconds (0 .. 86,399,999) for an answered
+#: NPS event, which orders a user's NPS answers (streams.crossed), and 0 for every other survey event.
+SurveyFact = tuple[int, str, str, int, str, str, str, int]
+#: A survey fact of format 1 states (before `ms`): read as ms 0.
+_SurveyFactV1 = tuple[int, str, str, int, str, str, str]
 
 _DIMENSION_CODES = {name: code for code, name in enumerate(DIMENSIONS)}
-_FORMAT = 1
+#: 2: survey facts carry `ms`. Format 1 states are still read.
+_FORMAT = 2
 
 
 class UserState:
@@ -57,8 +61,9 @@ class UserState:
         #: differ), so the state remembers it.
         self.partition = -1
         #: The user's surveys of the days that can still change: event_id -> (day, survey, action,
-        #: score or -1, platform, plan, stage). Exact de-duplication by event_id, and what rebuilds the
-        #: satisfaction counters after a restart. The engagement code neither reads nor writes it.
+        #: score or -1, platform, plan, stage, ms), in arrival order. Exact de-duplication by event_id,
+        #: and what rebuilds the satisfaction counters after a restart. The engagement code neither reads
+        #: nor writes it.
         self.surveys: dict[str, SurveyFact] = {}
 
     def note_seen(self, day: int) -> bool:
@@ -85,18 +90,22 @@ class UserState:
             return 0
         return -shift
 
-    def expire(self, cutoff: int) -> bool:
-        """Forget the days before `cutoff`: bits and surveys (first_active, first_seen and last_seen stay).
+    def expire(self, cutoff: int, survey_cutoff: int | None = None) -> bool:
+        """Forget the days before `cutoff` (bits) and the surveys of days before `survey_cutoff` (default:
+        `cutoff`); first_active, first_seen and last_seen stay.
 
         A survey older than the cutoff is older than the lateness bound, so a duplicate of it would be
         rejected as too late anyway: de-duplication stays exact.
 
-        What stays exact (see streams.engagement.expiry_cutoff): every delta that engagement later computes
-        for a day >= cutoff + 59, because such a day's contribution only looks at days >= cutoff. Counters
+        What stays exact (see streams.engagement.expiry_cutoff): every delta that engagement and retention
+        later compute for a day >= cutoff + 89, because such a day's contribution only looks at days >=
+        cutoff (and the surveys: streams.engagement.survey_expiry_cutoff). Counters
         of days < cutoff + 59 may go wrong if later events still touch them, so the agent only expires
         below the lateness bound. Returns True when anything was dropped (the state must be written).
         """
-        old_surveys = [event_id for event_id, fact in self.surveys.items() if fact[0] < cutoff]
+        if survey_cutoff is None:
+            survey_cutoff = cutoff
+        old_surveys = [event_id for event_id, fact in self.surveys.items() if fact[0] < survey_cutoff]
         for event_id in old_surveys:
             del self.surveys[event_id]
         shift = cutoff - self.base
@@ -141,8 +150,11 @@ class UserState:
     @classmethod
     def from_bytes(cls, data: bytes) -> UserState:
         """The state that `to_bytes` wrote."""
-        wire = _decoder.decode(data)
-        if wire.format != _FORMAT:
+        try:
+            wire = _decoder.decode(data)
+        except msgspec.ValidationError:
+            wire = _upgrade(data)  # a format 1 state (from before survey facts had `ms`)
+        if wire.format not in (1, _FORMAT):  # a format 1 state without surveys reads as format 2
             raise ValueError(f"unknown user state format {wire.format}")
         # This runs for every event when the table lives in RocksDB: skip __init__, reuse segment keys.
         state = cls.__new__(cls)
@@ -187,6 +199,41 @@ class _Wire(msgspec.Struct, array_like=True, gc=False):
     partition: int = -1
 
 
+class _WireV1(msgspec.Struct, array_like=True, gc=False):
+    """Format 1: survey facts without `ms`."""
+
+    format: int
+    base: int
+    segments: list[tuple[int, str, bytes]]
+    explicit_new: bytes
+    first_active: int | None
+    first_active_unsigned: bool
+    first_seen: int | None
+    surveys: dict[str, _SurveyFactV1] = msgspec.field(default_factory=dict)
+    last_seen: int | None = None
+    partition: int = -1
+
+
+def _upgrade(data: bytes) -> _Wire:
+    """A format 1 state as format 2: its survey facts get ms 0 (their NPS answers order by day, then by
+    arrival)."""
+    old = _decoder_v1.decode(data)
+    if old.format != 1:
+        raise ValueError(f"unknown user state format {old.format}")
+    return _Wire(
+        _FORMAT,
+        old.base,
+        old.segments,
+        old.explicit_new,
+        old.first_active,
+        old.first_active_unsigned,
+        old.first_seen,
+        {event_id: (*fact, 0) for event_id, fact in old.surveys.items()},
+        old.last_seen,
+        old.partition,
+    )
+
+
 def _segment_key(dimension: int, segment: str) -> SegmentKey:
     # Interned keys: decoding allocates no tuple for a segment seen before, and dict lookups hit the
     # identity fast path. Bounded, since segment values are only bounded after folding into `other`.
@@ -203,3 +250,4 @@ _KEYS: list[dict[str, SegmentKey]] = [{} for _ in DIMENSIONS]
 _MAX_KEYS = 10_000
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(_Wire)
+_decoder_v1 = msgspec.msgpack.Decoder(_WireV1)

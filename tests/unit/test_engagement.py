@@ -20,8 +20,8 @@ from streams.engagement import (
     CHURNED_7D,
     CHURNED_30D,
     DORMANT,
-    HORIZON,
     NEW,
+    STATE_HORIZON,
     RESURRECTING,
     RETURNING,
     SegmentDeltas,
@@ -35,6 +35,7 @@ from streams.engagement import (
     record_exists,
     stickiness,
 )
+from streams import retention
 from streams.segments import ALL, SegmentKey
 from streams.userstate import UserState
 
@@ -73,7 +74,7 @@ def brute_force(clicks: Iterable[Click]) -> Counters:
     if not clicks:
         return {}
     low = min(day for _, day, _, _ in clicks)
-    high = max(day for _, day, _, _ in clicks) + HORIZON + 1
+    high = max(day for _, day, _, _ in clicks) + STATE_HORIZON + 1
     counts: Tally[tuple[str, str, str, str, int]] = Tally()
     for (user, (dimension, name)), days in active.items():
         new = new_days[user]
@@ -104,6 +105,18 @@ def brute_force(clicks: Iterable[Click]) -> Counters:
                     add(base, d)
                     if not active_in(d - w + 1, d):
                         add(churned, d)
+            if dimension == "stage":
+                continue  # retention is cut by all, platform and plan only
+            # Retention, kept on the day d it is observed: the cohort of c = d - k (new and active on c),
+            # retained when also active on d, and whether anyone was active in [c - 59, c].
+            for k in retention.OFFSETS:
+                c, w = d - k, retention.window(k)
+                if c in days and c in new:
+                    add((retention.COHORT, w), d)
+                    if d in days:
+                        add((retention.RETAINED, w), d)
+                if active_in(c - 59, c):
+                    add((retention.PRESENT, w), d)
     return dict(counts)
 
 
@@ -164,8 +177,13 @@ def value(counters: Counters, counter: tuple[str, str], day: int, segment: Segme
 
 
 def only(deltas: SegmentDeltas | None, segment: SegmentKey = ALL) -> dict[tuple[str, str, int], int]:
+    """The engagement deltas of one segment, days relative to D0 (retention: test_retention_math.py)."""
     assert deltas is not None
-    return {(kpi, window, day - D0): delta for (kpi, window, day), delta in deltas.get(segment, {}).items()}
+    return {
+        (kpi, window, day - D0): delta
+        for (kpi, window, day), delta in deltas.get(segment, {}).items()
+        if (kpi, window) not in retention.COUNTERS
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -190,7 +208,7 @@ def test_the_same_change_as_runs_of_days() -> None:
     runs = record_click_runs(UserState(), D0 + 10, None, (ALL, IOS))
     assert runs is not None
     assert runs[ALL] is runs[IOS]  # one history, one computation
-    assert sorted(runs[ALL]) == sorted(
+    assert sorted(run for run in runs[ALL] if run[:2] not in retention.COUNTERS) == sorted(
         [
             ("active_users", "1d", D0 + 10, D0 + 10, 1),
             ("active_users", "7d", D0 + 10, D0 + 16, 1),
@@ -418,7 +436,7 @@ def test_states_stored_as_bytes_between_events_give_the_same_counters(
 
 @settings(max_examples=200, deadline=None)
 @given(histories(), st.lists(st.integers(-5, 70), min_size=1, max_size=5), st.randoms(use_true_random=False))
-def test_expiry_keeps_every_counter_of_days_from_cutoff_plus_59(
+def test_expiry_keeps_every_counter_of_days_from_cutoff_plus_89(
     clicks: list[Click], cutoffs: list[int], rnd: random.Random
 ) -> None:
     agent = Agent()
@@ -430,8 +448,10 @@ def test_expiry_keeps_every_counter_of_days_from_cutoff_plus_59(
             highest = cutoff if highest is None else max(highest, cutoff)
     if highest is None:
         return
-    kept = {key: count for key, count in agent.values().items() if key[-1] >= highest + HORIZON}
-    expected = {key: count for key, count in brute_force(clicks).items() if key[-1] >= highest + HORIZON}
+    kept = {key: count for key, count in agent.values().items() if key[-1] >= highest + STATE_HORIZON}
+    expected = {
+        key: count for key, count in brute_force(clicks).items() if key[-1] >= highest + STATE_HORIZON
+    }
     assert kept == expected
 
 
@@ -440,11 +460,24 @@ def test_expiry_cutoff_keeps_the_oldest_day_a_late_event_still_needs() -> None:
     # [0, 29]. So day 0 must survive expiry: an event on day 59 turns the user from churned to retained.
     agent = Agent()
     agent.apply(click("u", 0))
-    cutoff = expiry_cutoff(D0 + 66 - 7)
-    assert cutoff == D0
-    assert agent.states["u"].expire(cutoff) is False  # nothing before day 0 to drop
+    assert expiry_cutoff(D0 + 66 - 7) <= D0
+    assert agent.states["u"].expire(expiry_cutoff(D0 + 66 - 7)) is False  # nothing before day 0 to drop
     assert only(agent.apply(click("u", 59)))[("churned", "30d", 59)] == -1
     assert agent.values() == brute_force([click("u", 0), click("u", 59)])
+
+
+def test_expiry_cutoff_keeps_what_a_rebuild_of_the_oldest_open_day_reads() -> None:
+    # Lateness 7 on wall day 96: day 89 is the oldest day a rebuild recomputes, and its retention record
+    # of cohort day 59 (offset 30) exists when someone was active in [0, 59]. Day 0 must stay.
+    agent = Agent()
+    agent.apply(click("u", 0))
+    cutoff = expiry_cutoff(D0 + 96 - 7)
+    assert cutoff == D0
+    state = agent.states["u"]
+    assert state.expire(cutoff) is False
+    assert full_contribution(state, from_day=D0 + 89)[ALL][(retention.PRESENT, "30d", D0 + 89)] == 1
+    assert state.expire(cutoff + 1) is True  # one day more and the rebuild would miss it
+    assert full_contribution(state, from_day=D0 + 89) == {}  # the segment expired with its only day
 
 
 @settings(max_examples=150, deadline=None)

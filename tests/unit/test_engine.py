@@ -206,9 +206,10 @@ def test_a_flush_sends_the_days_that_can_be_current_and_later_days_once_they_can
     engine, users = SourceEngine(90), dict[bytes, UserState]()
     engine.on_event(users, b"u1", 0, click("u1", 0), NOW)
     counters = engine.partitions[0]
-    # Today's click changes 60 days (windows, dormancy, churn bases); only today and tomorrow go now.
+    # Today's click changes 90 days (windows, dormancy, churn bases, retention observed up to 30 days
+    # later of cohorts up to 59 days later); only today and tomorrow go now.
     assert {p.day for p in engine.take_partials(NOW)} == {TODAY, TODAY + 1}
-    assert {day for _, _, day in counters.groups()} == set(range(TODAY, TODAY + 60))
+    assert {day for _, _, day in counters.groups()} == set(range(TODAY, TODAY + 90))
     engine.on_event(users, b"u2", 0, click("u2", 0), NOW)
     later = NOW + 10 * MS_PER_DAY
     partials = list(engine.take_partials(later))
@@ -217,7 +218,7 @@ def test_a_flush_sends_the_days_that_can_be_current_and_later_days_once_they_can
         assert partial.counts == counters.counts(partial.group)
     by_group = {p.group: p for p in partials}
     assert by_group[("all", "all", TODAY + 11)].counts["active_users/30d"] == 2  # u2 included
-    assert {p.day for p in engine.take_partials(NOW + 100 * MS_PER_DAY)} == set(range(TODAY + 12, TODAY + 60))
+    assert {p.day for p in engine.take_partials(NOW + 100 * MS_PER_DAY)} == set(range(TODAY + 12, TODAY + 90))
     assert list(engine.take_partials(NOW + 100 * MS_PER_DAY)) == []
 
 
