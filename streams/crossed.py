@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 
-from streams.activity import spread
-from streams.engagement import diff_runs, record_click_runs
-from streams.satisfaction import Run, fact_segments, facts_runs, survey_runs
-from streams.segments import ALL, SegmentKey
-from streams.userstate import SurveyFact, UserState
+from kpimon.streams.activity import spread
+from kpimon.streams.engagement import diff_runs, record_click_runs
+from kpimon.streams.satisfaction import Run, fact_segments, facts_runs, survey_runs
+from kpimon.streams.segments import ALL, SegmentKey
+from kpimon.streams.userstate import SurveyFact, UserState
 
 ENGAGEMENT = "engagement"
 #: Engagement levels by active days in the 28 days up to the survey's day.

@@ -20,8 +20,8 @@ can touch (streams.engagement.expiry_cutoff), so a rebuild from the states alone
 
 from __future__ import annotations
 
-from streams.activity import spread
-from streams.segments import SegmentKey
+from kpimon.streams.activity import spread
+from kpimon.streams.segments import SegmentKey
 
 #: The offsets k (days after the cohort day); the window of a retention record is `{k}d`.
 OFFSETS: tuple[int, ...] = (1, 7, 30)

@@ -10,10 +10,10 @@ from collections.abc import Iterable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams import crossed
-from streams.engagement import full_contribution
-from streams.segments import ALL, SegmentKey
-from streams.userstate import SurveyFact, UserState
+from kpimon.streams import crossed
+from kpimon.streams.engagement import full_contribution
+from kpimon.streams.segments import ALL, SegmentKey
+from kpimon.streams.userstate import SurveyFact, UserState
 
 D0 = 20_000
 IOS: SegmentKey = ("platform", "ios")
