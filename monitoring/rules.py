@@ -41,6 +41,9 @@ KPI_GAUGES: dict[str, tuple[str, ...]] = {
     "kpimon_csat_ratio": (),
     "kpimon_csat_score_mean": (),
     "kpimon_survey_response_ratio": ("survey",),
+    "kpimon_retention_cohort_users": (),
+    "kpimon_retained_users": (),
+    "kpimon_retention_ratio": (),
 }
 KPI_LABELS = ("window", "day", "dimension", "segment")
 #: The 95 % interval bounds of the ratio KPIs (label `kpi`), recorded like the KPI gauges.

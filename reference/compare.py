@@ -19,6 +19,7 @@ RATIO_KPIS = frozenset(
     {
         "stickiness",
         "churn_rate",
+        "retention_rate",
         "nps",
         "csat",
         "csat_mean",

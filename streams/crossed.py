@@ -123,7 +123,10 @@ Answer = tuple[int, int, int]
 #: Every NPS-group churn counter (kpi, window), kept in the group of dimension all, in the order
 #: `churn_contribution` returns their bitmaps.
 COUNTERS: tuple[tuple[str, str], ...] = tuple(
-    (f"{kpi}:{group}", window) for window, _ in CHURN_WINDOWS for kpi in ("churn_base", "churned") for group in GROUPS
+    (f"{kpi}:{group}", window)
+    for window, _ in CHURN_WINDOWS
+    for kpi in ("churn_base", "churned")
+    for group in GROUPS
 )
 
 
@@ -178,9 +181,7 @@ def churn_contribution(active_all: int, base: int, answers: Sequence[Answer]) ->
     return tuple(out)
 
 
-def churn_runs(
-    before: Sequence[int], before_base: int, after: Sequence[int], after_base: int
-) -> list[Run]:
+def churn_runs(before: Sequence[int], before_base: int, after: Sequence[int], after_base: int) -> list[Run]:
     """The runs that turn one `churn_contribution` into another (the bases may differ: a click before
     the user's first remembered day moves the base down)."""
     base = min(before_base, after_base)

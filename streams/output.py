@@ -30,7 +30,8 @@ OUTPUT_KPIS: dict[str, tuple[str, ...]] = {
 
 
 class KpiRecord(msgspec.Struct, kw_only=True, omit_defaults=False):
-    """One KPI value of one window, segment and day. Later fields (targets, intervals) are optional."""
+    """One KPI value of one window, segment and day (for retention KPIs the cohort day). Later fields
+    (targets, intervals) are optional."""
 
     kpi: str
     window: str
@@ -41,7 +42,8 @@ class KpiRecord(msgspec.Struct, kw_only=True, omit_defaults=False):
     numerator: float | int | None = None
     denominator: float | int | None = None
     updated_at: str | None = None
-    #: 95 % interval of nps, csat, churn_rate, retention_rate and the response rates (docs/definitions.md, Uncertainty).
+    #: 95 % interval of nps, csat, churn_rate, retention_rate and the response rates
+    #: (docs/definitions.md, Uncertainty).
     ci_low: float | None = None
     ci_high: float | None = None
     #: The configured target of this KPI, its direction ("min" or "max") and whether the value breaches it.

@@ -128,7 +128,7 @@ def _retention(b: _Builder, day: int) -> None:
 
 
 def _nps_group_churn(b: _Builder) -> None:
-    """Churn by the NPS group of the base users (dimension nps_group); group `none` is the rest of the base."""
+    """Churn by the NPS group of the base users (dimension nps_group); `none` is the rest of the base."""
     for w, _ in crossed.CHURN_WINDOWS:
         rest_base, rest_churned = b.get("churn_base", w), b.get("churned", w)
         for group in (*crossed.GROUPS, crossed.NO_GROUP):
@@ -137,9 +137,9 @@ def _nps_group_churn(b: _Builder) -> None:
             else:
                 base, churned = b.get(f"churn_base:{group}", w), b.get(f"churned:{group}", w)
                 rest_base, rest_churned = rest_base - base, rest_churned - churned
-            where = {"dimension": crossed.NPS_GROUP, "segment": group}
-            b.add("churn_base", w, base, **where)
-            b.add("churned", w, churned, **where)
+            where = crossed.NPS_GROUP
+            b.add("churn_base", w, base, dimension=where, segment=group)
+            b.add("churned", w, churned, dimension=where, segment=group)
             b.add(
                 "churn_rate",
                 w,
@@ -147,7 +147,8 @@ def _nps_group_churn(b: _Builder) -> None:
                 churned,
                 base,
                 wilson(churned, base),
-                **where,
+                dimension=where,
+                segment=group,
             )
 
 

@@ -36,6 +36,7 @@ COHORT = "matured_cohort"
 RETAINED = "retained"
 PRESENT = "cohort_present"
 
+
 def window(offset: int) -> str:
     """The window label of offset k: `1d`, `7d`, `30d`."""
     return f"{offset}d"

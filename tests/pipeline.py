@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kpimon.agents.exporter.kpi_collector import CI_HIGH, CI_LOW, KPI_METRICS
+from kpimon.agents.exporter.kpi_collector import CI_HIGH, CI_LOW, COHORT, KPI_METRICS, gauge_day
 from kpimon.reference.compare import compare, parse_records
-from kpimon.streams.output import KpiRecord, day_name, day_number
+from kpimon.streams.output import KpiRecord, day_number
 from tests.helpers import KPIMON
 from tests.workers import WorkerProcess
 
@@ -22,7 +22,7 @@ Series = tuple[str, frozenset[tuple[str, str]]]
 
 #: Every metric name of a global KPI series (the ones exactly one worker may export).
 KPI_SERIES_METRICS = frozenset(
-    {spec.metric for spec in KPI_METRICS.values()} | {CI_LOW.metric, CI_HIGH.metric}
+    {spec.metric for spec in KPI_METRICS.values()} | {CI_LOW.metric, CI_HIGH.metric, COHORT.metric}
 )
 
 
@@ -130,15 +130,15 @@ def kpi_series(worker: WorkerProcess) -> dict[Series, float]:
 def check_gauges(workers: list[WorkerProcess], records: list[KpiRecord]) -> None:
     """Each global series is exported by exactly one worker and equals the kpimon-kpis value of its day."""
     current = max(day_number(r.day) for r in records)
-    days = {day_name(current): "current", day_name(current - 1): "previous"}
     expected: dict[Series, float] = {}
     for record in records:
         spec = KPI_METRICS.get(record.kpi)
-        if spec is None or record.day not in days:
+        day = gauge_day(record, current)
+        if spec is None or day is None:
             continue
         labels = {
             "window": record.window,
-            "day": days[record.day],
+            "day": day,
             "dimension": record.dimension,
             "segment": record.segment,
         }
@@ -146,6 +146,8 @@ def check_gauges(workers: list[WorkerProcess], records: list[KpiRecord]) -> None
             expected[(spec.metric, frozenset({**labels, **dict(spec.extra_labels)}.items()))] = float(
                 record.value
             )
+        if record.kpi == "retention_rate" and record.denominator is not None:
+            expected[(COHORT.metric, frozenset(labels.items()))] = float(record.denominator)
         if record.ci_low is not None and record.ci_high is not None:
             bounds = {**labels, "kpi": record.kpi}
             expected[(CI_LOW.metric, frozenset(bounds.items()))] = record.ci_low

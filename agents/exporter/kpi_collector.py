@@ -74,7 +74,22 @@ KPI_METRICS: dict[str, KpiMetric] = {
     ),
     "nps_response_rate": KpiMetric("kpimon_survey_response_ratio", _RATE, (("survey", "nps"),)),
     "csat_response_rate": KpiMetric("kpimon_survey_response_ratio", _RATE, (("survey", "csat"),)),
+    "retained": KpiMetric(
+        "kpimon_retained_users", "Users of the cohort active on cohort day + k (window = the offset k)."
+    ),
+    "retention_rate": KpiMetric(
+        "kpimon_retention_ratio",
+        "Retained / cohort users at offset k (window); absent when the cohort is empty.",
+    ),
 }
+
+#: The cohort size of a retention series: the denominator of its retention_rate record (the
+#: `retention_cohort` record itself, window 1d and keyed by the cohort day, has no gauge of its own).
+COHORT = KpiMetric(
+    "kpimon_retention_cohort_users", "Users in the cohort whose retention at offset k (window) is shown."
+)
+#: Records keyed by their cohort day c whose gauges show the day c + k they matured on.
+RETENTION_KPIS = frozenset({"retained", "retention_rate"})
 
 #: Per-KPI companion series: the 95 % interval bounds and the configured target, labelled by `kpi`.
 CI_LOW = KpiMetric("kpimon_kpi_ci_low", "Lower bound of the 95 % interval of a ratio KPI (label kpi).")
@@ -82,6 +97,19 @@ CI_HIGH = KpiMetric("kpimon_kpi_ci_high", "Upper bound of the 95 % interval of a
 TARGET = KpiMetric("kpimon_kpi_target", "Configured target of a KPI (label kpi; direction min or max).")
 
 BASE_LABELS = ("window", "day", "dimension", "segment")
+
+
+def gauge_day(record: KpiRecord, current_day: int) -> str | None:
+    """The `day` label of a record's series: "current", "previous" or None (not exported).
+
+    Most records show their own day. A retention record of cohort day c and offset k (window `{k}d`)
+    shows the day c + k its cohort matured on: `current` is the newest matured cohort of that offset.
+    """
+    day = day_number(record.day)
+    if record.kpi in RETENTION_KPIS:
+        day += int(record.window.removesuffix("d"))
+    offset = current_day - day
+    return "current" if offset == 0 else "previous" if offset == 1 else None
 
 
 class KpiCollector(Collector):
@@ -104,6 +132,7 @@ class KpiCollector(Collector):
 
         for spec in KPI_METRICS.values():
             family(spec, tuple(name for name, _ in spec.extra_labels))
+        family(COHORT, ())
         family(CI_LOW, ("kpi",))
         family(CI_HIGH, ("kpi",))
         family(TARGET, ("kpi", "direction"))
@@ -112,14 +141,16 @@ class KpiCollector(Collector):
             return
         for record in records:
             spec_or_none = KPI_METRICS.get(record.kpi)
-            offset = current_day - day_number(record.day)
-            if spec_or_none is None or offset not in (0, 1):
+            day = gauge_day(record, current_day)
+            if spec_or_none is None or day is None:
                 continue
             spec = spec_or_none
-            base = [record.window, "current" if offset == 0 else "previous", record.dimension, record.segment]
+            base = [record.window, day, record.dimension, record.segment]
             if record.value is not None:  # an undefined value is no sample, never a 0
                 extra = [value for _, value in spec.extra_labels]
                 families[spec.metric].add_metric([*extra, *base], float(record.value))
+            if record.kpi == "retention_rate" and record.denominator is not None:
+                families[COHORT.metric].add_metric(base, float(record.denominator))
             if record.ci_low is not None and record.ci_high is not None:
                 families[CI_LOW.metric].add_metric([record.kpi, *base], record.ci_low)
                 families[CI_HIGH.metric].add_metric([record.kpi, *base], record.ci_high)

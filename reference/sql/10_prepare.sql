@@ -112,3 +112,25 @@ SELECT source, seq, user_id, day, 'all' AS dimension, 'all' AS segment FROM attr
 UNION ALL SELECT source, seq, user_id, day, 'platform', platform FROM attributed
 UNION ALL SELECT source, seq, user_id, day, 'plan', plan FROM attributed
 UNION ALL SELECT source, seq, user_id, day, 'stage', stage FROM attributed;
+
+-- Survey events also count in dimension 'engagement': their user's number of active days (any active
+-- click, i.e. dimension all) in [e-27, e], e the survey's day: 0 'none', 1..4 'light', 5..14 'regular',
+-- 15..28 'heavy'. Clicks have no engagement segment.
+INSERT INTO event_segments
+WITH active_days AS (
+    SELECT DISTINCT user_id, day FROM active_clicks
+),
+levels AS (
+    SELECT s.seq, s.user_id, s.day, count(a.day) AS days
+    FROM surveys AS s
+    LEFT JOIN active_days AS a ON a.user_id = s.user_id AND a.day BETWEEN s.day - 27 AND s.day
+    GROUP BY s.seq, s.user_id, s.day
+)
+SELECT
+    'survey',
+    seq,
+    user_id,
+    day,
+    'engagement',
+    CASE WHEN days = 0 THEN 'none' WHEN days <= 4 THEN 'light' WHEN days <= 14 THEN 'regular' ELSE 'heavy' END
+FROM levels;

@@ -1,4 +1,5 @@
--- 95 % intervals (ci_low, ci_high) of nps, csat, churn_rate, nps_response_rate and csat_response_rate.
+-- 95 % intervals (ci_low, ci_high) of nps, csat, churn_rate, retention_rate, nps_response_rate and
+-- csat_response_rate.
 -- Rules: docs/definitions.md ("Uncertainty"). This file runs after every KPI file has inserted its records,
 -- so one place states the interval formulas for every KPI that has one, whatever file computed the value.
 -- Both bounds stay NULL when the denominator is 0 and for a response rate above 1 (more answers than
@@ -17,7 +18,7 @@ CREATE OR REPLACE TEMP MACRO wilson_half(p, n) AS
     ci_z() * sqrt(p * (1 - p) / n::DOUBLE + ci_z() * ci_z() / (4 * n::DOUBLE * n::DOUBLE))
     / (1 + ci_z() * ci_z() / n::DOUBLE);
 
--- Proportions: csat, churn_rate and the response rates, k = numerator and n = denominator. The interval
+-- Proportions: csat, churn_rate, retention_rate and the response rates, k = numerator and n = denominator. The interval
 -- lies in [0, 1] mathematically; the clipping only keeps rounding noise (~1e-17 at k = 0 or k = n) from
 -- putting a bound outside it.
 UPDATE kpi_records
@@ -26,7 +27,7 @@ SET
         - wilson_half(numerator::DOUBLE / denominator, denominator)),
     ci_high = least(1.0, wilson_centre(numerator::DOUBLE / denominator, denominator)
         + wilson_half(numerator::DOUBLE / denominator, denominator))
-WHERE kpi IN ('csat', 'churn_rate', 'nps_response_rate', 'csat_response_rate')
+WHERE kpi IN ('csat', 'churn_rate', 'retention_rate', 'nps_response_rate', 'csat_response_rate')
     AND denominator > 0
     AND numerator BETWEEN 0 AND denominator;
 

@@ -68,7 +68,13 @@ def test_two_workers_on_four_partitions_equal_the_reference(
     records = run_pipeline(kafka_bootstrap, unique_prefix, tmp_path, history, workers=2, partitions=4)
     # The comparison covered every KPI of the contract, in every dimension.
     assert {(r.kpi, r.window) for r in records} == ALL_KPIS
-    assert {r.dimension for r in records} == {"all", "platform", "plan", "stage"}
+    assert {r.dimension for r in records} == {"all", "platform", "plan", "stage", "engagement", "nps_group"}
+    # Every new key of issue #17: retention by segment, engagement levels, NPS groups.
+    segments = {(r.dimension, r.segment) for r in records}
+    assert {("engagement", level) for level in ("light", "regular", "heavy")} <= segments
+    assert {("nps_group", g) for g in ("promoter", "passive", "detractor", "none")} <= segments
+    assert {r.dimension for r in records if r.kpi == "retention_rate"} == {"all", "platform", "plan"}
+    assert any(r.kpi == "retention_rate" and r.ci_low is not None for r in records)
     assert any(r.ci_low is not None for r in records if r.kpi == "nps")
     # The simulator makes `team` satisfied but not promoting, and `android` the other way round.
     last = max(r.day for r in records)

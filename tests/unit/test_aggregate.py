@@ -159,3 +159,31 @@ def test_final_days_are_expired_only_for_the_partition_being_processed() -> None
         "active_users/1d": 1,
         "active_users/30d": 1,
     }
+
+
+def test_retention_gauges_show_the_newest_matured_cohort_as_current() -> None:
+    agg, table = Aggregator(partitions=1), dict[bytes, dict[str, Any]]()
+    for day, cohort, kept in ((DAY, 10, 4), (DAY - 1, 8, 2)):
+        counts = {"active_users/30d": 1, "matured_cohort/7d": cohort, "retained/7d": kept}
+        counts |= {"cohort_present/7d": 1, "lifecycle_new/1d": 5}
+        agg.on_partial(
+            table, Partial(source=0, version=1, dimension="all", segment="all", day=day, counts=counts)
+        )
+    agg.on_watermark(table, 0, Watermark(source=0, version=1, current_day=DAY))
+
+    def source() -> tuple[int | None, list[Any]]:
+        groups = agg.groups_on(table, {DAY, DAY - 1}, {0})
+        return DAY, [r for g in groups for r in agg.records(table, g)]
+
+    registry = CollectorRegistry()
+    registry.register(KpiCollector(source))
+    labels = {"window": "7d", "dimension": "all", "segment": "all"}
+    current, previous = {**labels, "day": "current"}, {**labels, "day": "previous"}
+    # The cohort of DAY - 7 matured on DAY: current; the cohort of DAY - 8: previous.
+    assert registry.get_sample_value("kpimon_retention_ratio", current) == 0.4
+    assert registry.get_sample_value("kpimon_retention_ratio", previous) == 0.25
+    assert registry.get_sample_value("kpimon_retained_users", current) == 4
+    assert registry.get_sample_value("kpimon_retention_cohort_users", previous) == 8
+    assert registry.get_sample_value("kpimon_kpi_ci_low", {**current, "kpi": "retention_rate"}) is not None
+    # The cohort record of DAY itself (window 1d) has no gauge: its retention is not known yet.
+    assert registry.get_sample_value("kpimon_retention_cohort_users", {**current, "window": "1d"}) is None

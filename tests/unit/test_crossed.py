@@ -23,7 +23,12 @@ Event = tuple
 Key = tuple[str, str, str, str, int]  # (dimension, segment, kpi, window, day)
 
 #: The satisfaction counters the brute force recounts (enough to see every survey in its level).
-CHECKED = {("survey_events", "30d"), ("nps_responses", "7d"), ("nps_promoters", "30d"), ("csat_score_sum", "7d")}
+CHECKED = {
+    ("survey_events", "30d"),
+    ("nps_responses", "7d"),
+    ("nps_promoters", "30d"),
+    ("csat_score_sum", "7d"),
+}
 
 
 def fact_of(event: Event) -> SurveyFact:
@@ -127,7 +132,11 @@ def histories(draw: st.DrawFn) -> list[Event]:
         else:
             survey = draw(st.sampled_from(["nps", "csat"]))
             action = draw(st.sampled_from(["answered", "answered", "shown", "dismissed"]))
-            score = draw(st.integers(0, 10) if survey == "nps" else st.integers(1, 5)) if action == "answered" else -1
+            score = (
+                draw(st.integers(0, 10) if survey == "nps" else st.integers(1, 5))
+                if action == "answered"
+                else -1
+            )
             ms = draw(st.sampled_from([0, 1000, 5000])) if survey == "nps" and action == "answered" else 0
             events.append(("survey", user, f"e{i}", day, survey, action, score, ms))
     duplicates = draw(st.lists(st.sampled_from(events), max_size=4)) if events else []
@@ -142,7 +151,9 @@ def test_levels_and_nps_groups_in_any_arrival_order_equal_the_brute_force(events
 
 @settings(max_examples=150, deadline=None)
 @given(histories(), st.integers(D0, D0 + 80))
-def test_a_rebuild_from_the_states_equals_the_counters_the_events_built(events: list[Event], cut: int) -> None:
+def test_a_rebuild_from_the_states_equals_the_counters_the_events_built(
+    events: list[Event], cut: int
+) -> None:
     built, states = stream(events)
     rebuilt: Tally[Key] = Tally()
     for state in states.values():

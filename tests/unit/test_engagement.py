@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kpimon.streams import retention
 from kpimon.streams.engagement import (
     ACTIVE_1D,
     ACTIVE_7D,
@@ -21,9 +22,9 @@ from kpimon.streams.engagement import (
     CHURNED_30D,
     DORMANT,
     NEW,
-    STATE_HORIZON,
     RESURRECTING,
     RETURNING,
+    STATE_HORIZON,
     SegmentDeltas,
     churn_rate,
     expand,
@@ -35,7 +36,6 @@ from kpimon.streams.engagement import (
     record_exists,
     stickiness,
 )
-from kpimon.streams import retention
 from kpimon.streams.segments import ALL, SegmentKey
 from kpimon.streams.userstate import UserState
 

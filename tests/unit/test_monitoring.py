@@ -16,7 +16,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from kpimon.agents.exporter.kpi_collector import KPI_METRICS, KpiCollector
+from kpimon.agents.exporter.kpi_collector import COHORT, KPI_METRICS, KpiCollector
 from kpimon.agents.exporter.pipeline_metrics import PipelineMetrics
 from monitoring import grafana
 from monitoring.config import DEFAULT, MonitoringConfig, PipelineAlerts
@@ -420,5 +420,6 @@ def test_generated_files_are_registered_with_make_generate() -> None:
 
 def test_every_kpi_gauge_of_the_code_is_recorded_with_its_labels() -> None:
     """monitoring.rules.KPI_GAUGES mirrors agents/exporter/kpi_collector.py (metric -> its own labels)."""
-    code = {spec.metric: tuple(name for name, _ in spec.extra_labels) for spec in KPI_METRICS.values()}
+    specs = [*KPI_METRICS.values(), COHORT]
+    code = {spec.metric: tuple(name for name, _ in spec.extra_labels) for spec in specs}
     assert code == KPI_GAUGES

@@ -130,3 +130,54 @@ def test_engagement_records_exist_only_with_activity_in_60_days() -> None:
     assert records[("churn_rate", "30d")].value == 1.0  # type: ignore[attr-defined]
     assert records[("stickiness", "30d")].value == 0.0  # type: ignore[attr-defined]
     assert ("nps", "7d") not in records
+
+
+# Retention (kept on the day d a cohort is observed, published under its cohort day d - k) and churn by
+# NPS group (kept in the all/all group, published as dimension nps_group).
+
+
+def test_retention_records_carry_the_cohort_day_and_exist_when_its_engagement_record_does() -> None:
+    counts = {
+        "active_users/30d": 5,
+        "lifecycle_new/1d": 3,
+        "matured_cohort/7d": 4,
+        "retained/7d": 1,
+        "cohort_present/7d": 6,
+        "matured_cohort/30d": 0,
+        "retained/30d": 0,
+        "cohort_present/30d": 2,  # a cohort day with an engagement record and nobody new: rate undefined
+    }
+    records = group_records("platform", "ios", DAY, counts)
+    by = {(r.kpi, r.window): r for r in records}
+    assert by["retention_cohort", "1d"].value == 3 and by["retention_cohort", "1d"].day == "2026-11-24"
+    rate = by["retention_rate", "7d"]
+    assert (rate.day, rate.value, rate.numerator, rate.denominator) == ("2026-11-17", 0.25, 1, 4)
+    assert rate.ci_low is not None and rate.ci_low < 0.25 < rate.ci_high  # type: ignore[operator]
+    assert by["retained", "7d"].value == 1 and by["retained", "7d"].day == "2026-11-17"
+    empty = by["retention_rate", "30d"]
+    assert (empty.day, empty.value, empty.ci_low, empty.ci_high) == ("2026-10-25", None, None, None)
+    assert by["retained", "30d"].value == 0
+    assert ("retention_rate", "1d") not in by  # cohort day d - 1 has no engagement record
+    assert not any(r.kpi.startswith("retention") for r in group_records("stage", "onboarding", DAY, counts))
+
+
+def test_churn_by_nps_group_exists_with_the_all_engagement_record_and_none_is_the_rest() -> None:
+    counts = {
+        "active_users/30d": 50,
+        "churn_base/7d": 20,
+        "churned/7d": 6,
+        "churn_base:promoter/7d": 8,
+        "churned:promoter/7d": 1,
+        "churn_base:detractor/7d": 4,
+        "churned:detractor/7d": 3,
+    }
+    records = group_records("all", "all", DAY, counts)
+    groups = {(r.kpi, r.window, r.segment): r for r in records if r.dimension == "nps_group"}
+    assert groups["churn_base", "7d", "promoter"].value == 8
+    assert groups["churn_rate", "7d", "detractor"].value == 0.75
+    assert groups["churn_base", "7d", "passive"].value == 0
+    assert (groups["churn_base", "7d", "none"].value, groups["churned", "7d", "none"].value) == (8, 2)
+    assert groups["churn_base", "30d", "none"].value == 0
+    assert {segment for _, _, segment in groups} == {"promoter", "passive", "detractor", "none"}
+    assert not any(r.dimension == "nps_group" for r in group_records("platform", "ios", DAY, counts))
+    assert group_records("all", "all", DAY, {"churn_base:promoter/7d": 0}) == []

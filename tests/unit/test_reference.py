@@ -128,12 +128,13 @@ def survey(
     signup: int | None = None,
     platform: str | None = None,
     plan: str | None = None,
+    hour: int = 12,
 ) -> str:
     """One surveys message (a JSON line); `score` is sent only with an answer, `signup` is a test day."""
     event: dict[str, Any] = {
         "event_id": event_id or f"s{next(_ids)}",
         "user_id": user,
-        "ts": ts(day),
+        "ts": ts(day, hour),
         "survey": kind,
         "action": action,
     }
@@ -1144,10 +1145,72 @@ def brute_force(clicks: Sequence[dict[str, Any]], surveys: Sequence[dict[str, An
             ("stage", "onboarding" if event["day"] - signup < 14 else "established"),
         ]
 
+    active_days: dict[str, set[int]] = {}
+    for c in clicks:
+        if c["type"] != "push_received":
+            active_days.setdefault(c["user"], set()).add(c["day"])
+
+    def survey_segments(event: dict[str, Any]) -> list[tuple[str, str]]:
+        # engagement: the user's active days (dimension all) in [e-27, e]
+        n = len({d for d in active_days.get(event["user"], set()) if event["day"] - 27 <= d <= event["day"]})
+        level = "none" if n == 0 else "light" if n <= 4 else "regular" if n <= 14 else "heavy"
+        return [*segments(event), ("engagement", level)]
+
+    engagement = brute_force_engagement(clicks, current, segments)
+    all_days = {day_number(r.day) - BASE for r in engagement if (r.dimension, r.segment) == ("all", "all")}
     return [
-        *brute_force_engagement(clicks, current, segments),
-        *brute_force_satisfaction(unique, current, segments),
+        *engagement,
+        *brute_force_nps_churn(active_days, unique, current, all_days),
+        *brute_force_satisfaction(unique, current, survey_segments),
     ]
+
+
+def brute_force_nps_churn(
+    active_days: dict[str, set[int]], surveys: Sequence[dict[str, Any]], current: int, days: set[int]
+) -> list[KpiRecord]:
+    """Churn by the NPS group of each base user's latest answer in the base period (dimension nps_group)."""
+    records = []
+    answers = [
+        (s["day"], s.get("hour", 12), arrival, s["user"], s["score"])
+        for arrival, s in enumerate(surveys)
+        if s["kind"] == "nps" and s["action"] == "answered"
+    ]
+    for d in days:
+        for w in (7, 30):
+            base: dict[str, set[str]] = {g: set() for g in ("promoter", "passive", "detractor", "none")}
+            churned: dict[str, set[str]] = {g: set() for g in base}
+            for user, ds in active_days.items():
+                if not any(d - 2 * w + 1 <= x <= d - w for x in ds):
+                    continue
+                mine = [a for a in answers if a[3] == user and d - 2 * w + 1 <= a[0] <= d - w]
+                score = max(mine)[4] if mine else None  # latest by day, hour, then file order
+                group = (
+                    "none"
+                    if score is None
+                    else "promoter"
+                    if score >= 9
+                    else "passive"
+                    if score >= 7
+                    else "detractor"
+                )
+                base[group].add(user)
+                if not any(d - w + 1 <= x <= d for x in ds):
+                    churned[group].add(user)
+            for group in base:
+                n, k = len(base[group]), len(churned[group])
+                where = ("nps_group", group, d)
+                records += [
+                    KpiRecord(
+                        kpi=kpi, window=f"{w}d", dimension="nps_group", segment=group, day=iso(d), value=v
+                    )
+                    for kpi, v in (("churn_base", n), ("churned", k))
+                ]
+                records.append(
+                    ratio_record(
+                        "churn_rate", f"{w}d", where, k, n, k / n if n else 0.0, wilson_interval(k, n)
+                    )
+                )
+    return records
 
 
 def brute_force_engagement(
@@ -1216,6 +1279,44 @@ def brute_force_engagement(
                         wilson_interval(len(churned), len(base)),
                     )
                 )
+            if dimension == "stage":
+                continue
+            # Retention of the cohort of d: new and active in the segment on d; retained at offset k when
+            # active in the segment on d + k; published once d + k <= current.
+            cohort = {u for u in today if (u, d) in new_days}
+            records.append(
+                KpiRecord(
+                    kpi="retention_cohort",
+                    window="1d",
+                    dimension=dimension,
+                    segment=segment,
+                    day=iso(d),
+                    value=len(cohort),
+                )
+            )
+            for k in (1, 7, 30):
+                if d + k > current:
+                    continue
+                kept = cohort & users(d + k, d + k)
+                records += [
+                    KpiRecord(
+                        kpi="retained",
+                        window=f"{k}d",
+                        dimension=dimension,
+                        segment=segment,
+                        day=iso(d),
+                        value=len(kept),
+                    ),
+                    ratio_record(
+                        "retention_rate",
+                        f"{k}d",
+                        (dimension, segment, d),
+                        len(kept),
+                        len(cohort),
+                        len(kept) / len(cohort) if cohort else None,
+                        wilson_interval(len(kept), len(cohort)),
+                    ),
+                ]
     return records
 
 
@@ -1349,6 +1450,7 @@ def survey_events(draw: st.DrawFn) -> dict[str, Any]:
         "signup": None if offset is None else day + offset,
         "platform": draw(st.sampled_from([None, "ios", "tv"])),
         "plan": draw(st.sampled_from([None, "free"])),
+        "hour": draw(st.sampled_from([6, 12, 12])),
     }
 
 
@@ -1372,6 +1474,7 @@ def test_reference_matches_a_brute_force_recount(
             signup=s["signup"],
             platform=s["platform"],
             plan=s["plan"],
+            hour=s["hour"],
         )
         for s in surveys
     ]
