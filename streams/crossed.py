@@ -6,7 +6,7 @@ remembered survey facts), so late clicks and late answers revise them exactly.
 - **Engagement level.** A survey event of day e counts, besides its own segments, in dimension
   `engagement`, segment `level(active days of its user in [e-27, e])`. A click that adds an active day
   x moves the surveys of days e in [x, x+27] whose level changes: their runs leave the old level's
-  segment and join the new one's.
+  segment and join the new one's. The four levels' records exist together (ANY_LEVEL).
 - **NPS group.** The churn counters of a day d are also cut by the NPS group of each base user's latest
   NPS answer (by day and time of day, then by arrival) whose day lies in the base period
   [d-2W+1, d-W]. These counters live in the group of dimension all (kpi `churn_base:promoter` and so
@@ -67,6 +67,21 @@ def survey_level(all_bits: int, base: int, day: int) -> str:
 def level_segment(level: str) -> SegmentKey:
     """The segment of an engagement level."""
     return (ENGAGEMENT, level)
+
+
+#: Counts every survey event in each of the four level segments (window 30d, like survey_events): the
+#: levels' records exist together, whenever the all/all satisfaction records do, so a level emptied by a
+#: late click keeps its records (zeros) instead of leaving stale ones in the compacted topic.
+ANY_LEVEL: tuple[str, str] = ("any_level_survey_events", "30d")
+
+
+def any_level_runs(day: int, from_day: int | None = None) -> list[tuple[SegmentKey, list[Run]]]:
+    """The ANY_LEVEL runs of one survey event of `day`, in every level segment (clipped to `from_day`)."""
+    first, last = day if from_day is None else max(day, from_day), day + 29
+    if last < first:
+        return []
+    runs: list[Run] = [(*ANY_LEVEL, first, last, 1)]
+    return [(level_segment(level), runs) for level in LEVELS]
 
 
 def fact_runs(fact: SurveyFact, from_day: int | None = None) -> list[Run]:
@@ -251,6 +266,7 @@ def record_survey(state: UserState, event_id: str, fact: SurveyFact) -> list[tup
     out: list[tuple[SegmentKey, list[Run]]] = [(segment, runs) for segment in fact_segments(fact)]
     all_bits, base = state.segments.get(ALL, 0), state.base
     out.append((level_segment(survey_level(all_bits, base, fact[0])), runs))
+    out.extend(any_level_runs(fact[0]))
     if is_answer and all_bits:
         churn = churn_runs(
             churn_contribution(all_bits, base, answers),
@@ -273,6 +289,8 @@ def rebuild_runs(state: UserState, from_day: int | None = None) -> Iterator[tupl
     yield from facts_runs(facts, from_day)
     all_bits, base = state.segments.get(ALL, 0), state.base
     yield from level_runs(facts, all_bits, base, from_day)
+    for fact in facts:
+        yield from any_level_runs(fact[0], from_day)
     answers = answers_of(facts)
     if answers and all_bits:
         deltas = churn_deltas(all_bits, base, answers, from_day)

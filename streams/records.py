@@ -88,7 +88,8 @@ def group_records(
             _nps_group_churn(b)
     if dimension in retention.DIMENSIONS:
         _retention(b, day)
-    if b.get("survey_events", "30d") > 0:
+    present = crossed.ANY_LEVEL if dimension == crossed.ENGAGEMENT else ("survey_events", "30d")
+    if b.get(*present) > 0:
         for window, _ in satisfaction.WINDOWS:
             _satisfaction(b, window)
     return b.records

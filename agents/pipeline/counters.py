@@ -17,7 +17,7 @@ from kpimon.agents.pipeline.partials import Group
 from kpimon.streams import crossed, engagement, satisfaction
 from kpimon.streams.segments import SegmentKey
 
-_COUNTERS = (*engagement.ALL_COUNTERS, *satisfaction.COUNTERS, *crossed.COUNTERS)
+_COUNTERS = (*engagement.ALL_COUNTERS, *satisfaction.COUNTERS, *crossed.COUNTERS, crossed.ANY_LEVEL)
 COUNTER_NAMES: tuple[str, ...] = tuple(f"{kpi}/{window}" for kpi, window in _COUNTERS)
 _INDEX: dict[tuple[str, str], int] = {counter: i for i, counter in enumerate(_COUNTERS)}
 _WIDTH = len(COUNTER_NAMES)

@@ -60,9 +60,22 @@ counters (counter) AS (
         ('nps_shown'), ('nps_dismissed'),
         ('csat_responses'), ('csat_satisfied'), ('csat_score_sum'), ('csat_shown'), ('csat_dismissed')
 ),
+-- The four engagement levels are all there from the first survey day on, whatever their own events.
+levels (segment) AS (VALUES ('none'), ('light'), ('regular'), ('heavy')),
+firsts AS (
+    SELECT dimension, segment, min(day) AS first_day
+    FROM daily
+    WHERE dimension <> 'engagement'
+    GROUP BY dimension, segment
+    UNION ALL
+    SELECT 'engagement', l.segment, f.first_day
+    FROM (SELECT min(day) AS first_day FROM daily WHERE dimension = 'all') AS f
+    CROSS JOIN levels AS l
+    WHERE f.first_day IS NOT NULL
+),
 calendar AS (
     SELECT dimension, segment, unnest(range(first_day, (SELECT day FROM current_day) + 1)) AS day
-    FROM (SELECT dimension, segment, min(day) AS first_day FROM daily GROUP BY dimension, segment)
+    FROM firsts
 ),
 -- Dense days, so that a window sum exists for the days without any event too.
 dense AS (
@@ -98,10 +111,17 @@ FROM windowed;
 
 -- The records that exist (both windows): segment s and day d <= D such that some survey event of s has its
 -- day in [d-29, d], whatever its action (a segment with only `shown` events has records, its scores null).
+-- The engagement levels exist together, zeros included, on the days the all/all records exist: a late
+-- click moves surveys between levels, and a level never loses its records for that.
 CREATE OR REPLACE TABLE satisfaction_days AS
 SELECT dimension, segment, day
 FROM satisfaction_counts
-WHERE counter = 'survey_events' AND "window" = '30d' AND n > 0;
+WHERE counter = 'survey_events' AND "window" = '30d' AND n > 0 AND dimension <> 'engagement'
+UNION ALL
+SELECT 'engagement', l.segment, d.day
+FROM satisfaction_counts AS d
+CROSS JOIN (VALUES ('none'), ('light'), ('regular'), ('heavy')) AS l (segment)
+WHERE d.dimension = 'all' AND d.counter = 'survey_events' AND d."window" = '30d' AND d.n > 0;
 
 -- The counts, zeros included.
 INSERT INTO kpi_records (kpi, "window", dimension, segment, day, count_value)

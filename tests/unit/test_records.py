@@ -181,3 +181,14 @@ def test_churn_by_nps_group_exists_with_the_all_engagement_record_and_none_is_th
     assert {segment for _, _, segment in groups} == {"promoter", "passive", "detractor", "none"}
     assert not any(r.dimension == "nps_group" for r in group_records("platform", "ios", DAY, counts))
     assert group_records("all", "all", DAY, {"churn_base:promoter/7d": 0}) == []
+
+
+def test_an_engagement_level_emptied_by_a_late_click_keeps_its_records_with_zeros() -> None:
+    # The level's own survey counters are 0 (its surveys moved to another level), the four levels'
+    # common counter says surveys exist: every satisfaction record, zeros and undefined scores.
+    records = group_records("engagement", "none", DAY, {"any_level_survey_events/30d": 3})
+    by = by_key(records)
+    assert len(records) == 30
+    assert by["nps_responses", "7d"].value == 0  # type: ignore[attr-defined]
+    assert by["csat", "30d"].value is None  # type: ignore[attr-defined]
+    assert group_records("engagement", "none", DAY, {"survey_events/30d": 3}) == []

@@ -385,12 +385,15 @@ def test_platform_and_plan_unknown(tmp_path: Path) -> None:
     assert value(records, "active_users", "1d", 1, "platform", "unknown") == 2
     assert value(records, "active_users", "1d", 1, "plan", "unknown") == 2
     assert value(records, "active_users", "1d", 1) == 4
-    # Every segment and day has every engagement KPI.
+    # Every segment and day has every engagement KPI (and retention_cohort; no cohort has matured yet).
     for dimension, segment in {(r.dimension, r.segment) for r in records.values()}:
         kpis = {
             (r.kpi, r.window) for r in records.values() if (r.dimension, r.segment) == (dimension, segment)
         }
-        assert kpis == ENGAGEMENT_KPIS
+        if dimension == "nps_group":
+            assert kpis == {(k, w) for k in ("churn_base", "churned", "churn_rate") for w in ("7d", "30d")}
+        else:
+            assert kpis == ENGAGEMENT_KPIS | ({("retention_cohort", "1d")} if dimension != "stage" else set())
 
 
 def test_segment_values_beyond_the_cap_fold_into_other(tmp_path: Path) -> None:
@@ -423,8 +426,18 @@ def test_records_exist_for_60_days_after_activity_and_never_after_the_current_da
     assert days_of(records, kpis=ENGAGEMENT_KPIS) == [iso(d) for d in range(60)]
     assert days_of(records, "platform", "ios") == [iso(d) for d in range(60)]
     engagement = only(records, ENGAGEMENT_KPIS)
-    assert len(engagement) == 60 * len(ENGAGEMENT_KPIS) * 4  # all, platform, plan, stage
-    assert len(records) == len(engagement) + len(SATISFACTION_KPIS) * 4  # b's survey, on day 70 only
+    # all, platform, plan, stage, and the four NPS groups' churn (6 of the 14)
+    assert len(engagement) == 60 * len(ENGAGEMENT_KPIS) * 4 + 60 * 6 * 4
+    # Retention (all, platform, plan): a cohort record per day, retained and the rate per offset k once
+    # matured (c + k <= 70: every day for k = 1 and 7, days 0..40 for k = 30).
+    retention = only(
+        records,
+        {("retention_cohort", "1d")}
+        | {(k, w) for k in ("retained", "retention_rate") for w in ("1d", "7d", "30d")},
+    )
+    assert len(retention) == 3 * (60 + 2 * (60 + 60 + 41))
+    # b's survey, on day 70 only: all, platform, plan, stage and the four engagement levels
+    assert len(records) == len(engagement) + len(retention) + len(SATISFACTION_KPIS) * 8
     assert value(records, "active_users", "30d", 59) == 0
     assert churn(records, "30d", 59) == (1, 1, 1.0, 1, 1)
 
@@ -722,9 +735,9 @@ def test_satisfaction_records_exist_30_days_after_a_survey_and_up_to_the_current
         *(iso(d) for d in range(35, 41)),
     ]
     assert days_of(records, "platform", "web", kpis=SATISFACTION_KPIS) == []  # clicks make no survey segment
-    assert (
-        len(only(records, SATISFACTION_KPIS)) == (30 + 6) * len(SATISFACTION_KPIS) * 4
-    )  # all, platform, plan, stage
+    assert len(only(records, SATISFACTION_KPIS)) == (30 + 6) * len(SATISFACTION_KPIS) * (
+        4 + 4
+    )  # all, platform, plan, stage, and the four engagement levels
 
 
 def test_intervals_of_nps_and_churn_rate(tmp_path: Path) -> None:
@@ -763,7 +776,14 @@ def test_intervals_of_nps_and_churn_rate(tmp_path: Path) -> None:
     assert interval(churn_30d) == (None, None)
     # Counts and the other ratios carry no interval.
     for key, rec in records.items():
-        if rec.kpi not in {"nps", "csat", "churn_rate", "nps_response_rate", "csat_response_rate"}:
+        if rec.kpi not in {
+            "nps",
+            "csat",
+            "churn_rate",
+            "retention_rate",
+            "nps_response_rate",
+            "csat_response_rate",
+        }:
             assert interval(rec) == (None, None), key
 
 
@@ -1330,10 +1350,14 @@ def brute_force_satisfaction(
     for s in surveys:
         for key in segments(s):
             by_segment.setdefault(key, []).append(s)
+    if ("all", "all") in by_segment:  # the four engagement levels exist together, as all/all does
+        for level in ("none", "light", "regular", "heavy"):
+            by_segment.setdefault(("engagement", level), [])
     records = []
     for (dimension, segment), events in by_segment.items():
-        for d in range(min(e["day"] for e in events), current + 1):
-            if not any(d - 29 <= e["day"] <= d for e in events):
+        present = by_segment["all", "all"] if dimension == "engagement" else events
+        for d in range(min(e["day"] for e in present), current + 1):
+            if not any(d - 29 <= e["day"] <= d for e in present):
                 continue
             for w in (7, 30):
                 window = f"{w}d"
@@ -1482,3 +1506,72 @@ def test_reference_matches_a_brute_force_recount(
     expected = latest(brute_force(clicks, surveys))
     assert records.keys() == expected.keys()
     assert compare(expected.values(), records.values(), names=("brute force", "reference")) == []
+
+
+# ---------------------------------------------------------------------------------------------- issue 17
+
+
+def test_retention_cohorts_by_hand(tmp_path: Path) -> None:
+    records = run(
+        tmp_path,
+        [
+            click("a", 0, signup=0, platform="ios"),
+            click("a", 1, signup=0, platform="ios"),
+            click("a", 7, signup=0, platform="web"),  # retained on day 7, but not in ios
+            click("b", 0, signup=0, platform="ios"),
+            click("b", 8, signup=0, platform="ios"),  # day 8 is not day 7: not retained at 7
+            click("b", 30, signup=0, platform="ios"),
+            click("c", 1, signup=-5),  # never new
+            click("c", 31, signup=-5),
+        ],
+    )
+    assert value(records, "retention_cohort", "1d", 0) == 2
+    assert value(records, "retention_cohort", "1d", 1) == 0
+    assert (value(records, "retained", "1d", 0), value(records, "retention_rate", "1d", 0)) == (1, 0.5)
+    assert value(records, "retention_rate", "7d", 0) == 0.5
+    assert value(records, "retention_rate", "7d", 0, "platform", "ios") == 0.0  # a was on web on day 7
+    assert value(records, "retention_rate", "30d", 0, "platform", "ios") == 0.5
+    assert value(records, "retention_rate", "1d", 1) is None  # an empty cohort: undefined
+    assert value(records, "retained", "1d", 1) == 0
+    rate = record_of(records, "retention_rate", "7d", 0)
+    assert (rate.numerator, rate.denominator, interval(rate)) == (1, 2, wilson_interval(1, 2))
+    assert f"retention_rate/30d/all/all/{iso(2)}" not in records  # 2 + 30 > 31: not matured
+    assert f"retention_rate/1d/all/all/{iso(30)}" in records
+    assert not any(r.dimension == "stage" for r in records.values() if r.kpi.startswith("retention"))
+
+
+def test_churn_by_nps_group_by_hand(tmp_path: Path) -> None:
+    records = run(
+        tmp_path,
+        [click(u, 0) for u in "pdqn"] + [click("p", 8), click("q", 9)],
+        [
+            survey("p", 0, score=10),
+            survey("d", 0, score=3, hour=6),
+            survey("d", 0, score=9, hour=5),  # earlier that day: the 6 o'clock detractor answer is latest
+            survey("q", 0, score=8),
+            survey("n", 0, action="shown"),
+        ],
+    )
+
+    def churn_of(group: str) -> tuple[Any, ...]:
+        rec = record_of(records, "churn_rate", "7d", 7, "nps_group", group)
+        return (value(records, "churn_base", "7d", 7, "nps_group", group), rec.numerator, rec.value)
+
+    assert churn_of("promoter") == (1, 1, 1.0)
+    assert churn_of("detractor") == (1, 1, 1.0)
+    assert churn_of("passive") == (1, 1, 1.0)
+    assert churn_of("none") == (1, 1, 1.0)  # a shown survey is no answer
+    assert value(records, "churned", "7d", 8, "nps_group", "promoter") == 0  # p is back on day 8
+    assert f"churn_base/7d/nps_group/promoter/{iso(10)}" not in records  # after the current day
+
+
+def test_nps_and_csat_by_engagement_level_by_hand(tmp_path: Path) -> None:
+    records = run(
+        tmp_path,
+        [click("h", d) for d in range(15)] + [click("l", 14)],
+        [survey("h", 14, score=10), survey("l", 14, score=0), survey("z", 14, score=9)],
+    )
+    assert nps(records, "7d", 14, "engagement", "heavy") == (1, 1, 0, 0, 100.0)
+    assert nps(records, "7d", 14, "engagement", "light") == (1, 0, 0, 1, -100.0)
+    assert nps(records, "7d", 14, "engagement", "none") == (1, 1, 0, 0, 100.0)  # z never clicked
+    assert nps(records, "7d", 14, "engagement", "regular") == (0, 0, 0, 0, None)  # exists, empty
