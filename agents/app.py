@@ -215,7 +215,7 @@ def create_app(
     from agents.aggregate_agent import register_aggregate
     from agents.ingest import register_ingest
     from agents.kafka_security import faust_options
-    from agents.web import register_web, web_ssl_context
+    from agents.web import register_web, web_options
 
     registry = registry if registry is not None else CollectorRegistry()
     app = KpimonApp(
@@ -231,7 +231,8 @@ def create_app(
         web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
-        web_ssl_context=web_ssl_context(settings),
+        # Faust's views off, auth on every other route, timeouts, a safe error log (docs/security.md).
+        **web_options(settings, registry),
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         # The user-state changelog goes out in record batches (agents/user_store.py): bigger batches, fewer

@@ -85,6 +85,9 @@ class Settings:
     web_tls_key_file: str = ""
     web_auth_user: str = ""
     web_auth_password_file: str = ""
+    #: Seconds a web connection may go without a complete request (idle keep-alive, idle TLS, headers
+    #: never finished) before the server closes it.
+    web_timeout: float = 30.0
     #: Dead letters without `comment`, with user_id and key replaced by HMAC-SHA256 (docs/security.md).
     dead_letter_redact: bool = False
     dead_letter_redact_key_file: str = ""
@@ -128,6 +131,8 @@ class Settings:
             raise ValueError(f"store must be memory or rocksdb, got {self.store!r}")
         if self.batch_max_messages < 1:
             raise ValueError(f"batch_max_messages must be >= 1, got {self.batch_max_messages}")
+        if not 0 < self.web_timeout <= 3600:
+            raise ValueError(f"web_timeout must be in (0, 3600] seconds, got {self.web_timeout}")
         if self.commit_interval <= 0:
             raise ValueError(f"commit_interval must be > 0, got {self.commit_interval}")
         if not 6 <= self.session_timeout <= 300:

@@ -158,6 +158,13 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     help="File holding the basic auth password.  [default: none]",
 )
 @click.option(
+    "--web-timeout",
+    type=float,
+    envvar="KPIMON_WEB_TIMEOUT",
+    help="Seconds a web connection may go without a complete request (idle, unfinished headers) before "
+    "it is closed.  [default: 30]",
+)
+@click.option(
     "--dead-letter-redact/--no-dead-letter-redact",
     default=None,
     envvar="KPIMON_DEAD_LETTER_REDACT",
