@@ -175,6 +175,18 @@ class ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         )
 
 
+def web_warnings(settings: Settings) -> list[str]:
+    """What a worker warns about at start: web settings that leave a secret or the data exposed."""
+    warnings = []
+    if settings.web_auth_user and not settings.web_tls_cert_file:
+        warnings.append(
+            "web basic auth without TLS: the password of web_auth_user crosses the network in clear text "
+            "with every request to /metrics and /ready; set web_tls_cert_file and web_tls_key_file "
+            "(docs/security.md)"
+        )
+    return warnings
+
+
 def web_options(settings: Settings, registry: CollectorRegistry) -> dict[str, Any]:
     """Keyword arguments of `faust.App` for the web server: Faust's views off, auth, timeouts, safe log."""
     return {

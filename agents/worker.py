@@ -202,6 +202,7 @@ def run_worker(settings: Settings) -> None:
     from prometheus_client import disable_created_metrics
 
     from agents.app import create_app
+    from agents.web import web_warnings
 
     # `_created` series double the exposition for no use on a dashboard.
     disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -209,6 +210,8 @@ def run_worker(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s"
     )
+    for warning in web_warnings(settings):
+        log.warning("%s", warning)
     # Configuration first: a bad file stops the worker before it touches Kafka.
     targets: Targets = {}
     if settings.targets_file:
