@@ -22,6 +22,7 @@ from agents import partials
 from agents.aggregate import Aggregator
 from agents.engine import SourceEngine
 from agents.faust_app import KpimonApp
+from agents.folding import FoldedCollector
 from agents.kpi_metrics import KpiCollector
 from agents.lag import LagCollector
 from agents.metrics import PipelineMetrics
@@ -251,6 +252,7 @@ def create_app(
             settings.passive,
             settings.max_segment_values,
             settings.policy.max_future_ms,
+            settings.segment_personal_pattern,
         ),
         aggregator=Aggregator(settings.partitions, targets),
     )
@@ -262,6 +264,7 @@ def create_app(
     kpimon.partials_topic = raw_topic(app, settings.partials)
     kpimon.kpis_topic = raw_topic(app, settings.kpis)
     registry.register(KpiCollector(kpimon.gauge_records))
+    registry.register(FoldedCollector(kpimon.engine.folder))
     registry.register(LagCollector(kpimon.assigned, kpimon.engine.positions, kpimon.highwater))
     register_ingest(kpimon)
     register_aggregate(kpimon)

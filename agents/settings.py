@@ -6,6 +6,7 @@ Nothing else in kpimon reads the environment.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -50,6 +51,9 @@ class Settings:
     passive_types: str = ""
     #: At most this many values per segment dimension; further values fold into "other".
     max_segment_values: int = 50
+    #: Segment values matching this regular expression (searched, Python syntax) fold into "other" like
+    #: e-mail addresses do: personal data never becomes a label (docs/security.md). None when empty.
+    segment_personal_pattern: str = ""
     #: TOML file of KPI targets (deploy/targets.example.toml); none when empty.
     targets_file: str = ""
     #: Seconds between flushes of changed counters to kpimon-partials and of changed KPIs to kpimon-kpis.
@@ -125,6 +129,10 @@ class Settings:
             raise ValueError(f"web_port must be in 1..65535, got {self.web_port}")
         if self.max_segment_values < 1:
             raise ValueError(f"max_segment_values must be >= 1, got {self.max_segment_values}")
+        try:
+            re.compile(self.segment_personal_pattern)
+        except re.error as exc:
+            raise ValueError(f"segment_personal_pattern is not a valid regular expression: {exc}") from None
         if self.flush_interval <= 0:
             raise ValueError(f"flush_interval must be > 0, got {self.flush_interval}")
         if self.store not in ("memory", "rocksdb"):

@@ -98,6 +98,12 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     help="Values kept per segment dimension; further ones count as `other`.  [default: 50]",
 )
 @click.option(
+    "--segment-personal-pattern",
+    envvar="KPIMON_SEGMENT_PERSONAL_PATTERN",
+    help="Regular expression (Python, searched) of segment values that are personal data: they count as "
+    "`other`, as e-mail addresses always do.  [default: none]",
+)
+@click.option(
     "--flush-interval",
     type=float,
     envvar="KPIMON_FLUSH_INTERVAL",
