@@ -13,9 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from agents.folding import CAP, OTHER, PERSONAL, FoldedCollector, SegmentFolder
-from reference.load import load, sql_text
-from streams.validation import Policy
+from kpimon.agents.exporter.folding_collector import FoldedCollector
+from kpimon.agents.pipeline.folding import CAP, OTHER, PERSONAL, SegmentFolder
+from kpimon.reference.load import load, sql_text
+from kpimon.streams.validation import Policy
 
 NOW_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 

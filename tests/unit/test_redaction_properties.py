@@ -16,8 +16,8 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.deadletters import REDACTED_DETAIL, REDACTED_HEADER, Redactor, dead_letter_headers
-from streams.validation import Accepted, Kind, Policy, Reason, Rejected, validate
+from kpimon.agents.pipeline.deadletters import REDACTED_DETAIL, REDACTED_HEADER, Redactor, dead_letter_headers
+from kpimon.streams.validation import Accepted, Kind, Policy, Reason, Rejected, validate
 
 NOW_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 DAY_MS = 86_400_000

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agents.top import MetricsAccess, origin, scrape
+from kpimon.agents.devtools.top import MetricsAccess, origin, scrape
 
 USER, PASSWORD = "prometheus", "top-Pa55-never-elsewhere"
 TOKEN = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()

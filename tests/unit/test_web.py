@@ -23,9 +23,9 @@ from aiohttp.test_utils import TestServer
 from aiohttp.web import Application
 from prometheus_client import CollectorRegistry
 
-from agents.app import create_app
-from agents.settings import Settings
-from agents.web import FAUST_VIEWS_OFF, OPEN_ROUTES, ROUTES, ServerLog
+from kpimon.agents.app import create_app
+from kpimon.agents.config.settings import Settings
+from kpimon.agents.exporter.web import FAUST_VIEWS_OFF, OPEN_ROUTES, ROUTES, ServerLog
 from tests.certs import Pki, make_pki
 
 USER, PASSWORD = "prometheus", "web-Pa55-in-a-unit-test"
