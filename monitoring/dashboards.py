@@ -40,6 +40,8 @@ SEGMENT = 'dimension="$dimension", segment=~"$segment"'
 Query = tuple[str, str]  # (PromQL, legend)
 #: Windows of the churn KPIs (KPIS.md); each gets its own band.
 CHURN_WINDOWS = ("7d", "30d")
+#: Offsets of the retention KPIs (their windows).
+RETENTION_WINDOWS = ("1d", "7d", "30d")
 #: Fill of an interval band (percent): visible behind the line, light enough to read lines through it.
 BAND_FILL_OPACITY = 20
 
@@ -516,6 +518,66 @@ def engagement(config: MonitoringConfig) -> dashboard_builders.Dashboard:
                 "both weeks' intervals. A wide band means a small churn base.",
             )
         )
+        .with_panel(
+            _series(
+                "Churn rate by NPS group",
+                [
+                    (
+                        f'{kpi("kpimon_churn_ratio")}{{dimension="nps_group", day="current"}}',
+                        "{{window}} {{segment}}",
+                    )
+                ],
+                unit="percentunit",
+                description="Churn of the whole population cut by the NPS group of each base user's latest "
+                "NPS answer in the base period (none: no answer). Do detractors churn more than promoters? "
+                "Compare their intervals before reading a difference into it.",
+            )
+        )
+        .with_panel(
+            _series(
+                "Churn base by NPS group",
+                [
+                    (
+                        f'{kpi("kpimon_churn_base_users")}{{dimension="nps_group", day="current"}}',
+                        "{{window}} {{segment}}",
+                    )
+                ],
+                description="How many base users each NPS group has: a rate of a small group is noisy.",
+            )
+        )
+        .with_row(dashboard_builders.Row("Retention"))
+        .with_panel(
+            _band_series(
+                "D1, D7 and D30 retention with 95 % intervals: $segment",
+                [
+                    Band(
+                        f"D{window.removesuffix('d')}",
+                        "retention_rate",
+                        "kpimon_retention_ratio",
+                        f'{SEGMENT}, window="{window}", day="current"',
+                        color,
+                    )
+                    for window, color in zip(RETENTION_WINDOWS, ("green", "blue", "purple"), strict=True)
+                ],
+                unit="percentunit",
+                extra=[(f'{TARGET}{{kpi="retention_rate"}}', "target {{window}} ({{direction}})")],
+                description="One panel per selected segment (dimensions all, platform, plan). At each time, "
+                "Dk is the retention of the newest cohort that has matured for offset k: the users new on "
+                "the current day minus k who were active again exactly k days later. The band is its 95 % "
+                "(Wilson) interval: a value below the target with the band across it can be chance.",
+            )
+        )
+        .with_panel(
+            _series(
+                "Matured cohorts and retained users",
+                [
+                    (_current("kpimon_retention_cohort_users"), "cohort {{window}} {{segment}}"),
+                    (_current("kpimon_retained_users"), "retained {{window}} {{segment}}"),
+                ],
+                description="Size of the newest matured cohort per offset (window) and how many of it "
+                "came back on cohort day + k.",
+            )
+        )
     )
 
 
@@ -706,6 +768,41 @@ def satisfaction(config: MonitoringConfig) -> dashboard_builders.Dashboard:
                 unit="percentunit",
                 description="Answered / shown surveys with 95 % (Wilson) intervals. A falling response rate "
                 "means a more self-selected sample.",
+            )
+        )
+        .with_row(dashboard_builders.Row("By engagement of the respondent"))
+        .with_panel(
+            _series(
+                "NPS by engagement level",
+                [(f'{kpi("kpimon_nps_score")}{{dimension="engagement", {w}, day="current"}}', "{{segment}}")],
+                description="NPS of the answers in the window, by the respondent's active days in the 28 "
+                "days up to the survey: none 0, light 1-4, regular 5-14, heavy 15-28.",
+            )
+        )
+        .with_panel(
+            _series(
+                "CSAT by engagement level",
+                [
+                    (
+                        f'{kpi("kpimon_csat_ratio")}{{dimension="engagement", {w}, day="current"}}',
+                        "{{segment}}",
+                    )
+                ],
+                unit="percentunit",
+                description="CSAT by the respondent's active days in the 28 days up to the survey.",
+            )
+        )
+        .with_panel(
+            _series(
+                "Answers by engagement level",
+                [
+                    (
+                        f'{kpi("kpimon_survey_responses")}{{dimension="engagement", {w}, day="current", '
+                        'bucket="responses"}',
+                        "{{survey}} {{segment}}",
+                    )
+                ],
+                description="Heavy users answer more often: the levels' samples differ in size.",
             )
         )
         .with_row(dashboard_builders.Row("By segment"))

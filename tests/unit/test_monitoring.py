@@ -315,7 +315,9 @@ def test_dashboards_have_variables_ids_and_the_datasource() -> None:
 
 def test_kpi_panels_follow_the_selected_segment() -> None:
     for query in panel_queries(DEFAULT):
-        if "dimension_segment:" in query.expr and 'dimension="stage"' not in query.expr:
+        # stage, engagement (of respondents) and nps_group (of churn base users) panels fix their dimension
+        fixed = ('dimension="stage"', 'dimension="engagement"', 'dimension="nps_group"')
+        if "dimension_segment:" in query.expr and not any(d in query.expr for d in fixed):
             assert 'dimension="$dimension"' in query.expr, query
 
 
@@ -329,7 +331,7 @@ def test_satisfaction_dashboard_draws_targets_and_the_nps_split() -> None:
 # --- interval bands ---------------------------------------------------------------------------------------
 
 #: Every KPI with an interval (KPIS.md, "Uncertainty"); each must be drawn with its band.
-INTERVAL_KPIS = {"nps", "csat", "churn_rate", "nps_response_rate", "csat_response_rate"}
+INTERVAL_KPIS = {"nps", "csat", "churn_rate", "retention_rate", "nps_response_rate", "csat_response_rate"}
 
 
 def matchers(expr: str) -> set[tuple[str, str, str]]:
