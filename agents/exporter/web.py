@@ -13,15 +13,12 @@ import functools
 import hmac
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from kpimon.agents.config.kafka_security import read_secret
 from kpimon.agents.config.settings import Settings
-
-if TYPE_CHECKING:
-    from kpimon.agents.app import Kpimon
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
 REALM = "kpimon"
@@ -74,9 +71,23 @@ def basic_auth(settings: Settings) -> BasicAuth | None:
     return BasicAuth(settings.web_auth_user, password)
 
 
-def register_web(kpimon: Kpimon) -> None:
+class Served(Protocol):
+    """What the endpoints serve (the worker's `Kpimon`, built in agents/app.py)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def app(self) -> Any: ...
+    @property
+    def registry(self) -> CollectorRegistry: ...
+    @property
+    def ready(self) -> bool: ...
+
+
+def register_web(kpimon: Served) -> None:
     """Serve the metrics registry and the health endpoints on the app's web port."""
-    app = kpimon.app
+    # Faust's web views are registered with `app.page(path)`; typed here, the app itself is the runtime's.
+    page: Callable[[str], Callable[[Handler], Handler]] = kpimon.app.page
     auth = basic_auth(kpimon.settings)
 
     def protected(handler: Handler) -> Handler:
@@ -95,14 +106,14 @@ def register_web(kpimon: Kpimon) -> None:
 
         return guarded
 
-    @app.page("/metrics")
+    @page("/metrics")
     @protected
     async def metrics(web: Any, request: Any) -> Any:
         body = generate_latest(kpimon.registry)
         # The exposition format version travels in the Content-Type, as Prometheus expects.
         return web.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    @app.page("/ready")
+    @page("/ready")
     @protected
     async def ready(web: Any, request: Any) -> Any:
         # 503 while starting or rebalancing, so a load balancer or Kubernetes waits for it.
@@ -110,7 +121,7 @@ def register_web(kpimon: Kpimon) -> None:
             return web.json({"ready": True})
         return web.json({"ready": False}, status=503)
 
-    @app.page("/live")
+    @page("/live")
     async def live(web: Any, request: Any) -> Any:
         # Never behind auth: a liveness probe must not need a secret, and this says nothing but "alive".
         return web.json({"live": True})
