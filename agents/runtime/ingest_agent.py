@@ -22,7 +22,7 @@ from kpimon.agents.config.settings import Settings
 from kpimon.agents.pipeline.batch import BatchProcessor
 from kpimon.agents.pipeline.deadletters import Redactor
 from kpimon.agents.pipeline.engine import SourceEngine, rebuild_counters
-from kpimon.agents.pipeline.metrics import PipelineMetrics
+from kpimon.agents.pipeline.metrics import PipelineMetrics, rejection_summary
 from kpimon.agents.pipeline.pacing import Turns
 from kpimon.agents.runtime.checkpoint import Checkpoint
 from kpimon.agents.runtime.faust_app import KpimonApp
@@ -154,6 +154,20 @@ def register_ingest(
         await flusher.flush()
 
     app.timer(settings.flush_interval, name="kpimon.flush_partials")(flush_partials)
+
+    logged: dict[tuple[str, str], int] = {}
+
+    async def log_rejections() -> None:
+        # Dead letters are counted in /metrics; without this line a worker would drop a backfill's old
+        # events as too_late without a word in its log.
+        nonlocal logged
+        current = dict(metrics.rejections)
+        line = rejection_summary(logged, current, settings.max_lateness_days)
+        logged = current
+        if line is not None:
+            log.warning("last %.0f s: %s", settings.rejection_log_interval, line)
+
+    app.timer(settings.rejection_log_interval, name="kpimon.log_rejections")(log_rejections)
 
     async def on_users_recovered() -> None:
         rebuild_counters(engine, ownership.owned(settings.clicks), users.values(), int(time.time() * 1000))
