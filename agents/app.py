@@ -17,9 +17,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge
 
 from kpimon.agents.config.settings import Settings
+from kpimon.agents.exporter.folding_collector import FoldedCollector
 from kpimon.agents.exporter.kpi_collector import KpiCollector
 from kpimon.agents.exporter.lag_collector import LagCollector
-from kpimon.agents.exporter.web import register_web, web_ssl_context
+from kpimon.agents.exporter.web import register_web, web_options
 from kpimon.agents.pipeline.aggregation import Aggregator
 from kpimon.agents.pipeline.engine import SourceEngine
 from kpimon.agents.pipeline.metrics import PipelineMetrics
@@ -104,7 +105,8 @@ def create_app(
         web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
-        web_ssl_context=web_ssl_context(settings),
+        # Faust's views off, auth on every other route, timeouts, a safe error log (docs/security.md).
+        **web_options(settings, registry),
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         # The user-state changelog goes out in record batches (runtime/user_store.py): bigger batches, fewer
@@ -119,6 +121,7 @@ def create_app(
         settings.passive,
         settings.max_segment_values,
         settings.policy.max_future_ms,
+        settings.segment_personal_pattern,
     )
     aggregator = Aggregator(settings.partitions, targets)
     ownership = Ownership(
@@ -158,6 +161,7 @@ def create_app(
         health=Health(),
     )
     registry.register(KpiCollector(aggregate.publisher.gauge_records))
+    registry.register(FoldedCollector(engine.folder))
     registry.register(LagCollector(ownership.assigned, engine.positions, kpimon.highwater))
     register_web(kpimon)
 

@@ -210,8 +210,7 @@ class SourceReader:
         for out in result.dead_letters:
             key, value, headers = out.key, out.value, out.headers
             if self.redactor is not None:
-                key, value, extra = self.redactor.redact(key, value)
-                headers = [*headers, *extra]
+                key, value, headers = self.redactor.redact(key, value, headers)
             self.outbox.send_soon(self.config.dead_letters_topic, key, value, headers)
         for out in result.rekeyed:
             self.outbox.send_soon(self.config.rekeyed_topic, out.key, out.value, out.headers)
