@@ -207,8 +207,8 @@ def run_worker(settings: Settings) -> None:
     from prometheus_client import disable_created_metrics
 
     from kpimon.agents.app import create_app
-    from kpimon.agents.runtime.faust_app import run_worker as run_faust_worker
     from kpimon.agents.exporter.web import web_warnings
+    from kpimon.agents.runtime.faust_app import run_worker as run_faust_worker
 
     # `_created` series double the exposition for no use on a dashboard.
     disable_created_metrics()  # type: ignore[no-untyped-call]

@@ -29,7 +29,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from kpimon.agents.config.kafka_security import read_secret
 from kpimon.agents.config.settings import Settings
 
-
 Handler = Callable[[Any, Any], Awaitable[Any]]
 REALM = "kpimon"
 
