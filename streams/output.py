@@ -11,7 +11,7 @@ from kpimon.streams.events import MS_PER_DAY  # noqa: F401  (re-exported for cal
 
 _EPOCH_DATE = date(1970, 1, 1)
 
-#: Every KPI of the output topic and its windows (the catalogue's; docs/output.md).
+#: Every KPI of the output topic and its windows (the catalogue's): docs/output.md, "KPIs and windows".
 OUTPUT_KPIS: dict[str, tuple[str, ...]] = catalogue.windows()
 
 
