@@ -38,7 +38,7 @@ DATASOURCE = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
 #: The segment selector of KPI panels (segment is multi-valued with All = ".*").
 SEGMENT = 'dimension="$dimension", segment=~"$segment"'
 Query = tuple[str, str]  # (PromQL, legend)
-#: Windows of the churn KPIs (KPIS.md); each gets its own band.
+#: Windows of the churn KPIs (docs/output.md, "KPIs and windows"); each gets its own band.
 CHURN_WINDOWS = ("7d", "30d")
 #: Offsets of the retention KPIs (their windows).
 RETENTION_WINDOWS = ("1d", "7d", "30d")

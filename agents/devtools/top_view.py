@@ -22,6 +22,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from kpimon.streams.catalogue import CATALOGUE
 from kpimon.streams.output import KpiRecord, day_name, day_number
 
 #: Shown for a value that is undefined (no sample) or missing, never 0.
@@ -46,24 +47,28 @@ class Headline:
     @property
     def name(self) -> str:
         """Label and window, e.g. `NPS 7d` (counts of active users carry their window in the label)."""
-        return self.label if self.kpi == "active_users" else f"{self.label} {self.window}"
+        return self.label if self.kpi in ("active_users", "retention_rate") else f"{self.label} {self.window}"
+
+    def record_day(self, day: str) -> str:
+        """The day of the record this row shows when the view's day is `day`: that day, except for
+        retention, whose records carry the cohort day: the newest matured cohort of offset k is day - k."""
+        if self.kpi != "retention_rate":
+            return day
+        return day_name(day_number(day) - int(self.window.removesuffix("d")))
 
 
-HEADLINES: tuple[Headline, ...] = (
-    Headline("DAU", "active_users", "1d", "count"),
-    Headline("WAU", "active_users", "7d", "count"),
-    Headline("MAU", "active_users", "30d", "count"),
-    Headline("Stickiness", "stickiness", "30d", "ratio"),
-    Headline("Churn", "churn_rate", "7d", "ratio"),
-    Headline("Churn", "churn_rate", "30d", "ratio"),
-    Headline("NPS", "nps", "7d", "score"),
-    Headline("NPS", "nps", "30d", "score"),
-    Headline("CSAT", "csat", "7d", "ratio"),
-    Headline("CSAT", "csat", "30d", "ratio"),
-    Headline("NPS resp. rate", "nps_response_rate", "7d", "ratio"),
-    Headline("NPS resp. rate", "nps_response_rate", "30d", "ratio"),
-    Headline("CSAT resp. rate", "csat_response_rate", "7d", "ratio"),
-    Headline("CSAT resp. rate", "csat_response_rate", "30d", "ratio"),
+#: Active users read as DAU, WAU and MAU, retention as D1, D7 and D30; every other headline is its title
+#: and window.
+_ACTIVE_USERS = {"1d": "DAU", "7d": "WAU", "30d": "MAU"}
+_RETENTION = {"1d": "D1 retention", "7d": "D7 retention", "30d": "D30 retention"}
+_NAMED = {"active_users": _ACTIVE_USERS, "retention_rate": _RETENTION}
+
+#: The rows of the view: every KPI the catalogue titles, in each of its windows (streams/catalogue.py).
+HEADLINES: tuple[Headline, ...] = tuple(
+    Headline(_NAMED[kpi.name][window] if kpi.name in _NAMED else kpi.title, kpi.name, window, kpi.unit)
+    for kpi in CATALOGUE
+    if kpi.title is not None
+    for window in kpi.windows
 )
 
 
@@ -286,7 +291,7 @@ def recent_days(day: str, count: int = SPARK_DAYS) -> list[str]:
 def trend(index: KpiIndex, headline: Headline, dimension: str, segment: str, day: str) -> str:
     """The sparkline of a headline KPI over the last 14 days ending at `day`."""
     series = index.series(headline.kpi, headline.window, dimension, segment)
-    values = [series[d].value if d in series else None for d in recent_days(day)]
+    values = [series[d].value if d in series else None for d in recent_days(headline.record_day(day))]
     return sparkline(values)
 
 
@@ -379,7 +384,9 @@ def _segment_table(index: KpiIndex, dimension: str, segment: str, day: str | Non
     table.add_column(f"last {SPARK_DAYS} days", no_wrap=True, width=SPARK_DAYS)
     table.add_column("status", no_wrap=True, min_width=8)
     for h in HEADLINES:
-        record = index.get(h.kpi, h.window, dimension, segment, day) if day is not None else None
+        record = (
+            index.get(h.kpi, h.window, dimension, segment, h.record_day(day)) if day is not None else None
+        )
         value = record.value if record is not None else None
         mark = breach_mark(record)
         ok = breached(record) is False
@@ -408,7 +415,9 @@ def _dimension_table(index: KpiIndex, dimension: str, day: str | None, width: in
     for h in HEADLINES:
         cells: list[Text | str] = [h.name]
         for seg in shown:
-            record = index.get(h.kpi, h.window, dimension, seg, day) if day is not None else None
+            record = (
+                index.get(h.kpi, h.window, dimension, seg, h.record_day(day)) if day is not None else None
+            )
             value = format_value(record.value if record is not None else None, h.kind)
             if breached(record):
                 assert record is not None
@@ -473,7 +482,9 @@ def plain_line(
     if state != "live":
         parts.append(f"[{state}]")
     for h in HEADLINES:
-        record = index.get(h.kpi, h.window, dimension, segment, day) if day is not None else None
+        record = (
+            index.get(h.kpi, h.window, dimension, segment, h.record_day(day)) if day is not None else None
+        )
         value = format_value(record.value if record is not None else None, h.kind, grouping=False)
         parts.append(f"{h.name} {value}{'!' if breached(record) else ''}")
     line = "  ".join(parts)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from kpimon.streams.catalogue import CATALOGUE
 from kpimon.streams.output import KpiRecord, day_number
 
 
@@ -25,69 +26,15 @@ class KpiMetric:
     extra_labels: tuple[tuple[str, str], ...] = ()  # e.g. (("status", "new"),)
 
 
-_LIFECYCLE = "Users by lifecycle status on the day."
-_SURVEY = "Survey events in the window, by survey kind and bucket."
-_RATE = "Answered / shown surveys in the window; absent when nothing was shown."
-
-
-def _lifecycle(status: str) -> KpiMetric:
-    return KpiMetric("kpimon_lifecycle_users", _LIFECYCLE, (("status", status),))
-
-
-def _survey(survey: str, bucket: str) -> KpiMetric:
-    return KpiMetric("kpimon_survey_responses", _SURVEY, (("survey", survey), ("bucket", bucket)))
-
-
-#: KPI name -> metric. The one place that names the exported KPI series (docs/metrics.md lists them).
+#: KPI name -> metric, from the KPI catalogue (streams/catalogue.py; docs/metrics.md lists them).
 KPI_METRICS: dict[str, KpiMetric] = {
-    "active_users": KpiMetric(
-        "kpimon_active_users", "Distinct active users in the window ending on the day."
-    ),
-    "stickiness": KpiMetric(
-        "kpimon_stickiness_ratio", "DAU / MAU (active users 1d over 30d); 0 when MAU is 0."
-    ),
-    "lifecycle_new": _lifecycle("new"),
-    "lifecycle_returning": _lifecycle("returning"),
-    "lifecycle_resurrecting": _lifecycle("resurrecting"),
-    "lifecycle_dormant": _lifecycle("dormant"),
-    "churn_base": KpiMetric("kpimon_churn_base_users", "Users active in the window before the last W days."),
-    "churned": KpiMetric("kpimon_churned_users", "Users of the churn base not active in the last W days."),
-    "churn_rate": KpiMetric("kpimon_churn_ratio", "Churned users / churn base; 0 when the base is 0."),
-    "nps_responses": _survey("nps", "responses"),
-    "nps_promoters": _survey("nps", "promoters"),
-    "nps_passives": _survey("nps", "passives"),
-    "nps_detractors": _survey("nps", "detractors"),
-    "nps_shown": _survey("nps", "shown"),
-    "nps_dismissed": _survey("nps", "dismissed"),
-    "csat_responses": _survey("csat", "responses"),
-    "csat_satisfied": _survey("csat", "satisfied"),
-    "csat_shown": _survey("csat", "shown"),
-    "csat_dismissed": _survey("csat", "dismissed"),
-    "nps": KpiMetric(
-        "kpimon_nps_score", "Net Promoter Score in the window, -100..100; absent without answers."
-    ),
-    "csat": KpiMetric(
-        "kpimon_csat_ratio", "Satisfied (4..5) / CSAT answers in the window; absent without answers."
-    ),
-    "csat_mean": KpiMetric(
-        "kpimon_csat_score_mean", "Mean CSAT score (1..5) in the window; absent without answers."
-    ),
-    "nps_response_rate": KpiMetric("kpimon_survey_response_ratio", _RATE, (("survey", "nps"),)),
-    "csat_response_rate": KpiMetric("kpimon_survey_response_ratio", _RATE, (("survey", "csat"),)),
-    "retained": KpiMetric(
-        "kpimon_retained_users", "Users of the cohort active on cohort day + k (window = the offset k)."
-    ),
-    "retention_rate": KpiMetric(
-        "kpimon_retention_ratio",
-        "Retained / cohort users at offset k (window); absent when the cohort is empty.",
-    ),
+    kpi.name: KpiMetric(kpi.metric, kpi.help, kpi.labels) for kpi in CATALOGUE
 }
 
-#: The cohort size of a retention series: the denominator of its retention_rate record (the
-#: `retention_cohort` record itself, window 1d and keyed by the cohort day, has no gauge of its own).
-COHORT = KpiMetric(
-    "kpimon_retention_cohort_users", "Users in the cohort whose retention at offset k (window) is shown."
-)
+#: The cohort size of a retention series (catalogue KPI `retention_cohort`): exported from the
+#: denominator of its retention_rate record, per offset, since the `retention_cohort` record itself (window
+#: 1d, keyed by the cohort day) is not yet matured for any offset on the day it is about.
+COHORT = KPI_METRICS["retention_cohort"]
 #: Records keyed by their cohort day c whose gauges show the day c + k they matured on.
 RETENTION_KPIS = frozenset({"retained", "retention_rate"})
 
@@ -105,6 +52,8 @@ def gauge_day(record: KpiRecord, current_day: int) -> str | None:
     Most records show their own day. A retention record of cohort day c and offset k (window `{k}d`)
     shows the day c + k its cohort matured on: `current` is the newest matured cohort of that offset.
     """
+    if record.kpi == "retention_cohort":
+        return None  # exported per offset from the denominators of retention_rate (COHORT)
     day = day_number(record.day)
     if record.kpi in RETENTION_KPIS:
         day += int(record.window.removesuffix("d"))
@@ -132,7 +81,6 @@ class KpiCollector(Collector):
 
         for spec in KPI_METRICS.values():
             family(spec, tuple(name for name, _ in spec.extra_labels))
-        family(COHORT, ())
         family(CI_LOW, ("kpi",))
         family(CI_HIGH, ("kpi",))
         family(TARGET, ("kpi", "direction"))
