@@ -41,6 +41,9 @@ CI_KPIS: dict[str, str] = {
     for kpi in sorted(catalogue.CATALOGUE, key=lambda kpi: kpi.family != "satisfaction")
     if kpi.interval and not kpi.labels
 }
+#: Interval KPIs without week-over-week recordings: retention compares cohorts, not one population over
+#: time; its alert is the interval against the target (and the minimum cohort).
+NO_WEEKLY_CHANGE = frozenset({"kpimon_retention_ratio"})
 #: Joins between two KPIs of the same segment (never on `day`: a selector fixes it on both sides).
 SEGMENT_JOIN = "on (window, dimension, segment)"
 TARGET = "kpi_window:kpimon_kpi_target:max"
@@ -110,6 +113,8 @@ def recording_rules(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
         by = ", ".join(("kpi", *KPI_LABELS))
         kpis.append(RecordingRule(kpi(metric), f"max by ({by}) ({selector(metric, job)})"))
     for metric, kpi_name in CI_KPIS.items():
+        if metric in NO_WEEKLY_CHANGE:
+            continue
         kpis.append(
             RecordingRule(f"dimension_segment:{metric}:delta7d", f"{kpi(metric)} - {kpi(metric)} offset 7d")
         )
