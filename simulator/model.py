@@ -139,6 +139,21 @@ CSAT_ONBOARDING = -0.3
 CSAT_SPREAD = 0.85
 CSAT_BIAS_SD = 0.3
 
+# Engagement x satisfaction (issue #17). Engaged users answer surveys more often and more favourably, and
+# what a user last answered to NPS moves their churn: detractors leave more, promoters less. Both effects
+# are always on (modest); the scenarios below make them loud.
+#: The ask and answer chances of a survey scale by ENGAGED_ANSWER_BASE + the user's engagement (their
+#: chance to be active on a weekday, 0.04 .. 0.95): about 0.65 for casual users, 1.4 for power users.
+ENGAGED_ANSWER_BASE = 0.6
+#: Latent score points per unit of engagement above ENGAGED_PIVOT: power users rate about +0.7 NPS points
+#: and +0.2 CSAT points higher than regulars, casual users about that much lower.
+ENGAGED_PIVOT = 0.4
+ENGAGED_NPS_BONUS = 1.5
+ENGAGED_CSAT_BONUS = 0.4
+#: Daily churn hazard factors by the user's latest NPS answer (detractor 0..6, promoter 9..10).
+DETRACTOR_CHURN_FACTOR = 2.0
+PROMOTER_CHURN_FACTOR = 0.7
+
 # Scenarios.
 NPS_DROP_DAYS = 7  # nps-drop: the last 7 days of a batch
 NPS_DROP = 4.0  # points off the latent NPS mean: from about +10 to below -60
@@ -150,6 +165,15 @@ CHURN_WAVE_DAYS = 10  # churn-wave: the last 10 days of a batch
 CHURN_WAVE_HAZARD = 0.25  # per day: half the segment is gone within 3 days, 95 % after 10
 LIVE_CHURN_WAVE_SECONDS = 300  # live: segment users fall silent over 5 minutes
 LIVE_CHURN_WAVE_SHARE = 0.85
+#: retention-drop: the segment's users who sign up in the last 14 days of a batch (live: after the delay)
+#: hardly come back: a daily churn hazard of 0.9 after their signup day, so D1 and D7 retention of those
+#: cohorts fall to a few percent (from about 45 % and 30 %).
+RETENTION_DROP_DAYS = 14
+RETENTION_DROP_HAZARD = 0.9
+#: detractor-churn: in the last 14 days of a batch (live: after the delay), a user of the segment whose
+#: latest NPS answer, given in that period, is a detractor's leaves with a daily hazard of 0.5.
+DETRACTOR_CHURN_DAYS = 14
+DETRACTOR_CHURN_HAZARD = 0.5
 
 # Delivery.
 LATE_MIN_MS = 5 * MINUTE_MS  # a late event is at least this late, so it really arrives out of order
@@ -196,7 +220,7 @@ SURVEY_KINDS = tuple(InvalidKind)
 # ---------------------------------------------------------------------------------------------------------
 # Scenarios
 
-SCENARIO_KINDS = ("nps-drop", "nps-noise", "churn-wave")
+SCENARIO_KINDS = ("nps-drop", "nps-noise", "churn-wave", "retention-drop", "detractor-churn")
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,10 +232,14 @@ class Scenario:
     answers of the segment in that period are given, its other NPS prompts are dismissed. The raw NPS swings
     as much as with nps-drop, on a sample no alert should trust (what chance does to a small segment).
     `churn-wave`: the segment's users go quiet (batch: during the last 10 days; live: after the delay).
+    `retention-drop`: the segment's new users hardly come back (batch: cohorts of the last 14 days; live:
+    users who sign up after the delay).
+    `detractor-churn`: the segment's detractors leave (batch: those who answered 0..6 in the last 14 days;
+    live: after the delay). Its segment may be `all`.
     """
 
-    kind: Literal["nps-drop", "nps-noise", "churn-wave"]
-    dimension: Literal["platform", "plan"]
+    kind: Literal["nps-drop", "nps-noise", "churn-wave", "retention-drop", "detractor-churn"]
+    dimension: Literal["platform", "plan", "all"]
     value: str
 
     @classmethod
@@ -221,6 +249,8 @@ class Scenario:
         if not sep or kind not in SCENARIO_KINDS:
             kinds = ", ".join(f"{k}:SEGMENT" for k in SCENARIO_KINDS)
             raise ValueError(f"scenario must be one of {kinds}, got {text!r}")
+        if segment == "all":
+            return cls(kind, "all", "all")  # type: ignore[arg-type]
         dimension, eq, value = segment.partition("=")
         if not eq:
             value = dimension
@@ -237,6 +267,8 @@ class Scenario:
 
     def covers(self, platform: str, plan: str) -> bool:
         """Whether a session on `platform` by a user on `plan` is in the scenario's segment."""
+        if self.dimension == "all":
+            return True
         return (platform if self.dimension == "platform" else plan) == self.value
 
 
@@ -275,6 +307,26 @@ class User:
     churned: bool = False
     last_nps_day: int = -(10**6)
     last_csat_day: int = -(10**6)
+    #: The user's latest NPS answer and its day (None: never answered): moves their churn hazard.
+    last_nps_score: int | None = None
+    last_nps_answer_day: int = -(10**6)
+
+    def churn_factor(self) -> float:
+        """How the user's latest NPS answer scales their daily churn hazard: detractors leave more."""
+        if self.last_nps_score is None:
+            return 1.0
+        if self.last_nps_score <= 6:
+            return DETRACTOR_CHURN_FACTOR
+        return PROMOTER_CHURN_FACTOR if self.last_nps_score >= 9 else 1.0
+
+    def answer_factor(self) -> float:
+        """How much more likely than average the user is to be asked and to answer (engaged users more)."""
+        return ENGAGED_ANSWER_BASE + self.engagement
+
+    def recent_detractor(self, since_day: int) -> bool:
+        """Whether the user's latest NPS answer is a detractor's, given on `since_day` or later."""
+        score = self.last_nps_score
+        return score is not None and score <= 6 and self.last_nps_answer_day >= since_day
 
     @property
     def signup_day(self) -> int:
@@ -696,10 +748,11 @@ class Behaviour:
     ) -> list[Draft]:
         """Maybe ask a question at the end of a session: shown, then answered, dismissed or ignored."""
         since_nps, since_csat = cooldown_day - user.last_nps_day, cooldown_day - user.last_csat_day
-        if since_nps >= NPS_COOLDOWN_DAYS and rng.random() < NPS_ASK_CHANCE:
+        engaged = user.answer_factor()
+        if since_nps >= NPS_COOLDOWN_DAYS and rng.random() < NPS_ASK_CHANCE * engaged:
             kind, outcomes = "nps", NPS_OUTCOMES
             user.last_nps_day = cooldown_day
-        elif productive and since_csat >= CSAT_COOLDOWN_DAYS and rng.random() < CSAT_ASK_CHANCE:
+        elif productive and since_csat >= CSAT_COOLDOWN_DAYS and rng.random() < CSAT_ASK_CHANCE * engaged:
             kind, outcomes = "csat", CSAT_OUTCOMES
             user.last_csat_day = cooldown_day
         else:
@@ -708,7 +761,10 @@ class Behaviour:
         shown_ms = after_ms + rng.randint(1_000, 20_000)
         reply_ms = shown_ms + rng.randint(4_000, 120_000)
         r = rng.random()
-        action = "answered" if r < outcomes[0] else "dismissed" if r < outcomes[0] + outcomes[1] else None
+        # Engaged users answer more (and dismiss correspondingly less): the answered share scales.
+        answered = min(outcomes[0] * engaged, 0.95)
+        dismissed = outcomes[1] * (1 - answered) / (1 - outcomes[0])
+        action = "answered" if r < answered else "dismissed" if r < answered + dismissed else None
         if kind == "nps" and nps_noise is not None and action == "answered":
             # A small segment: its few answers drop like nps-drop's; beyond them the prompt is dismissed.
             nps_drop = True
@@ -746,11 +802,14 @@ class Behaviour:
                 if kind == "nps":
                     mean = NPS_BASE + NPS_PLAN[user.plan] + NPS_PLATFORM[platform] + user.nps_bias
                     mean += (NPS_ONBOARDING if onboarding else 0.0) - (NPS_DROP if nps_drop else 0.0)
+                    mean += ENGAGED_NPS_BONUS * (user.engagement - ENGAGED_PIVOT)
                     reply.score = min(10, max(0, round(mean + NPS_SPREAD * z)))
+                    user.last_nps_score, user.last_nps_answer_day = reply.score, day
                     band = "low" if reply.score <= 6 else "mid" if reply.score <= 8 else "high"
                 else:
                     mean = CSAT_BASE + CSAT_PLAN[user.plan] + CSAT_PLATFORM[platform] + user.csat_bias
                     mean += CSAT_ONBOARDING if onboarding else 0.0
+                    mean += ENGAGED_CSAT_BONUS * (user.engagement - ENGAGED_PIVOT)
                     reply.score = min(5, max(1, round(mean + CSAT_SPREAD * z)))
                     band = "low" if reply.score <= 2 else "mid" if reply.score <= 3 else "high"
                 if comment_roll < COMMENT_SHARE:
@@ -782,8 +841,12 @@ class BatchModel:
         # One answer budget per scenario for the whole period (the 7d window of the last day).
         self._noise = [NpsNoise(s) for s in config.scenarios if s.kind == "nps-noise"]
         self._wave = [s for s in config.scenarios if s.kind == "churn-wave"]
+        self._retention = [s for s in config.scenarios if s.kind == "retention-drop"]
+        self._detractors = [s for s in config.scenarios if s.kind == "detractor-churn"]
         self._drop_from = end - NPS_DROP_DAYS + 1
         self._wave_from = end - CHURN_WAVE_DAYS + 1
+        self._retention_from = end - RETENTION_DROP_DAYS + 1
+        self._detractors_from = end - DETRACTOR_CHURN_DAYS + 1
 
     def day(self, day: int) -> list[Draft]:
         """Every valid event of UTC day `day`, sorted by event time."""
@@ -799,9 +862,17 @@ class BatchModel:
                 if day < user.quiet_until:
                     continue
                 onboarding = day - user.signup_day < ONBOARDING_DAYS
-                hazard = ONBOARDING_CHURN if onboarding else ESTABLISHED_CHURN
+                hazard = (ONBOARDING_CHURN if onboarding else ESTABLISHED_CHURN) * user.churn_factor()
                 if day >= self._wave_from and any(user.in_segment(s) for s in self._wave):
                     hazard = max(hazard, CHURN_WAVE_HAZARD)
+                if user.signup_day >= self._retention_from and any(
+                    user.in_segment(s) for s in self._retention
+                ):
+                    hazard = max(hazard, RETENTION_DROP_HAZARD)
+                if user.recent_detractor(self._detractors_from) and any(
+                    user.in_segment(s) for s in self._detractors
+                ):
+                    hazard = max(hazard, DETRACTOR_CHURN_HAZARD)
                 r = rng.random()
                 if r < hazard:
                     user.churned = True  # gone for good
@@ -1070,6 +1141,10 @@ class LiveModel:
             drafts = self.behaviour.session(
                 rng, user, now_ms, now_ms + DAY_MS, first, drops, survey_day, nps_noise=noise
             )
+            if started and first is not None and self._covered(user, "retention-drop"):
+                self.silent_from[user.user_id] = now_ms + MINUTE_MS  # the signup session, then gone
+            if started and user.recent_detractor(now_ms // DAY_MS) and self._covered(user, "detractor-churn"):
+                self.silent_from[user.user_id] = now_ms + MINUTE_MS  # answers, finishes, leaves
             clicks = [d for d in drafts if d.topic == "clicks"]
             for survey in (d for d in drafts if d.topic == "surveys"):
                 # Asked after the session: at the time the session will end, roughly.
@@ -1102,6 +1177,10 @@ class LiveModel:
         if user.user_id in self.busy or self.silent_from.get(user.user_id, now_ms + 1) <= now_ms:
             return None
         return user
+
+    def _covered(self, user: User, kind: str) -> bool:
+        """Whether a scenario of `kind` covers the user's segment."""
+        return any(s.kind == kind and user.in_segment(s) for s in self.scenarios)
 
     def _close(self, session: _LiveSession) -> None:
         self.sessions.remove(session)

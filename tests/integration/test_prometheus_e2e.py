@@ -42,7 +42,7 @@ from typing import Any
 
 import pytest
 
-from kpimon.agents.exporter.kpi_collector import KPI_METRICS
+from kpimon.agents.exporter.kpi_collector import COHORT, KPI_METRICS, gauge_day
 from kpimon.reference.compare import parse_records
 from kpimon.simulator.model import NPS_NOISE_ANSWERS
 from kpimon.streams.output import KpiRecord, day_number
@@ -133,34 +133,37 @@ def recorded_kpis(records: list[KpiRecord]) -> dict[SeriesKey, float]:
     """The `dimension_segment:<gauge>:max` series (name, labels) -> value that `records` imply.
 
     As the worker exports them (exporter/kpi_collector.py): the newest day of the records is `current`, the
-    day before `previous`; undefined values are no series. The recording rule only drops job and instance.
+    day before `previous` (for retention: of the day its cohort matured, with the cohort size from the
+    rate's denominator); undefined values are no series. The recording rule only drops job and instance.
     """
     current = max(day_number(r.day) for r in records)
-    days = {current: "current", current - 1: "previous"}
     out: dict[SeriesKey, float] = {}
     for record in records:
         spec = KPI_METRICS.get(record.kpi)
-        day = days.get(day_number(record.day))
-        if spec is None or day is None or record.value is None:
+        day = gauge_day(record, current)
+        if spec is None or day is None:
             continue
         labels = {
-            **dict(spec.extra_labels),
             "window": record.window,
             "day": day,
             "dimension": record.dimension,
             "segment": record.segment,
         }
-        out[(kpi(spec.metric), frozenset(labels.items()))] = float(record.value)
+        if record.value is not None:
+            out[(kpi(spec.metric), frozenset({**dict(spec.extra_labels), **labels}.items()))] = float(
+                record.value
+            )
+        if record.kpi == "retention_rate" and record.denominator is not None:
+            out[(kpi(COHORT.metric), frozenset(labels.items()))] = float(record.denominator)
     return out
 
 
 def recorded_intervals(records: list[KpiRecord]) -> dict[SeriesKey, float]:
     """The `dimension_segment:kpimon_kpi_ci_{low,high}:max{kpi,...}` series that `records` imply."""
     current = max(day_number(r.day) for r in records)
-    days = {current: "current", current - 1: "previous"}
     out: dict[SeriesKey, float] = {}
     for record in records:
-        day = days.get(day_number(record.day))
+        day = gauge_day(record, current)
         if record.kpi not in KPI_METRICS or day is None or record.ci_low is None or record.ci_high is None:
             continue
         labels = frozenset(
@@ -367,8 +370,11 @@ VARIABLE_CHOICES = {
 
 
 #: 21 days of history: nobody can be in a 30d churn base (users active in [d-59, d-30]), so churn's 30d
-#: interval is undefined (no series) in this test's data; every other interval exists.
-UNDEFINED_INTERVALS = {("churn_rate", "30d")}
+#: interval is undefined (no series) in this test's data, and no cohort has matured for D30 retention (no
+#: value, no interval); every other series exists.
+UNDEFINED_SERIES = {("churn_rate", "30d"), ("retention_rate", "30d")}
+#: The KPI of a gauge whose queries carry no `kpi` label (the retention panels' lines).
+GAUGE_KPI = {kpi("kpimon_retention_ratio"): "retention_rate"}
 
 
 def reference_series(expr: str, series: dict[SeriesKey, float]) -> dict[SeriesKey, float]:
@@ -388,8 +394,20 @@ def reference_series(expr: str, series: dict[SeriesKey, float]) -> dict[SeriesKe
 
 
 def undefined_interval(expr: str, intervals: dict[SeriesKey, float]) -> bool:
-    """An interval query that the reference says has no series (see UNDEFINED_INTERVALS)."""
+    """An interval query that the reference says has no series (see UNDEFINED_SERIES)."""
     return "kpimon_kpi_ci_" in expr and not reference_series(expr, intervals)
+
+
+def undefined_query(expr: str, series: dict[SeriesKey, float]) -> bool:
+    """A plain KPI or interval selector that the reference says has no series (see UNDEFINED_SERIES)."""
+    plain = re.fullmatch(r"dimension_segment:kpimon_\w+:max\{[^{}]*\}", expr)
+    return bool(plain) and not reference_series(expr, series)
+
+
+def undefined_kind(expr: str) -> tuple[str, str]:
+    """(KPI, window) of an undefined selector: its `kpi` label, else the KPI of its gauge."""
+    name = re.findall(r'kpi="(\w+)"', expr) or [GAUGE_KPI.get(expr.split("{")[0], expr)]
+    return name[0], re.findall(r'window="(\w+)"', expr)[0]
 
 
 @pytest.mark.parametrize("choice", sorted(VARIABLE_CHOICES))
@@ -400,13 +418,10 @@ def test_every_dashboard_panel_query_returns_data(stack: Stack, choice: str) -> 
         for q in panel_queries(stack.config)
     }
     assert len(queries) > 40
-    intervals = recorded_intervals(stack.now)
-    undefined = {where for where, expr in queries.items() if undefined_interval(expr, intervals)}
-    kinds = {
-        (re.findall(r'kpi="(\w+)"', queries[w])[0], re.findall(r'window="(\w+)"', queries[w])[0])
-        for w in undefined
-    }
-    assert kinds <= UNDEFINED_INTERVALS, undefined
+    reference = {**recorded_kpis(stack.now), **recorded_intervals(stack.now)}
+    undefined = {where for where, expr in queries.items() if undefined_query(expr, reference)}
+    kinds = {undefined_kind(queries[w]) for w in undefined}
+    assert kinds <= UNDEFINED_SERIES, undefined
 
     def empty() -> list[str]:
         return [where for where, expr in queries.items() if not stack.prometheus.query(expr)]
@@ -476,8 +491,8 @@ def test_every_dashboard_variable_lists_values(stack: Stack) -> None:
             return stack.prometheus.label_values(label, selector)
 
         values = poll(values_of, bool, timeout=30, message=f"values of {variable}")
-        if label == "dimension":
-            assert set(values) == {"all", "platform", "plan", "stage"}
+        if label == "dimension":  # satisfaction also by the respondents' engagement level
+            assert set(values) - {"engagement"} == {"all", "platform", "plan", "stage"}
         if label == "segment":
             assert "all" in values
         if label == "topic":
