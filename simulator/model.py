@@ -142,9 +142,11 @@ CSAT_BIAS_SD = 0.3
 # Engagement x satisfaction (issue #17). Engaged users answer surveys more often and more favourably, and
 # what a user last answered to NPS moves their churn: detractors leave more, promoters less. Both effects
 # are always on (modest); the scenarios below make them loud.
-#: The ask and answer chances of a survey scale by ENGAGED_ANSWER_BASE + the user's engagement (their
-#: chance to be active on a weekday, 0.04 .. 0.95): about 0.65 for casual users, 1.4 for power users.
-ENGAGED_ANSWER_BASE = 0.6
+#: The ask and answer chances of a survey scale by ENGAGED_ANSWER_BASE + ENGAGED_ANSWER_SLOPE x the user's
+#: engagement (their chance to be active on a weekday, 0.04 .. 0.95): about 0.5 for casual users, 0.9 for
+#: regulars, 1.4 for power users.
+ENGAGED_ANSWER_BASE = 0.4
+ENGAGED_ANSWER_SLOPE = 1.2
 #: Latent score points per unit of engagement above ENGAGED_PIVOT: power users rate about +0.7 NPS points
 #: and +0.2 CSAT points higher than regulars, casual users about that much lower.
 ENGAGED_PIVOT = 0.4
@@ -166,10 +168,10 @@ CHURN_WAVE_HAZARD = 0.25  # per day: half the segment is gone within 3 days, 95 
 LIVE_CHURN_WAVE_SECONDS = 300  # live: segment users fall silent over 5 minutes
 LIVE_CHURN_WAVE_SHARE = 0.85
 #: retention-drop: the segment's users who sign up in the last 14 days of a batch (live: after the delay)
-#: hardly come back: a daily churn hazard of 0.9 after their signup day, so D1 and D7 retention of those
-#: cohorts fall to a few percent (from about 45 % and 30 %).
+#: hardly come back: a daily churn hazard of 0.95 after their signup day, so D1 retention of those cohorts
+#: falls to a few percent and D7 to about nothing (from about 20 % each).
 RETENTION_DROP_DAYS = 14
-RETENTION_DROP_HAZARD = 0.9
+RETENTION_DROP_HAZARD = 0.95
 #: detractor-churn: in the last 14 days of a batch (live: after the delay), a user of the segment whose
 #: latest NPS answer, given in that period, is a detractor's leaves with a daily hazard of 0.5.
 DETRACTOR_CHURN_DAYS = 14
@@ -307,7 +309,8 @@ class User:
     churned: bool = False
     last_nps_day: int = -(10**6)
     last_csat_day: int = -(10**6)
-    #: The user's latest NPS answer and its day (None: never answered): moves their churn hazard.
+    #: The user's opinion at their latest NPS prompt (the score they would give, before any scenario) and
+    #: its day (None: never asked): moves their churn hazard.
     last_nps_score: int | None = None
     last_nps_answer_day: int = -(10**6)
 
@@ -321,7 +324,7 @@ class User:
 
     def answer_factor(self) -> float:
         """How much more likely than average the user is to be asked and to answer (engaged users more)."""
-        return ENGAGED_ANSWER_BASE + self.engagement
+        return ENGAGED_ANSWER_BASE + ENGAGED_ANSWER_SLOPE * self.engagement
 
     def recent_detractor(self, since_day: int) -> bool:
         """Whether the user's latest NPS answer is a detractor's, given on `since_day` or later."""
@@ -779,6 +782,15 @@ class Behaviour:
             rng.random(),
             rng.random(),
         )
+        if kind == "nps":
+            # The user's opinion behind the prompt, whatever they do with it and whatever a scenario does
+            # to the answer: it moves their churn (detractors leave more), so a scenario that changes
+            # scores changes nothing else.
+            opinion_mean = NPS_BASE + NPS_PLAN[user.plan] + NPS_PLATFORM[platform] + user.nps_bias
+            opinion_mean += NPS_ONBOARDING if onboarding else 0.0
+            opinion_mean += ENGAGED_NPS_BONUS * (user.engagement - ENGAGED_PIVOT)
+            user.last_nps_score = min(10, max(0, round(opinion_mean + NPS_SPREAD * z)))
+            user.last_nps_answer_day = day
         base = Draft(
             topic="surveys",
             event_id="",
@@ -800,11 +812,8 @@ class Behaviour:
             reply = replace(base, event_id=_uuid4(rng), ts_ms=reply_ms, action=action)
             if action == "answered":
                 if kind == "nps":
-                    mean = NPS_BASE + NPS_PLAN[user.plan] + NPS_PLATFORM[platform] + user.nps_bias
-                    mean += (NPS_ONBOARDING if onboarding else 0.0) - (NPS_DROP if nps_drop else 0.0)
-                    mean += ENGAGED_NPS_BONUS * (user.engagement - ENGAGED_PIVOT)
+                    mean = opinion_mean - (NPS_DROP if nps_drop else 0.0)
                     reply.score = min(10, max(0, round(mean + NPS_SPREAD * z)))
-                    user.last_nps_score, user.last_nps_answer_day = reply.score, day
                     band = "low" if reply.score <= 6 else "mid" if reply.score <= 8 else "high"
                 else:
                     mean = CSAT_BASE + CSAT_PLAN[user.plan] + CSAT_PLATFORM[platform] + user.csat_bias

@@ -106,6 +106,10 @@ window = "30d"
 
 [targets.stickiness]
 min = 0.2
+
+[targets.retention_rate]
+min = 0.25
+window = "7d"
 """
 
 SeriesKey = tuple[str, frozenset[tuple[str, str]]]

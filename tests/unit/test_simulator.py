@@ -634,11 +634,13 @@ def test_live_nps_noise_gives_its_segment_a_handful_of_answers() -> None:
     def ios_answers(scenarios: list[Scenario]) -> int:
         model = LiveModel(300, 2, NOW_MS, rate=200, scenarios=scenarios, scenario_after_s=0)
         count = 0
-        for tick in range(1, 1201):  # 2 minutes, a tick every 100 ms
-            for out in model.step(NOW_MS + tick * 100, 20):
+        # 3 minutes, a tick every 100 ms: the answers asked in the first 2 are due (surveys come after
+        # their session).
+        for tick in range(1, 1801):
+            for out in model.step(NOW_MS + tick * 100, 20 if tick <= 1200 else 0):
                 d = out.draft
                 count += (
-                    out.role == "event"
+                    out.role in ("event", "late")
                     and d.survey == "nps"
                     and d.action == "answered"
                     and d.platform == "ios"
