@@ -225,6 +225,20 @@ def table(rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def render_batch(batch: StageResult | None) -> list[str]:
+    """The batch stage's lines: per traffic mix, messages per CPU second of the batch path alone."""
+    if batch is None:
+        return []
+    out = ["batch path alone (no Kafka; CPU seconds of BatchProcessor.process, fastest of the passes):"]
+    for mix, f in batch.figures.items():
+        out.append(
+            f"  {mix}: {f['messages']:,} messages ({f['clicks']:,} clicks, {f['users']:,} users): "
+            f"{number(f['per_cpu_second'])} messages/CPU-s ({f['us_per_message']:.2f} us each), "
+            f"result digest {f['digest']}{'' if f['identical'] else ' (PASSES DIFFER)'}"
+        )
+    return out
+
+
 def render(results: Mapping[str, StageResult], meta: Mapping[str, Any]) -> str:
     """The whole report as text."""
     out = [f"kpimon benchmark - {meta.get('when', '')} - {meta.get('machine', '')}"]
@@ -288,6 +302,7 @@ def render(results: Mapping[str, StageResult], meta: Mapping[str, Any]) -> str:
                 f"  capped while holding {held:,} of {users:,} users: linear extrapolation of the peak RSS "
                 f"above the RSS at the first message to {users:,} users = {value / MB:,.0f} MB (an estimate)"
             )
+    out.extend(render_batch(results.get("batch")))
     delay = results.get("delay")
     if delay is not None:
         fig = delay.figures
