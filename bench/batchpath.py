@@ -24,13 +24,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from agents.batch import BatchProcessor
-from agents.engine import SourceEngine
-from agents.metrics import PipelineMetrics
 from bench import fill
 from bench.stats import StageResult
-from streams.events import MS_PER_DAY
-from streams.validation import Kind, Policy
+from kpimon.agents.exporter.pipeline_metrics import PipelineMetrics
+from kpimon.agents.pipeline.batch import BatchProcessor
+from kpimon.agents.pipeline.engine import SourceEngine
+from kpimon.streams.events import MS_PER_DAY
+from kpimon.streams.validation import Kind, Policy
 
 PARTITIONS = 4
 #: Messages per mix at most: the rate is steady long before the main data set's million.
@@ -40,7 +40,7 @@ TOPICS = {"clicks": "bench-clicks", "surveys": "bench-surveys"}
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """A consumed message as `agents.batch.SourceRecord` reads it."""
+    """A consumed message as `kpimon.agents.pipeline.batch.SourceRecord` reads it."""
 
     offset: int
     key: bytes | None
