@@ -159,6 +159,8 @@ class Kpimon:
                 partition=partials.partition_of(partial.group, settings.partitions),
             )
             count += 1
+            if not final:
+                await self.turns.share()  # the reader is held back one slice at a time, not the whole flush
         for watermark in self.engine.take_watermarks(generation):
             for target in range(settings.partitions):
                 await topic.send(
@@ -166,6 +168,8 @@ class Kpimon:
                     value=partials.encode(watermark),
                     partition=target,
                 )
+            if not final:
+                await self.turns.share()
         self.flush_pacer.ran(started)
         if count:
             log.log(logging.INFO if final else logging.DEBUG, "flushed %d partials", count)
@@ -189,6 +193,7 @@ class Kpimon:
                 return
             await self.kpis_topic.send(key=record.key.encode(), value=output.encode(record))
             sent += 1
+            await self.turns.share()  # the reader is held back one slice at a time, not the whole publication
         if self.last_snapshot is not None and owned:
             self.last_snapshot.set(time.time())
         self.publish_pacer.ran(started)
@@ -253,6 +258,7 @@ def create_app(
         ),
         aggregator=Aggregator(settings.partitions, targets),
     )
+    kpimon.turns.observe = kpimon.metrics.reader_held
     kpimon.last_snapshot = Gauge(
         "kpimon_last_snapshot_timestamp_seconds",
         "When this worker last published its KPI snapshot (Unix time).",

@@ -59,6 +59,13 @@ def state_bytes_per_user(result: StageResult | None) -> float | None:
     return float(result.figures["state_bytes"]) / float(result.figures["state_users"])
 
 
+def held_max(result: StageResult | None) -> float | None:
+    """The longest single wait of a stage's source readers for a flush or publication, in seconds."""
+    if result is None or "reader_held_max_s" not in result.figures:
+        return None
+    return float(result.figures["reader_held_max_s"])
+
+
 def rss_estimate(result: StageResult) -> tuple[int, int, float] | None:
     """(users held, users of the data set, extrapolated peak RSS) of a capped run; None if complete."""
     figures = result.figures
@@ -205,6 +212,12 @@ def targets(results: Mapping[str, StageResult]) -> list[Target]:
             partial=partial,
         ),
         Target("p99 end-to-end delay (s)", p99, 2.0, at_least=False),
+        Target(
+            "longest wait of the input for flush/publish (s)",
+            held_max(results.get("kpimon")),
+            0.1,
+            at_least=False,
+        ),
     ]
 
 
@@ -295,6 +308,12 @@ def render(results: Mapping[str, StageResult], meta: Mapping[str, Any]) -> str:
         if found.figures.get("store_note"):
             line += f"; {found.figures['store_note']}"
         out.append(line)
+        if "reader_held_max_s" in found.figures:
+            longest, total = found.figures["reader_held_max_s"], found.figures["reader_held_total_s"]
+            out.append(
+                f"  input held for flushes and publishing: longest wait {longest:.3f} s, "
+                f"all waits {total:.1f} s of {found.seconds:.1f} s"
+            )
         estimate = rss_estimate(found)
         if estimate is not None:
             held, users, value = estimate

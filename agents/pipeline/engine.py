@@ -257,7 +257,8 @@ class SourceEngine:
         """
         final_before = self.oldest_accepted_day(now_ms)
         until_day = self.newest_flushed_day(now_ms)
-        for partition, counters in self.partitions.items():
+        # A copy: the source reader may add a partition's counters while the flush is suspended.
+        for partition, counters in list(self.partitions.items()):
             for (dimension, segment, day), counts in counters.take_dirty(until_day):
                 yield Partial(
                     source=partition,
@@ -272,7 +273,7 @@ class SourceEngine:
 
     def take_watermarks(self, generation: int = 0) -> Iterator[Watermark]:
         """A watermark per owned partition whose current day or version moved since the last call."""
-        for partition, counters in self.partitions.items():
+        for partition, counters in list(self.partitions.items()):
             if counters.current_day is None:
                 continue
             mark = (counters.current_day, versioned(generation, counters.version))

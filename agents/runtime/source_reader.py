@@ -207,6 +207,7 @@ class SourceReader:
                 self.sizer.ran(
                     sum(len(records) for records in batches.values()), time.perf_counter() - started
                 )
+                self.kpimon.turns.reader_ran()  # a flush or publish that let this batch in goes on
                 await self.users.send_pending(self.kpimon.app.producer_client(), min_bytes=SEND_AT_BYTES)
                 # Back-pressure: wait while Faust's producer buffer is over its limit.
                 await self.kpimon.app.producer.buffer.wait_until_ebb()
