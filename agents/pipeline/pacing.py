@@ -55,7 +55,7 @@ class Turns:
     most a slice plus one step at a time, and a job still gets every other turn.
     """
 
-    def __init__(self, slice_seconds: float = 0.05, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, slice_seconds: float = 0.03, clock: Callable[[], float] = time.monotonic) -> None:
         self.slice_seconds = slice_seconds
         self._clock = clock
         self._jobs = 0
