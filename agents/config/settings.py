@@ -63,6 +63,8 @@ class Settings:
     commit_interval: float = 2.0
     #: Seconds without a heartbeat after which Kafka gives a (crashed) worker's partitions to the others.
     session_timeout: float = 60.0
+    #: Seconds between the worker's log lines summing up the messages it rejected (none when none were).
+    rejection_log_interval: float = 60.0
     log_level: str = "info"
     #: TOML file of settings (`name = value`, names as below); flags and environment win over it.
     config_file: str = ""
@@ -130,6 +132,8 @@ class Settings:
             raise ValueError(f"batch_max_messages must be >= 1, got {self.batch_max_messages}")
         if self.commit_interval <= 0:
             raise ValueError(f"commit_interval must be > 0, got {self.commit_interval}")
+        if self.rejection_log_interval <= 0:
+            raise ValueError(f"rejection_log_interval must be > 0, got {self.rejection_log_interval}")
         if not 6 <= self.session_timeout <= 300:
             # Kafka's default group.min/max.session.timeout.ms bounds.
             raise ValueError(f"session_timeout must be in 6..300 seconds, got {self.session_timeout}")
