@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kpimon.agents.pipeline.engine import PendingRuns, SourceEngine
+from kpimon.agents.pipeline.engine import PendingRuns, SourceEngine, rebuild_counters
 from kpimon.streams.events import MS_PER_DAY
 from kpimon.streams.userstate import UserState
 from kpimon.streams.validation import Accepted, Policy, validate
@@ -258,3 +258,31 @@ def test_runs_collected_for_a_batch_and_applied_once_give_the_same_counters(
     assert one.groups() == other.groups()
     for group in one.groups():
         assert one.counts(group) == other.counts(group), group
+
+
+def test_after_a_rebalance_kept_partitions_send_all_their_partials_again() -> None:
+    """A moved aggregate group may have been restored without its last merges: every source resends."""
+    engine, users = SourceEngine(90), dict[bytes, UserState]()
+    engine.on_event(users, b"u1", 0, click("u1", 0), NOW)
+    engine.counters(1)  # a partition this worker loses in the rebalance
+    kept = engine.partitions[0]
+    assert list(kept.take_dirty())  # flushed once: nothing dirty any more
+    assert not list(kept.take_dirty())
+    rebuild_counters(engine, {0}, users.values(), NOW)
+    assert set(engine.partitions) == {0}
+    assert engine.partitions[0] is kept  # kept, not rebuilt
+    assert {group for group, _ in kept.take_dirty()} == kept.groups()
+
+
+def test_after_a_rebalance_new_partitions_are_rebuilt_from_their_users_states_only() -> None:
+    source, users = SourceEngine(90), dict[bytes, UserState]()
+    source.on_event(users, b"u1", 2, click("u1", 0, platform="ios"), NOW)
+    source.on_event(users, b"u2", 3, click("u2", 1, platform="web"), NOW)
+    engine = SourceEngine(90)
+    rebuild_counters(engine, {2}, users.values(), NOW)
+    assert set(engine.partitions) == {2}
+    rebuilt, original = engine.partitions[2], source.partitions[2]
+    assert rebuilt.groups() == original.groups() and rebuilt.groups()
+    assert {g: rebuilt.counts(g) for g in rebuilt.groups()} == {
+        g: original.counts(g) for g in original.groups()
+    }
