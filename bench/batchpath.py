@@ -22,13 +22,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from kpimon.agents.exporter.pipeline_metrics import PipelineMetrics
 from prometheus_client import CollectorRegistry
 
 from bench import fill
 from bench.stats import StageResult
 from kpimon.agents.pipeline.batch import BatchProcessor
 from kpimon.agents.pipeline.engine import SourceEngine
+from kpimon.agents.pipeline.metrics import PipelineMetrics
 from kpimon.streams.events import MS_PER_DAY
 from kpimon.streams.validation import Kind, Policy
 
