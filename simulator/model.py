@@ -142,7 +142,7 @@ CSAT_BIAS_SD = 0.3
 # Engagement x satisfaction (issue #17). Engaged users answer surveys more often and more favourably, and
 # what a user last answered to NPS moves their churn: detractors leave more, promoters less. Both effects
 # are always on (modest); the scenarios below make them loud.
-#: The ask and answer chances of a survey scale by ENGAGED_ANSWER_BASE + ENGAGED_ANSWER_SLOPE x the user's
+#: The chance to answer a survey prompt (rather than dismiss or ignore it) scales by ENGAGED_ANSWER_BASE + ENGAGED_ANSWER_SLOPE x the user's
 #: engagement (their chance to be active on a weekday, 0.04 .. 0.95): about 0.5 for casual users, 0.9 for
 #: regulars, 1.4 for power users.
 ENGAGED_ANSWER_BASE = 0.4
@@ -323,7 +323,7 @@ class User:
         return PROMOTER_CHURN_FACTOR if self.last_nps_score >= 9 else 1.0
 
     def answer_factor(self) -> float:
-        """How much more likely than average the user is to be asked and to answer (engaged users more)."""
+        """How much more likely than average the user is to answer a prompt (engaged users more)."""
         return ENGAGED_ANSWER_BASE + ENGAGED_ANSWER_SLOPE * self.engagement
 
     def recent_detractor(self, since_day: int) -> bool:
@@ -760,10 +760,10 @@ class Behaviour:
         """Maybe ask a question at the end of a session: shown, then answered, dismissed or ignored."""
         since_nps, since_csat = cooldown_day - user.last_nps_day, cooldown_day - user.last_csat_day
         engaged = user.answer_factor()
-        if since_nps >= NPS_COOLDOWN_DAYS and rng.random() < NPS_ASK_CHANCE * engaged:
+        if since_nps >= NPS_COOLDOWN_DAYS and rng.random() < NPS_ASK_CHANCE:
             kind, outcomes = "nps", NPS_OUTCOMES
             user.last_nps_day = cooldown_day
-        elif productive and since_csat >= CSAT_COOLDOWN_DAYS and rng.random() < CSAT_ASK_CHANCE * engaged:
+        elif productive and since_csat >= CSAT_COOLDOWN_DAYS and rng.random() < CSAT_ASK_CHANCE:
             kind, outcomes = "csat", CSAT_OUTCOMES
             user.last_csat_day = cooldown_day
         else:

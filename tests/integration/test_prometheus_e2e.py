@@ -655,8 +655,9 @@ def test_a_swing_as_large_on_a_handful_of_answers_never_alerts(stack: Stack) -> 
         value, old = now.get(key), week_ago.get(key)
         assert value is not None and old is not None, (key, value, old)
         change[key] = value - old
-    # Not quiet for lack of a change: ios swings as much as android (well past the alert's limit) ...
-    assert change[NOISY] < -3 * limit and abs(change[NOISY]) >= 0.5 * abs(change[DROPPED]), change
+    # Not quiet for lack of a change: ios swings about as much as android (well past the alert's limit;
+    # five answers move NPS in steps of 20, so "about": at least 0.4 of android's swing) ...
+    assert change[NOISY] < -3 * limit and abs(change[NOISY]) >= 0.4 * abs(change[DROPPED]), change
     assert (now[NOISY] or math.nan) < NPS_TARGET, now[NOISY]  # and below target
     # ... on a handful of answers, android on enough.
     assert answers[NOISY] == NPS_NOISE_ANSWERS < MIN_RESPONSES <= (answers[DROPPED] or 0), answers
