@@ -92,8 +92,18 @@ class MonitoringConfig:
     #: Extra matchers of the KPI alerts: by default only the whole population (`dimension="all"`);
     #: e.g. 'dimension=~"all|plan"' also alerts per plan. Dashboards show every segment regardless.
     kpi_alert_selector: str = 'dimension="all"'
-    #: Where docs/alerts.md is served; runbook_url = f"{runbook_base_url}#{alertname lowercased}".
-    runbook_base_url: str = "docs/alerts.md"
+    #: Where docs/runbooks/ is served; runbook_url = f"{runbook_base_url}/{alertname}.md". The default is
+    #: the path in this repository; a deployment sets the URL its people can open (e.g. the repository's
+    #: web view of docs/runbooks).
+    runbook_base_url: str = "docs/runbooks"
+    #: Grafana's address as people open it; dashboard_url = f"{grafana_url}/d/{dashboard uid}?...".
+    grafana_url: str = "http://localhost:3000"
+    #: The `team` label of the alerts of each rule group: Alertmanager routes on it (deploy/alertmanager/).
+    teams: tuple[tuple[str, str], ...] = (
+        ("kpimon-engagement", "product-analytics"),
+        ("kpimon-satisfaction", "product-analytics"),
+        ("kpimon-pipeline", "data-platform"),
+    )
     churn: ChurnAlerts = field(default_factory=ChurnAlerts)
     satisfaction: SatisfactionAlerts = field(default_factory=SatisfactionAlerts)
     engagement: EngagementAlerts = field(default_factory=EngagementAlerts)
@@ -106,8 +116,12 @@ class MonitoringConfig:
     grafana_dashboards_path: str = "/var/lib/grafana/dashboards/kpimon"
 
     def runbook_url(self, alert: str) -> str:
-        """The runbook anchor of an alert (GitHub-style anchor of its heading in docs/alerts.md)."""
-        return f"{self.runbook_base_url}#{alert.lower()}"
+        """The runbook of an alert: docs/runbooks/<alert>.md under `runbook_base_url`."""
+        return f"{self.runbook_base_url}/{alert}.md"
+
+    def team(self, group: str) -> str:
+        """The team owning the alerts of a rule group (`teams`; an unlisted group: the KPI team)."""
+        return dict(self.teams).get(group, self.teams[0][1])
 
 
 DEFAULT = MonitoringConfig()

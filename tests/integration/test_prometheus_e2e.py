@@ -567,7 +567,7 @@ def wait_for_alerts(
     found = poll(lambda: alerting(stack, name), settled, timeout=90, message=f"{name} for {sorted(expected)}")
     alert = found[DROPPED]
     assert alert["labels"]["severity"] == "warning"
-    assert alert["annotations"]["runbook_url"].endswith(f"#{name.lower()}")
+    assert alert["annotations"]["runbook_url"] == f"docs/runbooks/{name}.md"
     assert "platform=android" in alert["annotations"]["description"]
 
 
