@@ -18,16 +18,16 @@ from pathlib import Path
 
 import duckdb
 
-from reference.load import DEFAULT_MAX_SEGMENT_VALUES, LoadStats, load, sql_text
-from streams.output import KpiRecord, day_name
-from streams.validation import Policy
+from kpimon.reference.load import DEFAULT_MAX_SEGMENT_VALUES, LoadStats, load, sql_text
+from kpimon.streams.output import KpiRecord, day_name
+from kpimon.streams.validation import Policy
 
 _KPI_FILE = re.compile(r"^\d+_[a-z0-9_]+\.sql$")
 
 
 def kpi_scripts() -> list[str]:
     """The names of the numbered KPI files, in the order they run."""
-    folder = resources.files("reference").joinpath("sql")
+    folder = resources.files("kpimon.reference").joinpath("sql")
     return sorted(entry.name for entry in folder.iterdir() if _KPI_FILE.match(entry.name))
 
 
@@ -87,6 +87,7 @@ def run_reference(
     *,
     passive_types: Iterable[str] = (),
     max_segment_values: int = DEFAULT_MAX_SEGMENT_VALUES,
+    personal_pattern: str = "",
     updated_at: str | None = None,
 ) -> Result:
     """Every KPI from the two input files, validated with wall clock `now_ms` under `policy`.
@@ -95,7 +96,9 @@ def run_reference(
     """
     con = duckdb.connect(":memory:")
     try:
-        stats = load(con, clicks, surveys, now_ms, policy, passive_types, max_segment_values)
+        stats = load(
+            con, clicks, surveys, now_ms, policy, passive_types, max_segment_values, personal_pattern
+        )
         records = compute(con, updated_at or rfc3339(wall_clock_ms()))
         row = con.execute("SELECT day FROM current_day").fetchone()
     finally:
