@@ -15,7 +15,7 @@ BENCH_ARGS ?=
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
 
-system-deps:  ## install Java 17+, Maven, Prometheus (promtool) and tmux from Debian's packages when missing
+system-deps:  ## install Java 17+, Maven, Prometheus (promtool), Alertmanager (amtool) and tmux (Debian packages) when missing
 	@./deploy/system-deps.sh
 
 $(STAMP): pyproject.toml
@@ -31,9 +31,10 @@ setup: system-deps $(STAMP)  ## create .venv and install kpimon with its dev too
 run: setup  ## the demo: local Kafka, a worker, live traffic and `kpimon top` (Ctrl-C stops all)
 	$(BIN)/kpimon demo
 
-lint: setup  ## ruff (lint + format check)
+lint: setup  ## ruff (lint + format check), amtool check-config of the Alertmanager config
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	amtool check-config deploy/alertmanager/alertmanager.yml
 
 typecheck: setup  ## mypy --strict
 	$(BIN)/mypy

@@ -80,6 +80,22 @@ class PipelineAlerts:
 
 
 @dataclass(frozen=True)
+class AlertRouting:
+    """Alertmanager's timing (deploy/alertmanager/alertmanager.yml, monitoring/alertmanager.py)."""
+
+    #: Wait this long for more alerts of a new group before the first notification ...
+    group_wait: str = "30s"
+    #: ... but a page goes out sooner.
+    page_group_wait: str = "10s"
+    #: A group that changed (an alert added or resolved) is notified again after this.
+    group_interval: str = "5m"
+    #: An unchanged, still firing group is notified again after: a page, a ticket, an info.
+    page_repeat: str = "1h"
+    ticket_repeat: str = "24h"
+    info_repeat: str = "168h"
+
+
+@dataclass(frozen=True)
 class MonitoringConfig:
     """Everything the generated monitoring files depend on."""
 
@@ -104,6 +120,12 @@ class MonitoringConfig:
         ("kpimon-satisfaction", "product-analytics"),
         ("kpimon-pipeline", "data-platform"),
     )
+    #: Alertmanager (host:port) that Prometheus sends alerts to.
+    alertmanager_targets: tuple[str, ...] = ("127.0.0.1:9093",)
+    #: Base URL of the notification webhooks; each receiver posts to f"{alert_webhook_url}/{receiver}"
+    #: (monitoring/alertmanager.py). A stand-in: replace the receivers by your pager, ticket and chat ones.
+    alert_webhook_url: str = "http://127.0.0.1:9095/alerts"
+    routing: AlertRouting = field(default_factory=AlertRouting)
     churn: ChurnAlerts = field(default_factory=ChurnAlerts)
     satisfaction: SatisfactionAlerts = field(default_factory=SatisfactionAlerts)
     engagement: EngagementAlerts = field(default_factory=EngagementAlerts)
