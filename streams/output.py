@@ -16,7 +16,7 @@ _SURVEY_KPIS = (
     "nps_shown", "csat_shown", "nps_dismissed", "csat_dismissed", "nps_response_rate", "csat_response_rate",
 )  # fmt: skip
 
-#: Every KPI of the output topic and its windows: the output table of the contract (KPIS.md).
+#: Every KPI of the output topic and its windows: the output table of docs/output.md, "KPIs and windows".
 OUTPUT_KPIS: dict[str, tuple[str, ...]] = {
     "active_users": ("1d", "7d", "30d"),
     "stickiness": ("30d",),

@@ -85,7 +85,8 @@ class SourceEngine:
         if state is None:
             state = UserState()
         if isinstance(event, SurveyEvent) and event.event_id in state.surveys:
-            return "duplicate"  # the first of an event_id wins, whatever its action (KPIS.md)
+            # The first of an event_id wins, whatever its action (docs/events.md, "Duplicates").
+            return "duplicate"
         counters.saw_day(day)
         if state.note_seen(day):
             write = True

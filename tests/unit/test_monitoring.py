@@ -368,7 +368,7 @@ def test_satisfaction_dashboard_draws_targets_and_the_nps_split() -> None:
 
 # --- interval bands ---------------------------------------------------------------------------------------
 
-#: Every KPI with an interval (KPIS.md, "Uncertainty"); each must be drawn with its band.
+#: Every KPI with an interval (docs/definitions.md, "Uncertainty"); each must be drawn with its band.
 INTERVAL_KPIS = {"nps", "csat", "churn_rate", "nps_response_rate", "csat_response_rate"}
 
 
