@@ -31,9 +31,10 @@ setup: system-deps $(STAMP)  ## create .venv and install kpimon with its dev too
 run: setup  ## the demo: local Kafka, a worker, live traffic and `kpimon top` (Ctrl-C stops all)
 	$(BIN)/kpimon demo
 
-lint: setup  ## ruff (lint + format check), amtool check-config of the Alertmanager config
+lint: setup  ## ruff (lint + format check), the import contracts (import-linter), amtool check-config
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	amtool check-config deploy/alertmanager/alertmanager.yml
 
 typecheck: setup  ## mypy --strict

@@ -17,7 +17,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from kpimon.agents.exporter.kpi_collector import KPI_METRICS, KpiCollector
-from kpimon.agents.exporter.pipeline_metrics import PipelineMetrics
+from kpimon.agents.pipeline.metrics import PipelineMetrics
 from monitoring import grafana
 from monitoring.config import DEFAULT, MonitoringConfig, PipelineAlerts
 from monitoring.dashboards import PanelQuery, bands, dashboards, panel_queries, variable_queries
