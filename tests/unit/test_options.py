@@ -9,7 +9,7 @@ from dataclasses import fields
 import click
 import pytest
 
-from kpimon.agents.cli.main import main
+from kpimon.cli import main
 from kpimon.agents.config.options import setting
 from kpimon.agents.config.settings import Settings
 
