@@ -9,9 +9,9 @@ from dataclasses import fields
 import click
 import pytest
 
-from kpimon.cli import main
 from kpimon.agents.config.options import setting
 from kpimon.agents.config.settings import Settings
+from kpimon.cli import main
 
 SETTINGS = {f.name: f for f in fields(Settings)}
 
