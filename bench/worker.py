@@ -220,3 +220,8 @@ def gauge_value(metrics_text: str, name: str = "kpimon_active_users", **labels: 
     """
     wanted = labels or DAU_LABELS
     return next((s.value for s in samples(metrics_text) if s.name == name and s.labels == wanted), None)
+
+
+def sample_value(metrics_text: str, name: str) -> float | None:
+    """The value of the unlabelled sample `name` in Prometheus text, or None."""
+    return next((s.value for s in samples(metrics_text) if s.name == name and not s.labels), None)
