@@ -15,7 +15,7 @@ BENCH_ARGS ?=
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
 
-system-deps:  ## install Java 17+, Maven, Prometheus (promtool) and tmux from Debian's packages when missing
+system-deps:  ## install Java 17+, Maven, Prometheus (promtool), Alertmanager (amtool) and tmux (Debian packages) when missing
 	@./deploy/system-deps.sh
 
 $(STAMP): pyproject.toml
@@ -28,13 +28,21 @@ $(STAMP): pyproject.toml
 
 setup: system-deps $(STAMP)  ## create .venv and install kpimon with its dev tools
 
+BENCH_STAMP := $(VENV)/.bench-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	@rm -f $(VENV)/.bench-*
+	@touch $@
+
 run: setup  ## the demo: local Kafka, a worker, live traffic and `kpimon top` (Ctrl-C stops all)
 	$(BIN)/kpimon demo
 
-lint: setup  ## ruff (lint + format check) and the architecture's import contracts (import-linter)
+lint: setup  ## ruff (lint + format check), the import contracts (import-linter), amtool check-config
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	amtool check-config deploy/alertmanager/alertmanager.yml
 
 typecheck: setup  ## mypy --strict
 	$(BIN)/mypy
@@ -45,10 +53,10 @@ unit: setup  ## the fast unit tests only
 test: setup lint typecheck  ## everything CI runs: lint, types, the whole test suite (real Kafka)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-bench: setup  ## the benchmark suite (issue #7): its own Kafka, 1M events, ~40-70 min; BENCH_ARGS=--help
+bench: setup $(BENCH_STAMP)  ## the benchmark suite (issue #7): its own Kafka, 1M events, ~40-70 min; BENCH_ARGS=--help
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-bench-quick: setup  ## a small smoke run of every benchmark stage (a few minutes)
+bench-quick: setup $(BENCH_STAMP)  ## a small smoke run of every benchmark stage (a few minutes)
 	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 format: setup  ## apply ruff's fixes and formatting

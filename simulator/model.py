@@ -140,11 +140,11 @@ CSAT_SPREAD = 0.85
 CSAT_BIAS_SD = 0.3
 
 # Engagement x satisfaction (issue #17). Engaged users answer surveys more often and more favourably, and
-# what a user last answered to NPS moves their churn: detractors leave more, promoters less. Both effects
-# are always on (modest); the scenarios below make them loud.
-#: The chance to answer a survey prompt (rather than dismiss or ignore it) scales by ENGAGED_ANSWER_BASE + ENGAGED_ANSWER_SLOPE x the user's
-#: engagement (their chance to be active on a weekday, 0.04 .. 0.95): about 0.5 for casual users, 0.9 for
-#: regulars, 1.4 for power users.
+# the opinion behind a user's latest NPS prompt moves their churn: detractors leave more, promoters less.
+# Both effects are always on (modest); the scenarios below make them loud.
+#: The chance to answer a survey prompt (rather than dismiss or ignore it) scales by ENGAGED_ANSWER_BASE +
+#: ENGAGED_ANSWER_SLOPE x the user's engagement (their chance to be active on a weekday, 0.04 .. 0.95):
+#: about 0.5 for casual users, 0.9 for regulars, 1.4 for power users.
 ENGAGED_ANSWER_BASE = 0.4
 ENGAGED_ANSWER_SLOPE = 1.2
 #: Latent score points per unit of engagement above ENGAGED_PIVOT: power users rate about +0.7 NPS points

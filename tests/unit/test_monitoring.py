@@ -16,8 +16,9 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from kpimon.agents.exporter.kpi_collector import COHORT, KPI_METRICS, KpiCollector
-from kpimon.agents.pipeline.metrics import PipelineMetrics
+from kpimon.agents.app import create_app
+from kpimon.agents.config.settings import Settings
+from kpimon.agents.exporter.kpi_collector import COHORT, KPI_METRICS
 from monitoring import grafana
 from monitoring.config import DEFAULT, MonitoringConfig, PipelineAlerts
 from monitoring.dashboards import PanelQuery, bands, dashboards, panel_queries, variable_queries
@@ -49,11 +50,14 @@ def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False, timeout=300)
 
 
-def exported_metrics() -> set[str]:
-    """Every sample name the workers' code exports (counters with _total, histograms with their series)."""
+def exported_metrics(tmp_path: Path) -> set[str]:
+    """Every sample name a worker exports (counters with _total, histograms with their series).
+
+    Read from the registry of a real worker app (built, not started): its pipeline metrics, the snapshot
+    timestamp, and the KPI and lag collectors, whose families exist even while they have no samples.
+    """
     registry = CollectorRegistry()
-    PipelineMetrics(registry, topics=("clicks",))
-    registry.register(KpiCollector(lambda: (None, [])))
+    create_app(Settings(data_dir=tmp_path), registry)
     names: set[str] = set()
     for family in registry.collect():
         if family.type == "counter":
@@ -62,10 +66,6 @@ def exported_metrics() -> set[str]:
             names.update(f"{family.name}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
         else:
             names.add(family.name)
-    # Gauges created with the Faust app (agents/app.py: the snapshot timestamp) or by collectors that need a
-    # running consumer (the lag): read their names from the source.
-    for path in (ROOT / "agents").glob("**/*.py"):
-        names.update(re.findall(r'Gauge(?:MetricFamily)?\(\s*"(kpimon_\w+)"', path.read_text()))
     return names
 
 
@@ -202,10 +202,10 @@ def test_metric_names_ignores_labels_functions_and_strings() -> None:
     assert metric_names(expr) == {"kpimon_events_total", "topic:kpimon_events:rate5m", "up"}
 
 
-def test_every_metric_used_is_exported_or_recorded() -> None:
-    exported = exported_metrics()
+def test_every_metric_used_is_exported_or_recorded(tmp_path: Path) -> None:
+    exported = exported_metrics(tmp_path)
     assert {"kpimon_active_users", "kpimon_events_total", "kpimon_event_delay_seconds_bucket"} <= exported
-    assert "kpimon_last_snapshot_timestamp_seconds" in exported
+    assert {"kpimon_last_snapshot_timestamp_seconds", "kpimon_consumer_lag_messages"} <= exported
     recorded = {r.record for g in recording_rules(DEFAULT) for r in g.rules if isinstance(r, RecordingRule)}
     known = exported | recorded | set(PENDING_METRICS) | {"up"}
     unknown = {(where, name) for where, expr in all_expressions() for name in metric_names(expr) - known}
@@ -231,15 +231,53 @@ def test_alerts_follow_the_conventions() -> None:
     assert len(names) == len(set(names))
 
 
-def test_every_alert_has_a_runbook_section() -> None:
-    text = (ROOT / "docs" / "alerts.md").read_text()
-    headings = {h.lower() for h in re.findall(r"^## (Kpimon\w+)$", text, flags=re.MULTILINE)}
-    for alert in alerts(DEFAULT):
-        assert DEFAULT.runbook_url(alert.name).endswith(f"#{alert.name.lower()}")
-        assert alert.name.lower() in headings, f"docs/alerts.md has no section for {alert.name}"
-    assert headings == {a.name.lower() for a in alerts(DEFAULT)}, (
-        "runbook sections of alerts that do not exist"
-    )
+#: The sections every runbook has, in this order (docs/runbooks/README.md says what goes in each).
+RUNBOOK_SECTIONS = (
+    "What it means",
+    "Confirm it on the dashboards",
+    "First three things to check",
+    "When it is not a problem",
+)
+
+
+def runbook_path(url: str) -> Path:
+    """The file in this repository a (default, repository-relative) runbook_url points to."""
+    return ROOT / url
+
+
+def test_every_alert_has_its_runbook() -> None:
+    """Every generated alert (Prometheus and Grafana) links a runbook file that exists and is complete."""
+    document = yaml.safe_load(generated_files(DEFAULT)[RULES_DIR / "kpimon-alerts.yaml"])
+    rules = [rule for group in document["groups"] for rule in group["rules"]]
+    assert {rule["alert"] for rule in rules} == {a.name for a in alerts(DEFAULT)}
+    for rule in rules:
+        name, url = rule["alert"], rule["annotations"]["runbook_url"]
+        assert url == f"docs/runbooks/{name}.md", name
+        path = runbook_path(url)
+        assert path.is_file(), f"{name} has no runbook: {url} does not exist"
+        text = path.read_text()
+        assert text.startswith(f"# {name}\n"), f"{url} is not titled {name}"
+        headings = re.findall(r"^## (.+)$", text, flags=re.MULTILINE)
+        assert [h for h in headings if h in RUNBOOK_SECTIONS] == list(RUNBOOK_SECTIONS), (url, headings)
+        checks = text.split("## First three things to check", 1)[1].split("\n## ", 1)[0]
+        assert re.findall(r"^(\d)\. ", checks, flags=re.MULTILINE) == ["1", "2", "3"], f"{url}: three checks"
+        assert f"`{rule['labels']['severity']}`" in text.split("\n## ", 1)[0], f"{url}: severity in the intro"
+    grafana_rules = [r for g in grafana.alert_rules(DEFAULT)["groups"] for r in g["rules"]]  # type: ignore[attr-defined]
+    for grafana_rule in grafana_rules:
+        assert runbook_path(grafana_rule["annotations"]["runbook_url"]).is_file(), grafana_rule["title"]
+
+
+def test_no_runbook_without_its_alert() -> None:
+    """A runbook of an alert that no longer exists is stale (renamed or removed alert)."""
+    runbooks = {p.stem for p in (ROOT / "docs" / "runbooks").glob("Kpimon*.md")}
+    assert runbooks == {a.name for a in alerts(DEFAULT)}
+
+
+def test_a_missing_runbook_fails_the_check(tmp_path: Path) -> None:
+    """The check above cannot pass vacuously: a config pointing at an empty directory finds no runbook."""
+    config = MonitoringConfig(runbook_base_url=str(tmp_path))
+    missing = [a.name for a in alerts(config) if not Path(config.runbook_url(a.name)).is_file()]
+    assert missing == [a.name for a in alerts(config)]
 
 
 def test_kpi_alerts_compare_against_the_published_target() -> None:
@@ -283,7 +321,9 @@ def test_grafana_alerts_are_the_prometheus_alerts() -> None:
         }
         assert ("B" in queries) == bool(alert.target_expr)
         assert rule["condition"] == "C" and rule["noDataState"] == "OK"
-        assert rule["for"] == alert.for_ and rule["labels"] == {"severity": alert.severity}
+        assert rule["for"] == alert.for_
+        assert rule["labels"] == {"severity": alert.severity, "team": DEFAULT.team(alert.group)}
+        assert rule["annotations"]["dashboard_url"].startswith(f"{DEFAULT.grafana_url}/d/{alert.group}")
         assert rule["annotations"]["summary"] == alert.summary
         assert rule["annotations"]["runbook_url"] == DEFAULT.runbook_url(name)
         assert "$values.A.Value" in rule["annotations"]["description"]
