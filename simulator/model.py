@@ -144,12 +144,14 @@ CSAT_BIAS_SD = 0.3
 # Both effects are always on (modest); the scenarios below make them loud.
 #: The chance to answer a survey prompt (rather than dismiss or ignore it) scales by ENGAGED_ANSWER_BASE +
 #: ENGAGED_ANSWER_SLOPE x the user's engagement (their chance to be active on a weekday, 0.04 .. 0.95):
-#: about 0.5 for casual users, 0.9 for regulars, 1.4 for power users.
-ENGAGED_ANSWER_BASE = 0.4
-ENGAGED_ANSWER_SLOPE = 1.2
-#: Latent score points per unit of engagement above ENGAGED_PIVOT: power users rate about +0.7 NPS points
-#: and +0.2 CSAT points higher than regulars, casual users about that much lower.
-ENGAGED_PIVOT = 0.4
+#: about 0.65 for casual users, 0.95 for regulars, 1.3 for power users; about 1 on average over the
+#: prompts, so the number of answers stays what it was without the effect.
+ENGAGED_ANSWER_BASE = 0.55
+ENGAGED_ANSWER_SLOPE = 0.9
+#: Latent score points per unit of engagement above ENGAGED_PIVOT (about the mean engagement of the users
+#: who get asked, so the population's scores stay where they were): power users rate about +0.4 NPS
+#: points higher, casual users about 0.7 lower.
+ENGAGED_PIVOT = 0.55
 ENGAGED_NPS_BONUS = 1.5
 ENGAGED_CSAT_BONUS = 0.4
 #: Daily churn hazard factors by the user's latest NPS answer (detractor 0..6, promoter 9..10).
