@@ -207,6 +207,19 @@ class Kpimon:
         return current, records
 
 
+def static_identity(settings: Settings) -> dict[str, str]:
+    """Faust's canonical URL of a static member: derived from its instance id, not its web address.
+
+    Faust's partition assignor puts each member's canonical URL into the assignment and refuses an
+    assignment whose URL is not its own. A static member restarted with another web port or host would get
+    its previous assignment back from the broker -- with the old URL -- and its consumer would die. kpimon
+    routes nothing by this URL (it serves no table queries between workers).
+    """
+    if not settings.instance_id:
+        return {}
+    return {"canonical_url": f"http://{settings.instance_id}"}
+
+
 def create_app(
     settings: Settings, registry: CollectorRegistry | None = None, targets: Targets | None = None
 ) -> Kpimon:
@@ -239,6 +252,9 @@ def create_app(
         producer_max_batch_size=512 * 1024,
         broker_rebalance_timeout=60,
         broker_session_timeout=settings.session_timeout,
+        # Static membership (agents/membership.py): None keeps dynamic membership.
+        consumer_group_instance_id=settings.instance_id or None,
+        **static_identity(settings),
     )
     kpimon = Kpimon(
         settings=settings,

@@ -6,6 +6,7 @@ Nothing else in kpimon reads the environment.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -18,6 +19,8 @@ DEFAULT_BROKER = "127.0.0.1:9092"
 #: Kafka security protocols kpimon speaks: none, TLS (optionally with a client certificate), SASL over TLS.
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_SSL")
 SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+#: What Kafka accepts as a group.instance.id (the rules of a topic name).
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -63,6 +66,9 @@ class Settings:
     commit_interval: float = 2.0
     #: Seconds without a heartbeat after which Kafka gives a (crashed) worker's partitions to the others.
     session_timeout: float = 60.0
+    #: Static group membership (Kafka's group.instance.id): a restarted worker with the same id takes its
+    #: partitions back at once. Unique per worker; empty means dynamic membership.
+    instance_id: str = ""
     log_level: str = "info"
     #: TOML file of settings (`name = value`, names as below); flags and environment win over it.
     config_file: str = ""
@@ -133,6 +139,10 @@ class Settings:
         if not 6 <= self.session_timeout <= 300:
             # Kafka's default group.min/max.session.timeout.ms bounds.
             raise ValueError(f"session_timeout must be in 6..300 seconds, got {self.session_timeout}")
+        if self.instance_id and not _INSTANCE_ID.fullmatch(self.instance_id):
+            raise ValueError(
+                f"instance_id must be 1..249 letters, digits, '.', '_' or '-', got {self.instance_id!r}"
+            )
         if ":" not in self.broker:
             raise ValueError(f"broker must be HOST:PORT, got {self.broker!r}")
 

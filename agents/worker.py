@@ -12,6 +12,7 @@ import click
 from agents.kafka_access import KafkaAccessError, check_access
 from agents.kafka_options import kafka_options
 from agents.kafka_security import aiokafka_options
+from agents.membership import InstanceInUseError, claim, instances_topic, register_membership
 from agents.settings import Settings
 from agents.tables import TABLE_NAMES, changelog_topic_name
 from agents.topics import TopicSpec, ensure_topics
@@ -31,11 +32,14 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     crashes and restarts each time).
     """
     compacted = {"cleanup.policy": "compact"}
+    # Static membership's announcements (agents/membership.py): one record per instance id.
+    instances = [TopicSpec(instances_topic(settings.app_id), 1, compacted)] if settings.instance_id else []
     changelogs = [
         TopicSpec(changelog_topic_name(settings.app_id, name), settings.partitions, compacted)
         for name in TABLE_NAMES
     ]
     return [
+        *instances,
         *changelogs,
         TopicSpec(settings.clicks, settings.partitions),
         TopicSpec(settings.surveys, settings.partitions),
@@ -131,6 +135,12 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     "  [default: 60]",
 )
 @click.option(
+    "--instance-id",
+    envvar="KPIMON_INSTANCE_ID",
+    help="Static group membership: this worker's unique id in the group (e.g. the pod name); a worker "
+    "restarted with the same id takes its partitions back at once.  [default: none, dynamic membership]",
+)
+@click.option(
     "--passive-types",
     envvar="KPIMON_PASSIVE_TYPES",
     help="Comma-separated click types that do not make a user active.  [default: none]",
@@ -182,11 +192,17 @@ def worker(kafka: dict[str, Any], **options: object) -> None:
     run_worker(settings)
 
 
-async def preflight(settings: Settings) -> None:
-    """Check access to Kafka (one clear error), then create the missing topics."""
+async def preflight(settings: Settings) -> str | None:
+    """Check access to Kafka (one clear error), create the missing topics, claim the instance id.
+
+    Returns this run's id when the worker has an instance id (agents/membership.py), else None.
+    """
     await check_access(settings)
     options = aiokafka_options(settings)
     await asyncio.wait_for(ensure_topics(settings.broker, topic_specs(settings), options=options), 60)
+    if not settings.instance_id:
+        return None
+    return await asyncio.wait_for(claim(settings, options), 60)
 
 
 def run_worker(settings: Settings) -> None:
@@ -211,8 +227,11 @@ def run_worker(settings: Settings) -> None:
             raise click.ClickException(f"invalid targets file: {exc}") from None
         log.info("loaded %d KPI targets from %s", len(targets), settings.targets_file)
     try:
-        asyncio.run(preflight(settings))
-    except KafkaAccessError as exc:  # refused credentials, TLS trouble, no broker: one line naming the cause
+        run = asyncio.run(preflight(settings))
+    except (
+        KafkaAccessError,
+        InstanceInUseError,
+    ) as exc:  # refused credentials, TLS trouble, no broker: one line naming the cause
         raise click.ClickException(str(exc)) from None
     except Exception as exc:  # a refused request, a timeout: one clear line
         raise click.ClickException(f"cannot reach Kafka at {settings.broker}: {exc!r}") from None
@@ -220,6 +239,9 @@ def run_worker(settings: Settings) -> None:
         kpimon = create_app(settings, targets=targets)
     except ValueError as exc:  # an unreadable secret or certificate file: named, not dumped
         raise click.ClickException(str(exc)) from None
+    if run is not None:
+        register_membership(kpimon, run)
+        log.info("static member %r of group %s (run %s)", settings.instance_id, settings.app_id, run)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     scheme = "https" if settings.web_tls_cert_file else "http"
     click.echo(

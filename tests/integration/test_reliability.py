@@ -345,3 +345,125 @@ def test_sigterm_commits_and_a_lost_state_dir_is_rebuilt_from_the_changelogs(
         check_gauges([fresh], rebuilt)
         assert events_total(fresh) == 0
         assert fresh.get("/live")[0] == 200
+
+
+# --- 5. static membership: kill -9 and a restart within 5 s ------------------------------------------------
+
+#: Longer than a restart, so a partition that moved could only have moved by a rebalance.
+STATIC_SESSION_TIMEOUT = "45"
+
+
+def assignment(worker: WorkerProcess) -> frozenset[tuple[str, str]] | None:
+    """(topic, partition) a worker owns now, from its /metrics; None while it does not answer."""
+    try:
+        samples = worker.samples()
+    except (OSError, AssertionError):
+        return None
+    return frozenset(
+        (dict(labels)["topic"], dict(labels)["partition"])
+        for (name, labels), value in samples.items()
+        if name == "kpimon_assigned_partitions" and value == 1
+    )
+
+
+class AssignmentWatch:
+    """Polls a worker's assignment in a thread; records every different assignment it sees."""
+
+    def __init__(self, worker: WorkerProcess) -> None:
+        self.worker = worker
+        self.seen: list[frozenset[tuple[str, str]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            owned = assignment(self.worker)
+            if owned is not None and (not self.seen or self.seen[-1] != owned):
+                self.seen.append(owned)
+            self._stop.wait(0.3)
+
+    def stop(self) -> list[frozenset[tuple[str, str]]]:
+        self._stop.set()
+        self._thread.join(10)
+        return self.seen
+
+
+def test_a_static_member_killed_and_restarted_at_once_keeps_its_partitions(
+    kafka_bootstrap: str, unique_prefix: str, tmp_path: Path, history: History
+) -> None:
+    static = [
+        *("--partitions", str(PARTITIONS), "--max-lateness-days", str(LATENESS)),
+        *("--session-timeout", STATIC_SESSION_TIMEOUT),
+    ]
+    with ExitStack() as stack:
+        workers = [
+            stack.enter_context(
+                running_worker(
+                    kafka_bootstrap,
+                    unique_prefix,
+                    free_port(),
+                    tmp_path / name,
+                    [*static, "--instance-id", name],
+                )
+            )
+            for name in ("worker-0", "worker-1")
+        ]
+        first, other = workers
+        wait_for(lambda: all(assignment(w) for w in workers), 60, "both own partitions", workers)
+        before, kept = assignment(first), assignment(other)
+        assert before and kept and not before & kept, (before, kept)
+        watch = AssignmentWatch(other)
+        replayer = start_replay(history, kafka_bootstrap, unique_prefix)
+        wait_for(lambda: processed(workers) >= history.messages / 3, 120, "a third processed", workers)
+        killed = time.monotonic()
+        assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+        time.sleep(3)  # a restart, as a supervisor does it: seconds, not at once
+        restarted = start_worker(
+            kafka_bootstrap,
+            unique_prefix,
+            free_port(),
+            tmp_path / "worker-0",
+            [*static, "--instance-id", "worker-0"],
+        )
+        stack.callback(restarted.stop)
+        restart_gap = time.monotonic() - killed
+        assert restart_gap < 5, restart_gap
+        finish_replay(replayer)
+        replay_end = time.monotonic()
+        restarted.wait_ready()
+        ready_after = time.monotonic() - killed
+        actual = wait_for_equality(kafka_bootstrap, unique_prefix, tmp_path, history.expected, 120)
+        settled = time.monotonic() - replay_end
+        seen = watch.stop()
+        print(
+            f"\nstatic membership: restarted {restart_gap:.1f} s after SIGKILL, ready {ready_after:.1f} s "
+            f"after it; kpimon-kpis equal to the reference {settled:.1f} s after the replay ended"
+        )
+        # No rebalance moved a partition: the other worker kept exactly its partitions throughout, and the
+        # restarted one got its own back.
+        assert seen == [kept], seen
+        assert assignment(restarted) == before
+        assert settled <= 20, settled
+        check_gauges([restarted, other], actual)
+
+
+def test_a_second_worker_with_an_instance_id_in_use_exits_with_a_clear_error(
+    kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
+) -> None:
+    extra = [*options(), "--instance-id", "worker-0"]
+    with running_worker(kafka_bootstrap, unique_prefix, free_port(), tmp_path / "a", extra) as first:
+        second = start_worker(kafka_bootstrap, unique_prefix, free_port(), tmp_path / "b", extra)
+        try:
+            code = second.proc.wait(60)
+        finally:
+            second.stop(signal.SIGKILL)
+        log = second.log_path.read_text()
+        assert code != 0, log
+        assert "instance_id 'worker-0' is in use by a running worker" in log, log
+        # The first one was not fenced: it still serves and owns its partitions.
+        assert first.proc.poll() is None
+        assert probe(first, "/ready") == 200
+    # Stopped cleanly, the id is free again at once.
+    with running_worker(kafka_bootstrap, unique_prefix, free_port(), tmp_path / "c", extra) as again:
+        assert probe(again, "/ready") == 200
