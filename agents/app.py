@@ -18,19 +18,19 @@ from typing import Any
 from faust.types import TP
 from prometheus_client import CollectorRegistry, Gauge
 
-from agents import partials
-from agents.aggregate import Aggregator
-from agents.engine import SourceEngine
-from agents.faust_app import KpimonApp
-from agents.kpi_metrics import KpiCollector
-from agents.lag import LagCollector
-from agents.metrics import PipelineMetrics
-from agents.pacing import Pacer, Turns
-from agents.settings import Settings
-from agents.tables import raw_topic
-from streams import output
-from streams.output import KpiRecord
-from streams.targets import Targets
+from kpimon.agents.config.settings import Settings
+from kpimon.agents.exporter.kpi_collector import KpiCollector
+from kpimon.agents.exporter.lag_collector import LagCollector
+from kpimon.agents.exporter.pipeline_metrics import PipelineMetrics
+from kpimon.agents.pipeline import partials
+from kpimon.agents.pipeline.aggregation import Aggregator
+from kpimon.agents.pipeline.engine import SourceEngine
+from kpimon.agents.pipeline.pacing import Pacer, Turns
+from kpimon.agents.runtime.faust_app import KpimonApp
+from kpimon.agents.runtime.tables import raw_topic
+from kpimon.streams import output
+from kpimon.streams.output import KpiRecord
+from kpimon.streams.targets import Targets
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Kpimon:
     last_snapshot: Gauge | None = field(default=None)
     flush_pacer: Pacer = field(default_factory=Pacer)
     publish_pacer: Pacer = field(default_factory=Pacer)
-    #: Flushes and publishing run as jobs the source reader waits for (agents/pacing.py).
+    #: Flushes and publishing run as jobs the source reader waits for (agents/pipeline/pacing.py).
     turns: Turns = field(default_factory=Turns)
 
     @property
@@ -225,10 +225,10 @@ def create_app(
 ) -> Kpimon:
     """Build the Faust app with all agents, tables, timers and web views registered."""
     # Imported here: these modules register on an app, and importing them must not need one.
-    from agents.aggregate_agent import register_aggregate
-    from agents.ingest import register_ingest
-    from agents.kafka_security import faust_options
-    from agents.web import register_web, web_ssl_context
+    from kpimon.agents.config.kafka_security import faust_options
+    from kpimon.agents.exporter.web import register_web, web_ssl_context
+    from kpimon.agents.runtime.aggregate_agent import register_aggregate
+    from kpimon.agents.runtime.ingest_agent import register_ingest
 
     registry = registry if registry is not None else CollectorRegistry()
     app = KpimonApp(
@@ -247,12 +247,12 @@ def create_app(
         web_ssl_context=web_ssl_context(settings),
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
-        # The user-state changelog goes out in record batches (agents/user_store.py): bigger batches, fewer
+        # The user-state changelog goes out in record batches (runtime/user_store.py): bigger batches, fewer
         # produce round trips. Within Faust's default max request size (1,000,000 bytes).
         producer_max_batch_size=512 * 1024,
         broker_rebalance_timeout=60,
         broker_session_timeout=settings.session_timeout,
-        # Static membership (agents/membership.py): None keeps dynamic membership.
+        # Static membership (agents/runtime/membership.py): None keeps dynamic membership.
         consumer_group_instance_id=settings.instance_id or None,
         **static_identity(settings),
     )

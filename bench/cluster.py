@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from agents.localkafka import LocalKafka, pick_free_port
+from kpimon.agents.devtools.localkafka import LocalKafka, pick_free_port
 
 #: The broker is a bench fixture, not a subject: give it room so it is not the bottleneck. The initial
 #: rebalance delay (Kafka's default is 3 s; LocalKafka sets 0 for fast tests) lets workers started together
@@ -33,7 +33,7 @@ def local_kafka(keep: bool = False) -> Iterator[tuple[str, Path]]:
     """
     scratch = Path(tempfile.mkdtemp(prefix="kpimon-bench-"))
     broker = LocalKafka(port=pick_free_port(), home=scratch / "kafka", properties=BROKER_PROPERTIES)
-    logging.getLogger("agents.localkafka").setLevel(logging.WARNING)
+    logging.getLogger("kpimon.agents.devtools.localkafka").setLevel(logging.WARNING)
     try:
         yield broker.start(), scratch
     finally:

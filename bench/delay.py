@@ -26,10 +26,10 @@ from pathlib import Path
 import msgspec
 from aiokafka import AIOKafkaProducer
 
-from agents.topics import TopicSpec, ensure_topics
 from bench.stats import StageResult, crossing_delays, percentile
 from bench.worker import RunTopics, Worker, gauge_value
-from simulator.render import format_ts
+from kpimon.agents.config.topics import TopicSpec, ensure_topics
+from kpimon.simulator.render import format_ts
 
 _encoder = msgspec.json.Encoder()
 

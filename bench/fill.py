@@ -21,9 +21,9 @@ import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
-from agents.topics import TopicSpec, ensure_topics
-from simulator.model import DAY_MS, BatchConfig, batch_traffic
-from simulator.render import format_signup, format_ts, render
+from kpimon.agents.config.topics import TopicSpec, ensure_topics
+from kpimon.simulator.model import DAY_MS, BatchConfig, batch_traffic
+from kpimon.simulator.render import format_signup, format_ts, render
 
 _encoder = msgspec.json.Encoder()
 

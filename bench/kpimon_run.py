@@ -18,11 +18,11 @@ from pathlib import Path
 import msgspec
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from agents.kpis_cli import topic_partitions
-from agents.topics import ensure_topics
 from bench.fill import DataSet
 from bench.stats import StageResult
 from bench.worker import RunTopics, Worker, cpu_seconds, has_store_option, peak_rss_bytes
+from kpimon.agents.cli.kpis import topic_partitions
+from kpimon.agents.config.topics import ensure_topics
 
 _EPOCH = date(1970, 1, 1)
 _POLL = 0.5

@@ -17,9 +17,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.localkafka import pick_free_port
-from agents.topics import TopicSpec
 from bench.child import stop_process
+from kpimon.agents.config.topics import TopicSpec
+from kpimon.agents.devtools.localkafka import pick_free_port
 
 #: The `kpimon` console script of the virtualenv running the bench.
 KPIMON = str(Path(sys.executable).with_name("kpimon"))

@@ -28,7 +28,7 @@ from monitoring.promql import number, selector
 ValueFormat = Literal["percent", "decimal", "count", "duration"]
 Severity = Literal["critical", "warning", "info"]
 
-#: KPI gauges (agents/kpi_metrics.py) and their own labels beside window, day, dimension, segment.
+#: KPI gauges (agents/exporter/kpi_collector.py) and their own labels beside window, day, dimension, segment.
 KPI_GAUGES: dict[str, tuple[str, ...]] = {
     "kpimon_active_users": (),
     "kpimon_stickiness_ratio": (),

@@ -9,11 +9,11 @@ from typing import IO, Any
 
 import click
 
-from agents.settings import Settings
-from reference.compute import run_reference, wall_clock_ms
-from reference.load import DEFAULT_MAX_SEGMENT_VALUES
-from streams.events import epoch_ms
-from streams.output import encode
+from kpimon.agents.config.settings import Settings
+from kpimon.reference.compute import run_reference, wall_clock_ms
+from kpimon.reference.load import DEFAULT_MAX_SEGMENT_VALUES
+from kpimon.streams.events import epoch_ms
+from kpimon.streams.output import encode
 
 _EPOCH_MS = re.compile(r"-?\d+")
 

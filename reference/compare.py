@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from streams.output import KpiRecord, decode
+from kpimon.streams.output import KpiRecord, decode
 
 #: KPIs whose value is a ratio, score or mean (a float, possibly undefined); every other KPI is a count.
 #: These are the ratio KPIs of KPIS.md's output table, engagement and satisfaction alike.

@@ -18,16 +18,16 @@ from pathlib import Path
 
 import duckdb
 
-from reference.load import DEFAULT_MAX_SEGMENT_VALUES, LoadStats, load, sql_text
-from streams.output import KpiRecord, day_name
-from streams.validation import Policy
+from kpimon.reference.load import DEFAULT_MAX_SEGMENT_VALUES, LoadStats, load, sql_text
+from kpimon.streams.output import KpiRecord, day_name
+from kpimon.streams.validation import Policy
 
 _KPI_FILE = re.compile(r"^\d+_[a-z0-9_]+\.sql$")
 
 
 def kpi_scripts() -> list[str]:
     """The names of the numbered KPI files, in the order they run."""
-    folder = resources.files("reference").joinpath("sql")
+    folder = resources.files("kpimon.reference").joinpath("sql")
     return sorted(entry.name for entry in folder.iterdir() if _KPI_FILE.match(entry.name))
 
 

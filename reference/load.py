@@ -19,8 +19,8 @@ from typing import Any
 import duckdb
 import msgspec
 
-from streams.events import ClickEvent, SurveyEvent, day_of, epoch_ms
-from streams.validation import Accepted, Kind, Policy, validate
+from kpimon.streams.events import ClickEvent, SurveyEvent, day_of, epoch_ms
+from kpimon.streams.validation import Accepted, Kind, Policy, validate
 
 #: Rows buffered in Python before they are appended to DuckDB.
 BATCH_ROWS = 100_000
@@ -85,7 +85,7 @@ def read_messages(path: Path) -> Iterator[bytes]:
 
 def sql_text(name: str) -> str:
     """The text of `reference/sql/<name>` (package data)."""
-    return resources.files("reference").joinpath("sql", name).read_text(encoding="utf-8")
+    return resources.files("kpimon.reference").joinpath("sql", name).read_text(encoding="utf-8")
 
 
 def create_tables(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kpimon.streams.schemas import schema_documents
 from monitoring.generate import generated_files as monitoring_files
-from streams.schemas import schema_documents
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import click
 
-from agents.kafka_options import kafka_options
-from agents.settings import Settings
-from simulator.model import DAY_MS, BatchConfig, Counts, Outgoing, Scenario, batch_traffic
-from simulator.render import render
+from kpimon.agents.config.options import kafka_options
+from kpimon.agents.config.settings import Settings
+from kpimon.simulator.model import DAY_MS, BatchConfig, Counts, Outgoing, Scenario, batch_traffic
+from kpimon.simulator.render import render
 
 _EPOCH_DATE = date(1970, 1, 1)
 
@@ -165,7 +165,7 @@ def simulate(
     if live:
         if out_dir is not None:
             raise click.UsageError("--live sends to Kafka; --out-dir is for batch mode")
-        from simulator.live import run_live
+        from kpimon.simulator.live import run_live
 
         settings = _settings(broker, topic_prefix, kafka)
         with _broker_errors(settings):
@@ -209,7 +209,7 @@ def simulate(
         write_files(messages, out_dir)
         target = str(out_dir)
     else:
-        from simulator.live import send_all
+        from kpimon.simulator.live import send_all
 
         settings = _settings(broker, topic_prefix, kafka)
         with _broker_errors(settings):
@@ -224,7 +224,7 @@ def simulate(
 @contextlib.contextmanager
 def _broker_errors(settings: Settings) -> Iterator[None]:
     """A broker problem ends the command with one clear line, not a traceback."""
-    from agents.kafka_access import KafkaAccessError
+    from kpimon.agents.config.preflight import KafkaAccessError
 
     try:
         yield

@@ -17,13 +17,13 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from agents.kafka_access import check_access
-from agents.kafka_security import aiokafka_options
-from agents.replay import key_of
-from agents.settings import Settings
-from agents.topics import TopicSpec, ensure_topics
-from simulator.model import Counts, LiveModel, Scenario
-from simulator.render import render
+from kpimon.agents.cli.replay import key_of
+from kpimon.agents.config.kafka_security import aiokafka_options
+from kpimon.agents.config.preflight import check_access
+from kpimon.agents.config.settings import Settings
+from kpimon.agents.config.topics import TopicSpec, ensure_topics
+from kpimon.simulator.model import Counts, LiveModel, Scenario
+from kpimon.simulator.render import render
 
 #: Unacknowledged batches before waiting for their acks: bounds memory, keeps the pipeline full.
 _WINDOW = 64

@@ -13,8 +13,17 @@ from typing import Any
 
 import msgspec
 
-from simulator.model import DAY_MS, HOUR_MS, MINUTE_MS, TS_EPOCH_MS, TS_LOCAL, TS_UTC, Draft, InvalidKind
-from streams.validation import Reason
+from kpimon.simulator.model import (
+    DAY_MS,
+    HOUR_MS,
+    MINUTE_MS,
+    TS_EPOCH_MS,
+    TS_LOCAL,
+    TS_UTC,
+    Draft,
+    InvalidKind,
+)
+from kpimon.streams.validation import Reason
 
 #: The rejection reason each broken kind must get from `streams.validation.validate`.
 EXPECTED_REASON: dict[InvalidKind, Reason] = {

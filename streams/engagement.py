@@ -24,9 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from streams.activity import offsets, spread
-from streams.segments import SegmentKey
-from streams.userstate import UserState
+from kpimon.streams.activity import offsets, spread
+from kpimon.streams.segments import SegmentKey
+from kpimon.streams.userstate import UserState
 
 Counter = tuple[str, str]
 """(kpi, window), as in the output record."""

@@ -6,7 +6,7 @@ from datetime import date, timedelta
 
 import msgspec
 
-from streams.events import MS_PER_DAY  # noqa: F401  (re-exported for callers that format days)
+from kpimon.streams.events import MS_PER_DAY  # noqa: F401  (re-exported for callers that format days)
 
 _EPOCH_DATE = date(1970, 1, 1)
 

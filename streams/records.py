@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from streams import engagement, satisfaction
-from streams.output import KpiRecord, day_name
-from streams.targets import Targets
-from streams.uncertainty import nps_interval, wilson
+from kpimon.streams import engagement, satisfaction
+from kpimon.streams.output import KpiRecord, day_name
+from kpimon.streams.targets import Targets
+from kpimon.streams.uncertainty import nps_interval, wilson
 
 Value = float | int | None
 

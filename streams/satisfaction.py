@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from streams.segments import SegmentKey
-from streams.userstate import SurveyFact
+from kpimon.streams.segments import SegmentKey
+from kpimon.streams.userstate import SurveyFact
 
 Run = tuple[str, str, int, int, int]
 """(kpi, window, first_day, last_day, delta), as in streams.engagement."""

@@ -10,8 +10,8 @@ from typing import Any
 
 import msgspec
 
-from streams.events import ClickEvent, SurveyEvent
-from streams.output import KpiRecord
+from kpimon.streams.events import ClickEvent, SurveyEvent
+from kpimon.streams.output import KpiRecord
 
 _MODELS: dict[str, tuple[type[msgspec.Struct], str]] = {
     "click-event.schema.json": (ClickEvent, "A message value of the `clicks` topic (key: user_id as UTF-8)."),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal, Protocol
 
-from streams.events import day_of, epoch_ms
+from kpimon.streams.events import day_of, epoch_ms
 
 #: The segment dimensions, in a fixed order (the per-user state stores a dimension as its index here, so
 #: new dimensions may only be appended).

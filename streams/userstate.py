@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import msgspec
 
-from streams import activity
-from streams.segments import DIMENSIONS, SegmentKey
+from kpimon.streams import activity
+from kpimon.streams.segments import DIMENSIONS, SegmentKey
 
 #: A remembered survey (streams.satisfaction.SurveyFact): (day, survey, action, score or -1, platform,
 #: plan, stage).

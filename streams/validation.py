@@ -13,7 +13,7 @@ from typing import Literal
 
 import msgspec
 
-from streams.events import SCORE_RANGE, ClickEvent, SurveyEvent, day_of, epoch_ms
+from kpimon.streams.events import SCORE_RANGE, ClickEvent, SurveyEvent, day_of, epoch_ms
 
 Kind = Literal["clicks", "surveys"]
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agents.localkafka import LocalKafka, SecureListeners
+from kpimon.agents.devtools.localkafka import LocalKafka, SecureListeners
 from tests.certs import make_pki
 from tests.helpers import free_port
 from tests.security import SCRAM_PASSWORD, SCRAM_USER, Access, SecureKafka, access

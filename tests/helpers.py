@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from agents.localkafka import pick_free_port, port_is_free
+from kpimon.agents.devtools.localkafka import pick_free_port, port_is_free
 
 #: The real `kpimon` console script of the virtualenv running the tests.
 KPIMON = str(Path(sys.executable).with_name("kpimon"))

@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from agents.kpi_metrics import CI_HIGH, CI_LOW, KPI_METRICS
-from reference.compare import compare, parse_records
-from streams.output import KpiRecord, day_name, day_number
+from kpimon.agents.exporter.kpi_collector import CI_HIGH, CI_LOW, KPI_METRICS
+from kpimon.reference.compare import compare, parse_records
+from kpimon.streams.output import KpiRecord, day_name, day_number
 from tests.helpers import KPIMON
 from tests.workers import WorkerProcess
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agents.kafka_security import aiokafka_options
-from agents.localkafka import LocalKafka
-from agents.settings import Settings
+from kpimon.agents.config.kafka_security import aiokafka_options
+from kpimon.agents.config.settings import Settings
+from kpimon.agents.devtools.localkafka import LocalKafka
 from tests.certs import Pki
 
 SCRAM_USER = "kpimon-test"

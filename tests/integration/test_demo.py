@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.localkafka import LocalKafka
+from kpimon.agents.devtools.localkafka import LocalKafka
 from tests.helpers import KPIMON, free_port, port_is_free
 from tests.integration.test_top import Tmux
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.output import OUTPUT_KPIS, KpiRecord
+from kpimon.streams.output import OUTPUT_KPIS, KpiRecord
 from tests.helpers import free_port
 from tests.pipeline import History, check_gauges, processed, replay, simulate_history, wait_for_equality
 from tests.workers import running_worker

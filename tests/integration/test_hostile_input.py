@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from agents.topics import TopicSpec, ensure_topics
-from streams.validation import Accepted, Kind, Policy, Rejected, validate
+from kpimon.agents.config.topics import TopicSpec, ensure_topics
+from kpimon.streams.validation import Accepted, Kind, Policy, Rejected, validate
 from tests.helpers import free_port, wait_until
 from tests.hostile import base_event, hostile_values
 from tests.kafka_io import produce, read_all

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from agents.topics import TopicSpec, ensure_topics
+from kpimon.agents.config.topics import TopicSpec, ensure_topics
 from tests.helpers import free_port, wait_until
 from tests.kafka_io import produce, read_all
 from tests.security import Access

@@ -13,7 +13,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from agents.localkafka import (
+from kpimon.agents.config.settings import default_home
+from kpimon.agents.devtools.localkafka import (
     KafkaLauncherError,
     LocalKafka,
     SecureListeners,
@@ -21,7 +22,6 @@ from agents.localkafka import (
     new_cluster_id,
     parse_java_version,
 )
-from agents.settings import default_home
 from tests.helpers import KPIMON, free_port, port_is_free, wait_until
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="needs a java on PATH")
@@ -67,7 +67,7 @@ def test_parse_java_version(output: str, major: int | None) -> None:
 
 
 def test_kafka_version_comes_from_the_pom() -> None:
-    pom = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "pom.xml"
+    pom = Path(__file__).resolve().parents[2] / "agents" / "devtools" / "kafka" / "pom.xml"
     assert f"<kafka.version>{kafka_version()}</kafka.version>" in pom.read_text()
 
 

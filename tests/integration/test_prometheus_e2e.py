@@ -42,15 +42,15 @@ from typing import Any
 
 import pytest
 
-from agents.kpi_metrics import KPI_METRICS
+from kpimon.agents.exporter.kpi_collector import KPI_METRICS
+from kpimon.reference.compare import parse_records
+from kpimon.simulator.model import NPS_NOISE_ANSWERS
+from kpimon.streams.output import KpiRecord, day_number
 from monitoring.accelerated import accelerated
 from monitoring.config import DEFAULT, MonitoringConfig
 from monitoring.dashboards import bands, panel_queries, variable_queries
 from monitoring.promql import substitute_variables
 from monitoring.rules import RecordingRule, kpi, recording_rules
-from reference.compare import parse_records
-from simulator.model import NPS_NOISE_ANSWERS
-from streams.output import KpiRecord, day_number
 from tests.helpers import KPIMON, free_port
 from tests.prometheus import (
     PrometheusServer,
@@ -133,8 +133,8 @@ def kpimon(*args: str, timeout: float = 300) -> None:
 def recorded_kpis(records: list[KpiRecord]) -> dict[SeriesKey, float]:
     """The `dimension_segment:<gauge>:max` series (name, labels) -> value that `records` imply.
 
-    As the worker exports them (agents/kpi_metrics.py): the newest day of the records is `current`, the day
-    before `previous`; undefined values are no series. The recording rule only drops job and instance.
+    As the worker exports them (exporter/kpi_collector.py): the newest day of the records is `current`, the
+    day before `previous`; undefined values are no series. The recording rule only drops job and instance.
     """
     current = max(day_number(r.day) for r in records)
     days = {current: "current", current - 1: "previous"}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.localkafka import LocalKafka
+from kpimon.agents.devtools.localkafka import LocalKafka
 from tests.helpers import free_port
 from tests.pipeline import (
     History,
@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(420)]
 
 # About 12,500 messages (invalid lines, duplicates and late events included): seconds of work for a worker.
 # A week only: after a restart the new owner re-publishes every record (about 3,000 here), and the next
-# publish waits nine times as long as that took (agents/pacing.py).
+# publish waits nine times as long as that took (agents/pipeline/pacing.py).
 USERS, DAYS, SEED = 1000, 7, 23
 LATENESS = DAYS + 10  # a backfill: the whole history is within the lateness bound
 PARTITIONS = 4

@@ -24,7 +24,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
-from agents.topics import TopicSpec, ensure_topics
+from kpimon.agents.config.topics import TopicSpec, ensure_topics
 from tests.helpers import KPIMON, free_port, wait_until
 from tests.integration.test_ingest import produce, read_all
 from tests.security import SCRAM_PASSWORD, SCRAM_USER, Access, SecureKafka

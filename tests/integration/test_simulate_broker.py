@@ -12,12 +12,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from click.testing import CliRunner
 
-from agents.replay import key_of, send_files
-from agents.settings import Settings
-from simulator.cli import simulate
-from simulator.live import live_traffic
-from simulator.model import Counts, LiveModel, Scenario
-from streams.validation import Accepted, Policy, Rejected, validate
+from kpimon.agents.cli.replay import key_of, send_files
+from kpimon.agents.config.settings import Settings
+from kpimon.simulator.cli import simulate
+from kpimon.simulator.live import live_traffic
+from kpimon.simulator.model import Counts, LiveModel, Scenario
+from kpimon.streams.validation import Accepted, Policy, Rejected, validate
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

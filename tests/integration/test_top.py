@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from agents.topics import TopicSpec, ensure_topics
-from streams import output
-from streams.output import KpiRecord, day_name, day_number
+from kpimon.agents.config.topics import TopicSpec, ensure_topics
+from kpimon.streams import output
+from kpimon.streams.output import KpiRecord, day_name, day_number
 from tests.helpers import KPIMON
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streams.activity import any_in, from_bytes, offsets, runs, spread, to_bytes
+from kpimon.streams.activity import any_in, from_bytes, offsets, runs, spread, to_bytes
 
 DAY_SETS = st.sets(st.integers(0, 150), max_size=40)
 

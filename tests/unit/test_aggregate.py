@@ -6,10 +6,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from agents.aggregate import Aggregator
-from agents.kpi_metrics import KpiCollector
-from agents.partials import Partial, Watermark, decode, encode, parse_group, partition_of
-from streams.output import day_name
+from kpimon.agents.exporter.kpi_collector import KpiCollector
+from kpimon.agents.pipeline.aggregation import Aggregator
+from kpimon.agents.pipeline.partials import Partial, Watermark, decode, encode, parse_group, partition_of
+from kpimon.streams.output import day_name
 
 DAY = 20_781
 GROUP = ("platform", "ios", DAY)
@@ -119,7 +119,7 @@ def test_collector_exports_current_and_previous_day_only_and_never_undefined() -
 
 
 def test_lag_collector_reports_owned_partitions_and_their_lag() -> None:
-    from agents.lag import LagCollector
+    from kpimon.agents.exporter.lag_collector import LagCollector
 
     positions = {("clicks", 0): 90, ("clicks", 1): 10}
     highwaters = {("clicks", 0): 100, ("clicks", 1): 10, ("clicks", 2): 5}

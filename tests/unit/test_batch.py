@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agents.batch import KIND_HEADER, BatchProcessor, StateCache
-from agents.engine import SourceEngine
-from agents.metrics import PipelineMetrics
-from streams.events import MS_PER_DAY
-from streams.userstate import UserState
-from streams.validation import Policy
+from kpimon.agents.exporter.pipeline_metrics import PipelineMetrics
+from kpimon.agents.pipeline.batch import KIND_HEADER, BatchProcessor, StateCache
+from kpimon.agents.pipeline.engine import SourceEngine
+from kpimon.streams.events import MS_PER_DAY
+from kpimon.streams.userstate import UserState
+from kpimon.streams.validation import Policy
 
 NOW = 1_795_500_000_000
 POLICY = Policy(max_lateness_days=90)

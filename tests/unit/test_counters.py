@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.counters import COUNTER_NAMES, PartitionCounters
+from kpimon.agents.pipeline.counters import COUNTER_NAMES, PartitionCounters
 
 SEGMENTS = [("all", "all"), ("plan", "pro")]
 KPIS = [tuple(name.split("/")) for name in COUNTER_NAMES[:4]]

@@ -2,8 +2,8 @@
 
 No Docker engine or cluster runs here, so these tests check what can go wrong on paper: the files parse,
 whatever they mount or COPY exists in the repository, every KPIMON_* name is a setting of
-`agents.settings.Settings` (and the values pass its checks), ports agree with the worker's web port, probes
-ask for paths the worker serves (agents/web.py), and the Prometheus configs are the generated one with
+`Settings` (and the values pass its checks), ports agree with the worker's web port, probes ask for
+paths the worker serves (agents/exporter/web.py), and the Prometheus configs are the generated one with
 other targets and pass `promtool check config` (Debian's prometheus package; missing means failure).
 """
 
@@ -24,15 +24,15 @@ from typing import Any
 import pytest
 import yaml
 
-from agents.kafka_security import aiokafka_options
-from agents.settings import Settings
-from agents.web import basic_auth, web_ssl_context
-from agents.worker import worker as worker_command
+from kpimon.agents.cli.worker import worker as worker_command
+from kpimon.agents.config.kafka_security import aiokafka_options
+from kpimon.agents.config.settings import Settings
+from kpimon.agents.exporter.web import basic_auth, web_ssl_context
+from kpimon.streams.targets import load_targets, parse_targets
 from monitoring.accelerated import accelerated, prometheus_files
 from monitoring.config import DEFAULT, MonitoringConfig
 from monitoring.prometheus import prometheus_config
 from monitoring.rules import prometheus_rule_files
-from streams.targets import load_targets, parse_targets
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -43,8 +43,8 @@ RULES = DEPLOY / "prometheus" / "rules"
 TARGETS_EXAMPLE = DEPLOY / "targets.example.toml"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SETTING_NAMES = {f.name for f in fields(Settings)}
-#: The paths the worker's web server serves (`@app.page("/...")` in agents/web.py).
-WEB_PATHS = set(re.findall(r'@app\.page\("([^"]+)"\)', (ROOT / "agents" / "web.py").read_text()))
+#: The paths the worker's web server serves (`@app.page("/...")` in agents/exporter/web.py).
+WEB_PATHS = set(re.findall(r'@app\.page\("([^"]+)"\)', (ROOT / "agents" / "exporter" / "web.py").read_text()))
 #: In a container the worker must listen on every interface, or nothing outside it can scrape or probe it.
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104
 
@@ -91,7 +91,9 @@ def check_kpimon_environment(
         for name in strings
         if name.startswith("KPIMON_") and name.removeprefix("KPIMON_").lower() not in SETTING_NAMES
     }
-    assert unknown == set(), f"{where}: not settings of agents.settings.Settings: {sorted(unknown)}"
+    assert unknown == set(), (
+        f"{where}: not settings of kpimon.agents.config.settings.Settings: {sorted(unknown)}"
+    )
     return Settings.from_env(strings)
 
 
@@ -170,10 +172,13 @@ def test_dockerfile_copies_files_that_exist_and_every_package() -> None:
         for source in sources:
             assert (ROOT / source).exists(), f"COPY {source}: no such file in the repository"
             copied.add(source.rstrip("/"))
-    packages = {
-        pattern.rstrip("*") for pattern in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    # The import package and every folder its symlinks point to (setuptools follows them into the wheel).
+    package = ROOT / "kpimon"
+    needed = {"kpimon"} | {
+        str(link.resolve().relative_to(ROOT)) for link in package.iterdir() if link.is_symlink()
     }
-    assert packages <= copied, f"packages of pyproject.toml not copied: {sorted(packages - copied)}"
+    assert len(needed) > 1, "kpimon/ holds no symlinks to the top-level folders"
+    assert needed <= copied, f"parts of the kpimon package not copied: {sorted(needed - copied)}"
     assert {"pyproject.toml", PYPROJECT["project"]["readme"]} <= copied
 
 
@@ -363,7 +368,7 @@ def test_compose_workers_reach_the_kraft_broker() -> None:
     assert kafka["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{kafka['KAFKA_NODE_ID']}@kafka:9093"
     assert len(base64.urlsafe_b64decode(kafka["CLUSTER_ID"] + "==")) == 16, "a KRaft cluster id is 16 bytes"
     advertised = kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")
-    pom = (DEPLOY / "kafka" / "pom.xml").read_text()
+    pom = (ROOT / "agents" / "devtools" / "kafka" / "pom.xml").read_text()
     version = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom)
     assert version and SERVICES["kafka"]["image"] == f"apache/kafka:{version[1]}"
     protocols = dict(pair.split(":") for pair in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))

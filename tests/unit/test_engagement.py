@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.engagement import (
+from kpimon.streams.engagement import (
     ACTIVE_1D,
     ACTIVE_7D,
     ACTIVE_30D,
@@ -35,8 +35,8 @@ from streams.engagement import (
     record_exists,
     stickiness,
 )
-from streams.segments import ALL, SegmentKey
-from streams.userstate import UserState
+from kpimon.streams.segments import ALL, SegmentKey
+from kpimon.streams.userstate import UserState
 
 D0 = 20_000  # an arbitrary UTC day number (2024-10-04), so day arithmetic is not anchored at 0
 IOS: SegmentKey = ("platform", "ios")

@@ -9,10 +9,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.engine import SourceEngine
-from streams.events import MS_PER_DAY
-from streams.userstate import UserState
-from streams.validation import Accepted, Policy, validate
+from kpimon.agents.pipeline.engine import SourceEngine
+from kpimon.streams.events import MS_PER_DAY
+from kpimon.streams.userstate import UserState
+from kpimon.streams.validation import Accepted, Policy, validate
 
 NOW = 1_795_500_000_000
 TODAY = NOW // MS_PER_DAY
@@ -153,8 +153,8 @@ def test_partials_carry_absolute_values_and_the_version() -> None:
 
 
 def test_a_new_owner_wins_over_a_late_partial_of_the_previous_owner() -> None:
-    from agents.aggregate import Aggregator
-    from agents.engine import versioned
+    from kpimon.agents.pipeline.aggregation import Aggregator
+    from kpimon.agents.pipeline.engine import versioned
 
     table: dict[bytes, Any] = {}
     agg = Aggregator(4)

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from kpimon.streams.events import ClickEvent, SurveyEvent
 from scripts.generate import ROOT, generated_files
-from streams.events import ClickEvent, SurveyEvent
 
 
 @pytest.mark.parametrize("path", sorted(generated_files()), ids=str)

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from agents.app import static_identity
-from agents.membership import Announcement, announcement, decode, in_use_message, instances_topic
-from agents.settings import Settings
-from agents.worker import topic_specs
+from kpimon.agents.app import static_identity
+from kpimon.agents.cli.worker import topic_specs
+from kpimon.agents.config.settings import Settings
+from kpimon.agents.runtime.membership import (
+    Announcement,
+    announcement,
+    decode,
+    in_use_message,
+    instances_topic,
+)
 
 
 def test_an_instance_id_is_what_kafka_accepts_as_a_group_instance_id() -> None:

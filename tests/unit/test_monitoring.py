@@ -16,8 +16,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from agents.kpi_metrics import KPI_METRICS, KpiCollector
-from agents.metrics import PipelineMetrics
+from kpimon.agents.exporter.kpi_collector import KPI_METRICS, KpiCollector
+from kpimon.agents.exporter.pipeline_metrics import PipelineMetrics
 from monitoring import grafana
 from monitoring.config import DEFAULT, MonitoringConfig, PipelineAlerts
 from monitoring.dashboards import PanelQuery, bands, dashboards, panel_queries, variable_queries
@@ -64,7 +64,7 @@ def exported_metrics() -> set[str]:
             names.add(family.name)
     # Gauges created with the Faust app (agents/app.py: the snapshot timestamp) or by collectors that need a
     # running consumer (the lag): read their names from the source.
-    for path in (ROOT / "agents").glob("*.py"):
+    for path in (ROOT / "agents").glob("**/*.py"):
         names.update(re.findall(r'Gauge(?:MetricFamily)?\(\s*"(kpimon_\w+)"', path.read_text()))
     return names
 
@@ -419,6 +419,6 @@ def test_generated_files_are_registered_with_make_generate() -> None:
 
 
 def test_every_kpi_gauge_of_the_code_is_recorded_with_its_labels() -> None:
-    """monitoring.rules.KPI_GAUGES mirrors agents/kpi_metrics.py (metric -> its own labels)."""
+    """monitoring.rules.KPI_GAUGES mirrors agents/exporter/kpi_collector.py (metric -> its own labels)."""
     code = {spec.metric: tuple(name for name, _ in spec.extra_labels) for spec in KPI_METRICS.values()}
     assert code == KPI_GAUGES

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from agents.pacing import BatchSizer, Pacer, Turns
+from kpimon.agents.pipeline.pacing import BatchSizer, Pacer, Turns
 
 
 class Clock:

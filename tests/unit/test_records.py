@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from streams.records import group_records
-from streams.targets import Target
-from streams.uncertainty import Z
+from kpimon.streams.records import group_records
+from kpimon.streams.targets import Target
+from kpimon.streams.uncertainty import Z
 
 DAY = 20_781
 

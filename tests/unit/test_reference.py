@@ -18,13 +18,13 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reference.cli import parse_instant, reference
-from reference.compare import compare, latest, parse_records
-from reference.compute import kpi_scripts, run_reference
-from reference.load import LoadStats, _append_by_unnest, create_tables, load, message_key, sql_text
-from streams.events import MS_PER_DAY
-from streams.output import KpiRecord, day_name, day_number, encode
-from streams.validation import Policy
+from kpimon.reference.cli import parse_instant, reference
+from kpimon.reference.compare import compare, latest, parse_records
+from kpimon.reference.compute import kpi_scripts, run_reference
+from kpimon.reference.load import LoadStats, _append_by_unnest, create_tables, load, message_key, sql_text
+from kpimon.streams.events import MS_PER_DAY
+from kpimon.streams.output import KpiRecord, day_name, day_number, encode
+from kpimon.streams.validation import Policy
 
 BASE = day_number("2026-01-01")
 HOUR = 3_600_000
@@ -768,7 +768,7 @@ def test_intervals_of_nps_and_churn_rate(tmp_path: Path) -> None:
 
 def test_intervals_agree_with_streams_uncertainty(tmp_path: Path) -> None:
     """A cross-check against the stream's own pure interval module (the reference never imports it)."""
-    from streams.uncertainty import nps_interval, wilson
+    from kpimon.streams.uncertainty import nps_interval, wilson
 
     records = run(tmp_path, [click("a", 0), click("b", 0), click("b", 10), click("c", 3)], SCENARIO)
     checked = 0

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from agents.aggregate import Aggregator
-from agents.engine import SourceEngine
-from agents.partials import parse_group
-from streams.engagement import expiry_cutoff
-from streams.events import MS_PER_DAY
-from streams.userstate import UserState
-from streams.validation import Accepted, Policy, validate
+from kpimon.agents.pipeline.aggregation import Aggregator
+from kpimon.agents.pipeline.engine import SourceEngine
+from kpimon.agents.pipeline.partials import parse_group
+from kpimon.streams.engagement import expiry_cutoff
+from kpimon.streams.events import MS_PER_DAY
+from kpimon.streams.userstate import UserState
+from kpimon.streams.validation import Accepted, Policy, validate
 
 DAYS, USERS, PARTITIONS = 120, 300, 2
 LATENESS = 7

@@ -12,11 +12,17 @@ from pathlib import Path
 import faust
 import pytest
 
-from agents.deadletters import Redactor
-from agents.kafka_security import SecretFileError, aiokafka_options, describe, faust_options, read_secret
-from agents.settings import Settings
-from agents.web import BasicAuth, basic_auth, web_ssl_context
-from agents.worker import worker as worker_command
+from kpimon.agents.cli.worker import worker as worker_command
+from kpimon.agents.config.kafka_security import (
+    SecretFileError,
+    aiokafka_options,
+    describe,
+    faust_options,
+    read_secret,
+)
+from kpimon.agents.config.settings import Settings
+from kpimon.agents.exporter.web import BasicAuth, basic_auth, web_ssl_context
+from kpimon.agents.pipeline.deadletters import Redactor
 from tests.certs import Pki, make_pki
 
 SECRET = "s3cr3t-that-must-never-show"

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from streams.events import ClickEvent, SurveyEvent
-from streams.segments import (
+from kpimon.streams.events import ClickEvent, SurveyEvent
+from kpimon.streams.segments import (
     ALL,
     SegmentKey,
     Stage,

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agents.replay import key_of
-from simulator.cli import parse_now, simulate
-from simulator.model import (
+from kpimon.agents.cli.replay import key_of
+from kpimon.simulator.cli import parse_now, simulate
+from kpimon.simulator.model import (
     CHURN_WAVE_DAYS,
     CLICK_KINDS,
     DAY_MS,
@@ -40,9 +40,9 @@ from simulator.model import (
     batch_traffic,
     is_weekend,
 )
-from simulator.render import EXPECTED_REASON, render
-from streams.events import ClickEvent, SurveyEvent, day_of, epoch_ms
-from streams.validation import Accepted, Policy, Rejected, validate
+from kpimon.simulator.render import EXPECTED_REASON, render
+from kpimon.streams.events import ClickEvent, SurveyEvent, day_of, epoch_ms
+from kpimon.streams.validation import Accepted, Policy, Rejected, validate
 
 NOW = "2026-11-24T09:30:00Z"  # mid-morning: the last day is cut short
 NOW_MS = parse_now(NOW)
@@ -149,7 +149,7 @@ def test_output_does_not_depend_on_the_process_hash_seed(tmp_path: Path) -> None
             [
                 sys.executable,
                 "-c",
-                "from simulator.cli import simulate; simulate()",
+                "from kpimon.simulator.cli import simulate; simulate()",
                 *args,
                 "--out-dir",
                 str(tmp_path / hash_seed),

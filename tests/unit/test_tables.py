@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from agents.app import create_app
-from agents.settings import Settings
-from agents.tables import TABLE_NAMES, changelog_topic_name
-from agents.worker import topic_specs
-from streams.userstate import UserState
+from kpimon.agents.app import create_app
+from kpimon.agents.cli.worker import topic_specs
+from kpimon.agents.config.settings import Settings
+from kpimon.agents.runtime.tables import TABLE_NAMES, changelog_topic_name
+from kpimon.streams.userstate import UserState
 
 
 @pytest.mark.parametrize("name", ["users", "aggregates"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.targets import Target, TargetsError, load_targets, parse_targets
+from kpimon.streams.targets import Target, TargetsError, load_targets, parse_targets
 from tests.helpers import KPIMON
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "targets.example.toml"

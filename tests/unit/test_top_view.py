@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-from agents.top_view import (
+from kpimon.agents.devtools.top_view import (
     UNDEFINED,
     KpiIndex,
     PipelineFigures,
@@ -23,7 +23,7 @@ from agents.top_view import (
     render_view,
     sparkline,
 )
-from streams.output import KpiRecord, day_name, day_number
+from kpimon.streams.output import KpiRecord, day_name, day_number
 
 DAY = "2026-11-24"
 INFO = ViewInfo(

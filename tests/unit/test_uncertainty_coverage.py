@@ -24,7 +24,7 @@ import random
 
 import pytest
 
-from streams.uncertainty import nps_interval, wilson
+from kpimon.streams.uncertainty import nps_interval, wilson
 
 SAMPLES = 2_000
 SEED = 20_240_601

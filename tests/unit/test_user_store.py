@@ -10,10 +10,10 @@ import pytest
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
 
-from agents.app import create_app
-from agents.source_reader import writing_partition
-from agents.user_store import UserStore
-from streams.userstate import UserState
+from kpimon.agents.app import create_app
+from kpimon.agents.runtime.source_reader import writing_partition
+from kpimon.agents.runtime.user_store import UserStore
+from kpimon.streams.userstate import UserState
 
 
 class FakeProducer:
@@ -55,7 +55,7 @@ def _store(tmp_path: Path, store: str = "memory") -> tuple[Any, UserStore]:
 
 
 def _settings(tmp_path: Path, store: str) -> Any:
-    from agents.settings import Settings
+    from kpimon.agents.config.settings import Settings
 
     return Settings(app_id="t-user-store", data_dir=tmp_path, store=store)
 

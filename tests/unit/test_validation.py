@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from streams.events import ClickEvent, SurveyEvent, day_of
-from streams.validation import MAX_NESTING, Accepted, Policy, Reason, Rejected, validate
+from kpimon.streams.events import ClickEvent, SurveyEvent, day_of
+from kpimon.streams.validation import MAX_NESTING, Accepted, Policy, Reason, Rejected, validate
 
 NOW = 1_795_500_000_000  # 2026-11-24T...Z, a fixed wall clock
 DAY_MS = 86_400_000

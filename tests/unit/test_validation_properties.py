@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.validation import Accepted, Policy, Reason, Rejected, validate
+from kpimon.streams.validation import Accepted, Policy, Reason, Rejected, validate
 from tests.hostile import NOW_MS, hostile_values
 
 #: A small size limit, so the generated huge strings and deep nestings also exercise `too_large`.

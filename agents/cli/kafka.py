@@ -1,0 +1,130 @@
+"""`kpimon kafka start|stop|status`: a local single-node Apache Kafka for development and tests."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from kpimon.agents.devtools.localkafka import DEFAULT_PORT, KafkaLauncherError, LocalKafka
+
+_CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+
+
+class _ClickEchoHandler(logging.Handler):
+    """Progress lines on stderr, looked up at each write (so click's test runner captures them too)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(self.format(record), err=True)
+        except Exception:
+            self.handleError(record)
+
+
+def _show_progress() -> None:
+    # Only the launcher's own logger: the rest of kpimon configures logging its own way.
+    logger = logging.getLogger("kpimon.agents.devtools.localkafka")
+    if not any(isinstance(h, _ClickEchoHandler) for h in logger.handlers):
+        handler = _ClickEchoHandler()
+        handler.setFormatter(logging.Formatter("kafka: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def _broker(port: int, run_dir: Path | None, cache_dir: Path | None = None) -> LocalKafka:
+    try:
+        return LocalKafka(port=port, home=run_dir, cache_dir=cache_dir)
+    except KafkaLauncherError as err:
+        raise click.ClickException(str(err)) from None
+
+
+_port_option = click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=DEFAULT_PORT,
+    help="Client (PLAINTEXT) port of the broker on 127.0.0.1; each port is a separate broker.",
+)
+_run_dir_option = click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    show_default=False,
+    help="Where this broker keeps its data, server.properties, kafka.log and pid file "
+    "[default: $KPIMON_HOME/kafka/run-PORT; KPIMON_HOME defaults to ~/.kpimon].",
+)
+
+
+@click.group(context_settings=_CONTEXT)
+def kafka() -> None:
+    """Run a local single-node Apache Kafka (KRaft) on 127.0.0.1 for development and tests.
+
+    Needs Java 17+ and, once per machine, Maven: the Kafka jars pinned in agents/devtools/kafka/pom.xml are
+    downloaded into $KPIMON_HOME/cache the first time. The broker runs in the background; its log is
+    kafka.log in the run dir.
+    """
+
+
+@kafka.command()
+@_port_option
+@_run_dir_option
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    show_default=False,
+    help="Where the Kafka jars are cached, shared by all brokers [default: $KPIMON_HOME/cache].",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=90.0,
+    help="Seconds to wait for the broker to answer (the first jar download is not counted).",
+)
+def start(port: int, run_dir: Path | None, cache_dir: Path | None, timeout: float) -> None:
+    """Start the broker in the background and print its bootstrap address.
+
+    Progress goes to stderr; the last line on stdout is the bootstrap address alone, so scripts can
+    use `BROKER=$(kpimon kafka start | tail -n1)`. If the broker already runs, its address is printed.
+    """
+    _show_progress()
+    broker = _broker(port, run_dir, cache_dir)
+    try:
+        address = broker.start(timeout=timeout)
+    except KafkaLauncherError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(address)
+
+
+@kafka.command()
+@_port_option
+@_run_dir_option
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    help="Seconds to wait for a clean shutdown before killing the broker.",
+)
+def stop(port: int, run_dir: Path | None, timeout: float) -> None:
+    """Stop the broker (its topics stay in the run dir for the next start)."""
+    _show_progress()
+    broker = _broker(port, run_dir)
+    try:
+        was_running = broker.stop(timeout=timeout)
+    except KafkaLauncherError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"stopped {broker.bootstrap}" if was_running else f"not running on {broker.bootstrap}")
+
+
+@kafka.command()
+@_port_option
+@_run_dir_option
+def status(port: int, run_dir: Path | None) -> None:
+    """Say whether the broker runs: exit code 0 if it does, 1 if not."""
+    broker = _broker(port, run_dir)
+    if broker.status():
+        click.echo(f"running on {broker.bootstrap}")
+    else:
+        click.echo("not running")
+        raise SystemExit(1)

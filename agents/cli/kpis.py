@@ -1,0 +1,121 @@
+"""`kpimon kpis`: read the output topic to its end and write the latest record per key as JSON lines."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from kpimon.agents.config.kafka_security import aiokafka_options
+from kpimon.agents.config.options import kafka_options
+from kpimon.agents.config.preflight import KafkaAccessError, check_access
+from kpimon.agents.config.settings import Settings
+from kpimon.streams import output
+from kpimon.streams.output import KpiRecord
+
+
+async def topic_partitions(bootstrap: str, topic: str, options: Mapping[str, Any] | None = None) -> list[int]:
+    """The partition numbers of a topic ([] when it does not exist); `options`: security client options."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(options or {}))
+    await admin.start()
+    try:
+        if topic not in await admin.list_topics():
+            return []
+        described = await admin.describe_topics([topic])
+        return sorted(p["partition"] for p in described[0]["partitions"])
+    finally:
+        await admin.close()
+
+
+async def read_kpis(
+    bootstrap: str, topic: str, timeout: float = 60, options: Mapping[str, Any] | None = None
+) -> dict[str, KpiRecord]:
+    """The latest record per key of the compacted KPI topic, read from the beginning to the current end."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, **(options or {})
+    )
+    await consumer.start()
+    try:
+        partitions = await topic_partitions(bootstrap, topic, options)
+        if not partitions:
+            raise click.ClickException(f"topic {topic} does not exist on {bootstrap}")
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        latest: dict[str, KpiRecord] = {}
+        remaining = {tp for tp in tps if end[tp] > 0}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while remaining:
+            if loop.time() > deadline:
+                raise click.ClickException(f"timed out reading {topic}")
+            batches = await consumer.getmany(*remaining, timeout_ms=500)
+            for tp, records in batches.items():
+                for record in records:
+                    key = record.key.decode() if record.key is not None else None
+                    if key is None:
+                        continue
+                    if record.value is None:
+                        latest.pop(key, None)  # a tombstone deletes the key
+                    else:
+                        latest[key] = output.decode(record.value)
+                    if record.offset + 1 >= end[tp]:
+                        remaining.discard(tp)
+        return latest
+    finally:
+        await consumer.stop()
+
+
+async def _read(settings: Settings) -> dict[str, KpiRecord]:
+    await check_access(settings)
+    return await read_kpis(settings.broker, settings.kpis, options=aiokafka_options(settings))
+
+
+def write_records(records: dict[str, KpiRecord], out: Path | None) -> None:
+    """Sorted by key, one JSON object per line, to `out` or stdout."""
+    lines = b"".join(output.encode(records[key]) + b"\n" for key in sorted(records))
+    if out is None:
+        sys.stdout.buffer.write(lines)
+    else:
+        out.write_bytes(lines)
+
+
+@click.command()
+@click.option(
+    "--broker", envvar="KPIMON_BROKER", help="Kafka bootstrap HOST:PORT.  [default: 127.0.0.1:9092]"
+)
+@click.option(
+    "--topic-prefix", envvar="KPIMON_TOPIC_PREFIX", help="Prefix of every topic name.  [default: none]"
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="Output file.  [default: stdout]"
+)
+@kafka_options
+def kpis(broker: str | None, topic_prefix: str | None, out: Path | None, kafka: dict[str, Any]) -> None:
+    """Write the current content of kpimon-kpis: the latest record per key, sorted, as JSON lines.
+
+    The same format as `kpimon reference`, so the two can be compared.
+    """
+    try:
+        settings = Settings.from_env(broker=broker, topic_prefix=topic_prefix, **kafka)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        records = asyncio.run(_read(settings))
+    except click.ClickException:
+        raise
+    except KafkaAccessError as exc:
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:
+        raise click.ClickException(
+            f"reading {settings.kpis} from {settings.broker} failed: {exc!r}"
+        ) from None
+    write_records(records, out)
+    click.echo(f"{len(records)} records", err=True)

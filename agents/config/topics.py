@@ -1,0 +1,61 @@
+"""Create the topics kpimon reads and writes, with the partition counts and configs it expects."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic to exist: name, partitions and topic-level configs (e.g. cleanup.policy=compact)."""
+
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+async def ensure_topics(
+    bootstrap: str,
+    specs: list[TopicSpec],
+    client_id: str = "kpimon-admin",
+    options: Mapping[str, Any] | None = None,
+) -> None:
+    """Create the topics of `specs` that do not exist yet; warn when one exists with other partitions.
+
+    `options` are extra client options, e.g. the security ones of `kafka_security.aiokafka_options`.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id, **(options or {}))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        for spec in missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(spec.name, spec.partitions, 1, topic_configs=dict(spec.config))]
+                )
+                log.info("created topic %s (%d partitions)", spec.name, spec.partitions)
+            except TopicAlreadyExistsError:
+                pass  # another process created it between list and create
+        present = [s for s in specs if s.name in existing]
+        if present:
+            described = await admin.describe_topics([s.name for s in present])
+            counts = {d["topic"]: len(d["partitions"]) for d in described}
+            for spec in present:
+                if counts.get(spec.name, spec.partitions) != spec.partitions:
+                    log.warning(
+                        "topic %s has %s partitions, expected %d",
+                        spec.name,
+                        counts[spec.name],
+                        spec.partitions,
+                    )
+    finally:
+        await admin.close()

@@ -1,0 +1,1 @@
+"""Tools for a developer's machine: the local Kafka launcher, the demo and the `kpimon top` terminal view."""

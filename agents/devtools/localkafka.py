@@ -1,0 +1,795 @@
+"""A real single-node Apache Kafka (KRaft: broker and controller in one JVM) on 127.0.0.1.
+
+Used by `kpimon kafka start|stop|status` and by the integration tests. Nothing is mocked: the jars
+are the released Apache Kafka artifacts, resolved once by Maven from `deploy/kafka/pom.xml` into a
+per-machine cache, and the broker is a detached `java ... kafka.Kafka server.properties` process.
+
+Layout (KPIMON_HOME defaults to ~/.kpimon):
+
+    $KPIMON_HOME/cache/kafka-<version>/libs/   jars, shared by every run dir (fetched once)
+    $KPIMON_HOME/kafka/run-<port>/             one broker: data/, server.properties, log4j2.properties,
+                                               kafka.log, kafka.pid, controller.port
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Coroutine, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kpimon.agents.config.settings import default_home
+
+log = logging.getLogger(__name__)
+
+#: The Maven project that pins the Kafka version: package data, so an installed wheel can start Kafka too.
+POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
+HOST = "127.0.0.1"
+MIN_JAVA = 17
+DEFAULT_PORT = 9092
+#: Mirrors the Kafka start scripts' defaults, but smaller: this broker is for one developer's laptop.
+JVM_OPTIONS = ("-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true")
+
+_JAVA_INSTALL_HINT = (
+    "install a JRE 17 or newer, e.g. `sudo apt-get install openjdk-17-jre-headless` (Debian/Ubuntu) "
+    "or `brew install openjdk@17` (macOS), and make sure its `java` comes first on PATH"
+)
+_MAVEN_INSTALL_HINT = (
+    "install it, e.g. `sudo apt-get install maven` (Debian/Ubuntu) or `brew install maven` (macOS)"
+)
+
+T = TypeVar("T")
+
+
+class KafkaLauncherError(RuntimeError):
+    """The local Kafka could not be fetched, started or stopped; the message says what to do."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure helpers (unit tested without Java)
+# --------------------------------------------------------------------------------------------------
+
+_QUOTED_VERSION = re.compile(r'version "(?P<version>[^"]+)"')
+_BARE_VERSION = re.compile(r"^\S+ (?P<version>\d[\w.+-]*)", re.MULTILINE)
+
+
+def parse_java_version(output: str) -> int | None:
+    """The major Java version from `java -version` output, or None when it cannot be told.
+
+    Handles both numbering schemes: `"1.8.0_351"` is Java 8, `"17.0.15"`, `"21"` and `"22-ea"` are
+    what they say. `java -version` may be preceded by lines like `Picked up JAVA_TOOL_OPTIONS: ...`,
+    so the version is searched for rather than taken from the first line.
+    """
+    match = _QUOTED_VERSION.search(output) or _BARE_VERSION.search(output)
+    if match is None:
+        return None
+    parts = re.split(r"[._+-]", match["version"])
+    try:
+        major = int(parts[0])
+        if major == 1 and len(parts) > 1:  # pre-Java-9 scheme: 1.<major>.0_<update>
+            major = int(parts[1])
+    except ValueError:
+        return None
+    return major
+
+
+def kafka_version(pom: Path = POM) -> str:
+    """The `<kafka.version>` property of the pom, so the cache directory follows the pinned version."""
+    try:
+        text = pom.read_text(encoding="utf-8")
+    except OSError as err:
+        raise KafkaLauncherError(
+            f"cannot read {pom} ({err.strerror}); the kpimon installation is incomplete "
+            "(reinstall it: `pip install --force-reinstall kpimon`)"
+        ) from None
+    match = re.search(r"<kafka\.version>\s*([^<\s]+)\s*</kafka\.version>", text)
+    if match is None:
+        raise KafkaLauncherError(f"{pom} has no <kafka.version> property")
+    return match.group(1)
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes in base64url without padding, like `kafka-storage random-uuid`.
+
+    Like Kafka's own `Uuid.randomUuid()`, ids starting with "-" are redrawn: the storage tool would
+    take them for a command line option.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(secrets.token_bytes(16)).decode("ascii").rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
+def port_is_free(port: int, host: str = HOST) -> bool:
+    """Whether a listening socket could be bound to host:port right now.
+
+    SO_REUSEADDR matches what the JVM does, so sockets left in TIME_WAIT by earlier clients do not
+    count as "taken"; a socket listening on 0.0.0.0 or on host does.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_free_port(host: str = HOST, avoid: int | None = None) -> int:
+    """A port the OS considers free now (it may of course be taken before it is used)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+        if port != avoid:
+            return port
+
+
+def check_java() -> str:
+    """The path of a `java` 17+ on PATH, or a KafkaLauncherError saying how to get one."""
+    java = shutil.which("java")
+    if java is None:
+        raise KafkaLauncherError(
+            f"Java {MIN_JAVA}+ is needed to run the local Kafka, but `java` is not on PATH: "
+            f"{_JAVA_INSTALL_HINT}"
+        )
+    try:
+        proc = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise KafkaLauncherError(f"`{java} -version` failed ({err}): {_JAVA_INSTALL_HINT}") from None
+    # `java -version` writes to stderr; some wrappers write to stdout.
+    output = proc.stderr + proc.stdout
+    major = parse_java_version(output)
+    if major is None:
+        first_line = output.strip().splitlines()[0] if output.strip() else "(no output)"
+        raise KafkaLauncherError(
+            f"cannot tell the Java version of {java} from `java -version` ({first_line!r}); "
+            f"Java {MIN_JAVA}+ is needed to run the local Kafka: {_JAVA_INSTALL_HINT}"
+        )
+    if major < MIN_JAVA:
+        raise KafkaLauncherError(
+            f"Java {MIN_JAVA}+ is needed to run the local Kafka, found Java {major} at {java}: "
+            f"{_JAVA_INSTALL_HINT}"
+        )
+    return java
+
+
+def check_maven(purpose: str) -> str:
+    """The path of `mvn` on PATH, or a KafkaLauncherError saying how to get it."""
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise KafkaLauncherError(
+            f"Maven (`mvn`) is needed {purpose}, but it is not on PATH: {_MAVEN_INSTALL_HINT}"
+        )
+    return mvn
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    """The last lines of a log file, preceded by its first ERROR line if that scrolled out of them.
+
+    Kafka often logs the cause once and then pages of shutdown noise; the first ERROR is the line a
+    user needs. Empty if the file is missing.
+    """
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    all_lines = text.rstrip().splitlines()
+    tail = all_lines[-lines:]
+    first_error = next(
+        (i for i, line in enumerate(all_lines) if " ERROR " in line or " FATAL " in line), None
+    )
+    if first_error is not None and first_error < len(all_lines) - lines:
+        tail = [*all_lines[first_error : first_error + 3], "...", *tail]
+    return "\n".join(tail)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines()) if text else "    (empty)"
+
+
+def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from synchronous code, even when called inside an event loop.
+
+    `LocalKafka.start()` is synchronous (a CLI command and a session fixture call it), but a caller
+    may already be inside a running loop, where `asyncio.run` refuses to work; then the coroutine
+    gets its own loop in a helper thread.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def runner() -> None:
+        try:
+            result.append(asyncio.run(coro))
+        except BaseException as err:
+            error.append(err)
+
+    thread = threading.Thread(target=runner, name="localkafka-probe", daemon=True)
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
+
+
+@contextlib.contextmanager
+def _quiet_aiokafka() -> Iterator[None]:
+    """Silence aiokafka's connection errors while probing a broker that is expected to be starting."""
+    logger = logging.getLogger("aiokafka")
+    previous = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+async def _answers_metadata(bootstrap: str, request_timeout: float) -> bool:
+    """Whether the broker answers a metadata request and lists at least one live broker.
+
+    A KRaft broker only appears in metadata once it is registered and unfenced, which is the moment
+    producers, consumers and Faust can use it.
+    """
+    from aiokafka import AIOKafkaClient  # imported late: `kpimon --help` should not pay for aiokafka
+    from aiokafka.errors import KafkaError
+
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(request_timeout * 1000))
+    try:
+        await client.bootstrap()
+        return bool(client.cluster.brokers())
+    except (KafkaError, OSError, TimeoutError):
+        return False
+    finally:
+        await client.close()
+
+
+def _tcp_accepts(port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------------
+# The launcher
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SecureListeners:
+    """Extra listeners of a LocalKafka, for testing kpimon's Kafka security (docs/security.md).
+
+    - `SASL_SSL://127.0.0.1:<sasl_ssl_port>`: TLS, then SCRAM-SHA-512 with the `scram_users`
+      (name -> password), created when the storage is formatted (`kafka-storage format --add-scram`), so
+      they exist from the first start of a fresh run dir.
+    - `SSL://127.0.0.1:<ssl_port>`: mutual TLS, a client certificate signed by the truststore's CA required.
+
+    `keystore` is a PEM file holding the broker's unencrypted PKCS#8 private key and its certificate chain
+    (Kafka's `ssl.keystore.type=PEM`); `truststore` a PEM file of the CA certificates clients are checked
+    against. The PLAINTEXT listener stays: the broker talks to itself and the launcher probes it there.
+    """
+
+    sasl_ssl_port: int
+    ssl_port: int
+    keystore: Path
+    truststore: Path
+    scram_users: Mapping[str, str] = field(default_factory=dict)
+
+    def properties(self) -> dict[str, str]:
+        """The broker settings of the two listeners (merged into server.properties)."""
+        return {
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            "listener.name.ssl.ssl.client.auth": "required",
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self.keystore),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.truststore),
+        }
+
+    def scram_arguments(self) -> list[str]:
+        """`--add-scram` arguments of `kafka-storage format` for the users."""
+        args: list[str] = []
+        for name, password in self.scram_users.items():
+            # The storage tool splits `name=...,password=...` itself: no separators inside the values.
+            if not re.fullmatch(r"[\w.@+-]+", name) or not re.fullmatch(r"[^,\[\]=\s\"]+", password):
+                raise KafkaLauncherError(
+                    f"SCRAM user {name!r}: names are letters, digits and ._@+-; passwords have no , [ ] = "
+                    "quotes or spaces"
+                )
+            args += ["--add-scram", f"SCRAM-SHA-512=[name={name},password={password}]"]
+        return args
+
+
+class LocalKafka:
+    """One local single-node Kafka broker+controller, identified by its run directory.
+
+    `port` is the client (PLAINTEXT) port on 127.0.0.1. `home` is the run directory (data, config,
+    kafka.log, pid file); it defaults to `$KPIMON_HOME/kafka/run-<port>`. `cache_dir` holds the jars
+    and defaults to `$KPIMON_HOME/cache`, shared by all run dirs so the jars are fetched once per
+    machine. `properties` are extra or overriding broker settings (written to server.properties).
+    """
+
+    def __init__(
+        self,
+        port: int = DEFAULT_PORT,
+        home: Path | None = None,
+        cache_dir: Path | None = None,
+        properties: Mapping[str, str] | None = None,
+        secure: SecureListeners | None = None,
+    ) -> None:
+        if not 0 < port < 65536:
+            raise KafkaLauncherError(f"port must be in 1..65535, got {port}")
+        self.port = port
+        self.run_dir = (home if home is not None else default_home() / "kafka" / f"run-{port}").resolve()
+        self.cache_dir = (cache_dir if cache_dir is not None else default_home() / "cache").resolve()
+        self.extra_properties = dict(properties or {})
+        self.secure = secure
+        self.version = kafka_version()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # Paths -------------------------------------------------------------------------------------
+
+    @property
+    def bootstrap(self) -> str:
+        """The bootstrap address clients use."""
+        return f"{HOST}:{self.port}"
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        """The SASL_SSL bootstrap address (only with `secure` listeners)."""
+        if self.secure is None:
+            raise KafkaLauncherError("this LocalKafka has no secure listeners")
+        return f"{HOST}:{self.secure.sasl_ssl_port}"
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        """The mutual-TLS bootstrap address (only with `secure` listeners)."""
+        if self.secure is None:
+            raise KafkaLauncherError("this LocalKafka has no secure listeners")
+        return f"{HOST}:{self.secure.ssl_port}"
+
+    @property
+    def libs_dir(self) -> Path:
+        return self.cache_dir / f"kafka-{self.version}" / "libs"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.run_dir / "data"
+
+    @property
+    def properties_file(self) -> Path:
+        return self.run_dir / "server.properties"
+
+    @property
+    def log4j_file(self) -> Path:
+        return self.run_dir / "log4j2.properties"
+
+    @property
+    def log_file(self) -> Path:
+        return self.run_dir / "kafka.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / "kafka.pid"
+
+    @property
+    def controller_port_file(self) -> Path:
+        return self.run_dir / "controller.port"
+
+    # Jars --------------------------------------------------------------------------------------
+
+    def _jars_present(self, libs: Path) -> bool:
+        return (libs / f"kafka_2.13-{self.version}.jar").is_file()
+
+    def ensure_jars(self) -> Path:
+        """The directory of the Kafka jars, fetched with Maven the first time.
+
+        Maven copies into a temporary sibling directory which is then renamed into place: a rename is
+        atomic, so an interrupted or failed fetch never leaves a half-filled cache that later runs
+        would trust, and two concurrent fetches cannot mix their files.
+        """
+        final = self.libs_dir.parent
+        if self._jars_present(self.libs_dir):
+            return self.libs_dir
+        mvn = check_maven(f"once to download the Kafka {self.version} jars into {final}")
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".kafka-{self.version}-", dir=self.cache_dir))
+        staging.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary shared directory
+        log.info("fetching the Kafka %s jars with Maven into %s (first time only)", self.version, final)
+        started = time.monotonic()
+        try:
+            cmd = [
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(POM),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={staging / 'libs'}",
+                "-DincludeScope=runtime",
+            ]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+            except subprocess.TimeoutExpired:
+                raise KafkaLauncherError(
+                    f"Maven did not finish fetching the Kafka {self.version} jars within 30 minutes; "
+                    "check the network access to Maven Central and try again"
+                ) from None
+            if proc.returncode != 0:
+                output = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+                raise KafkaLauncherError(
+                    f"Maven failed to fetch the Kafka {self.version} jars (exit {proc.returncode}); "
+                    f"check the network access to Maven Central. Maven said:\n{_indent(output)}"
+                )
+            if not self._jars_present(staging / "libs"):
+                raise KafkaLauncherError(
+                    f"Maven ran but {staging / 'libs'} has no kafka_2.13-{self.version}.jar"
+                )
+            try:
+                staging.rename(final)
+            except OSError:
+                # Another process renamed its complete copy into place first; use that one.
+                if not self._jars_present(self.libs_dir):
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        count = len(list(self.libs_dir.glob("*.jar")))
+        log.info("fetched %d jars in %.1f s", count, time.monotonic() - started)
+        return self.libs_dir
+
+    # Process bookkeeping -----------------------------------------------------------------------
+
+    def _read_pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _is_our_broker(self, pid: int) -> bool:
+        """Whether pid is alive and is the broker of this run dir (guards against pid reuse)."""
+        if self._proc is not None and self._proc.pid == pid:
+            return self._proc.poll() is None
+        with contextlib.suppress(ChildProcessError):
+            # Reap it if it is a child of this process (started by another LocalKafka instance
+            # here), otherwise a dead broker would linger as a zombie that still "exists".
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass  # alive, but another user's: the cmdline check below decides
+        proc_dir = Path("/proc") / str(pid)
+        if not Path("/proc/self").exists():
+            return True  # no procfs (macOS): trust the pid file
+        try:
+            stat = (proc_dir / "stat").read_text()
+            cmdline = (proc_dir / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+            return False
+        return b"kafka.Kafka" in cmdline and str(self.properties_file).encode() in cmdline
+
+    def pid(self) -> int | None:
+        """The pid of this run dir's broker if it is running, else None."""
+        pid = self._read_pid()
+        return pid if pid is not None and self._is_our_broker(pid) else None
+
+    def status(self) -> bool:
+        """Whether this run dir's broker process is running (it may still be starting up)."""
+        return self.pid() is not None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialise start/stop on one run dir, so two `kpimon kafka start` cannot launch two JVMs."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with (self.run_dir / ".lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _configured_port(self) -> int | None:
+        try:
+            text = self.properties_file.read_text()
+        except OSError:
+            return None
+        match = re.search(r"^advertised\.listeners=PLAINTEXT://[^:]+:(\d+)", text, re.MULTILINE)
+        return int(match.group(1)) if match else None
+
+    # Configuration -----------------------------------------------------------------------------
+
+    def _controller_port(self) -> int:
+        """The controller port of this run dir: chosen once, then reused.
+
+        `format --standalone` records the controller endpoint in the KRaft voter set, so a restart
+        must listen on the same controller port as the first start.
+        """
+        try:
+            port = int(self.controller_port_file.read_text().strip())
+        except (OSError, ValueError):
+            port = pick_free_port(avoid=self.port)
+            self.controller_port_file.write_text(f"{port}\n")
+            return port
+        if not port_is_free(port):
+            raise KafkaLauncherError(
+                f"the controller port {port} recorded in {self.controller_port_file} is in use by another "
+                f"program; stop that program, or delete {self.run_dir} to start afresh (losing the topics)"
+            )
+        return port
+
+    def _server_properties(self, controller_port: int) -> dict[str, str]:
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.quorum.bootstrap.servers": f"{HOST}:{controller_port}",
+            "log.dirs": str(self.data_dir),
+            # One broker: internal topics cannot have more replicas than that.
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            # Consumer groups (Faust, tests) should not wait 3 s for more members that never come.
+            "group.initial.rebalance.delay.ms": "0",
+            # Matches Settings.partitions, so auto-created topics line up with kpimon's topics.
+            "num.partitions": "4",
+        }
+        if self.secure is not None:
+            secure = self.secure
+            props["listeners"] += f",SASL_SSL://{HOST}:{secure.sasl_ssl_port},SSL://{HOST}:{secure.ssl_port}"
+            props["advertised.listeners"] += (
+                f",SASL_SSL://{HOST}:{secure.sasl_ssl_port},SSL://{HOST}:{secure.ssl_port}"
+            )
+            props["listener.security.protocol.map"] += ",SASL_SSL:SASL_SSL,SSL:SSL"
+            props.update(secure.properties())
+        props.update(self.extra_properties)
+        return props
+
+    def _write_configs(self, controller_port: int) -> None:
+        # Rewritten at every start so changes to this module apply to existing run dirs.
+        lines = [f"{key}={value}" for key, value in self._server_properties(controller_port).items()]
+        self.properties_file.write_text(
+            "# Written by kpimon (agents/devtools/localkafka.py) at every start; edits are overwritten.\n"
+            + "\n".join(lines)
+            + "\n"
+        )
+        self.log4j_file.write_text(
+            "# Written by kpimon: the broker logs at INFO to kafka.log in its run dir.\n"
+            "status = warn\n"
+            "name = kpimon-local-kafka\n"
+            "appender.file.type = File\n"
+            "appender.file.name = file\n"
+            f"appender.file.fileName = {self.log_file}\n"
+            "appender.file.append = true\n"
+            "appender.file.layout.type = PatternLayout\n"
+            "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
+            "rootLogger.level = info\n"
+            "rootLogger.appenderRef.file.ref = file\n"
+            # Per-request and per-state-change chatter drowns the useful lines at INFO.
+            "logger.request.name = kafka.request.logger\n"
+            "logger.request.level = warn\n"
+            "logger.state.name = state.change.logger\n"
+            "logger.state.level = warn\n"
+        )
+
+    def _java_command(self, java: str, libs: Path, main: str, *args: str) -> list[str]:
+        # Java expands the `dir/*` classpath wildcard itself; no shell is involved.
+        return [
+            java,
+            *JVM_OPTIONS,
+            f"-Dlog4j2.configurationFile={self.log4j_file}",
+            f"-Dkafka.logs.dir={self.run_dir}",
+            "-cp",
+            str(libs / "*"),
+            main,
+            *args,
+        ]
+
+    def _format_storage(self, java: str, libs: Path) -> None:
+        """Format the KRaft metadata log once; meta.properties in the data dir marks it done."""
+        if (self.data_dir / "meta.properties").is_file():
+            return
+        cluster_id = new_cluster_id()
+        log.info("formatting the storage in %s (cluster id %s)", self.data_dir, cluster_id)
+        cmd = self._java_command(
+            java,
+            libs,
+            "kafka.tools.StorageTool",
+            "format",
+            "--standalone",
+            "--ignore-formatted",
+            "-t",
+            cluster_id,
+            "-c",
+            str(self.properties_file),
+            *(self.secure.scram_arguments() if self.secure is not None else ()),
+        )
+        fresh = not self.data_dir.exists()
+        try:
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=300, check=False, cwd=self.run_dir
+            )
+        except BaseException:
+            # Interrupted (Ctrl-C, timeout): a half-formatted data dir with a meta.properties would be
+            # taken as formatted next time. It holds no topics yet, so it is safe to remove.
+            if fresh:
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+            raise
+        if proc.returncode != 0:
+            if fresh:
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+            output = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+            raise KafkaLauncherError(
+                f"formatting the Kafka storage in {self.data_dir} failed (exit {proc.returncode}); "
+                f"delete {self.run_dir} to start afresh. The storage tool said:\n{_indent(output)}"
+            )
+
+    def _rotate_log(self) -> None:
+        # A fresh kafka.log per start keeps "the tail of kafka.log" about this start; one old log is kept.
+        if self.log_file.exists():
+            self.log_file.replace(self.log_file.with_name(self.log_file.name + ".1"))
+
+    # Start / stop ------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 90) -> str:
+        """Start the broker (fetching jars and formatting storage if needed); return its bootstrap address.
+
+        Returns once the broker answers a metadata request. If this run dir's broker already runs,
+        its address is returned without starting another. `timeout` bounds the wait for the broker,
+        not the one-time jar download.
+        """
+        java = check_java()
+        if not self._jars_present(self.libs_dir):
+            # Fail on a missing Maven before touching anything, not after creating run dirs.
+            check_maven(f"once to download the Kafka {self.version} jars into {self.libs_dir.parent}")
+        with self._locked():
+            pid = self.pid()
+            if pid is not None:
+                configured = self._configured_port()
+                if configured not in (None, self.port):
+                    raise KafkaLauncherError(
+                        f"{self.run_dir} already hosts a broker on port {configured} (pid {pid}); "
+                        f"stop it first (kpimon kafka stop --port {configured})"
+                    )
+                log.info("a kpimon Kafka broker already runs on %s (pid %d)", self.bootstrap, pid)
+                launched = False
+            else:
+                if not port_is_free(self.port):
+                    raise KafkaLauncherError(
+                        f"port {self.port} on {HOST} is already in use by another program (not the kpimon "
+                        f"broker of {self.run_dir}); stop that program or choose another port with --port"
+                    )
+                libs = self.ensure_jars()
+                controller_port = self._controller_port()
+                self._write_configs(controller_port)
+                self._format_storage(java, libs)
+                pid = self._launch(java, libs, controller_port)
+                launched = True
+        started = time.monotonic()
+        try:
+            self._wait_ready(pid, timeout)
+        except BaseException:
+            # A broker that failed to come up (or whose start was interrupted with Ctrl-C) should not
+            # linger in the background holding the ports.
+            if launched:
+                self.stop(timeout=10)
+            raise
+        if launched:
+            log.info(
+                "Kafka %s ready on %s in %.1f s", self.version, self.bootstrap, time.monotonic() - started
+            )
+        return self.bootstrap
+
+    def _launch(self, java: str, libs: Path, controller_port: int) -> int:
+        self._rotate_log()
+        cmd = self._java_command(java, libs, "kafka.Kafka", str(self.properties_file))
+        log.info(
+            "starting Kafka %s on %s (controller port %d, log %s)",
+            self.version,
+            self.bootstrap,
+            controller_port,
+            self.log_file,
+        )
+        # stdout/stderr go to kafka.log as well (both append), so JVM-level failures that happen before
+        # log4j is up (bad options, class path problems) are in the file quoted by errors.
+        with self.log_file.open("ab") as out:
+            # A new session: the broker outlives `kpimon kafka start` and is not hit by its Ctrl-C.
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.run_dir,
+                start_new_session=True,
+            )
+        tmp = self.pid_file.with_suffix(".pid.tmp")
+        tmp.write_text(f"{self._proc.pid}\n")
+        tmp.replace(self.pid_file)
+        return self._proc.pid
+
+    def _wait_ready(self, pid: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self._is_our_broker(pid):
+                code = self._proc.returncode if self._proc is not None and self._proc.pid == pid else None
+                how = f" with exit code {code}" if code is not None else ""
+                self.pid_file.unlink(missing_ok=True)
+                raise KafkaLauncherError(
+                    f"the Kafka broker exited during startup{how}; last lines of {self.log_file}:\n"
+                    f"{_indent(_tail(self.log_file))}"
+                )
+            # A plain TCP check first: it is cheap and does not make aiokafka log connection errors.
+            if _tcp_accepts(self.port):
+                with _quiet_aiokafka():
+                    if _run_sync(_answers_metadata(self.bootstrap, request_timeout=2.0)):
+                        return
+            if time.monotonic() > deadline:
+                raise KafkaLauncherError(
+                    f"the Kafka broker (pid {pid}) did not answer on {self.bootstrap} in {timeout:.0f} s; "
+                    f"last lines of {self.log_file}:\n{_indent(_tail(self.log_file))}"
+                )
+            time.sleep(0.25)
+
+    def stop(self, timeout: float = 30) -> bool:
+        """Stop this run dir's broker: SIGTERM, wait up to `timeout`, SIGKILL as a last resort.
+
+        Kafka shuts down cleanly on SIGTERM (flushes logs, leaves the quorum), which keeps the next
+        start fast; SIGKILL would force log recovery. Returns whether a broker was running.
+        """
+        with self._locked():
+            pid = self.pid()
+            if pid is None:
+                self.pid_file.unlink(missing_ok=True)
+                return False
+            log.info("stopping the Kafka broker on %s (pid %d)", self.bootstrap, pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            if not self._wait_gone(pid, timeout):
+                log.warning("the broker did not stop within %.0f s; killing it", timeout)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                if not self._wait_gone(pid, 10):
+                    raise KafkaLauncherError(f"the Kafka broker (pid {pid}) survived SIGKILL")
+            self.pid_file.unlink(missing_ok=True)
+            self._proc = None
+            return True
+
+    def _wait_gone(self, pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._is_our_broker(pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True

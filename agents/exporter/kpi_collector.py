@@ -1,0 +1,130 @@
+"""The KPI gauges: a custom Prometheus collector over the aggregate table, for the current and previous day.
+
+A collector instead of Gauge children: a series exists exactly while this worker owns its group and the
+value is defined, so a series that moved to another worker on a rebalance simply stops being yielded (no
+stale gauge, no double count), and an undefined ratio is never exported as 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from kpimon.streams.output import KpiRecord, day_number
+
+
+@dataclass(frozen=True)
+class KpiMetric:
+    """How the records of one KPI become samples of one metric family."""
+
+    metric: str
+    help: str
+    extra_labels: tuple[tuple[str, str], ...] = ()  # e.g. (("status", "new"),)
+
+
+_LIFECYCLE = "Users by lifecycle status on the day."
+_SURVEY = "Survey events in the window, by survey kind and bucket."
+_RATE = "Answered / shown surveys in the window; absent when nothing was shown."
+
+
+def _lifecycle(status: str) -> KpiMetric:
+    return KpiMetric("kpimon_lifecycle_users", _LIFECYCLE, (("status", status),))
+
+
+def _survey(survey: str, bucket: str) -> KpiMetric:
+    return KpiMetric("kpimon_survey_responses", _SURVEY, (("survey", survey), ("bucket", bucket)))
+
+
+#: KPI name -> metric. The one place that names the exported KPI series (docs/metrics.md lists them).
+KPI_METRICS: dict[str, KpiMetric] = {
+    "active_users": KpiMetric(
+        "kpimon_active_users", "Distinct active users in the window ending on the day."
+    ),
+    "stickiness": KpiMetric(
+        "kpimon_stickiness_ratio", "DAU / MAU (active users 1d over 30d); 0 when MAU is 0."
+    ),
+    "lifecycle_new": _lifecycle("new"),
+    "lifecycle_returning": _lifecycle("returning"),
+    "lifecycle_resurrecting": _lifecycle("resurrecting"),
+    "lifecycle_dormant": _lifecycle("dormant"),
+    "churn_base": KpiMetric("kpimon_churn_base_users", "Users active in the window before the last W days."),
+    "churned": KpiMetric("kpimon_churned_users", "Users of the churn base not active in the last W days."),
+    "churn_rate": KpiMetric("kpimon_churn_ratio", "Churned users / churn base; 0 when the base is 0."),
+    "nps_responses": _survey("nps", "responses"),
+    "nps_promoters": _survey("nps", "promoters"),
+    "nps_passives": _survey("nps", "passives"),
+    "nps_detractors": _survey("nps", "detractors"),
+    "nps_shown": _survey("nps", "shown"),
+    "nps_dismissed": _survey("nps", "dismissed"),
+    "csat_responses": _survey("csat", "responses"),
+    "csat_satisfied": _survey("csat", "satisfied"),
+    "csat_shown": _survey("csat", "shown"),
+    "csat_dismissed": _survey("csat", "dismissed"),
+    "nps": KpiMetric(
+        "kpimon_nps_score", "Net Promoter Score in the window, -100..100; absent without answers."
+    ),
+    "csat": KpiMetric(
+        "kpimon_csat_ratio", "Satisfied (4..5) / CSAT answers in the window; absent without answers."
+    ),
+    "csat_mean": KpiMetric(
+        "kpimon_csat_score_mean", "Mean CSAT score (1..5) in the window; absent without answers."
+    ),
+    "nps_response_rate": KpiMetric("kpimon_survey_response_ratio", _RATE, (("survey", "nps"),)),
+    "csat_response_rate": KpiMetric("kpimon_survey_response_ratio", _RATE, (("survey", "csat"),)),
+}
+
+#: Per-KPI companion series: the 95 % interval bounds and the configured target, labelled by `kpi`.
+CI_LOW = KpiMetric("kpimon_kpi_ci_low", "Lower bound of the 95 % interval of a ratio KPI (label kpi).")
+CI_HIGH = KpiMetric("kpimon_kpi_ci_high", "Upper bound of the 95 % interval of a ratio KPI (label kpi).")
+TARGET = KpiMetric("kpimon_kpi_target", "Configured target of a KPI (label kpi; direction min or max).")
+
+BASE_LABELS = ("window", "day", "dimension", "segment")
+
+
+class KpiCollector(Collector):
+    """Yields the KPI gauges of the records `source` returns (the owned groups of two days)."""
+
+    def __init__(self, source: Callable[[], tuple[int | None, Iterable[KpiRecord]]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        current_day, records = self._source()
+        families: dict[str, GaugeMetricFamily] = {}
+
+        def family(spec: KpiMetric, extra: tuple[str, ...]) -> GaugeMetricFamily:
+            found = families.get(spec.metric)
+            if found is None:
+                found = families[spec.metric] = GaugeMetricFamily(
+                    spec.metric, spec.help, labels=[*extra, *BASE_LABELS]
+                )
+            return found
+
+        for spec in KPI_METRICS.values():
+            family(spec, tuple(name for name, _ in spec.extra_labels))
+        family(CI_LOW, ("kpi",))
+        family(CI_HIGH, ("kpi",))
+        family(TARGET, ("kpi", "direction"))
+        if current_day is None:
+            yield from families.values()
+            return
+        for record in records:
+            spec_or_none = KPI_METRICS.get(record.kpi)
+            offset = current_day - day_number(record.day)
+            if spec_or_none is None or offset not in (0, 1):
+                continue
+            spec = spec_or_none
+            base = [record.window, "current" if offset == 0 else "previous", record.dimension, record.segment]
+            if record.value is not None:  # an undefined value is no sample, never a 0
+                extra = [value for _, value in spec.extra_labels]
+                families[spec.metric].add_metric([*extra, *base], float(record.value))
+            if record.ci_low is not None and record.ci_high is not None:
+                families[CI_LOW.metric].add_metric([record.kpi, *base], record.ci_low)
+                families[CI_HIGH.metric].add_metric([record.kpi, *base], record.ci_high)
+            if record.target is not None and record.target_direction is not None:
+                families[TARGET.metric].add_metric(
+                    [record.kpi, record.target_direction, *base], record.target
+                )
+        yield from families.values()

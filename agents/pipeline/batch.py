@@ -1,0 +1,188 @@
+"""One fetched batch of a source partition: validate every message, update user states, count outcomes.
+
+Pure of Kafka and Faust: the caller hands in the records, the user-state table (any mutable mapping) and
+the wall clock, and gets back what must be sent (dead letters, re-keyed events). Nothing raised by the
+input leaves `process`: validation turns every bad message into a `Rejected`, and a bug while applying a
+valid event dead-letters that event with reason `internal_error`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kpimon.agents.exporter.pipeline_metrics import PipelineMetrics
+from kpimon.agents.pipeline.deadletters import dead_letter_headers
+from kpimon.agents.pipeline.engine import SourceEngine, UserTable
+from kpimon.streams.userstate import UserState
+from kpimon.streams.validation import Accepted, Kind, Policy, Reason, Rejected, validate
+
+log = logging.getLogger(__name__)
+
+#: Header of a rekeyed message: the input topic kind it was first read from.
+KIND_HEADER = "kpimon-kind"
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+class SourceRecord(Protocol):
+    """What kpimon reads of a consumed message (aiokafka's ConsumerRecord has these fields)."""
+
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def timestamp(self) -> int | None: ...  # epoch milliseconds
+    @property
+    def headers(self) -> Headers: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message to produce because of the batch: a dead letter, or a valid event to re-key."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+@dataclass
+class BatchResult:
+    """What a batch produced besides state changes."""
+
+    dead_letters: list[Outgoing] = field(default_factory=list)
+    rekeyed: list[Outgoing] = field(default_factory=list)
+    accepted: int = 0
+
+
+class StateCache(MutableMapping[bytes, UserState]):
+    """Write-back view of the user-state table for one batch: each changed user is written once.
+
+    A batch often holds several events of one user (a session's clicks); writing the state after each
+    would send one changelog record per event. Reads go to the table once per user and batch.
+    """
+
+    def __init__(self, table: UserTable) -> None:
+        self._table = table
+        self._states: dict[bytes, UserState] = {}
+        self._dirty: set[bytes] = set()
+
+    def __getitem__(self, key: bytes) -> UserState:
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = self._table[key]
+        return state
+
+    def get(self, key: bytes, default: UserState | None = None) -> UserState | None:  # type: ignore[override]
+        state = self._states.get(key)
+        if state is None:
+            state = self._table.get(key)
+            if state is None:
+                return default
+            self._states[key] = state
+        return state
+
+    def __setitem__(self, key: bytes, state: UserState) -> None:
+        self._states[key] = state
+        self._dirty.add(key)
+
+    def __delitem__(self, key: bytes) -> None:
+        raise NotImplementedError("user states are never deleted by a batch")
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._states)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def write_back(self) -> int:
+        """Write every changed state to the table; return how many were written."""
+        for key in self._dirty:
+            self._table[key] = self._states[key]
+        written = len(self._dirty)
+        self._dirty.clear()
+        return written
+
+
+class BatchProcessor:
+    """Apply batches of one worker's source partitions to its engine, metrics and user states."""
+
+    def __init__(
+        self,
+        engine: SourceEngine,
+        metrics: PipelineMetrics,
+        policy: Policy,
+        kinds: dict[str, Kind],
+        labels: dict[Kind, str],
+    ) -> None:
+        """`kinds` maps the input topics to their kind (others are re-keyed and carry it in a header);
+        `labels` names the input topic of each kind for metrics and dead letters."""
+        self.engine = engine
+        self.metrics = metrics
+        self.policy = policy
+        self.kinds = kinds
+        self.labels = labels
+
+    def process(
+        self, topic: str, partition: int, records: Sequence[SourceRecord], users: UserTable, now_ms: int
+    ) -> BatchResult:
+        """Process `records` of topic/partition in offset order; skip offsets already processed."""
+        engine, metrics, policy = self.engine, self.metrics, self.policy
+        result = BatchResult()
+        cache = StateCache(users)
+        topic_kind = self.kinds.get(topic)
+        next_offset = engine.positions.get((topic, partition), 0)
+        # Counted per batch: a prometheus_client call per event costs as much as validating it.
+        accepted: dict[str, int] = {}
+        duplicates: dict[str, int] = {}
+        delays: dict[str, list[float]] = {}
+        for record in records:
+            offset = record.offset
+            if offset < next_offset:
+                continue  # re-read after a seek to an older committed offset: already applied
+            kind = topic_kind or _rekeyed_kind(record.headers)
+            label = self.labels[kind]
+            key = record.key
+            verdict = validate(kind, key, record.value, now_ms, policy)
+            if isinstance(verdict, Accepted) and key is not None:
+                try:
+                    outcome = engine.on_event(cache, key, partition, verdict, now_ms)
+                except Exception as exc:  # a bug must neither crash the worker nor lose the event silently
+                    log.exception("failed to process %s[%d]@%d", topic, partition, offset)
+                    verdict = Rejected(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:300])
+                else:
+                    if outcome == "duplicate":
+                        duplicates[label] = duplicates.get(label, 0) + 1
+                    else:
+                        accepted[label] = accepted.get(label, 0) + 1
+                        delays.setdefault(label, []).append((now_ms - verdict.ts_ms) / 1000)
+            if isinstance(verdict, Rejected):
+                metrics.rejected(label, verdict.reason)
+                headers = dead_letter_headers(verdict, topic, partition, offset, record.timestamp)
+                result.dead_letters.append(Outgoing(key, record.value, headers))
+            elif key is None:
+                # Valid but unkeyed: route it to its user's partition first (the state lives there); it
+                # is counted when it comes back from the re-key topic, keyed.
+                user_key = verdict.event.user_id.encode()
+                result.rekeyed.append(Outgoing(user_key, record.value, [(KIND_HEADER, kind.encode())]))
+        if records:
+            engine.processed(topic, partition, records[-1].offset)
+        cache.write_back()
+        for label, count in accepted.items():
+            metrics.accepted_many(label, delays[label])
+            result.accepted += count
+        for label, count in duplicates.items():
+            metrics.duplicate(label, count)
+        return result
+
+
+def _rekeyed_kind(headers: Headers | None) -> Kind:
+    for name, value in headers or ():
+        if name == KIND_HEADER and value in (b"clicks", b"surveys"):
+            return "clicks" if value == b"clicks" else "surveys"
+    return "clicks"

@@ -1,0 +1,241 @@
+"""The source side of the pipeline: accepted events -> per-user state -> per-partition counters -> partials.
+
+`SourceEngine` holds no Faust objects: the ingest agent hands it the user-state table (any mutable
+mapping), so the whole event path is testable without Kafka. All KPI math is in `streams/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator, MutableMapping
+
+from kpimon.agents.pipeline.counters import PartitionCounters
+from kpimon.agents.pipeline.folding import SegmentFolder
+from kpimon.agents.pipeline.partials import Partial, Watermark
+from kpimon.streams import engagement, satisfaction
+from kpimon.streams.events import SurveyEvent, day_of
+from kpimon.streams.segments import UNKNOWN, event_stage, segments_for, signup_day_of
+from kpimon.streams.userstate import UserState
+from kpimon.streams.validation import Accepted, Policy
+
+log = logging.getLogger(__name__)
+
+UserTable = MutableMapping[bytes, UserState]
+
+
+def versioned(generation: int, processed: int) -> int:
+    """The version of a partial: the consumer-group generation first, then the processed offsets.
+
+    A rebalance raises the group generation, so whatever the new owner of a source partition sends wins
+    over a late message of the previous owner, even while the new owner is still re-reading offsets the
+    previous one had already passed (offsets alone would order those wrongly). Within one generation,
+    one owner sends, and its processed offsets only grow.
+    """
+    return (generation << 40) + processed
+
+
+class SourceEngine:
+    """Per-partition counters of the partitions this worker owns, and what changes them."""
+
+    def __init__(
+        self,
+        max_lateness_days: int,
+        passive_types: Iterable[str] = (),
+        max_segment_values: int = 50,
+        max_future_ms: int = Policy().max_future_ms,
+    ) -> None:
+        self.max_lateness_days = max_lateness_days
+        self.max_future_ms = max_future_ms
+        self.passive_types = frozenset(passive_types)
+        self.folder = SegmentFolder(max_segment_values)
+        self.partitions: dict[int, PartitionCounters] = {}
+        #: Next offset to process per (topic, partition): the partials' version, and the consumer lag.
+        self.positions: dict[tuple[str, int], int] = {}
+        self._sent_watermarks: dict[int, tuple[int, int]] = {}
+        self._sweeps: dict[int, Iterator[bytes]] = {}
+
+    def counters(self, partition: int) -> PartitionCounters:
+        """The counters of a source partition (created on first use)."""
+        counters = self.partitions.get(partition)
+        if counters is None:
+            counters = self.partitions[partition] = PartitionCounters(partition)
+        return counters
+
+    def processed(self, topic: str, partition: int, offset: int) -> None:
+        """Note that a message was processed (whatever its outcome): advances the partition's version."""
+        key = (topic, partition)
+        previous = self.positions.get(key, 0)
+        if offset + 1 > previous:
+            self.positions[key] = offset + 1
+            self.counters(partition).version += offset + 1 - previous
+
+    def oldest_accepted_day(self, now_ms: int) -> int:
+        """The oldest event day validation still accepts at wall-clock `now_ms`."""
+        return day_of(now_ms) - self.max_lateness_days
+
+    def on_event(self, users: UserTable, key: bytes, partition: int, accepted: Accepted, now_ms: int) -> str:
+        """Apply one accepted event of the user `key` read from `partition`; "accepted" or "duplicate"."""
+        counters = self.counters(partition)
+        day = accepted.day
+        event = accepted.event
+        state = users.get(key)
+        write = state is None
+        if state is None:
+            state = UserState()
+        if isinstance(event, SurveyEvent) and event.event_id in state.surveys:
+            return "duplicate"  # the first of an event_id wins, whatever its action (KPIS.md)
+        counters.saw_day(day)
+        if state.note_seen(day):
+            write = True
+        signup_day = signup_day_of(event.signup_ts)
+        first_seen = state.first_seen if state.first_seen is not None else day
+        platform = self.folder.fold("platform", event.platform)
+        plan = self.folder.fold("plan", event.plan)
+        stage = event_stage(day, signup_day, first_seen)
+        if isinstance(event, SurveyEvent):
+            fact = (
+                day,
+                event.survey,
+                event.action,
+                -1 if event.score is None else event.score,
+                platform or UNKNOWN,
+                plan or UNKNOWN,
+                stage,
+            )
+            state.surveys[event.event_id] = fact
+            write = True
+            for segment, runs in satisfaction.facts_runs((fact,)):
+                counters.add_runs(segment, runs)
+        elif event.type not in self.passive_types:
+            changes = engagement.record_click_runs(
+                state, day, signup_day, segments_for(platform, plan, stage)
+            )
+            if changes is not None:
+                write = True
+                for segment, segment_runs in changes.items():
+                    counters.add_runs(segment, segment_runs)
+        if write:
+            # Only a changed state is written: one changelog record per user-segment-day or survey.
+            state.expire(engagement.expiry_cutoff(self.oldest_accepted_day(now_ms)))
+            state.partition = partition
+            users[key] = state
+        return "accepted"
+
+    def sweep(self, users: UserTable, partition: int, now_ms: int, budget: int = 10_000) -> int:
+        """Expire old days from up to `budget` states of `partition`'s users; return how many were written.
+
+        A user who never comes back is never written again, so without a sweep their oldest bits would
+        stay forever. Called from the ingest agent while it processes an event of `partition`: Faust
+        writes a table change to the changelog partition of the current event, which must be the user's.
+        Counters do not change: expired days are older than any day an accepted event can still touch.
+        """
+        cursor = self._sweeps.get(partition)
+        if cursor is None:
+            keys_of_partition = getattr(
+                users, "keys_of_partition", None
+            )  # kpimon.agents.runtime.user_store.UserStore
+            cursor = self._sweeps[partition] = (
+                keys_of_partition(partition) if keys_of_partition is not None else iter(list(users.keys()))
+            )
+        cutoff = engagement.expiry_cutoff(self.oldest_accepted_day(now_ms))
+        written = 0
+        for _ in range(budget):
+            key = next(cursor, None)
+            if key is None:
+                del self._sweeps[partition]  # a full pass is done; the next call starts another
+                break
+            state = users.get(key)
+            if state is not None and state.partition == partition and state.expire(cutoff):
+                users[key] = state
+                written += 1
+        return written
+
+    def rebuild(self, partition: int, states: Iterable[UserState], now_ms: int) -> PartitionCounters:
+        """Recompute a partition's counters from its users' states (after a restart or a rebalance).
+
+        Days before the lateness bound are left out: they are final, already published, and their inputs
+        may have expired from the states.
+        """
+        started = time.monotonic()
+        counters = PartitionCounters(partition)
+        previous = self.partitions.get(partition)
+        counters.version = previous.version if previous is not None else 0
+        from_day = self.oldest_accepted_day(now_ms)
+        users = 0
+        for state in states:
+            users += 1
+            if state.last_seen is not None:
+                counters.saw_day(state.last_seen)
+            for segment, deltas in engagement.full_contribution(state, from_day).items():
+                counters.add_deltas(segment, deltas)
+            for segment, runs in satisfaction.facts_runs(state.surveys.values(), from_day):
+                counters.add_runs(segment, runs)
+        counters.mark_all_dirty()
+        self.partitions[partition] = counters
+        log.info(
+            "rebuilt the counters of partition %d from %d users in %.2f s",
+            partition,
+            users,
+            time.monotonic() - started,
+        )
+        return counters
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Drop the counters of partitions this worker no longer owns."""
+        for partition in partitions:
+            self.partitions.pop(partition, None)
+            self._sent_watermarks.pop(partition, None)
+            self._sweeps.pop(partition, None)
+            for key in [k for k in self.positions if k[1] == partition]:
+                del self.positions[key]
+
+    def newest_flushed_day(self, now_ms: int) -> int:
+        """The newest day whose changed groups a flush at wall-clock `now_ms` sends.
+
+        An active day changes the counters of up to 59 later days (7d and 30d windows, dormancy, churn
+        bases), so in live traffic almost every partial of a flush would be of a day to come: 928 of the
+        960 partials of a flush in the bench's delay stage, whose flushes then took most of a second and
+        were paced to one in five to ten seconds (pipeline/pacing.py). Yet no worker publishes or shows a
+        day before it is some source partition's current day, and validation accepts no event more than
+        `max_future_ms` ahead of the wall clock, so no current day is later than the day of
+        `now_ms + max_future_ms`. Groups of later days stay dirty and go out, with their absolute values
+        of then, once their day comes within that bound. One more day of margin covers clock differences
+        between workers: every source sends a day's groups from a day before any worker's current day
+        can reach it, as it did before.
+        """
+        return day_of(now_ms + self.max_future_ms) + 1
+
+    def take_partials(self, now_ms: int, generation: int = 0) -> Iterator[Partial]:
+        """The changed groups up to `newest_flushed_day` of every owned partition as absolute partials.
+
+        Drops old flushed groups. Changed groups of later days stay dirty until a later flush.
+        """
+        final_before = self.oldest_accepted_day(now_ms)
+        until_day = self.newest_flushed_day(now_ms)
+        for partition, counters in self.partitions.items():
+            for (dimension, segment, day), counts in counters.take_dirty(until_day):
+                yield Partial(
+                    source=partition,
+                    version=versioned(generation, counters.version),
+                    dimension=dimension,
+                    segment=segment,
+                    day=day,
+                    counts=counts,
+                )
+            # Days before the lateness bound can no longer change: their final values were just sent.
+            counters.drop_before(final_before)
+
+    def take_watermarks(self, generation: int = 0) -> Iterator[Watermark]:
+        """A watermark per owned partition whose current day or version moved since the last call."""
+        for partition, counters in self.partitions.items():
+            if counters.current_day is None:
+                continue
+            mark = (counters.current_day, versioned(generation, counters.version))
+            if self._sent_watermarks.get(partition) != mark:
+                self._sent_watermarks[partition] = mark
+                yield Watermark(
+                    source=partition,
+                    version=versioned(generation, counters.version),
+                    current_day=counters.current_day,
+                )

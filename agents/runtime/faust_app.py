@@ -1,0 +1,79 @@
+"""kpimon's Faust app class: Faust assigns the source partitions, kpimon's source reader fetches them.
+
+Faust's per-event path (consumer thread -> conductor -> stream -> agent, one event at a time) tops out
+far below what one process can decode and count (docs/architecture.md, "Throughput"). So the input
+topics stay subscribed by the ingest agent -- Faust still assigns their partitions together with the
+user-state table's changelog, recovers the table and handles rebalances -- but Faust's consumer never
+fetches them: `agents/runtime/source_reader.py` reads the assigned partitions in bulk instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import faust
+from faust.transport.drivers import aiokafka as aiokafka_driver
+from faust.types import TP
+
+
+class BulkTopicsConsumer(aiokafka_driver.Consumer):
+    """Faust's aiokafka consumer, except that it never fetches the app's `bulk_topics`."""
+
+    def _is_bulk(self, tp: TP) -> bool:
+        return tp.topic in getattr(self.app, "bulk_topics", ())
+
+    def _set_active_tps(self, tps: set[TP]) -> set[TP]:
+        active: set[TP] = super()._set_active_tps(tps)
+        active.difference_update([tp for tp in active if self._is_bulk(tp)])
+        return active
+
+    def resume_partitions(self, tps: Iterable[TP]) -> None:
+        super().resume_partitions([tp for tp in tps if not self._is_bulk(tp)])
+
+    def verify_event_path(self, now: float, tp: TP) -> None:
+        # Faust's "no events processed from this partition" warnings would be about partitions it
+        # deliberately does not read.
+        if not self._is_bulk(tp):
+            super().verify_event_path(now, tp)
+
+
+class KpimonApp(faust.App):
+    """A Faust app whose consumer leaves `bulk_topics` to kpimon's source reader.
+
+    `before_stop` coroutines run first when the app stops, while the consumer can still commit.
+    """
+
+    def __init__(self, *args: Any, bulk_topics: Iterable[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bulk_topics = frozenset(bulk_topics)
+        self.before_stop: list[Any] = []
+
+    def _new_transport(self) -> Any:
+        transport = super()._new_transport()
+        # The transport's consumer class is a class attribute; this app's transport gets its own.
+        transport.Consumer = BulkTopicsConsumer  # type: ignore[misc]
+        return transport
+
+    def track_topics(self, topics: Iterable[str]) -> None:
+        """Keep the producer's metadata of `topics` fresh, however the topics first became known.
+
+        aiokafka refreshes metadata only for the topics its client was asked about. A topic already in
+        the client's first (all-topics) metadata is never added to that list, so a later refresh drops
+        it, and every message to it then waits for a partition leader forever (the producer's flush,
+        and with it every commit, hangs). kpimon's own topics exist before the worker starts, so they
+        are exactly such topics.
+        """
+        client = self.producer_client().client
+        for topic in topics:
+            client.add_topic(topic)
+
+    def producer_client(self) -> Any:
+        """aiokafka's producer under Faust's (started with the app): for record-batch sends."""
+        producer: Any = self.producer
+        return producer._ensure_producer()
+
+    async def on_stop(self) -> None:
+        for hook in self.before_stop:
+            await hook()
+        await super().on_stop()
