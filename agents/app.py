@@ -196,9 +196,13 @@ class Kpimon:
             log.debug("published %d KPI records", sent)
 
     def gauge_records(self) -> tuple[int | None, list[KpiRecord]]:
-        """Records of the owned groups of the current and the previous day, for the KPI gauges."""
+        """Records of the owned groups of the current and the previous day, for the KPI gauges.
+
+        None while a rebalance is in progress: the consumer's assignment still lists the partitions it
+        is giving up until the new assignment arrives, while their new owner may already export them.
+        """
         current = self.aggregator.current_day
-        if current is None or self.aggregates is None:
+        if current is None or self.aggregates is None or self.app.rebalancing:
             return None, []
         owned = self.owned(self.settings.partials)
         records: list[KpiRecord] = []
