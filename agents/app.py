@@ -51,6 +51,8 @@ class Kpimon:
     aggregator: Aggregator
     users: Any = None
     reader: Any = None
+    #: The outage watch (agents/runtime/outage.py), once the app is created.
+    kafka: Any = None
     aggregates: Any = None
     partials_topic: Any = None
     kpis_topic: Any = None
@@ -63,8 +65,12 @@ class Kpimon:
 
     @property
     def ready(self) -> bool:
-        """Ready once started and not in the middle of a rebalance."""
-        return self.started and not self.app.rebalancing
+        """Ready once started, not in the middle of a rebalance, and while a Kafka broker answers."""
+        return self.started and not self.app.rebalancing and not self.kafka_down()
+
+    def kafka_down(self) -> bool:
+        """Whether the outage watch found no Kafka broker answering (agents/runtime/outage.py)."""
+        return self.kafka is not None and bool(self.kafka.down)
 
     def owned(self, topic: str) -> set[int]:
         """The partitions of `topic` assigned to this worker right now."""
@@ -211,6 +217,38 @@ class Kpimon:
         return current, records
 
 
+def register_outage_watch(kpimon: Kpimon) -> None:
+    """Watch whether a broker answers; throttle the Kafka clients' repeated log lines (outage.py)."""
+    from kpimon.agents.config.preflight import check_access
+    from kpimon.agents.runtime.faust_app import (
+        DEFAULT_RETRY_BACKOFF,
+        faust_consumer_client,
+        set_retry_backoff,
+    )
+    from kpimon.agents.runtime.outage import ClientLogThrottle, KafkaWatch, install_throttle
+
+    settings, app = kpimon.settings, kpimon.app
+    throttle = ClientLogThrottle()
+
+    async def probe() -> None:
+        await check_access(settings, timeout=5.0)
+
+    def on_backoff(seconds: float | None) -> None:
+        clients = [app.producer_client(), faust_consumer_client(app)]
+        if kpimon.reader is not None:
+            clients.append(kpimon.reader.client)
+        set_retry_backoff(clients, DEFAULT_RETRY_BACKOFF if seconds is None else seconds)
+
+    kpimon.kafka = KafkaWatch(probe, kpimon.registry, throttle, on_backoff=on_backoff)
+
+    async def watch() -> None:
+        # Installed here, once the worker has set up logging and imported every Kafka client module.
+        install_throttle(throttle)
+        await kpimon.kafka.run(lambda: bool(app.should_stop))
+
+    app.task(watch)
+
+
 def static_identity(settings: Settings) -> dict[str, str]:
     """Faust's canonical URL of a static member: derived from its instance id, not its web address.
 
@@ -282,6 +320,7 @@ def create_app(
     kpimon.kpis_topic = raw_topic(app, settings.kpis)
     registry.register(KpiCollector(kpimon.gauge_records))
     registry.register(LagCollector(kpimon.assigned, kpimon.engine.positions, kpimon.highwater))
+    register_outage_watch(kpimon)
     register_ingest(kpimon)
     register_aggregate(kpimon)
     register_web(kpimon)

@@ -113,3 +113,55 @@ class KpimonApp(faust.App):
         for hook in self.before_stop:
             await hook()
         await super().on_stop()
+
+
+#: aiokafka's default retry backoff (retry_backoff_ms=100), restored when a broker answers again.
+DEFAULT_RETRY_BACKOFF = 0.1
+
+
+def set_retry_backoff(clients: Iterable[Any], seconds: float) -> None:
+    """Make aiokafka clients (producers, consumers) wait `seconds` between their retries.
+
+    aiokafka retries a failed metadata update, connection, fetch or coordinator lookup every
+    `retry_backoff_ms` (100 ms), for as long as no broker answers: ten connection attempts a second per
+    client, each logged, about a fifth of a core. It has no public way to change the backoff of a running
+    client, so this sets the attributes its retry loops read (the outage watch raises them exponentially
+    during an outage and restores the default afterwards; agents/runtime/outage.py).
+    """
+    for client in clients:
+        if client is None:
+            continue
+        parts = [client, getattr(client, "client", None), getattr(client, "_client", None)]
+        parts += [getattr(client, "_sender", None), getattr(client, "_fetcher", None)]
+        for part in parts:
+            if part is not None and hasattr(part, "_retry_backoff"):
+                part._retry_backoff = seconds
+        coordinator = getattr(client, "_coordinator", None)
+        if coordinator is not None and hasattr(coordinator, "_retry_backoff_ms"):
+            coordinator._retry_backoff_ms = seconds * 1000
+
+
+def faust_consumer_client(app: faust.App) -> Any:
+    """The aiokafka consumer under Faust's consumer (in Faust's consumer thread), or None before it exists."""
+    thread = getattr(app.consumer, "_thread", None)
+    return getattr(thread, "_consumer", None)
+
+
+class KpimonWorker(faust.Worker):
+    """Faust's worker, arming a watchdog when SIGTERM or SIGINT asks it to stop.
+
+    Faust's stop waits for the consumer's last commit and the producer's flush, which never finish while
+    no broker answers: the watchdog ends the process after its grace period (agents/runtime/outage.py).
+    """
+
+    def __init__(self, *args: Any, watchdog: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.watchdog = watchdog
+
+    def _on_sigterm(self) -> None:
+        self.watchdog.start()
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self.watchdog.start()
+        super()._on_sigint()

@@ -31,6 +31,7 @@ from kpimon.agents.config.kafka_security import aiokafka_options
 from kpimon.agents.pipeline.batch import BatchProcessor, BatchResult
 from kpimon.agents.pipeline.deadletters import Redactor
 from kpimon.agents.pipeline.pacing import BatchSizer
+from kpimon.agents.runtime.outage import Backoff
 from kpimon.agents.runtime.user_store import UserStore
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: Changelog records are handed to the producer once this many bytes are pending (and before a commit).
 SEND_AT_BYTES = 256 * 1024
+#: Seconds a commit waits for the producer's flush (and a stop for its last commit).
+COMMIT_TIMEOUT = 10.0
 #: How often (per partition) a batch also expires old days from a slice of idle users' states.
 SWEEP_INTERVAL_MS = 10_000
 
@@ -110,6 +113,11 @@ class SourceReader:
         self.caught_up = False
 
     @property
+    def client(self) -> AIOKafkaConsumer | None:
+        """The reader's aiokafka consumer, once started."""
+        return self._consumer
+
+    @property
     def assigned(self) -> set[tuple[str, int]]:
         """(topic, partition) this reader reads now."""
         return set(self._assigned)
@@ -176,15 +184,24 @@ class SourceReader:
                 return
             self._stopping = True
             self._changed.set()
-            with contextlib.suppress(Exception):  # the consumer may be gone already; nothing to lose
-                await self._commit()
+            # The consumer may be gone already, or the broker away (then the commit cannot finish): what is
+            # not committed is read again by the next owner, so nothing is lost either way.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._commit(), COMMIT_TIMEOUT)
             log.info("source reader stopped")
         if self._consumer is not None:
             await self._consumer.stop()
 
     async def run(self) -> None:
         """Fetch and process batches until stopped."""
+        backoff = Backoff()
         while not self._stopping:
+            if self.kpimon.kafka_down():
+                # No broker answers: nothing to fetch, and a commit could never finish. Wait, with backoff,
+                # until the outage watch sees one again (agents/runtime/outage.py).
+                await asyncio.sleep(backoff.next())
+                continue
+            backoff.reset()
             if not self._assigned:
                 self._changed.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -194,8 +211,9 @@ class SourceReader:
             try:
                 batches = await consumer.getmany(timeout_ms=100, max_records=self.sizer.size)
             except KafkaError as exc:  # the broker went away, a partition moved: retry, don't die
-                log.warning("fetching source partitions failed (%r); retrying in 1 s", exc)
-                await asyncio.sleep(1.0)
+                pause = backoff.next()
+                log.warning("fetching source partitions failed (%r); retrying in %.1f s", exc, pause)
+                await asyncio.sleep(pause)
                 continue
             self.caught_up = not any(batches.values())
             await self.kpimon.turns.wait_for_jobs()  # a flush or publish runs: let it finish first
@@ -256,8 +274,15 @@ class SourceReader:
         }
         if not offsets:
             return
-        # Every record caused by these messages must be in Kafka before their offsets are committed.
-        await self.kpimon.app.producer.flush()
+        # Every record caused by these messages must be in Kafka before their offsets are committed. A
+        # flush that cannot finish (the broker is away) skips this commit: the next one commits them.
+        flush = asyncio.ensure_future(self.kpimon.app.producer.flush())
+        try:
+            # Shielded: cancelling a flush half-way could drop a message it had taken from the buffer.
+            await asyncio.wait_for(asyncio.shield(flush), COMMIT_TIMEOUT)
+        except TimeoutError:
+            log.warning("the producer did not flush within %.0f s; not committing now", COMMIT_TIMEOUT)
+            return
         # Faust's consumer is the group member, so it commits (a non-member commit is refused while the
         # group has members). It filters out partitions no longer assigned.
         consumer: Any = self.kpimon.app.consumer

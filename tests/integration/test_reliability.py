@@ -8,6 +8,7 @@ tests are black-box (processes, topics, /metrics), so they hold whatever the wor
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -467,3 +468,97 @@ def test_a_second_worker_with_an_instance_id_in_use_exits_with_a_clear_error(
     # Stopped cleanly, the id is free again at once.
     with running_worker(kafka_bootstrap, unique_prefix, free_port(), tmp_path / "c", extra) as again:
         assert probe(again, "/ready") == 200
+
+
+# --- 6. a worker without its broker -------------------------------------------------------------------------
+
+#: How long the broker stays away, and what a worker may spend meanwhile (issue #19).
+OUTAGE_SECONDS = 60
+MAX_OUTAGE_CPU = 0.10  # of one core
+MAX_OUTAGE_LOG_LINES = 600
+#: SIGTERM during the outage ends the worker within this.
+MAX_STOP_SECONDS = 30
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def log_lines(worker: WorkerProcess) -> int:
+    worker._log.flush()
+    return len(worker.log_path.read_bytes().splitlines())
+
+
+def kafka_reachable(worker: WorkerProcess) -> float | None:
+    """The worker's kpimon_kafka_reachable, None while it does not answer."""
+    try:
+        return worker.samples().get(("kpimon_kafka_reachable", frozenset()))
+    except (OSError, AssertionError):
+        return None
+
+
+def test_a_worker_without_its_broker_backs_off_stops_on_time_and_carries_on(
+    unique_prefix: str, tmp_path: Path, history: History
+) -> None:
+    broker = LocalKafka(port=free_port(), home=tmp_path / "kafka")
+    bootstrap = broker.start()
+    try:
+        replay(history, bootstrap, unique_prefix, PARTITIONS)
+        with ExitStack() as stack:
+            stopped, survivor = [
+                stack.enter_context(
+                    running_worker(bootstrap, unique_prefix, free_port(), tmp_path / name, options())
+                )
+                for name in ("stopped", "survivor")
+            ]
+            workers = [stopped, survivor]
+            wait_for(lambda: processed(workers) >= history.messages / 3, 120, "a third", workers)
+            assert broker.stop()
+            # Noticed within seconds: /ready says 503 and the metric 0.
+            wait_for(lambda: all(probe(w, "/ready") == 503 for w in workers), 30, "/ready 503", workers)
+            assert all(kafka_reachable(w) == 0 for w in workers)
+            lines = [log_lines(w) for w in workers]
+            cpu = [cpu_seconds(w.proc.pid) for w in workers]
+            started = time.monotonic()
+            time.sleep(OUTAGE_SECONDS)
+            elapsed = time.monotonic() - started
+            used = [(cpu_seconds(w.proc.pid) - c) / elapsed for w, c in zip(workers, cpu, strict=True)]
+            written = [log_lines(w) - n for w, n in zip(workers, lines, strict=True)]
+            outage = max(
+                v for (name, _), v in survivor.samples().items() if name == "kpimon_kafka_outage_seconds"
+            )
+            # SIGTERM in the middle of the outage: the worker ends anyway.
+            stop_started = time.monotonic()
+            code = stopped.stop(signal.SIGTERM, timeout=MAX_STOP_SECONDS + 30)
+            took = time.monotonic() - stop_started
+            assert broker.start() == bootstrap
+            back = time.monotonic()
+            wait_for(lambda: probe(survivor, "/ready") == 200, 60, "/ready 200 again", [survivor])
+            ready_again = time.monotonic() - back
+            actual = wait_for_equality(bootstrap, unique_prefix, tmp_path, history.expected, EQUALITY_TIMEOUT)
+            settled = time.monotonic() - back
+            print(
+                f"\nbroker down {elapsed:.0f} s: CPU {used[0]:.1%} / {used[1]:.1%} of a core, "
+                f"{written[0]} / {written[1]} log lines; SIGTERM during the outage ended the worker in "
+                f"{took:.1f} s (exit {code}); broker back: ready {ready_again:.1f} s later, "
+                f"kpimon-kpis equal to the reference {settled:.1f} s later"
+            )
+            assert all(u < MAX_OUTAGE_CPU for u in used), used
+            assert all(n < MAX_OUTAGE_LOG_LINES for n in written), written
+            assert outage >= OUTAGE_SECONDS, outage
+            assert took < MAX_STOP_SECONDS and code == 0, (took, code, stopped.log_tail())
+            assert kafka_reachable(survivor) == 1
+            # The stopped worker's groups move to the survivor after the session timeout.
+            wait_for(
+                owns_every_partition(survivor, unique_prefix, PARTITIONS),
+                120,
+                "the survivor owns all",
+                [survivor],
+            )
+            check_gauges([survivor], actual)
+            # The survivor carried on by itself: it never stopped.
+            assert survivor.proc.poll() is None
+    finally:
+        broker.stop()
