@@ -131,6 +131,9 @@ def set_retry_backoff(clients: Iterable[Any], seconds: float) -> None:
     for client in clients:
         if client is None:
             continue
+        for network in (getattr(client, "client", None), getattr(client, "_client", None)):
+            if network is not None:
+                _back_off_metadata_updates(network)
         parts = [client, getattr(client, "client", None), getattr(client, "_client", None)]
         parts += [getattr(client, "_sender", None), getattr(client, "_fetcher", None)]
         for part in parts:
@@ -139,6 +142,28 @@ def set_retry_backoff(clients: Iterable[Any], seconds: float) -> None:
         coordinator = getattr(client, "_coordinator", None)
         if coordinator is not None and hasattr(coordinator, "_retry_backoff_ms"):
             coordinator._retry_backoff_ms = seconds * 1000
+
+
+def _back_off_metadata_updates(client: Any) -> None:
+    """Wait the client's retry backoff after a failed metadata update (once per client).
+
+    aiokafka's producer, with messages waiting for a partition leader, asks for a metadata update and
+    waits for it; a failed update (no broker answers) returns at once, so the producer asks again at
+    once: a loop of connection attempts bounded only by how fast they are refused (a fifth of a core
+    while the broker is away, measured). The pause makes it retry at the backoff instead.
+    """
+    if getattr(client, "_kpimon_backoff", False):
+        return
+    update = client._metadata_update
+
+    async def _metadata_update(cluster_metadata: Any, topics: Any) -> Any:
+        updated = await update(cluster_metadata, topics)
+        if not updated:
+            await asyncio.sleep(client._retry_backoff)
+        return updated
+
+    client._metadata_update = _metadata_update
+    client._kpimon_backoff = True
 
 
 def faust_consumer_client(app: faust.App) -> Any:
