@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,8 @@ from kpimon.agents.config.options import kafka_options
 from kpimon.agents.config.preflight import KafkaAccessError, check_access
 from kpimon.agents.config.settings import Settings
 from kpimon.agents.config.topics import TopicSpec, ensure_topics
+from kpimon.streams.events import Timestamp, day_of, epoch_ms
+from kpimon.streams.output import day_name
 
 # Unacknowledged sends allowed in flight; bounds memory while keeping the producer's batches full.
 _WINDOW = 20_000
@@ -42,13 +47,83 @@ def key_of(line: bytes) -> bytes | None:
     return None
 
 
-async def send_files(settings: Settings, files: list[tuple[str, Path]], show_progress: bool = True) -> int:
-    """Send every line of each (topic, file) pair; return the count once all are acknowledged."""
+class _Stamped(msgspec.Struct):
+    """Only the event time of a message (every other field is ignored)."""
+
+    ts: Timestamp
+
+
+_STAMP = msgspec.json.Decoder(_Stamped)
+
+
+def event_days(path: Path) -> tuple[int, Counter[int]]:
+    """(line count, events per event day) of a file; lines without a readable `ts` count only as lines."""
+    lines, days = 0, Counter[int]()
+    for line in read_lines(path):
+        lines += 1
+        try:
+            stamp = _STAMP.decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError, ValueError):
+            continue
+        days[day_of(epoch_ms(stamp.ts))] += 1
+    return lines, days
+
+
+@dataclass(frozen=True)
+class Lateness:
+    """How much of a file the worker's lateness bound would drop, were it replayed today."""
+
+    events: int
+    too_late: int
+    oldest: int | None
+    newest: int | None
+    #: The smallest --max-lateness-days that keeps every event, with a day of margin for a replay that
+    #: runs past midnight.
+    needed_days: int
+
+
+def lateness(days: Counter[int], today: int, max_lateness_days: int) -> Lateness:
+    """The worker's rule (streams/validation.py): an event whose day is before today - bound is too late."""
+    bound = today - max_lateness_days
+    oldest = min(days) if days else None
+    return Lateness(
+        events=sum(days.values()),
+        too_late=sum(count for day, count in days.items() if day < bound),
+        oldest=oldest,
+        newest=max(days) if days else None,
+        needed_days=max(max_lateness_days, today - oldest + 1) if oldest is not None else max_lateness_days,
+    )
+
+
+def describe(name: str, found: Lateness, max_lateness_days: int) -> tuple[str, str | None]:
+    """(the time-range line, the warning or None) that `replay` prints for one file."""
+    if found.oldest is None or found.newest is None:
+        return f"{name}: no event with a readable ts", None
+    summary = f"{name}: {found.events:,} events from {day_name(found.oldest)} to {day_name(found.newest)}"
+    if not found.too_late:
+        return summary, None
+    share = 100 * found.too_late / found.events
+    warning = (
+        f"warning: {found.too_late:,} of {found.events:,} events ({share:.0f} %) in {name} are older than "
+        f"the worker's lateness bound ({max_lateness_days} days): the worker dead-letters them as too_late. "
+        f"To keep them, run the worker with --max-lateness-days {found.needed_days} "
+        f"(or KPIMON_MAX_LATENESS_DAYS={found.needed_days}) before replaying."
+    )
+    return summary, warning
+
+
+async def send_files(
+    settings: Settings, files: list[tuple[str, Path]], show_progress: bool = True, total: int | None = None
+) -> int:
+    """Send every line of each (topic, file) pair; return the count once all are acknowledged.
+
+    `total`: the files' line count when already known (the progress bar's end).
+    """
     await check_access(settings)
     security = aiokafka_options(settings)
     specs = [TopicSpec(t, settings.partitions) for t, _ in files]
     await ensure_topics(settings.broker, specs, options=security)
-    total = sum(sum(1 for _ in read_lines(p)) for _, p in files)
+    total = sum(sum(1 for _ in read_lines(p)) for _, p in files) if total is None else total
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.broker,
         **security,
@@ -111,6 +186,13 @@ async def send_files(settings: Settings, files: list[tuple[str, Path]], show_pro
     envvar="KPIMON_PARTITIONS",
     help="Partitions of topics created when missing.  [default: 4]",
 )
+@click.option(
+    "--max-lateness-days",
+    type=int,
+    envvar="KPIMON_MAX_LATENESS_DAYS",
+    help="The worker's lateness bound, to warn about events it would drop (this command sends them all)."
+    "  [default: 7]",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @kafka_options
 def replay(
@@ -119,6 +201,7 @@ def replay(
     broker: str | None,
     topic_prefix: str | None,
     partitions: int | None,
+    max_lateness_days: int | None,
     quiet: bool,
     kafka: dict[str, Any],
 ) -> None:
@@ -127,11 +210,21 @@ def replay(
     Each line is one message value, sent byte for byte (invalid lines too: the worker dead-letters them).
     The key is the line's user_id when the line is a JSON object with one, so a user's events share a
     partition; other lines are sent without a key.
+
+    Before sending, it prints each file's event days and warns when events are older than the worker's
+    lateness bound (--max-lateness-days, KPIMON_MAX_LATENESS_DAYS or the config file; the worker must run
+    with the same value), since the worker would reject those as too_late.
     """
     if clicks_file is None and surveys_file is None:
         raise click.UsageError("give --clicks FILE, --surveys FILE or both")
     try:
-        settings = Settings.from_env(broker=broker, topic_prefix=topic_prefix, partitions=partitions, **kafka)
+        settings = Settings.from_env(
+            broker=broker,
+            topic_prefix=topic_prefix,
+            partitions=partitions,
+            max_lateness_days=max_lateness_days,
+            **kafka,
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     files: list[tuple[str, Path]] = []
@@ -139,8 +232,19 @@ def replay(
         files.append((settings.clicks, clicks_file))
     if surveys_file is not None:
         files.append((settings.surveys, surveys_file))
+    today = day_of(int(time.time() * 1000))
+    total = 0
+    for _, path in files:
+        lines, days = event_days(path)
+        total += lines
+        summary, warning = describe(
+            path.name, lateness(days, today, settings.max_lateness_days), settings.max_lateness_days
+        )
+        click.echo(summary, err=True)
+        if warning is not None:
+            click.secho(warning, err=True, fg="yellow")
     try:
-        count = asyncio.run(send_files(settings, files, show_progress=not quiet))
+        count = asyncio.run(send_files(settings, files, show_progress=not quiet, total=total))
     except KafkaAccessError as exc:
         raise click.ClickException(str(exc)) from None
     except Exception as exc:  # a broker problem: one clear line, not a traceback

@@ -53,6 +53,9 @@ class Settings:
     passive_types: str = ""
     #: At most this many values per segment dimension; further values fold into "other".
     max_segment_values: int = 50
+    #: Segment values matching this regular expression (searched, Python syntax) fold into "other" like
+    #: e-mail addresses do: personal data never becomes a label (docs/security.md). None when empty.
+    segment_personal_pattern: str = ""
     #: TOML file of KPI targets (deploy/targets.example.toml); none when empty.
     targets_file: str = ""
     #: Seconds between flushes of changed counters to kpimon-partials and of changed KPIs to kpimon-kpis.
@@ -69,6 +72,8 @@ class Settings:
     #: Static group membership (Kafka's group.instance.id): a restarted worker with the same id takes its
     #: partitions back at once. Unique per worker; empty means dynamic membership.
     instance_id: str = ""
+    #: Seconds between the worker's log lines summing up the messages it rejected (none when none were).
+    rejection_log_interval: float = 60.0
     log_level: str = "info"
     #: TOML file of settings (`name = value`, names as below); flags and environment win over it.
     config_file: str = ""
@@ -91,6 +96,9 @@ class Settings:
     web_tls_key_file: str = ""
     web_auth_user: str = ""
     web_auth_password_file: str = ""
+    #: Seconds a web connection may go without a complete request (idle keep-alive, idle TLS, headers
+    #: never finished) before the server closes it.
+    web_timeout: float = 30.0
     #: Dead letters without `comment`, with user_id and key replaced by HMAC-SHA256 (docs/security.md).
     dead_letter_redact: bool = False
     dead_letter_redact_key_file: str = ""
@@ -128,14 +136,22 @@ class Settings:
             raise ValueError(f"web_port must be in 1..65535, got {self.web_port}")
         if self.max_segment_values < 1:
             raise ValueError(f"max_segment_values must be >= 1, got {self.max_segment_values}")
+        try:
+            re.compile(self.segment_personal_pattern)
+        except re.error as exc:
+            raise ValueError(f"segment_personal_pattern is not a valid regular expression: {exc}") from None
         if self.flush_interval <= 0:
             raise ValueError(f"flush_interval must be > 0, got {self.flush_interval}")
         if self.store not in ("memory", "rocksdb"):
             raise ValueError(f"store must be memory or rocksdb, got {self.store!r}")
         if self.batch_max_messages < 1:
             raise ValueError(f"batch_max_messages must be >= 1, got {self.batch_max_messages}")
+        if not 0 < self.web_timeout <= 3600:
+            raise ValueError(f"web_timeout must be in (0, 3600] seconds, got {self.web_timeout}")
         if self.commit_interval <= 0:
             raise ValueError(f"commit_interval must be > 0, got {self.commit_interval}")
+        if self.rejection_log_interval <= 0:
+            raise ValueError(f"rejection_log_interval must be > 0, got {self.rejection_log_interval}")
         if not 6 <= self.session_timeout <= 300:
             # Kafka's default group.min/max.session.timeout.ms bounds.
             raise ValueError(f"session_timeout must be in 6..300 seconds, got {self.session_timeout}")

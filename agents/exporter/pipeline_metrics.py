@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections import Counter as Tally
+from collections.abc import Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import HistogramMetricFamily
@@ -34,6 +35,8 @@ class PipelineMetrics:
             ["topic", "reason"],
             registry=registry,
         )
+        #: Rejections by (source topic, reason) since start: the worker's periodic log summary reads it.
+        self.rejections: Tally[tuple[str, str]] = Tally()
         self.event_delay = DelayHistogram()
         registry.register(self.event_delay)
         # Pre-create the series so a rate() over them starts at zero instead of appearing later.
@@ -54,6 +57,37 @@ class PipelineMetrics:
         """Count a rejected message (it goes to the dead-letter topic)."""
         self.events.labels(topic=topic, outcome="rejected").inc()
         self.dead_letters.labels(topic=topic, reason=reason.value).inc()
+        self.rejections[(topic, reason.value)] += 1
+
+
+def rejection_summary(
+    before: Mapping[tuple[str, str], int], now: Mapping[tuple[str, str], int], max_lateness_days: int
+) -> str | None:
+    """One log line of the rejections between two tallies, by reason, most frequent first (None: none).
+
+    A too_late rejection names the setting that keeps such events, since it usually means a backfill
+    older than the lateness bound rather than bad input.
+    """
+    by_reason: Tally[str] = Tally()
+    topics: dict[str, set[str]] = {}
+    for (topic, reason), count in now.items():
+        delta = count - before.get((topic, reason), 0)
+        if delta > 0:
+            by_reason[reason] += delta
+            topics.setdefault(reason, set()).add(topic)
+    if not by_reason:
+        return None
+    parts = [
+        f"{reason} {count:,} ({', '.join(sorted(topics[reason]))})"
+        for reason, count in sorted(by_reason.items(), key=lambda item: (-item[1], item[0]))
+    ]
+    line = f"rejected {by_reason.total():,} messages to the dead-letter topic: " + "; ".join(parts)
+    if "too_late" in by_reason:
+        line += (
+            f". too_late: event day older than the lateness bound ({max_lateness_days} days);"
+            " raise --max-lateness-days to keep older events"
+        )
+    return line + ". See them with `kpimon dead-letters`."
 
 
 class DelayHistogram(Collector):

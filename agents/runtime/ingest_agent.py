@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from faust.serializers import codecs
 
 from kpimon.agents.config.kafka_security import read_secret
+from kpimon.agents.exporter.pipeline_metrics import rejection_summary
 from kpimon.agents.pipeline.batch import BatchProcessor
 from kpimon.agents.pipeline.deadletters import Redactor
 from kpimon.agents.runtime.source_reader import SourceReader, writing_partition
@@ -108,6 +109,20 @@ def register_ingest(kpimon: Kpimon) -> None:
         await kpimon.flush_partials()
 
     app.timer(settings.flush_interval, name="kpimon.flush_partials")(flush_partials)
+
+    logged: dict[tuple[str, str], int] = {}
+
+    async def log_rejections() -> None:
+        # Dead letters are counted in /metrics; without this line a worker would drop a backfill's old
+        # events as too_late without a word in its log.
+        nonlocal logged
+        current = dict(kpimon.metrics.rejections)
+        line = rejection_summary(logged, current, settings.max_lateness_days)
+        logged = current
+        if line is not None:
+            log.warning("last %.0f s: %s", settings.rejection_log_interval, line)
+
+    app.timer(settings.rejection_log_interval, name="kpimon.log_rejections")(log_rejections)
 
     async def on_users_recovered() -> None:
         kpimon.rebuild_counters()
