@@ -61,6 +61,8 @@ class Kpimon:
     last_snapshot: Gauge | None = field(default=None)
     flush_pacer: Pacer = field(default_factory=Pacer)
     publish_pacer: Pacer = field(default_factory=Pacer)
+    #: When this process started (Unix ms): orders the partials of a static member's restarts (epoch()).
+    incarnation: int = field(default_factory=lambda: int(time.time() * 1000))
     #: Flushes and publishing run as jobs the source reader waits for (agents/pipeline/pacing.py).
     turns: Turns = field(default_factory=Turns)
 
@@ -100,6 +102,22 @@ class Kpimon:
         except Exception:  # not assigned (any more), or nothing fetched yet
             return None
         return int(value) if value is not None else None
+
+    def epoch(self) -> int:
+        """What orders this worker's partials before their processed offsets: generation, then start time.
+
+        A partial's version is (epoch, processed input offsets) (engine.versioned): an aggregator keeps the
+        newest per source partition, so a late message of a previous owner cannot overwrite what the
+        current owner sent. A rebalance raises the group generation, which Faust's aiokafka driver
+        records. A static member restarted in place gets its partitions back without a rebalance, in the
+        same generation, and re-reads input its previous incarnation had already passed: its offsets are
+        lower than those the previous incarnation sent, and its partials would be refused as late --
+        leaving the aggregates short of what it re-read. Its later start time orders it after the
+        previous incarnation (start times in ms fit in 48 bits; a clock set back by more than the
+        restart takes would break this order).
+        """
+        generation = int(getattr(self.app, "consumer_generation_id", 0) or 0)
+        return (generation << 48) + self.incarnation
 
     def rebuild_counters(self) -> None:
         """After table recovery: drop counters of lost partitions, rebuild those of new ones from state.
@@ -152,8 +170,7 @@ class Kpimon:
         settings, app, topic = self.settings, self.app, self.partials_topic
         now_ms = int(time.time() * 1000)
         count = 0
-        # Faust's aiokafka driver records the group generation of the current assignment.
-        generation = int(getattr(app, "consumer_generation_id", 0) or 0)
+        generation = self.epoch()
         for partial in self.engine.take_partials(now_ms, generation):
             if app.should_stop and not final:
                 # Stopping: the producer may be gone after the final flush. The groups this flush took and

@@ -38,15 +38,12 @@ class BulkTopicsConsumer(aiokafka_driver.Consumer):
         super().resume_partitions([tp for tp in tps if not self._is_bulk(tp)])
 
     async def _commit_tps(self, tps: Iterable[TP], start_new_transaction: bool) -> bool:
-        """Commit Faust's offsets (the partials' ones) only once the producer has flushed.
+        """Faust's commit of its offsets (the partials'), but never stuck on a producer that cannot flush.
 
-        The aggregate agent's table writes go to the aggregates changelog through the producer; Faust
-        commits the partials' offsets without waiting for them. After a crash the next owner of a group
-        then restores a changelog without the last merges and reads the partials after them: the group
-        stays wrong until its source partitions happen to send again, which after a static member's
-        restart (no rebalance: nobody re-sends) may be never. Flushed first, the changelog always
-        holds what the committed offsets say was processed. A flush that does not finish in time (the
-        broker is away) skips this commit; the next one commits the same offsets.
+        Faust flushes the producer before it commits (the aggregates changelog must hold what the
+        committed offsets say was processed) and waits as long as that takes: while no broker answers,
+        forever, and the worker's stop with it. Here the flush has a time limit; a flush that does not
+        finish in time skips this commit, and the next one commits the same offsets.
         """
         # The offsets first: what is processed after the flush started may not be in it.
         offsets = self._filter_committable_offsets(tps)

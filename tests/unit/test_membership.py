@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
-from kpimon.agents.app import static_identity
+from kpimon.agents.app import Kpimon, create_app, static_identity
 from kpimon.agents.cli.worker import topic_specs
 from kpimon.agents.config.settings import Settings
+from kpimon.agents.pipeline.aggregation import Aggregator
+from kpimon.agents.pipeline.engine import versioned
+from kpimon.agents.pipeline.partials import Partial
 from kpimon.agents.runtime.membership import (
     Announcement,
     announcement,
@@ -47,3 +53,35 @@ def test_only_a_static_member_creates_the_instances_topic_and_gets_a_stable_url(
     assert static_identity(dynamic) == {}
     # The same whatever the web port: the broker hands a restarted member its previous assignment.
     assert static_identity(static) == static_identity(Settings.from_env({}, instance_id="w0", web_port=7002))
+
+
+def test_a_restarted_static_member_sends_partials_that_win_over_its_previous_incarnation(
+    tmp_path: Path,
+) -> None:
+    """Same generation (no rebalance), later start, lower offsets: its partials are newer all the same."""
+    settings = Settings(app_id="t-epoch", data_dir=tmp_path, instance_id="w0")
+    before, after = create_app(settings), create_app(settings)
+    after.incarnation = before.incarnation + 3_000
+    aggregator = Aggregator(settings.partitions)
+    table: dict[bytes, Any] = {}
+    group = ("all", "all", 20_000)
+
+    def partial(kpimon: Kpimon, processed: int, active: int) -> Partial:
+        return Partial(
+            source=2,
+            version=versioned(kpimon.epoch(), processed),
+            dimension=group[0],
+            segment=group[1],
+            day=group[2],
+            counts={"active_1d": active},
+        )
+
+    assert aggregator.on_partial(table, partial(before, 5_000, 40))
+    # The restart re-reads from the committed offsets, below what the previous incarnation had passed.
+    assert aggregator.on_partial(table, partial(after, 1_200, 12))
+    assert not aggregator.on_partial(table, partial(before, 5_001, 41))  # a late message of the dead one
+    # A rebalance (a higher generation) still orders first, whatever the start times.
+    rebalanced = create_app(settings)
+    rebalanced.incarnation = before.incarnation - 10**6
+    rebalanced.app.consumer_generation_id = 1  # type: ignore[attr-defined]
+    assert rebalanced.epoch() > after.epoch()
