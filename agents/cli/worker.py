@@ -14,7 +14,12 @@ from kpimon.agents.config.options import kafka_options
 from kpimon.agents.config.preflight import KafkaAccessError, check_access
 from kpimon.agents.config.settings import Settings
 from kpimon.agents.config.topics import TopicSpec, ensure_topics
-from kpimon.agents.runtime.membership import InstanceInUseError, claim, instances_topic, register_membership
+from kpimon.agents.runtime.membership import (
+    InstanceInUseError,
+    claim,
+    instances_topic,
+    register_membership,
+)
 from kpimon.agents.runtime.tables import TABLE_NAMES, changelog_topic_name
 from kpimon.streams.targets import Targets, TargetsError, load_targets
 
@@ -32,7 +37,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     crashes and restarts each time).
     """
     compacted = {"cleanup.policy": "compact"}
-    # Static membership's announcements (agents/runtime/membership.py): one record per instance id.
+    # Static membership's announcements (runtime/membership.py): one record per instance id.
     instances = [TopicSpec(instances_topic(settings.app_id), 1, compacted)] if settings.instance_id else []
     changelogs = [
         TopicSpec(changelog_topic_name(settings.app_id, name), settings.partitions, compacted)
@@ -208,7 +213,7 @@ def worker(kafka: dict[str, Any], **options: object) -> None:
 async def preflight(settings: Settings) -> str | None:
     """Check access to Kafka (one clear error), create the missing topics, claim the instance id.
 
-    Returns this run's id when the worker has an instance id (agents/runtime/membership.py), else None.
+    Returns this run's id when the worker has an instance id (runtime/membership.py), else None.
     """
     await check_access(settings)
     options = aiokafka_options(settings)
@@ -224,7 +229,7 @@ def run_worker(settings: Settings) -> None:
 
     from kpimon.agents.app import create_app
     from kpimon.agents.exporter.web import web_warnings
-    from kpimon.agents.runtime.faust_app import KpimonWorker
+    from kpimon.agents.runtime.faust_app import run_worker as run_faust_worker
     from kpimon.agents.runtime.outage import ShutdownWatchdog
 
     # `_created` series double the exposition for no use on a dashboard.
@@ -257,7 +262,7 @@ def run_worker(settings: Settings) -> None:
     except ValueError as exc:  # an unreadable secret or certificate file: named, not dumped
         raise click.ClickException(str(exc)) from None
     if run is not None:
-        register_membership(kpimon, run)
+        register_membership(kpimon.app, settings, run)
         log.info("static member %r of group %s (run %s)", settings.instance_id, settings.app_id, run)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     scheme = "https" if settings.web_tls_cert_file else "http"
@@ -267,9 +272,5 @@ def run_worker(settings: Settings) -> None:
         + (" (basic auth)" if settings.web_auth_user else ""),
         err=True,
     )
-    runner = KpimonWorker(kpimon.app, loglevel=settings.log_level, quiet=True, watchdog=ShutdownWatchdog())
-    # Faust's terminal spinner, with a log level of warning or above, sets the root logger to DEBUG and
-    # handles every record: each message of the hot path would then build aiokafka's and Faust's debug
-    # log records (measured: 7 % of a worker's CPU). A worker's output is a log, not a terminal.
-    runner.spinner = None
-    runner.execute_from_commandline()
+    # SIGTERM ends the worker within seconds whatever the broker's state (runtime/outage.py).
+    run_faust_worker(kpimon.app, settings.log_level, watchdog=ShutdownWatchdog())

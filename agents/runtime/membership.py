@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 if TYPE_CHECKING:
-    from kpimon.agents.app import Kpimon
     from kpimon.agents.config.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -142,11 +141,13 @@ async def claim(settings: Settings, options: Mapping[str, Any], window: float = 
     return run
 
 
-def register_membership(kpimon: Kpimon, run: str) -> None:
-    """Announce `run` on the instances topic every ANNOUNCE_INTERVAL, and a clean stop at the end."""
+def register_membership(app: Any, settings: Settings, run: str) -> None:
+    """Announce `run` on the instances topic every ANNOUNCE_INTERVAL, and a clean stop at the end.
+
+    `app` is the worker's KpimonApp (its timers and `before_stop` hooks).
+    """
     from kpimon.agents.runtime.tables import raw_topic
 
-    app, settings = kpimon.app, kpimon.settings
     topic = raw_topic(app, instances_topic(settings.app_id))
     key = settings.instance_id.encode()
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from kpimon.agents.app import Kpimon, create_app, static_identity
+from kpimon.agents.app import static_identity
 from kpimon.agents.cli.worker import topic_specs
 from kpimon.agents.config.settings import Settings
 from kpimon.agents.pipeline.aggregation import Aggregator
@@ -20,6 +20,7 @@ from kpimon.agents.runtime.membership import (
     in_use_message,
     instances_topic,
 )
+from kpimon.agents.runtime.ownership import Ownership
 
 
 def test_an_instance_id_is_what_kafka_accepts_as_a_group_instance_id() -> None:
@@ -55,24 +56,22 @@ def test_only_a_static_member_creates_the_instances_topic_and_gets_a_stable_url(
     assert static_identity(static) == static_identity(Settings.from_env({}, instance_id="w0", web_port=7002))
 
 
-def test_a_restarted_static_member_sends_partials_that_win_over_its_previous_incarnation(
-    tmp_path: Path,
-) -> None:
+def test_a_restarted_static_member_sends_partials_that_win_over_its_previous_incarnation() -> None:
     """Same generation (no rebalance), later start, lower offsets: its partials are newer all the same."""
-    settings = Settings(app_id="t-epoch", data_dir=tmp_path, instance_id="w0")
-    before, after = create_app(settings), create_app(settings)
-    after.incarnation = before.incarnation + 3_000
-    aggregator = Aggregator(settings.partitions)
+    app = SimpleNamespace(consumer_generation_id=7)
+    topics = frozenset({"clicks"})
+    before = Ownership(app, topics, incarnation=1_764_000_000_000)
+    after = Ownership(app, topics, incarnation=before.incarnation + 3_000)
+    aggregator = Aggregator(4)
     table: dict[bytes, Any] = {}
-    group = ("all", "all", 20_000)
 
-    def partial(kpimon: Kpimon, processed: int, active: int) -> Partial:
+    def partial(owner: Ownership, processed: int, active: int) -> Partial:
         return Partial(
             source=2,
-            version=versioned(kpimon.epoch(), processed),
-            dimension=group[0],
-            segment=group[1],
-            day=group[2],
+            version=versioned(owner.epoch(), processed),
+            dimension="all",
+            segment="all",
+            day=20_000,
             counts={"active_1d": active},
         )
 
@@ -81,7 +80,5 @@ def test_a_restarted_static_member_sends_partials_that_win_over_its_previous_inc
     assert aggregator.on_partial(table, partial(after, 1_200, 12))
     assert not aggregator.on_partial(table, partial(before, 5_001, 41))  # a late message of the dead one
     # A rebalance (a higher generation) still orders first, whatever the start times.
-    rebalanced = create_app(settings)
-    rebalanced.incarnation = before.incarnation - 10**6
-    rebalanced.app.consumer_generation_id = 1  # type: ignore[attr-defined]
+    rebalanced = Ownership(SimpleNamespace(consumer_generation_id=8), topics, incarnation=1)
     assert rebalanced.epoch() > after.epoch()
