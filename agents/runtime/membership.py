@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 #: Seconds between a running worker's announcements.
 ANNOUNCE_INTERVAL = 1.0
 #: Seconds a starting worker watches for announcements of its id before it takes the id.
-CLAIM_WINDOW = 3.0 * ANNOUNCE_INTERVAL
+CLAIM_WINDOW = 2.0 * ANNOUNCE_INTERVAL
 
 
 class InstanceInUseError(Exception):
