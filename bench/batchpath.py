@@ -26,9 +26,9 @@ from prometheus_client import CollectorRegistry
 
 from bench import fill
 from bench.stats import StageResult
-from kpimon.agents.exporter.pipeline_metrics import PipelineMetrics
 from kpimon.agents.pipeline.batch import BatchProcessor
 from kpimon.agents.pipeline.engine import SourceEngine
+from kpimon.agents.pipeline.metrics import PipelineMetrics
 from kpimon.streams.events import MS_PER_DAY
 from kpimon.streams.validation import Kind, Policy
 
