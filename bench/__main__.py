@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import platform
@@ -20,7 +21,7 @@ from bench.child import run_child
 from bench.cluster import local_kafka
 from bench.stats import StageResult
 
-STAGES = ("batch", "ceiling", "bare", "candidates", "naive", "kpimon", "kpimon2", "rss", "delay")
+STAGES = ("batch", "ceiling", "bare", "candidates", "naive", "quix", "kpimon", "kpimon2", "rss", "delay")
 FULL: dict[str, float] = {
     "events": 1_000_000,
     "days": 30,
@@ -35,7 +36,7 @@ QUICK: dict[str, float] = {
     "timeout": 120,
     "delay_seconds": 5,
 }
-_MAIN_DATA_STAGES = {"ceiling", "bare", "candidates", "naive", "kpimon", "kpimon2"}
+_MAIN_DATA_STAGES = {"ceiling", "bare", "candidates", "naive", "quix", "kpimon", "kpimon2"}
 
 DESCRIPTION = """\
 Benchmark kpimon against a plain aiokafka consumer, a bare Faust agent and a naive Faust DAU, on the same
@@ -54,6 +55,8 @@ stages (--only, comma-separated; all by default):
            events/CPU-s each and over bare's (runs bare too when it is not chosen), and where bare's
            wall time goes: CPU-s/wall-s, its event loop on a CPU, waiting for one, asleep in epoll
   naive    a Faust DAU with per-event updates of 1-day tumbling windowed tables (its own process)
+  quix     the peer: an exact DAU in Quix Streams (per-user state, group_by by day), its own process;
+           needs the optional dependency (pip install -e '.[bench]'), else it reports why it did not run
   kpimon   one `kpimon worker`, timed from its first message until kpimon-kpis holds the true DAU of
            the last day (computed by the bench from the events it produced)
   kpimon2  the same with two `kpimon worker` processes in one group
@@ -202,6 +205,12 @@ async def run_stages(
             )
     if data is not None and "naive" in stages:
         results["naive"] = await _child("naive", "bench.naive", bootstrap, data, scratch, args.timeout)
+    if data is not None and "quix" in stages:
+        if importlib.util.find_spec("quixstreams") is None:
+            results["quix"] = StageResult("quix", complete=False, note="quixstreams not installed: .[bench]")
+            say("quix: skipped, quixstreams is not installed (pip install -e '.[bench]')")
+        else:
+            results["quix"] = await _child("quix", "bench.quix_dau", bootstrap, data, scratch, args.timeout)
     for stage, workers in (("kpimon", 1), ("kpimon2", 2)):
         if data is not None and stage in stages:
             say(f"{stage}: {workers} x kpimon worker")

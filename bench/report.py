@@ -13,6 +13,7 @@ LABELS = {
     "ceiling": "ceiling: aiokafka getmany + msgspec decode",
     "bare": "bare Faust agent (iterate only)",
     "naive": "naive Faust DAU (windowed tables)",
+    "quix": "peer: Quix Streams exact DAU (state, group_by)",
     "kpimon": "kpimon, 1 worker",
     "kpimon2": "kpimon, 2 workers",
     "rss": "kpimon, many users (state/RSS)",
@@ -83,6 +84,7 @@ def ratios(results: Mapping[str, StageResult]) -> dict[str, float | None]:
     return {
         "kpimon/ceiling": ratio(kpimon, rate_of(results, "ceiling")),
         "kpimon/naive": ratio(kpimon, rate_of(results, "naive")),
+        "kpimon/quix": ratio(kpimon, rate_of(results, "quix")),
         "kpimon/bare": ratio(kpimon, rate_of(results, "bare")),
         "bare/ceiling": ratio(rate_of(results, "bare"), rate_of(results, "ceiling")),
         "kpimon2/kpimon": ratio(rate_of(results, "kpimon2"), kpimon),
@@ -95,6 +97,7 @@ def cpu_ratios(results: Mapping[str, StageResult]) -> dict[str, float | None]:
     return {
         "kpimon/ceiling": ratio(kpimon, cpu_rate_of(results, "ceiling")),
         "kpimon/naive": ratio(kpimon, cpu_rate_of(results, "naive")),
+        "kpimon/quix": ratio(kpimon, cpu_rate_of(results, "quix")),
         "kpimon/bare": ratio(kpimon, cpu_rate_of(results, "bare")),
         "bare/ceiling": ratio(cpu_rate_of(results, "bare"), cpu_rate_of(results, "ceiling")),
     }
@@ -204,6 +207,7 @@ def targets(results: Mapping[str, StageResult]) -> list[Target]:
         Target("kpimon events/s per worker process", rate_of(results, "kpimon"), 100_000, unit="/s"),
         Target("kpimon/ceiling", both["kpimon/ceiling"], 1 / 3),
         Target("kpimon/naive", both["kpimon/naive"], 10),
+        Target("kpimon/quix (whole KPI set over the peer's DAU alone)", both["kpimon/quix"], 2),
         Target(
             f"peak RSS, {users:,} users (MB)" if users else "peak RSS, many users (MB)",
             rss / MB if rss is not None else None,
