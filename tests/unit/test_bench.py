@@ -108,6 +108,8 @@ def test_report_shows_rates_ratios_and_targets() -> None:
         "naive": StageResult.from_count("naive", 60_000, 200.0, complete=False, note="capped"),
         "quix": StageResult.from_count("quix", 1_000_000, 100.0),
         "kpimon": StageResult.from_count("kpimon", 1_000_000, 400.0),
+        "ceiling-changing": StageResult.from_count("ceiling-changing", 1_000_000, 10.0),
+        "kpimon-changing": StageResult.from_count("kpimon-changing", 1_000_000, 12.5),
         "rss": StageResult(
             "rss", figures={"peak_rss_bytes": [350_000_000], "state_users": 10, "state_bytes": 800}
         ),
@@ -127,6 +129,7 @@ def test_report_shows_rates_ratios_and_targets() -> None:
         "kpimon/ceiling": "NOT MET",
         "kpimon/naive": "NOT MET",
         "kpimon/quix (whole KPI set over the peer's DAU alone)": "NOT MET",
+        "state-changing mix: kpimon events/s per worker process": "MET",
         "peak RSS, many users (MB)": "MET",
         "p99 end-to-end delay (s)": "NOT MET",
         "longest wait of the input for flush/publish (s)": "MET",
@@ -138,8 +141,9 @@ def test_report_shows_rates_ratios_and_targets() -> None:
     assert "kpimon/naive = 8.333" in text
     assert "longest wait 0.062 s, all waits 12.5 s of 400.0 s" in text
     assert "peer: Quix Streams" in text and "kpimon/quix = 0.250" in text
+    assert "state-changing mix: kpimon, 1 worker" in text and "changing: kpimon/ceiling = 0.800" in text
     assert text.count("NOT MET") == 5
-    assert report.to_json(results, {})["targets"][4]["verdict"] == "MET"
+    assert report.to_json(results, {})["targets"][5]["verdict"] == "MET"
 
 
 def test_parse_schedstat_reads_on_cpu_and_waiting_nanoseconds() -> None:
