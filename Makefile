@@ -28,6 +28,13 @@ $(STAMP): pyproject.toml
 
 setup: system-deps $(STAMP)  ## create .venv and install kpimon with its dev tools
 
+BENCH_STAMP := $(VENV)/.bench-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	@rm -f $(VENV)/.bench-*
+	@touch $@
+
 run: setup  ## the demo: local Kafka, a worker, live traffic and `kpimon top` (Ctrl-C stops all)
 	$(BIN)/kpimon demo
 
@@ -45,10 +52,10 @@ unit: setup  ## the fast unit tests only
 test: setup lint typecheck  ## everything CI runs: lint, types, the whole test suite (real Kafka)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-bench: setup  ## the benchmark suite (issue #7): its own Kafka, 1M events, ~40-70 min; BENCH_ARGS=--help
+bench: setup $(BENCH_STAMP)  ## the benchmark suite (issue #7): its own Kafka, 1M events, ~40-70 min; BENCH_ARGS=--help
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-bench-quick: setup  ## a small smoke run of every benchmark stage (a few minutes)
+bench-quick: setup $(BENCH_STAMP)  ## a small smoke run of every benchmark stage (a few minutes)
 	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 format: setup  ## apply ruff's fixes and formatting
