@@ -15,7 +15,7 @@ BENCH_ARGS ?=
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
 
-system-deps:  ## install Java 17+, Maven, Prometheus (promtool) and tmux from Debian's packages when missing
+system-deps:  ## install Java 17+, Maven, Prometheus (promtool), Alertmanager (amtool) and tmux (Debian packages) when missing
 	@./deploy/system-deps.sh
 
 $(STAMP): pyproject.toml
@@ -38,10 +38,11 @@ $(BENCH_STAMP): $(STAMP)
 run: setup  ## the demo: local Kafka, a worker, live traffic and `kpimon top` (Ctrl-C stops all)
 	$(BIN)/kpimon demo
 
-lint: setup  ## ruff (lint + format check) and the architecture's import contracts (import-linter)
+lint: setup  ## ruff (lint + format check), the import contracts (import-linter), amtool check-config
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	amtool check-config deploy/alertmanager/alertmanager.yml
 
 typecheck: setup  ## mypy --strict
 	$(BIN)/mypy

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what kpimon needs outside Python when it is missing: Java 17+ and Maven (for the local Kafka),
-# and promtool (Debian's prometheus package: checks and unit-tests the Prometheus rules).
+# promtool (Debian's prometheus package: checks and unit-tests the Prometheus rules) and amtool
+# (prometheus-alertmanager: checks the Alertmanager config; the end-to-end test runs the server).
 # Uses Debian's packages; on other systems it says what to install and stops.
 set -euo pipefail
 
@@ -14,6 +15,9 @@ java_ok() {
 java_ok || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+# Alertmanager and amtool: `make lint` checks deploy/alertmanager/, the end-to-end test routes real alerts.
+{ command -v amtool >/dev/null 2>&1 && command -v prometheus-alertmanager >/dev/null 2>&1; } \
+  || need+=(prometheus-alertmanager)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)  # the tests drive `kpimon top` in a terminal
 
 [ ${#need[@]} -eq 0 ] && exit 0
@@ -23,7 +27,7 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 else
-  echo "kpimon needs: ${need[*]} (Java 17+ and Maven run the local Kafka; prometheus provides promtool and the server the end-to-end tests scrape with; tmux drives the terminal view in tests)." \
+  echo "kpimon needs: ${need[*]} (Java 17+ and Maven run the local Kafka; prometheus provides promtool and the server the end-to-end tests scrape with; prometheus-alertmanager provides amtool and the Alertmanager the end-to-end test notifies through; tmux drives the terminal view in tests)." \
     "Install them and retry." >&2
   exit 1
 fi
