@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from kpimon.agents.devtools.localkafka import LocalKafka
-from tests.helpers import KPIMON, free_port, port_is_free
+from tests.helpers import KPIMON, free_port, poll, port_is_free
 from tests.integration.test_top import Tmux
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -46,10 +47,7 @@ def demo_home(tmp_path: Path) -> Path:
 
 def assert_nothing_left(home: Path, *ports: int) -> None:
     """No process of the demo remains and its ports are free."""
-    deadline = time.monotonic() + 20
-    while processes_with_home(home) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert processes_with_home(home) == []
+    poll(lambda: processes_with_home(home), lambda pids: not pids, 20, 0.5, "every process of the demo gone")
     for port in ports:
         assert port_is_free(port)
 
@@ -115,17 +113,14 @@ def test_demo_in_a_terminal_shows_top_and_ctrl_c_leaves_nothing(tmp_path: Path) 
     command = f"env KPIMON_HOME={shlex.quote(str(home))} {shlex.join(demo)}; echo demo-exit=$?; sleep 60"
     tmux = Tmux(command)
     try:
-        deadline = time.monotonic() + 180
-        text = ""
-        while time.monotonic() < deadline:
-            text = tmux.wait_for("kpimon top", "events/s", timeout=180)
+
+        def traffic(text: str) -> bool:
             accepted = re.search(r"accepted ([\d,]+)", text)
             dau = re.search(r"^DAU +([\d,]+)", text, re.MULTILINE)
-            if accepted and int(accepted[1].replace(",", "")) > 20 and dau:
-                break
-            time.sleep(0.5)
-        else:
-            raise AssertionError(f"no traffic on the screen:\n{text}")
+            return bool(accepted and int(accepted[1].replace(",", "")) > 20 and dau)
+
+        screen = functools.partial(tmux.wait_for, "kpimon top", "events/s", timeout=180)
+        text = poll(screen, traffic, timeout=180, interval=0.5, message="traffic on the screen")
         assert "all/all" in text and "Ctrl-C quits" in text, text
         assert processes_with_home(home), "the demo's children should be running"
         tmux.send("C-c")
