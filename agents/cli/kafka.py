@@ -1,8 +1,9 @@
-"""`kpimon kafka start|stop|status`: a local single-node Apache Kafka for development and tests."""
+"""`kpimon kafka start|stop|status|tools`: a local single-node Apache Kafka for development and tests."""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import click
@@ -128,3 +129,45 @@ def status(port: int, run_dir: Path | None) -> None:
     else:
         click.echo("not running")
         raise SystemExit(1)
+
+
+@kafka.command(
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_interspersed_args": False,
+        "help_option_names": [],
+    }
+)
+@click.argument("name", required=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, help="The local broker's port.")
+def tools(name: str | None, args: tuple[str, ...], port: int) -> None:
+    """Run one of Kafka's command-line tools on the local broker's jars: kpimon kafka tools NAME [ARGS]...
+
+    \b
+    kpimon kafka tools topics --list
+    kpimon kafka tools console-consumer --topic kpimon-kpis --from-beginning --property print.key=true
+    kpimon kafka tools consumer-groups --describe --group kpimon
+    kpimon kafka tools topics --help
+
+    NAME is Kafka's script name without `kafka-` and `.sh`; `--bootstrap-server 127.0.0.1:PORT` is added
+    unless given. Without NAME: the list of tools. Options of kpimon (--port) go before NAME.
+    """
+    from kpimon.agents.devtools.kafkatools import TOOLS, UnknownTool, tool_command, write_log4j
+    from kpimon.agents.devtools.localkafka import check_java
+
+    if name is None or name in ("-h", "--help"):
+        click.echo("Kafka's tools (kpimon kafka tools NAME --help for each one's options):")
+        for tool_name, tool in sorted(TOOLS.items()):
+            click.echo(f"  {tool_name:<22}{tool.summary}")
+        return
+    _show_progress()
+    broker = _broker(port, None)
+    try:
+        java = check_java()
+        libs = broker.ensure_jars()
+        command = tool_command(java, libs, write_log4j(libs.parent), name, args, broker.bootstrap)
+    except (KafkaLauncherError, UnknownTool) as err:
+        raise click.ClickException(str(err)) from None
+    # The tool replaces this process: stdin, stdout, Ctrl-C and the exit code are its own.
+    os.execv(command[0], command)  # noqa: S606 (java, resolved by check_java; the args are the user's)
