@@ -22,12 +22,14 @@ from kpimon.agents.config.settings import Settings
 from kpimon.agents.exporter.kpi_collector import KpiCollector
 from kpimon.agents.exporter.lag_collector import LagCollector
 from kpimon.agents.exporter.pipeline_metrics import PipelineMetrics
+from kpimon.agents.exporter.runtime_metrics import register_runtime_metrics
+from kpimon.agents.exporter.sensor import MetricsSensor
 from kpimon.agents.pipeline import partials
 from kpimon.agents.pipeline.aggregation import Aggregator
 from kpimon.agents.pipeline.engine import SourceEngine
 from kpimon.agents.pipeline.pacing import Pacer, Turns
 from kpimon.agents.runtime.faust_app import KpimonApp
-from kpimon.agents.runtime.tables import raw_topic
+from kpimon.agents.runtime.tables import TABLE_NAMES, changelog_topic_name, raw_topic
 from kpimon.streams import output
 from kpimon.streams.output import KpiRecord
 from kpimon.streams.targets import Targets
@@ -37,6 +39,8 @@ log = logging.getLogger(__name__)
 #: Faust table stores by `Settings.store`: in memory (rebuilt from the changelogs at every start), or
 #: RocksDB on local disk (rocksdict; state beyond memory, and a restart reads only the changelog's tail).
 STORES = {"memory": "memory://", "rocksdb": "rocksdb://"}
+#: Seconds between looks at the consumer positions of owned partitions nothing was processed from yet.
+LAG_START_INTERVAL = 5.0
 
 
 @dataclass
@@ -60,6 +64,8 @@ class Kpimon:
     publish_pacer: Pacer = field(default_factory=Pacer)
     #: Flushes and publishing run as jobs the source reader waits for (agents/pipeline/pacing.py).
     turns: Turns = field(default_factory=Turns)
+    #: Consumer positions of owned partitions nothing was processed from yet: their lag's start.
+    start_positions: dict[tuple[str, int], int] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -93,6 +99,26 @@ class Kpimon:
         except Exception:  # not assigned (any more), or nothing fetched yet
             return None
         return int(value) if value is not None else None
+
+    async def refresh_start_positions(self) -> None:
+        """Note the consumer position of each owned partition without a processed message, for the lag."""
+        assigned = self.assigned()
+        found: dict[tuple[str, int], int] = {}
+        for topic_partition in assigned:
+            if topic_partition in self.engine.positions:
+                continue
+            position: int | None = None
+            if self.reader is not None and topic_partition[0] in self.reader.source_topics:
+                position = await self.reader.position(topic_partition)
+            else:
+                try:
+                    position = await self.app.consumer.position(TP(*topic_partition))
+                except Exception:  # not assigned any more, or the consumer is restarting
+                    position = None
+            if position is not None:
+                found[topic_partition] = position
+        self.start_positions.clear()
+        self.start_positions.update(found)
 
     def rebuild_counters(self) -> None:
         """After table recovery: drop counters of lost partitions, rebuild those of new ones from state.
@@ -261,7 +287,15 @@ def create_app(
     kpimon.partials_topic = raw_topic(app, settings.partials)
     kpimon.kpis_topic = raw_topic(app, settings.kpis)
     registry.register(KpiCollector(kpimon.gauge_records))
-    registry.register(LagCollector(kpimon.assigned, kpimon.engine.positions, kpimon.highwater))
+    registry.register(
+        LagCollector(kpimon.assigned, kpimon.engine.positions, kpimon.highwater, kpimon.start_positions)
+    )
+    register_runtime_metrics(registry)
+    # The produce-error series of every topic a worker writes, at 0 from the start (rate() needs a start).
+    changelogs = [changelog_topic_name(settings.app_id, name) for name in TABLE_NAMES]
+    for topic in (settings.dead_letters, settings.rekeyed, settings.partials, settings.kpis, *changelogs):
+        kpimon.metrics.produce_errors.labels(topic=topic)
+    app.sensors.add(MetricsSensor(kpimon.metrics))
     register_ingest(kpimon)
     register_aggregate(kpimon)
     register_web(kpimon)
@@ -270,6 +304,11 @@ def create_app(
         kpimon.started = True
 
     app.task(_mark_started)  # Faust runs tasks once the worker has started
+
+    async def _refresh_start_positions() -> None:
+        await kpimon.refresh_start_positions()
+
+    app.timer(LAG_START_INTERVAL, name="kpimon.lag_start_positions")(_refresh_start_positions)
 
     async def _final_flush(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         # Sent by Faust on stop after the consumer stopped (offsets committed) and before the producer

@@ -35,6 +35,17 @@ class PipelineMetrics:
             ["topic", "reason"],
             registry=registry,
         )
+        self.produce_errors = Counter(
+            "kpimon_produce_errors",
+            "Messages this worker failed to write to Kafka (after the producer's retries), by topic.",
+            ["topic"],
+            registry=registry,
+        )
+        self.rebalances = Counter(
+            "kpimon_rebalances",
+            "Consumer-group rebalances this worker took part in (each one pauses its processing).",
+            registry=registry,
+        )
         #: Rejections by (source topic, reason) since start: the worker's periodic log summary reads it.
         self.rejections: Tally[tuple[str, str]] = Tally()
         self.event_delay = DelayHistogram()
@@ -52,6 +63,10 @@ class PipelineMetrics:
     def duplicate(self, topic: str, count: int = 1) -> None:
         """Count valid events that were seen before (their event_id) and so change nothing."""
         self.events.labels(topic=topic, outcome="duplicate").inc(count)
+
+    def produce_error(self, topic: str, count: int = 1) -> None:
+        """Count `count` messages that could not be written to `topic`."""
+        self.produce_errors.labels(topic=topic).inc(count)
 
     def rejected(self, topic: str, reason: Reason) -> None:
         """Count a rejected message (it goes to the dead-letter topic)."""

@@ -58,6 +58,7 @@ def register_ingest(kpimon: Kpimon) -> None:
     kpimon.users = users
     # Every user-state write goes through this one store: changelog records in batches (user_store.py).
     store = UserStore(users)
+    store.on_send_error = kpimon.metrics.produce_error
     processor = BatchProcessor(kpimon.engine, kpimon.metrics, settings.policy, kinds, labels)
     redactor = (
         Redactor(read_secret("dead_letter_redact_key_file", settings.dead_letter_redact_key_file).encode())

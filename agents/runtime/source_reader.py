@@ -124,6 +124,19 @@ class SourceReader:
             return None
         return int(value) if value is not None else None
 
+    async def position(self, topic_partition: tuple[str, int]) -> int | None:
+        """The next offset this reader will fetch of a partition it reads (None when not assigned or unknown).
+
+        Before the first message of a partition is processed, this is the group's committed offset (or
+        the earliest one): the start of the partition's lag.
+        """
+        if self._consumer is None or topic_partition not in self._assigned:
+            return None
+        try:
+            return int(await asyncio.wait_for(self._consumer.position(TopicPartition(*topic_partition)), 5))
+        except Exception:  # unassigned meanwhile, or the broker is away: unknown for now
+            return None
+
     async def _ensure_consumer(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             settings = self.kpimon.settings

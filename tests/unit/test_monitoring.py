@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from kpimon.agents.exporter.kpi_collector import KPI_METRICS, KpiCollector
 from kpimon.agents.exporter.pipeline_metrics import PipelineMetrics
+from kpimon.agents.exporter.runtime_metrics import register_runtime_metrics
 from monitoring import grafana
 from monitoring.config import DEFAULT, MonitoringConfig, PipelineAlerts
 from monitoring.dashboards import PanelQuery, bands, dashboards, panel_queries, variable_queries
@@ -49,23 +50,31 @@ def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False, timeout=300)
 
 
-def exported_metrics() -> set[str]:
-    """Every sample name the workers' code exports (counters with _total, histograms with their series)."""
+def worker_registry() -> CollectorRegistry:
+    """A registry with what a worker registers without a running app."""
     registry = CollectorRegistry()
     PipelineMetrics(registry, topics=("clicks",))
     registry.register(KpiCollector(lambda: (None, [])))
-    names: set[str] = set()
-    for family in registry.collect():
-        if family.type == "counter":
-            names.add(f"{family.name}_total")
-        elif family.type == "histogram":
-            names.update(f"{family.name}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
-        else:
-            names.add(family.name)
+    register_runtime_metrics(registry)
+    return registry
+
+
+def exported_families() -> set[str]:
+    """Every metric the workers' code exports, as docs/metrics.md names it (counters with _total)."""
+    names = {f"{f.name}_total" if f.type == "counter" else f.name for f in worker_registry().collect()}
     # Gauges created with the Faust app (agents/app.py: the snapshot timestamp) or by collectors that need a
     # running consumer (the lag): read their names from the source.
     for path in (ROOT / "agents").glob("**/*.py"):
         names.update(re.findall(r'Gauge(?:MetricFamily)?\(\s*"(kpimon_\w+)"', path.read_text()))
+    return names
+
+
+def exported_metrics() -> set[str]:
+    """Every sample name the workers' code exports (counters with _total, histograms with their series)."""
+    histograms = {f.name for f in worker_registry().collect() if f.type == "histogram"}
+    names = exported_families() - histograms
+    for name in histograms:
+        names.update(f"{name}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
     return names
 
 
@@ -210,6 +219,15 @@ def test_every_metric_used_is_exported_or_recorded() -> None:
     known = exported | recorded | set(PENDING_METRICS) | {"up"}
     unknown = {(where, name) for where, expr in all_expressions() for name in metric_names(expr) - known}
     assert unknown == set()
+
+
+def test_every_exported_metric_is_documented_and_every_documented_one_exported() -> None:
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    documented = set(re.findall(r"^\| `((?:kpimon|process|python)_\w+)`", text, flags=re.MULTILINE))
+    exported = exported_families()
+    assert {"kpimon_build_info", "kpimon_rebalances_total", "process_cpu_seconds_total"} <= exported
+    assert exported - documented == set(), "exported but not in docs/metrics.md"
+    assert documented - exported == set(), "in docs/metrics.md but not exported"
 
 
 def test_every_recorded_series_is_used() -> None:
