@@ -44,7 +44,7 @@ KPI_METRICS: dict[str, KpiMetric] = {
         "kpimon_active_users", "Distinct active users in the window ending on the day."
     ),
     "stickiness": KpiMetric(
-        "kpimon_stickiness_ratio", "DAU / MAU (active users 1d over 30d); 0 when MAU is 0."
+        "kpimon_stickiness_ratio", "DAU / MAU (active users 1d over 30d); absent when MAU is 0."
     ),
     "lifecycle_new": _lifecycle("new"),
     "lifecycle_returning": _lifecycle("returning"),
@@ -52,7 +52,7 @@ KPI_METRICS: dict[str, KpiMetric] = {
     "lifecycle_dormant": _lifecycle("dormant"),
     "churn_base": KpiMetric("kpimon_churn_base_users", "Users active in the window before the last W days."),
     "churned": KpiMetric("kpimon_churned_users", "Users of the churn base not active in the last W days."),
-    "churn_rate": KpiMetric("kpimon_churn_ratio", "Churned users / churn base; 0 when the base is 0."),
+    "churn_rate": KpiMetric("kpimon_churn_ratio", "Churned users / churn base; absent when the base is 0."),
     "nps_responses": _survey("nps", "responses"),
     "nps_promoters": _survey("nps", "promoters"),
     "nps_passives": _survey("nps", "passives"),

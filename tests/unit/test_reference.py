@@ -263,10 +263,13 @@ def test_active_users_windows_and_stickiness(tmp_path: Path) -> None:
     assert records[f"active_users/1d/all/all/{iso(29)}"].numerator is None
 
 
-def test_stickiness_is_zero_without_monthly_users(tmp_path: Path) -> None:
+def test_stickiness_and_churn_rate_are_null_without_a_denominator(tmp_path: Path) -> None:
     records = run(tmp_path, [click("a", 0), click("b", 40)])
     sticky = records[f"stickiness/30d/all/all/{iso(35)}"]  # a is 35 days back: present, not monthly
-    assert (sticky.value, sticky.numerator, sticky.denominator) == (0.0, 0, 0)
+    assert (sticky.value, sticky.numerator, sticky.denominator) == (None, 0, 0)
+    churn = records[f"churn_rate/7d/all/all/{iso(5)}"]  # nobody was active in [-8, -2]: an empty base
+    assert (churn.value, churn.numerator, churn.denominator) == (None, 0, 0)
+    assert records[f"churn_rate/30d/all/all/{iso(35)}"].value == 1.0  # base [-24, 5]: a, gone since
 
 
 def test_lifecycle_statuses(tmp_path: Path) -> None:
