@@ -8,13 +8,16 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from kpimon.agents.devtools.localkafka import pick_free_port, port_is_free
 
 #: The real `kpimon` console script of the virtualenv running the tests.
 KPIMON = str(Path(sys.executable).with_name("kpimon"))
 
-__all__ = ["KPIMON", "free_port", "port_is_free", "wait_until"]
+__all__ = ["KPIMON", "free_port", "poll", "port_is_free", "wait_until"]
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -39,3 +42,21 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} not true after {timeout} s")
         await asyncio.sleep(interval)
+
+
+def poll(
+    probe: Callable[[], T],
+    done: Callable[[T], bool],
+    timeout: float,
+    interval: float = 1.0,
+    message: str = "condition",
+) -> T:
+    """Call `probe` until `done(result)`; the last result, or AssertionError with it after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if done(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} not reached after {timeout} s; last: {result!r}"[:6000])
+        time.sleep(interval)

@@ -19,17 +19,15 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from monitoring.accelerated import prometheus_files
 from monitoring.config import MonitoringConfig
 from tests.helpers import free_port
-
-T = TypeVar("T")
 
 
 def binary(name: str) -> str:
@@ -252,24 +250,6 @@ def running_prometheus(
         yield server
     finally:
         server.stop()
-
-
-def poll(
-    probe: Callable[[], T],
-    done: Callable[[T], bool],
-    timeout: float,
-    interval: float = 1.0,
-    message: str = "condition",
-) -> T:
-    """Call `probe` until `done(result)`; the last result, or AssertionError with it after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = probe()
-        if done(result):
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{message} not reached after {timeout} s; last: {result!r}"[:6000])
-        time.sleep(interval)
 
 
 def finite(value: float) -> bool:

@@ -22,7 +22,8 @@ class WorkerProcess:
     """A `kpimon worker` subprocess with its web port and log file.
 
     With `tls_ca` the web endpoints are reached over HTTPS (trusting that CA), with `auth` (user, password)
-    requests carry HTTP basic auth.
+    requests carry HTTP basic auth. `executable` is the `kpimon` to run (another virtualenv's, say) and
+    `cwd` its working directory.
     """
 
     def __init__(
@@ -33,6 +34,9 @@ class WorkerProcess:
         env: dict[str, str],
         tls_ca: Path | None = None,
         auth: tuple[str, str] | None = None,
+        *,
+        executable: str = KPIMON,
+        cwd: Path | None = None,
     ) -> None:
         self.web_port = web_port
         self.log_path = log_path
@@ -40,10 +44,11 @@ class WorkerProcess:
         self.auth = auth
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [KPIMON, "worker", "--web-port", str(web_port), *args],
+            [executable, "worker", "--web-port", str(web_port), *args],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
+            cwd=cwd,
             start_new_session=True,
         )
 

@@ -51,14 +51,13 @@ from monitoring.config import DEFAULT, MonitoringConfig
 from monitoring.dashboards import bands, panel_queries, variable_queries
 from monitoring.promql import substitute_variables
 from monitoring.rules import RecordingRule, kpi, recording_rules
-from tests.helpers import KPIMON, free_port
+from tests.helpers import KPIMON, free_port, poll
 from tests.prometheus import (
     PrometheusServer,
     Series,
     backfill,
     check_config,
     finite,
-    poll,
     running_prometheus,
     write_setup,
 )
