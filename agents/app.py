@@ -19,6 +19,7 @@ from faust.types import TP
 from prometheus_client import CollectorRegistry, Gauge
 
 from kpimon.agents.config.settings import Settings
+from kpimon.agents.exporter.folding_collector import FoldedCollector
 from kpimon.agents.exporter.kpi_collector import KpiCollector
 from kpimon.agents.exporter.lag_collector import LagCollector
 from kpimon.agents.exporter.pipeline_metrics import PipelineMetrics
@@ -239,7 +240,7 @@ def create_app(
     """Build the Faust app with all agents, tables, timers and web views registered."""
     # Imported here: these modules register on an app, and importing them must not need one.
     from kpimon.agents.config.kafka_security import faust_options
-    from kpimon.agents.exporter.web import register_web, web_ssl_context
+    from kpimon.agents.exporter.web import register_web, web_options
     from kpimon.agents.runtime.aggregate_agent import register_aggregate
     from kpimon.agents.runtime.ingest_agent import register_ingest
 
@@ -257,7 +258,8 @@ def create_app(
         web_bind=settings.web_host,
         web_host=settings.web_host,
         web_port=settings.web_port,
-        web_ssl_context=web_ssl_context(settings),
+        # Faust's views off, auth on every other route, timeouts, a safe error log (docs/security.md).
+        **web_options(settings, registry),
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         # The user-state changelog goes out in record batches (runtime/user_store.py): bigger batches, fewer
@@ -276,6 +278,7 @@ def create_app(
             settings.passive,
             settings.max_segment_values,
             settings.policy.max_future_ms,
+            settings.segment_personal_pattern,
         ),
         aggregator=Aggregator(settings.partitions, targets),
     )
@@ -287,6 +290,7 @@ def create_app(
     kpimon.partials_topic = raw_topic(app, settings.partials)
     kpimon.kpis_topic = raw_topic(app, settings.kpis)
     registry.register(KpiCollector(kpimon.gauge_records))
+    registry.register(FoldedCollector(kpimon.engine.folder))
     registry.register(
         LagCollector(kpimon.assigned, kpimon.engine.positions, kpimon.highwater, kpimon.start_positions)
     )

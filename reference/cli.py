@@ -82,6 +82,12 @@ _FILE = click.Path(exists=True, dir_okay=False, readable=True, path_type=Path)
     help="Distinct values kept per segment dimension; later ones fold into 'other'.",
 )
 @click.option(
+    "--segment-personal-pattern",
+    default=None,
+    help="Regular expression of segment values that are personal data: they fold into 'other', as e-mail "
+    "addresses always do (default: KPIMON_SEGMENT_PERSONAL_PATTERN, else none).",
+)
+@click.option(
     "--out",
     type=click.File("wb"),
     default="-",
@@ -95,6 +101,7 @@ def reference(
     max_lateness_days: int | None,
     passive_types: tuple[str, ...],
     max_segment_values: int,
+    segment_personal_pattern: str | None,
     out: IO[bytes],
 ) -> None:
     """Compute every KPI in batch with DuckDB SQL: the truth the stream is held to.
@@ -108,7 +115,9 @@ def reference(
     """
     try:
         settings = Settings.from_env(
-            max_lateness_days=max_lateness_days, passive_types=",".join(passive_types) or None
+            max_lateness_days=max_lateness_days,
+            passive_types=",".join(passive_types) or None,
+            segment_personal_pattern=segment_personal_pattern,
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -119,6 +128,7 @@ def reference(
         settings.policy,
         passive_types=settings.passive,
         max_segment_values=max_segment_values,
+        personal_pattern=settings.segment_personal_pattern,
     )
     for record in result.records:
         out.write(encode(record) + b"\n")

@@ -87,6 +87,7 @@ def run_reference(
     *,
     passive_types: Iterable[str] = (),
     max_segment_values: int = DEFAULT_MAX_SEGMENT_VALUES,
+    personal_pattern: str = "",
     updated_at: str | None = None,
 ) -> Result:
     """Every KPI from the two input files, validated with wall clock `now_ms` under `policy`.
@@ -95,7 +96,9 @@ def run_reference(
     """
     con = duckdb.connect(":memory:")
     try:
-        stats = load(con, clicks, surveys, now_ms, policy, passive_types, max_segment_values)
+        stats = load(
+            con, clicks, surveys, now_ms, policy, passive_types, max_segment_values, personal_pattern
+        )
         records = compute(con, updated_at or rfc3339(wall_clock_ms()))
         row = con.execute("SELECT day FROM current_day").fetchone()
     finally:

@@ -92,12 +92,13 @@ def create_tables(
     con: duckdb.DuckDBPyConnection,
     passive_types: Iterable[str] = (),
     max_segment_values: int = DEFAULT_MAX_SEGMENT_VALUES,
+    personal_pattern: str = "",
 ) -> None:
     """Create the empty input tables (sql/schema.sql) and store the run settings."""
     con.execute(sql_text("schema.sql"))
     for passive in sorted(set(passive_types)):
         con.execute("INSERT INTO passive_types VALUES (?)", [passive])
-    con.execute("INSERT INTO settings VALUES (?)", [max_segment_values])
+    con.execute("INSERT INTO settings VALUES (?, ?)", [max_segment_values, personal_pattern])
 
 
 def _click_row(seq: int, verdict: Accepted) -> tuple[object, ...]:
@@ -198,9 +199,10 @@ def load(
     policy: Policy,
     passive_types: Iterable[str] = (),
     max_segment_values: int = DEFAULT_MAX_SEGMENT_VALUES,
+    personal_pattern: str = "",
 ) -> LoadStats:
     """Create the input tables in `con` and fill them from the two input files, validated at `now_ms`."""
-    create_tables(con, passive_types, max_segment_values)
+    create_tables(con, passive_types, max_segment_values, personal_pattern)
     stats = LoadStats()
     load_file(con, "clicks", clicks, now_ms, policy, stats)
     load_file(con, "surveys", surveys, now_ms, policy, stats)

@@ -98,6 +98,12 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     help="Values kept per segment dimension; further ones count as `other`.  [default: 50]",
 )
 @click.option(
+    "--segment-personal-pattern",
+    envvar="KPIMON_SEGMENT_PERSONAL_PATTERN",
+    help="Regular expression (Python, searched) of segment values that are personal data: they count as "
+    "`other`, as e-mail addresses always do.  [default: none]",
+)
+@click.option(
     "--flush-interval",
     type=float,
     envvar="KPIMON_FLUSH_INTERVAL",
@@ -158,6 +164,13 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     help="File holding the basic auth password.  [default: none]",
 )
 @click.option(
+    "--web-timeout",
+    type=float,
+    envvar="KPIMON_WEB_TIMEOUT",
+    help="Seconds a web connection may go without a complete request (idle, unfinished headers) before "
+    "it is closed.  [default: 30]",
+)
+@click.option(
     "--dead-letter-redact/--no-dead-letter-redact",
     default=None,
     envvar="KPIMON_DEAD_LETTER_REDACT",
@@ -195,6 +208,7 @@ def run_worker(settings: Settings) -> None:
     from prometheus_client import disable_created_metrics
 
     from kpimon.agents.app import create_app
+    from kpimon.agents.exporter.web import web_warnings
 
     # `_created` series double the exposition for no use on a dashboard.
     disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -202,6 +216,8 @@ def run_worker(settings: Settings) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s"
     )
+    for warning in web_warnings(settings):
+        log.warning("%s", warning)
     # Configuration first: a bad file stops the worker before it touches Kafka.
     targets: Targets = {}
     if settings.targets_file:

@@ -14,11 +14,24 @@ from typing import Any
 from kpimon.agents.config.settings import Settings
 
 
+class Secret(str):
+    """A secret read from its file: a `str` for every use, `<redacted>` in every repr.
+
+    Containers show their items by repr, so an options dict, a dataclass or an exception holding one
+    (aiokafka's options, `kpimon top`'s config) never shows the secret when printed or logged.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'<redacted>'"
+
+
 class SecretFileError(ValueError):
     """A secret file cannot be read or is empty; the message names the setting, never the content."""
 
 
-def read_secret(setting: str, path: str) -> str:
+def read_secret(setting: str, path: str) -> Secret:
     """The content of a secret file without its trailing newline (as `echo secret > file` leaves it)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -29,7 +42,7 @@ def read_secret(setting: str, path: str) -> str:
     secret = text.rstrip("\r\n")
     if not secret:
         raise SecretFileError(f"{setting}: {path} is empty")
-    return secret
+    return Secret(secret)
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:

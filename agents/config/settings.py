@@ -6,6 +6,7 @@ Nothing else in kpimon reads the environment.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -50,6 +51,9 @@ class Settings:
     passive_types: str = ""
     #: At most this many values per segment dimension; further values fold into "other".
     max_segment_values: int = 50
+    #: Segment values matching this regular expression (searched, Python syntax) fold into "other" like
+    #: e-mail addresses do: personal data never becomes a label (docs/security.md). None when empty.
+    segment_personal_pattern: str = ""
     #: TOML file of KPI targets (deploy/targets.example.toml); none when empty.
     targets_file: str = ""
     #: Seconds between flushes of changed counters to kpimon-partials and of changed KPIs to kpimon-kpis.
@@ -87,6 +91,9 @@ class Settings:
     web_tls_key_file: str = ""
     web_auth_user: str = ""
     web_auth_password_file: str = ""
+    #: Seconds a web connection may go without a complete request (idle keep-alive, idle TLS, headers
+    #: never finished) before the server closes it.
+    web_timeout: float = 30.0
     #: Dead letters without `comment`, with user_id and key replaced by HMAC-SHA256 (docs/security.md).
     dead_letter_redact: bool = False
     dead_letter_redact_key_file: str = ""
@@ -124,12 +131,18 @@ class Settings:
             raise ValueError(f"web_port must be in 1..65535, got {self.web_port}")
         if self.max_segment_values < 1:
             raise ValueError(f"max_segment_values must be >= 1, got {self.max_segment_values}")
+        try:
+            re.compile(self.segment_personal_pattern)
+        except re.error as exc:
+            raise ValueError(f"segment_personal_pattern is not a valid regular expression: {exc}") from None
         if self.flush_interval <= 0:
             raise ValueError(f"flush_interval must be > 0, got {self.flush_interval}")
         if self.store not in ("memory", "rocksdb"):
             raise ValueError(f"store must be memory or rocksdb, got {self.store!r}")
         if self.batch_max_messages < 1:
             raise ValueError(f"batch_max_messages must be >= 1, got {self.batch_max_messages}")
+        if not 0 < self.web_timeout <= 3600:
+            raise ValueError(f"web_timeout must be in (0, 3600] seconds, got {self.web_timeout}")
         if self.commit_interval <= 0:
             raise ValueError(f"commit_interval must be > 0, got {self.commit_interval}")
         if self.rejection_log_interval <= 0:

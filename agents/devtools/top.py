@@ -16,6 +16,8 @@ import signal
 import ssl
 import sys
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -90,6 +92,42 @@ class MetricsAccess:
     def context(self) -> ssl.SSLContext | None:
         """The TLS context of https URLs: the CA file's, else the system CAs (None)."""
         return ssl.create_default_context(cafile=self.ca_file) if self.ca_file else None
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        """A urllib opener that follows a redirect only within the origin of the request (docs/security.md).
+
+        urllib's own redirect handling copies the request's headers, Authorization included, to wherever
+        the redirect points: a worker's port taken over (or a misconfigured proxy) would get the password.
+        """
+        return urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=self.context()), SameOriginRedirects()
+        )
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a URL, the port explicit: what a redirect must keep to carry credentials."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
+
+
+class SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects within the request's origin; refuses (raises HTTPError) any to another one."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        if origin(newurl) != origin(req.full_url):
+            raise urllib.error.HTTPError(
+                req.full_url, code, f"refused a redirect to another origin ({msg})", headers, fp
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 class KpiFeed:
@@ -185,9 +223,7 @@ def scrape(url: str, timeout: float = 2.0, access: MetricsAccess | None = None) 
     """The pipeline totals of one worker's /metrics; None when it does not answer (or refuses us)."""
     access = access or MetricsAccess()
     try:
-        with urllib.request.urlopen(  # noqa: S310 (URL given by the user)
-            access.request(url), timeout=timeout, context=access.context()
-        ) as response:
+        with access.opener().open(access.request(url), timeout=timeout) as response:
             text = response.read().decode()
         return parse_metrics(text, time.monotonic())
     except (OSError, ValueError):

@@ -44,11 +44,12 @@ class SourceEngine:
         passive_types: Iterable[str] = (),
         max_segment_values: int = 50,
         max_future_ms: int = Policy().max_future_ms,
+        personal_pattern: str = "",
     ) -> None:
         self.max_lateness_days = max_lateness_days
         self.max_future_ms = max_future_ms
         self.passive_types = frozenset(passive_types)
-        self.folder = SegmentFolder(max_segment_values)
+        self.folder = SegmentFolder(max_segment_values, personal_pattern)
         self.partitions: dict[int, PartitionCounters] = {}
         #: Next offset to process per (topic, partition): the partials' version, and the consumer lag.
         self.positions: dict[tuple[str, int], int] = {}

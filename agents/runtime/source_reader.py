@@ -249,8 +249,7 @@ class SourceReader:
         for out in result.dead_letters:
             key, value, headers = out.key, out.value, out.headers
             if self.redactor is not None:
-                key, value, extra = self.redactor.redact(key, value)
-                headers = [*headers, *extra]
+                key, value, headers = self.redactor.redact(key, value, headers)
             dead_letters.send_soon(key=key, value=value, headers=headers)
         for out in result.rekeyed:
             rekeyed.send_soon(key=out.key, value=out.value, headers=out.headers)

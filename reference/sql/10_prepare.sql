@@ -55,7 +55,10 @@ LEFT JOIN active USING (user_id);
 
 -- The values each capped dimension keeps: the first `max_segment_values` distinct values in order of
 -- first appearance (clicks file first, then surveys file, each in line order). 'unknown' (also what an
--- absent value becomes) and 'other' are never folded and take no place. Later values fold into 'other'.
+-- absent value becomes) and 'other' are never folded and take no place. Values that look like personal
+-- data are never kept and take no place either: an e-mail address anywhere in the value (something @
+-- something . something, no whitespace or second '@' in the parts), or a match of the configured pattern.
+-- Later values, and personal ones, fold into 'other'.
 CREATE OR REPLACE TABLE segment_values AS
 WITH appearances AS (
     SELECT 'platform' AS dimension, platform AS value, 0 AS source, seq FROM clicks
@@ -65,8 +68,10 @@ WITH appearances AS (
 ),
 firsts AS (
     SELECT dimension, value, source, seq
-    FROM appearances
+    FROM appearances, settings
     WHERE value IS NOT NULL AND value NOT IN ('unknown', 'other')
+        AND NOT regexp_matches(value, '[^@ \t\n\r\f\v]+@[^@ \t\n\r\f\v]+\.[^@ \t\n\r\f\v]+')
+        AND NOT (settings.personal_pattern <> '' AND regexp_matches(value, settings.personal_pattern))
     QUALIFY row_number() OVER (PARTITION BY dimension, value ORDER BY source, seq) = 1
 )
 SELECT dimension, value

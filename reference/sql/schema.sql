@@ -34,5 +34,6 @@ CREATE TABLE passive_types (
 
 -- Run settings, exactly one row.
 CREATE TABLE settings (
-    max_segment_values INTEGER NOT NULL  -- distinct values kept per dimension before folding into 'other'
+    max_segment_values INTEGER NOT NULL,  -- distinct values kept per dimension before folding into 'other'
+    personal_pattern   VARCHAR NOT NULL   -- segment values matching it (searched) are personal data; '' none
 );

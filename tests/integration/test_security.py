@@ -8,11 +8,15 @@ Delivery over SASL_SSL and mutual TLS is tests/integration/test_ingest.py, param
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import hashlib
 import hmac
 import http.client
 import json
 import os
+import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -25,6 +29,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
 from kpimon.agents.config.topics import TopicSpec, ensure_topics
+from tests.certs import make_pki
 from tests.helpers import KPIMON, free_port, wait_until
 from tests.integration.test_ingest import produce, read_all
 from tests.security import SCRAM_PASSWORD, SCRAM_USER, Access, SecureKafka
@@ -308,3 +313,109 @@ async def test_secured_worker_keeps_user_ids_private(
         assert dict(record.headers)["kpimon-redacted"] == b"payload-dropped"
         assert dict(record.headers)["kpimon-source-topic"] == clicks.encode()
     assert by_reason["invalid_json"].key == pseudonym(users[4]).encode()
+
+
+# --- the web port, attacked (issue #21) --------------------------------------------------------------------
+
+#: Faust's built-in views and paths next to them: none may exist on a kpimon worker.
+FAUST_PATHS = (
+    "/",
+    "/router/",
+    "/router/topics",
+    "/table/",
+    "/table/user-state/",
+    "/graph/",
+    "/stats/",
+    "/assignment/",
+    "/performance/",
+)
+WEB_TIMEOUT = 2.0
+
+
+def accepted_labels(topic: str) -> frozenset[tuple[str, str]]:
+    return frozenset({("topic", topic), ("outcome", "accepted")})
+
+
+def tls_socket(port: int, ca: Path) -> ssl.SSLSocket:
+    context = ssl.create_default_context(cafile=str(ca))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=WEB_TIMEOUT + 10)
+    return context.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def seconds_until_closed(sock: socket.socket) -> float:
+    """Read until the server closes the connection; the seconds that took (fails on the socket timeout)."""
+    started = time.monotonic()
+    with contextlib.suppress(ConnectionResetError, ssl.SSLEOFError):
+        while sock.recv(1024):
+            pass
+    return time.monotonic() - started
+
+
+async def test_the_worker_web_port_serves_only_kpimon_routes_and_cuts_off_slow_clients(
+    kafka_bootstrap: str, unique_prefix: str, tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    password_file = tmp_path / "web-password"
+    password_file.write_text(WEB_PASSWORD + "\n")
+    user = f"dave.{uuid.uuid4().hex[:8]}@example.com"  # a user id and a segment value that are personal
+    clicks = f"{unique_prefix}clicks"
+    await ensure_topics(kafka_bootstrap, [TopicSpec(clicks, 4), TopicSpec(f"{unique_prefix}surveys", 4)])
+    click = {"event_id": "c1", "user_id": user, "ts": int(time.time() * 1000), "type": "view", "plan": user}
+    await produce(kafka_bootstrap, clicks, [(user.encode(), json.dumps(click).encode())])
+    flags = [
+        *(f"--web-tls-cert-file={pki.server_cert}", f"--web-tls-key-file={pki.server_key}"),
+        *(f"--web-auth-user={WEB_USER}", f"--web-auth-password-file={password_file}"),
+        f"--web-timeout={WEB_TIMEOUT}",
+        "--store=rocksdb",  # where Faust's /table view answered 500 for a known user and 404 otherwise
+    ]
+    auth = (WEB_USER, WEB_PASSWORD)
+    port = free_port()
+    with running_worker(
+        kafka_bootstrap, unique_prefix, port, tmp_path, flags, tls_ca=pki.ca, auth=auth
+    ) as worker:
+        await wait_until(
+            lambda: worker.samples().get(("kpimon_events_total", accepted_labels(clicks)), 0) >= 1,
+            60,
+            0.5,
+            "the click processed",
+        )
+        # Every path but /live: 401 without credentials; with them, Faust's views do not exist.
+        for path in (*FAUST_PATHS, f"/table/user-state/{user}/", "/metrics", "/ready"):
+            assert worker.get(path, auth=False)[0] == 401, path
+        for path in (*FAUST_PATHS, f"/table/user-state/{user}/", "/table/user-state/nobody@example.com/"):
+            assert worker.get(path)[0] == 404, path
+        assert worker.get("/live", auth=False) == (200, b'{"live":true}')
+
+        # The personal segment value folded into `other` and was counted; it is in no label.
+        status, metrics = worker.get("/metrics")
+        assert status == 200 and user.encode() not in metrics
+        samples = worker.samples()
+        folded = (
+            "kpimon_segment_values_folded_total",
+            frozenset({("dimension", "plan"), ("reason", "personal")}),
+        )
+        assert samples.get(folded, 0) >= 1
+
+        # A malformed header carrying valid credentials: 400, and one WARNING without its bytes.
+        token = base64.b64encode(f"{WEB_USER}:{WEB_PASSWORD}".encode()).decode()
+        for _ in range(3):
+            with tls_socket(port, pki.ca) as sock:
+                sock.sendall(
+                    f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {token}\x01\r\n\r\n".encode()
+                )
+                assert sock.recv(64).startswith((b"HTTP/1.0 400", b"HTTP/1.1 400"))
+
+        # Slow clients over TLS: idle after the handshake, and headers never finished.
+        with tls_socket(port, pki.ca) as sock:
+            assert seconds_until_closed(sock) < WEB_TIMEOUT + 3
+        with tls_socket(port, pki.ca) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            assert seconds_until_closed(sock) < WEB_TIMEOUT + 3
+        assert worker.get("/live", auth=False)[0] == 200  # and the server still serves
+
+    log = worker.log_path.read_text(errors="replace")
+    lines = [line for line in log.splitlines() if "malformed HTTP request" in line]
+    assert len(lines) == 1 and "WARNING" in lines[0], lines  # three bad requests, one line a minute
+    for secret in (token, WEB_PASSWORD, user):
+        assert secret not in log, secret
+    assert "Traceback" not in log

@@ -386,7 +386,11 @@ def test_compose_prometheus_config_is_the_generated_one_for_the_workers(
     document = yaml.safe_load(compose_config("prometheus"))
     (job,) = document["scrape_configs"]
     # The generated config scrapes plain HTTP; the workers here want HTTPS and basic auth.
-    security = {key: job.pop(key) for key in ("scheme", "basic_auth", "tls_config") if key in job}
+    security = {
+        key: job.pop(key) for key in ("scheme", "basic_auth", "tls_config", "follow_redirects") if key in job
+    }
+    # With basic auth, a redirect must not take the password to another host (Prometheus would send it).
+    assert security["follow_redirects"] is False
     for name, service in WORKERS.items():
         settings = worker_settings(service, name)
         assert security["scheme"] == ("https" if settings.web_tls_cert_file else "http"), name

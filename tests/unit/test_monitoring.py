@@ -62,10 +62,15 @@ def worker_registry() -> CollectorRegistry:
 def exported_families() -> set[str]:
     """Every metric the workers' code exports, as docs/metrics.md names it (counters with _total)."""
     names = {f"{f.name}_total" if f.type == "counter" else f.name for f in worker_registry().collect()}
-    # Gauges created with the Faust app (agents/app.py: the snapshot timestamp) or by collectors that need a
-    # running consumer (the lag): read their names from the source.
+    # Metrics created with the Faust app (agents/app.py: the snapshot timestamp, the web server's counter) or
+    # by collectors that need a running consumer or engine (the lag, the folded segment values): read their
+    # names from the source.
     for path in (ROOT / "agents").glob("**/*.py"):
-        names.update(re.findall(r'Gauge(?:MetricFamily)?\(\s*"(kpimon_\w+)"', path.read_text()))
+        text = path.read_text()
+        names.update(re.findall(r'Gauge(?:MetricFamily)?\(\s*"(kpimon_\w+)"', text))
+        names.update(
+            f"{name}_total" for name in re.findall(r'Counter(?:MetricFamily)?\(\s*"(kpimon_\w+)"', text)
+        )
     return names
 
 

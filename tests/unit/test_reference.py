@@ -410,6 +410,27 @@ def test_segment_values_beyond_the_cap_fold_into_other(tmp_path: Path) -> None:
     assert platforms == {"ios", "web", "unknown", "other"}
 
 
+def test_personal_segment_values_fold_into_other_and_take_no_place(tmp_path: Path) -> None:
+    records = run(
+        tmp_path,
+        [
+            click("a", 1, platform="dave.seg@example.com", plan="cust-0042"),
+            click("b", 1, platform="ios", plan="pro"),
+            click("c", 1, platform="zed+x@mail.example.org", plan="free"),
+            click("d", 1, platform="web"),
+            click("e", 1, platform="not@an-address"),  # no dot after the @: not an e-mail address
+        ],
+        max_segment_values=3,
+        personal_pattern=r"^cust-[0-9]+$",
+    )
+    platforms = {r.segment for r in records.values() if r.dimension == "platform"}
+    plans = {r.segment for r in records.values() if r.dimension == "plan"}
+    # The two addresses took no place: ios, web and not@an-address are the three kept values.
+    assert platforms == {"ios", "web", "not@an-address", "other"}
+    assert plans == {"pro", "free", "other", "unknown"}
+    assert value(records, "active_users", "1d", 1, "platform", "other") == 2
+
+
 def test_passive_types_mark_no_activity(tmp_path: Path) -> None:
     records = run(
         tmp_path,
@@ -1122,6 +1143,15 @@ def ratio_record(
     )
 
 
+#: Segment values of the generated events that are e-mail addresses (docs/security.md): they count as other.
+#: "dave@localhost" has no dot after the @, so it is not one.
+PERSONAL_VALUES = frozenset({"dave.seg@example.com", "Zed@Example.CO.UK"})
+
+
+def personal_to_other(value: str | None) -> str | None:
+    return "other" if value in PERSONAL_VALUES else value
+
+
 def brute_force(clicks: Sequence[dict[str, Any]], surveys: Sequence[dict[str, Any]]) -> list[KpiRecord]:
     """Every record recounted literally from docs/definitions.md (events all accepted, in file order)."""
     seen_ids: set[tuple[str, str]] = set()
@@ -1142,8 +1172,8 @@ def brute_force(clicks: Sequence[dict[str, Any]], surveys: Sequence[dict[str, An
         signup = event["signup"] if event["signup"] is not None else first_seen[event["user"]]
         return [
             ("all", "all"),
-            ("platform", event["platform"] or "unknown"),
-            ("plan", event["plan"] or "unknown"),
+            ("platform", personal_to_other(event["platform"]) or "unknown"),
+            ("plan", personal_to_other(event["plan"]) or "unknown"),
             ("stage", "onboarding" if event["day"] - signup < 14 else "established"),
         ]
 
@@ -1327,8 +1357,8 @@ def click_events(draw: st.DrawFn) -> dict[str, Any]:
         "user": draw(st.sampled_from(["u0", "u1", "u2"])),
         "day": day,
         "signup": None if offset is None else day + offset,
-        "platform": draw(st.sampled_from([None, "ios", "web"])),
-        "plan": draw(st.sampled_from([None, "free"])),
+        "platform": draw(st.sampled_from([None, "ios", "web", "dave.seg@example.com", "dave@localhost"])),
+        "plan": draw(st.sampled_from([None, "free", "Zed@Example.CO.UK"])),
         "type": draw(st.sampled_from(["click", "click", "push_received"])),
     }
 
@@ -1350,8 +1380,8 @@ def survey_events(draw: st.DrawFn) -> dict[str, Any]:
         if action == "answered"
         else None,
         "signup": None if offset is None else day + offset,
-        "platform": draw(st.sampled_from([None, "ios", "tv"])),
-        "plan": draw(st.sampled_from([None, "free"])),
+        "platform": draw(st.sampled_from([None, "ios", "tv", "dave.seg@example.com"])),
+        "plan": draw(st.sampled_from([None, "free", "Zed@Example.CO.UK"])),
     }
 
 
