@@ -56,3 +56,20 @@ def test_every_main_class_is_in_the_pinned_jars() -> None:
             names.update(archive.namelist())
     for tool in TOOLS.values():
         assert tool.main.replace(".", "/") + ".class" in names, tool.main
+
+
+def test_fresh_says_what_it_deletes(tmp_path: Path) -> None:
+    from kpimon.agents.cli.kafka import data_summary, describe_deletion
+
+    data = tmp_path / "data"
+    assert describe_deletion(data) == f"fresh: nothing to delete ({data} does not exist)"
+    for name in ("clicks-0", "clicks-1", "kpimon-kpis-0", "__consumer_offsets-7", "__cluster_metadata-0"):
+        (data / name).mkdir(parents=True)
+        (data / name / "00000000000000000000.log").write_bytes(b"x" * 1000)
+    (data / "meta.properties").write_text("cluster.id=x\n")
+    topics, size = data_summary(data)
+    assert topics == ["clicks", "kpimon-kpis"]
+    assert size == 5000 + len("cluster.id=x\n")
+    line = describe_deletion(data)
+    assert f"deleting {data}: 2 topics (clicks, kpimon-kpis), every consumer group" in line
+    assert "0.0 MB" in line
