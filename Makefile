@@ -31,9 +31,10 @@ setup: system-deps $(STAMP)  ## create .venv and install kpimon with its dev too
 run: setup  ## the demo: local Kafka, a worker, live traffic and `kpimon top` (Ctrl-C stops all)
 	$(BIN)/kpimon demo
 
-lint: setup  ## ruff (lint + format check)
+lint: setup  ## ruff (lint + format check) and the architecture's import contracts (import-linter)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: setup  ## mypy --strict
 	$(BIN)/mypy

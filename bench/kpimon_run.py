@@ -21,8 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bench.fill import DataSet
 from bench.stats import StageResult
 from bench.worker import RunTopics, Worker, cpu_seconds, has_store_option, peak_rss_bytes
-from kpimon.agents.cli.kpis import topic_partitions
-from kpimon.agents.config.topics import ensure_topics
+from kpimon.agents.config.topics import ensure_topics, topic_partitions
 
 _EPOCH = date(1970, 1, 1)
 _POLL = 0.5

@@ -38,7 +38,7 @@ DATASOURCE = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
 #: The segment selector of KPI panels (segment is multi-valued with All = ".*").
 SEGMENT = 'dimension="$dimension", segment=~"$segment"'
 Query = tuple[str, str]  # (PromQL, legend)
-#: Windows of the churn KPIs (KPIS.md); each gets its own band.
+#: Windows of the churn KPIs (docs/output.md, "KPIs and windows"); each gets its own band.
 CHURN_WINDOWS = ("7d", "30d")
 #: Fill of an interval band (percent): visible behind the line, light enough to read lines through it.
 BAND_FILL_OPACITY = 20

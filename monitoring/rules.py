@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from kpimon.streams import catalogue
 from monitoring.config import MonitoringConfig
 from monitoring.promql import number, selector
 
@@ -29,27 +30,16 @@ ValueFormat = Literal["percent", "decimal", "count", "duration"]
 Severity = Literal["critical", "warning", "info"]
 
 #: KPI gauges (agents/exporter/kpi_collector.py) and their own labels beside window, day, dimension, segment.
-KPI_GAUGES: dict[str, tuple[str, ...]] = {
-    "kpimon_active_users": (),
-    "kpimon_stickiness_ratio": (),
-    "kpimon_lifecycle_users": ("status",),
-    "kpimon_churn_base_users": (),
-    "kpimon_churned_users": (),
-    "kpimon_churn_ratio": (),
-    "kpimon_survey_responses": ("survey", "bucket"),
-    "kpimon_nps_score": (),
-    "kpimon_csat_ratio": (),
-    "kpimon_csat_score_mean": (),
-    "kpimon_survey_response_ratio": ("survey",),
-}
+KPI_GAUGES: dict[str, tuple[str, ...]] = catalogue.gauges()
 KPI_LABELS = ("window", "day", "dimension", "segment")
 #: The 95 % interval bounds of the ratio KPIs (label `kpi`), recorded like the KPI gauges.
 CI_GAUGES = ("kpimon_kpi_ci_low", "kpimon_kpi_ci_high")
 #: Gauge of a KPI with an interval -> its `kpi` label in the interval series.
 CI_KPIS: dict[str, str] = {
-    "kpimon_nps_score": "nps",
-    "kpimon_csat_ratio": "csat",
-    "kpimon_churn_ratio": "churn_rate",
+    kpi.metric: kpi.name
+    # Satisfaction first: the order of the generated recording rules.
+    for kpi in sorted(catalogue.CATALOGUE, key=lambda kpi: kpi.family != "satisfaction")
+    if kpi.interval and not kpi.labels
 }
 #: Joins between two KPIs of the same segment (never on `day`: a selector fixes it on both sides).
 SEGMENT_JOIN = "on (window, dimension, segment)"

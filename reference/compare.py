@@ -1,10 +1,11 @@
-"""Hold two sets of output records to the contract's equality rule (KPIS.md, "The reference").
+"""Hold two sets of output records to the equality rule of the stream and the reference.
 
-Counts must be equal; ratios within 1e-9. A key missing on one side counts as 0 for a count and as
-undefined (None) for a ratio, so a missing count equals a published 0, while a missing ratio equals only
-a published null. The 95 % interval bounds (`ci_low`, `ci_high`) of every record are held to the ratio
-rule too: within 1e-9, null only equal to null, and a missing key has undefined bounds. When a list holds
-several records of one key, the later one supersedes the earlier.
+The rule (docs/commands.md, "Comparing the stream with the reference"): counts must be equal; ratios
+within 1e-9. A key missing on one side counts as 0 for a count and as undefined (None) for a ratio, so a
+missing count equals a published 0, while a missing ratio equals only a published null. The 95 % interval
+bounds (`ci_low`, `ci_high`) of every record are held to the ratio rule too: within 1e-9, null only equal
+to null, and a missing key has undefined bounds. When a list holds several records of one key, the later
+one supersedes the earlier.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import Iterable
 from kpimon.streams.output import KpiRecord, decode
 
 #: KPIs whose value is a ratio, score or mean (a float, possibly undefined); every other KPI is a count.
-#: These are the ratio KPIs of KPIS.md's output table, engagement and satisfaction alike.
+#: These are the ratio KPIs of the output table (docs/output.md, "KPIs and windows"), engagement and
+#: satisfaction alike.
 RATIO_KPIS = frozenset(
     {
         "stickiness",

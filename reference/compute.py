@@ -1,10 +1,11 @@
 """Run the KPI SQL over the loaded events and turn its rows into output records.
 
-The KPI files are `reference/sql/NN_name.sql`, run in name order on one DuckDB connection:
-`10_prepare.sql` builds what every KPI shares (de-duplicated `surveys`, the current day, first days per
-user, the segments of every event) and creates `kpi_records`; each later file (`20_engagement.sql`,
-`30_satisfaction.sql`) inserts its KPIs into `kpi_records`, and `40_uncertainty.sql`, last, sets the 95 %
-interval (ci_low, ci_high) of every ratio that has one. A new KPI family is a new numbered file before it.
+The KPI files are the numbered `NN_name.sql` files of reference/sql/, run in name order on one DuckDB
+connection: `10_prepare.sql` builds what every KPI shares (de-duplicated `surveys`, the current day, first
+days per user, the segments of every event) and creates `kpi_records`; each later file
+(`20_engagement.sql`, `30_satisfaction.sql`) inserts its KPIs into `kpi_records`, and `40_uncertainty.sql`,
+last, sets the 95 % interval (ci_low, ci_high) of every ratio that has one. A new KPI family is a new
+numbered file before it.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from kpimon.streams.validation import Accepted, Kind, Policy, validate
 #: Rows buffered in Python before they are appended to DuckDB.
 BATCH_ROWS = 100_000
 
-#: The default cap on distinct values per segment dimension (KPIS.md, "Segments").
+#: The default cap on distinct values per segment dimension (docs/definitions.md, "Activity and segments").
 DEFAULT_MAX_SEGMENT_VALUES = 50
 
 

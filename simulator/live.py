@@ -17,11 +17,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from kpimon.agents.cli.replay import key_of
 from kpimon.agents.config.kafka_security import aiokafka_options
 from kpimon.agents.config.preflight import check_access
 from kpimon.agents.config.settings import Settings
-from kpimon.agents.config.topics import TopicSpec, ensure_topics
+from kpimon.agents.config.topics import TopicSpec, ensure_topics, key_of
 from kpimon.simulator.model import Counts, LiveModel, Scenario
 from kpimon.simulator.render import render
 

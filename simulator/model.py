@@ -92,7 +92,7 @@ WEEKEND_HOURS = (0.8, 0.5, 0.3, 0.2, 0.15, 0.15, 0.3, 0.6, 1.2, 2.0, 2.6, 2.9,
 WEEKEND_FACTOR = {"free": 0.8, "pro": 0.6, "team": 0.35}
 
 # Activity dynamics (per day).
-ONBOARDING_DAYS = 14  # KPIS.md: the onboarding stage is the first 14 days after signup
+ONBOARDING_DAYS = 14  # the onboarding stage: the first 14 days after signup (docs/definitions.md)
 ONBOARDING_CHURN = 0.035  # many new users leave in their first two weeks (about 40 %)
 ESTABLISHED_CHURN = 0.0025
 QUIET_START = 0.008  # chance to go quiet for a while (holiday, busy spell) and come back later
@@ -163,7 +163,7 @@ TS_UTC, TS_LOCAL, TS_EPOCH_MS = 0, 1, 2
 
 
 class InvalidKind(enum.StrEnum):
-    """The kinds of broken message the simulator sprinkles in (KPIS.md, "Validation and bad input")."""
+    """The kinds of broken message the simulator sprinkles in (docs/events.md, "Rejections")."""
 
     NOT_JSON = "not_json"  # truncated, trailing comma, single quotes, plain text
     NOT_OBJECT = "not_object"  # a JSON array, number, string or null
@@ -364,7 +364,8 @@ class BatchConfig:
     invalid_fraction: float = 0.005
     lateness_days: float = 3.0
     scenarios: tuple[Scenario, ...] = ()
-    #: Users whose events carry no signup_ts (their stage then depends on arrival order, KPIS.md).
+    #: Users whose events carry no signup_ts; their stage then depends on arrival order
+    #: (docs/architecture.md, "What is not guaranteed").
     no_signup_fraction: float = NO_SIGNUP_TS_SHARE
 
     @property

@@ -1,4 +1,4 @@
-"""Input event models: the `clicks` and `surveys` topics, exactly as KPIS.md defines them.
+"""Input event models: the `clicks` and `surveys` topics, exactly as docs/events.md defines them.
 
 The models are msgspec Structs, so one pass over the bytes decodes *and* validates, and the same
 definitions generate the JSON Schemas shipped in docs/schemas/ for producers.

@@ -6,24 +6,13 @@ from datetime import date, timedelta
 
 import msgspec
 
+from kpimon.streams import catalogue
 from kpimon.streams.events import MS_PER_DAY  # noqa: F401  (re-exported for callers that format days)
 
 _EPOCH_DATE = date(1970, 1, 1)
 
-_SURVEY_KPIS = (
-    "nps_responses", "nps_promoters", "nps_passives", "nps_detractors", "nps",
-    "csat_responses", "csat_satisfied", "csat", "csat_mean",
-    "nps_shown", "csat_shown", "nps_dismissed", "csat_dismissed", "nps_response_rate", "csat_response_rate",
-)  # fmt: skip
-
-#: Every KPI of the output topic and its windows: the output table of the contract (KPIS.md).
-OUTPUT_KPIS: dict[str, tuple[str, ...]] = {
-    "active_users": ("1d", "7d", "30d"),
-    "stickiness": ("30d",),
-    **{f"lifecycle_{status}": ("1d",) for status in ("new", "returning", "resurrecting", "dormant")},
-    **{kpi: ("7d", "30d") for kpi in ("churn_base", "churned", "churn_rate")},
-    **{kpi: ("7d", "30d") for kpi in _SURVEY_KPIS},
-}
+#: Every KPI of the output topic and its windows (the catalogue's): docs/output.md, "KPIs and windows".
+OUTPUT_KPIS: dict[str, tuple[str, ...]] = catalogue.windows()
 
 
 class KpiRecord(msgspec.Struct, kw_only=True, omit_defaults=False):

@@ -68,6 +68,7 @@ def event_stage(event_day: int, signup_day: int | None, first_seen_day: int) -> 
     """Stage of an event: its own signup day, else the first day kpimon saw the user stands in for it.
 
     `first_seen_day` must already include this event (UserState.note_seen before this call), so a user's
-    very first event without signup_ts is `onboarding`. That fallback depends on arrival order (KPIS.md).
+    very first event without signup_ts is `onboarding`. That fallback depends on arrival order
+    (docs/architecture.md, "What is not guaranteed").
     """
     return stage_of(event_day, first_seen_day if signup_day is None else signup_day)

@@ -16,17 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: KPI name -> windows, for every KPI that can carry a target (docs/definitions.md).
-TARGETABLE: dict[str, tuple[str, ...]] = {
-    "active_users": ("1d", "7d", "30d"),
-    "stickiness": ("30d",),
-    "churn_rate": ("7d", "30d"),
-    "nps": ("7d", "30d"),
-    "csat": ("7d", "30d"),
-    "csat_mean": ("7d", "30d"),
-    "nps_response_rate": ("7d", "30d"),
-    "csat_response_rate": ("7d", "30d"),
-}
+from kpimon.streams.catalogue import CATALOGUE
+
+#: KPI name -> windows, for every KPI that can carry a target (the catalogue's; docs/definitions.md).
+TARGETABLE: dict[str, tuple[str, ...]] = {kpi.name: kpi.windows for kpi in CATALOGUE if kpi.targetable}
 
 
 #: The smallest sample (the record's denominator: MAU, the churn base, survey answers, surveys shown) for

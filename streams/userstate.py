@@ -1,8 +1,9 @@
 """The per-user state the ingest agent keeps (one value per user_id), and its compact bytes.
 
-ARCHITECTURE.md decision 2: per (user, segment) a bitmap of active days, per user the facts that decide
-its lifecycle "new" days and its stage fallback. All bitmaps of a user share one base day, so they
-combine without shifting. `streams.engagement` reads and updates it; nothing here knows the KPIs.
+docs/architecture.md, "Exact per-user state with day bitmaps": per (user, segment) a bitmap of active
+days, per user the facts that decide its lifecycle "new" days and its stage fallback. All bitmaps of a
+user share one base day, so they combine without shifting. `streams.engagement` reads and updates it;
+nothing here knows the KPIs.
 """
 
 from __future__ import annotations

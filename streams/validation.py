@@ -41,7 +41,7 @@ class Reason(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """The validation settings; KPIS.md gives the defaults."""
+    """The validation settings; docs/configuration.md, "Settings" gives the defaults."""
 
     max_lateness_days: int = 7
     max_future_ms: int = 5 * 60 * 1000

@@ -54,7 +54,8 @@ def simulate_history(out: Path, users: int, days: int, seed: int, lateness: int)
     kpimon(
         "simulate",
         *("--users", str(users), "--days", str(days), "--seed", str(seed), "--now", now),
-        # Every user carries signup_ts (KPIS.md: without it, an event's stage depends on arrival order).
+        # Every user carries signup_ts: without it, an event's stage depends on arrival order
+        # (docs/architecture.md, "What is not guaranteed").
         *("--no-signup-fraction", "0", "--out-dir", str(out)),
     )
     clicks, surveys = out / "clicks.jsonl", out / "surveys.jsonl"

@@ -17,11 +17,11 @@ from typing import Any
 import click
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from kpimon.agents.cli.kpis import topic_partitions
 from kpimon.agents.config.kafka_security import aiokafka_options
 from kpimon.agents.config.options import kafka_options
 from kpimon.agents.config.preflight import KafkaAccessError, check_access
 from kpimon.agents.config.settings import Settings
+from kpimon.agents.config.topics import topic_partitions
 from kpimon.agents.pipeline.deadletters import REDACTED_HEADER
 from kpimon.streams.validation import Reason
 

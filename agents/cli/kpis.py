@@ -10,27 +10,14 @@ from typing import Any
 
 import click
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from kpimon.agents.config.kafka_security import aiokafka_options
 from kpimon.agents.config.options import kafka_options
 from kpimon.agents.config.preflight import KafkaAccessError, check_access
 from kpimon.agents.config.settings import Settings
+from kpimon.agents.config.topics import topic_partitions
 from kpimon.streams import output
 from kpimon.streams.output import KpiRecord
-
-
-async def topic_partitions(bootstrap: str, topic: str, options: Mapping[str, Any] | None = None) -> list[int]:
-    """The partition numbers of a topic ([] when it does not exist); `options`: security client options."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(options or {}))
-    await admin.start()
-    try:
-        if topic not in await admin.list_topics():
-            return []
-        described = await admin.describe_topics([topic])
-        return sorted(p["partition"] for p in described[0]["partitions"])
-    finally:
-        await admin.close()
 
 
 async def read_kpis(

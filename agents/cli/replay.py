@@ -19,7 +19,7 @@ from kpimon.agents.config.kafka_security import aiokafka_options
 from kpimon.agents.config.options import kafka_options
 from kpimon.agents.config.preflight import KafkaAccessError, check_access
 from kpimon.agents.config.settings import Settings
-from kpimon.agents.config.topics import TopicSpec, ensure_topics
+from kpimon.agents.config.topics import TopicSpec, ensure_topics, key_of
 from kpimon.streams.events import Timestamp, day_of, epoch_ms
 from kpimon.streams.output import day_name
 
@@ -32,19 +32,6 @@ def read_lines(path: Path) -> Iterator[bytes]:
     with path.open("rb") as handle:
         for line in handle:
             yield line[:-1] if line.endswith(b"\n") else line
-
-
-def key_of(line: bytes) -> bytes | None:
-    """The message key: the line's user_id when it is a JSON object with a string user_id, else none."""
-    try:
-        value = msgspec.json.decode(line)
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, ValueError):
-        return None
-    if isinstance(value, dict):
-        user_id = value.get("user_id")
-        if isinstance(user_id, str):
-            return user_id.encode("utf-8", "surrogatepass")
-    return None
 
 
 class _Stamped(msgspec.Struct):

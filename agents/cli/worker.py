@@ -204,11 +204,11 @@ async def preflight(settings: Settings) -> None:
 
 def run_worker(settings: Settings) -> None:
     """Create the topics, then run the Faust worker in this process until it is stopped."""
-    import faust
     from prometheus_client import disable_created_metrics
 
     from kpimon.agents.app import create_app
     from kpimon.agents.exporter.web import web_warnings
+    from kpimon.agents.runtime.faust_app import run_worker as run_faust_worker
 
     # `_created` series double the exposition for no use on a dashboard.
     disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -244,9 +244,4 @@ def run_worker(settings: Settings) -> None:
         + (" (basic auth)" if settings.web_auth_user else ""),
         err=True,
     )
-    runner = faust.Worker(kpimon.app, loglevel=settings.log_level, quiet=True)
-    # Faust's terminal spinner, with a log level of warning or above, sets the root logger to DEBUG and
-    # handles every record: each message of the hot path would then build aiokafka's and Faust's debug
-    # log records (measured: 7 % of a worker's CPU). A worker's output is a log, not a terminal.
-    runner.spinner = None
-    runner.execute_from_commandline()
+    run_faust_worker(kpimon.app, settings.log_level)

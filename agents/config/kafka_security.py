@@ -82,26 +82,6 @@ def aiokafka_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def faust_options(settings: Settings) -> dict[str, Any]:
-    """Keyword arguments for `faust.App`: `broker_credentials` (Faust hands them to its aiokafka clients)."""
-    import faust
-
-    if settings.security_protocol == "PLAINTEXT":
-        return {}
-    context = ssl_context(settings)
-    if settings.security_protocol == "SSL":
-        return {"broker_credentials": faust.SSLCredentials(context)}
-    # SASLCredentials with a context means SASL_SSL; its repr shows the user name only.
-    return {
-        "broker_credentials": faust.SASLCredentials(
-            username=settings.sasl_username,
-            password=read_secret("sasl_password_file", settings.sasl_password_file),
-            ssl_context=context,
-            mechanism=settings.sasl_mechanism,
-        )
-    }
-
-
 def describe(settings: Settings) -> str:
     """How a client connects, for messages: e.g. `SASL_SSL (SCRAM-SHA-512 as kpimon)`; no secrets."""
     if settings.security_protocol == "SASL_SSL":

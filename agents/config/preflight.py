@@ -11,6 +11,7 @@ import asyncio
 import ssl
 from typing import Any
 
+from kpimon.agents import compat
 from kpimon.agents.config.kafka_security import SecretFileError, aiokafka_options, describe
 from kpimon.agents.config.settings import Settings
 
@@ -44,30 +45,20 @@ async def check_access(settings: Settings, timeout: float = 20.0) -> None:
 
 
 async def _probe(broker: str, settings: Settings, options: dict[str, Any], timeout: float) -> None:
-    from aiokafka.conn import create_conn
     from aiokafka.errors import (
         KafkaConnectionError,
         SaslAuthenticationFailed,
         UnsupportedSaslMechanismError,
     )
-    from aiokafka.protocol.metadata import MetadataRequest
 
     host, _, port = broker.rpartition(":")
     how = describe(settings)
     refused = f"cannot authenticate to Kafka at {broker} with {how}"
     try:
         async with asyncio.timeout(timeout):
-            conn: Any = await create_conn(
-                host.strip("[]"),
-                int(port),
-                client_id="kpimon-preflight",
-                request_timeout_ms=int(timeout * 1000),
-                **options,
+            await compat.probe_metadata(
+                host.strip("[]"), int(port), "kpimon-preflight", int(timeout * 1000), options
             )
-            try:
-                await conn.send(MetadataRequest([]))
-            finally:
-                conn.close()
     except SaslAuthenticationFailed:
         raise KafkaAccessError(
             f"{refused}: SASL authentication failed (wrong user or password; check sasl_username and "

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -59,3 +60,29 @@ async def ensure_topics(
                     )
     finally:
         await admin.close()
+
+
+async def topic_partitions(bootstrap: str, topic: str, options: Mapping[str, Any] | None = None) -> list[int]:
+    """The partition numbers of a topic ([] when it does not exist); `options`: security client options."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(options or {}))
+    await admin.start()
+    try:
+        if topic not in await admin.list_topics():
+            return []
+        described = await admin.describe_topics([topic])
+        return sorted(p["partition"] for p in described[0]["partitions"])
+    finally:
+        await admin.close()
+
+
+def key_of(line: bytes) -> bytes | None:
+    """The message key: the line's user_id when it is a JSON object with a string user_id, else none."""
+    try:
+        value = msgspec.json.decode(line)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, ValueError):
+        return None
+    if isinstance(value, dict):
+        user_id = value.get("user_id")
+        if isinstance(user_id, str):
+            return user_id.encode("utf-8", "surrogatepass")
+    return None

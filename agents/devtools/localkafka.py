@@ -1,7 +1,7 @@
 """A real single-node Apache Kafka (KRaft: broker and controller in one JVM) on 127.0.0.1.
 
 Used by `kpimon kafka start|stop|status` and by the integration tests. Nothing is mocked: the jars
-are the released Apache Kafka artifacts, resolved once by Maven from `deploy/kafka/pom.xml` into a
+are the released Apache Kafka artifacts, resolved once by Maven from `agents/devtools/kafka/pom.xml` into a
 per-machine cache, and the broker is a detached `java ... kafka.Kafka server.properties` process.
 
 Layout (KPIMON_HOME defaults to ~/.kpimon):

@@ -29,10 +29,10 @@ from aiokafka.errors import KafkaConnectionError
 from rich.console import Console, RenderableType
 from rich.live import Live
 
-from kpimon.agents.cli.kpis import topic_partitions
 from kpimon.agents.config.kafka_security import aiokafka_options, read_secret
 from kpimon.agents.config.options import kafka_options
 from kpimon.agents.config.settings import Settings
+from kpimon.agents.config.topics import topic_partitions
 from kpimon.agents.devtools.top_view import (
     PLAIN_LEGEND,
     KpiIndex,

@@ -25,6 +25,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from kpimon.streams.catalogue import CATALOGUE
 from kpimon.streams.output import KpiRecord, day_name, day_number
 from kpimon.streams.targets import Target
 
@@ -53,21 +54,15 @@ class Headline:
         return self.label if self.kpi == "active_users" else f"{self.label} {self.window}"
 
 
-HEADLINES: tuple[Headline, ...] = (
-    Headline("DAU", "active_users", "1d", "count"),
-    Headline("WAU", "active_users", "7d", "count"),
-    Headline("MAU", "active_users", "30d", "count"),
-    Headline("Stickiness", "stickiness", "30d", "ratio"),
-    Headline("Churn", "churn_rate", "7d", "ratio"),
-    Headline("Churn", "churn_rate", "30d", "ratio"),
-    Headline("NPS", "nps", "7d", "score"),
-    Headline("NPS", "nps", "30d", "score"),
-    Headline("CSAT", "csat", "7d", "ratio"),
-    Headline("CSAT", "csat", "30d", "ratio"),
-    Headline("NPS resp. rate", "nps_response_rate", "7d", "ratio"),
-    Headline("NPS resp. rate", "nps_response_rate", "30d", "ratio"),
-    Headline("CSAT resp. rate", "csat_response_rate", "7d", "ratio"),
-    Headline("CSAT resp. rate", "csat_response_rate", "30d", "ratio"),
+#: Active users read as DAU, WAU and MAU; every other headline is its title and window.
+_ACTIVE_USERS = {"1d": "DAU", "7d": "WAU", "30d": "MAU"}
+
+#: The rows of the view: every KPI the catalogue titles, in each of its windows (streams/catalogue.py).
+HEADLINES: tuple[Headline, ...] = tuple(
+    Headline(_ACTIVE_USERS[window] if kpi.name == "active_users" else kpi.title, kpi.name, window, kpi.unit)
+    for kpi in CATALOGUE
+    if kpi.title is not None
+    for window in kpi.windows
 )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from kpimon.streams.catalogue import CATALOGUE
 from kpimon.streams.output import KpiRecord, day_number
 
 
@@ -25,55 +26,9 @@ class KpiMetric:
     extra_labels: tuple[tuple[str, str], ...] = ()  # e.g. (("status", "new"),)
 
 
-_LIFECYCLE = "Users by lifecycle status on the day."
-_SURVEY = "Survey events in the window, by survey kind and bucket."
-_RATE = "Answered / shown surveys in the window; absent when nothing was shown."
-
-
-def _lifecycle(status: str) -> KpiMetric:
-    return KpiMetric("kpimon_lifecycle_users", _LIFECYCLE, (("status", status),))
-
-
-def _survey(survey: str, bucket: str) -> KpiMetric:
-    return KpiMetric("kpimon_survey_responses", _SURVEY, (("survey", survey), ("bucket", bucket)))
-
-
-#: KPI name -> metric. The one place that names the exported KPI series (docs/metrics.md lists them).
+#: KPI name -> metric, from the KPI catalogue (streams/catalogue.py; docs/metrics.md lists them).
 KPI_METRICS: dict[str, KpiMetric] = {
-    "active_users": KpiMetric(
-        "kpimon_active_users", "Distinct active users in the window ending on the day."
-    ),
-    "stickiness": KpiMetric(
-        "kpimon_stickiness_ratio", "DAU / MAU (active users 1d over 30d); absent when MAU is 0."
-    ),
-    "lifecycle_new": _lifecycle("new"),
-    "lifecycle_returning": _lifecycle("returning"),
-    "lifecycle_resurrecting": _lifecycle("resurrecting"),
-    "lifecycle_dormant": _lifecycle("dormant"),
-    "churn_base": KpiMetric("kpimon_churn_base_users", "Users active in the window before the last W days."),
-    "churned": KpiMetric("kpimon_churned_users", "Users of the churn base not active in the last W days."),
-    "churn_rate": KpiMetric("kpimon_churn_ratio", "Churned users / churn base; absent when the base is 0."),
-    "nps_responses": _survey("nps", "responses"),
-    "nps_promoters": _survey("nps", "promoters"),
-    "nps_passives": _survey("nps", "passives"),
-    "nps_detractors": _survey("nps", "detractors"),
-    "nps_shown": _survey("nps", "shown"),
-    "nps_dismissed": _survey("nps", "dismissed"),
-    "csat_responses": _survey("csat", "responses"),
-    "csat_satisfied": _survey("csat", "satisfied"),
-    "csat_shown": _survey("csat", "shown"),
-    "csat_dismissed": _survey("csat", "dismissed"),
-    "nps": KpiMetric(
-        "kpimon_nps_score", "Net Promoter Score in the window, -100..100; absent without answers."
-    ),
-    "csat": KpiMetric(
-        "kpimon_csat_ratio", "Satisfied (4..5) / CSAT answers in the window; absent without answers."
-    ),
-    "csat_mean": KpiMetric(
-        "kpimon_csat_score_mean", "Mean CSAT score (1..5) in the window; absent without answers."
-    ),
-    "nps_response_rate": KpiMetric("kpimon_survey_response_ratio", _RATE, (("survey", "nps"),)),
-    "csat_response_rate": KpiMetric("kpimon_survey_response_ratio", _RATE, (("survey", "csat"),)),
+    kpi.name: KpiMetric(kpi.metric, kpi.help, kpi.labels) for kpi in CATALOGUE
 }
 
 #: Per-KPI companion series: the 95 % interval bounds and the configured target, labelled by `kpi`.

@@ -6,7 +6,7 @@ from typing import Any
 
 from faust.sensors import Sensor
 
-from kpimon.agents.exporter.pipeline_metrics import PipelineMetrics
+from kpimon.agents.pipeline.metrics import PipelineMetrics
 
 
 class MetricsSensor(Sensor):

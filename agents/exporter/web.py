@@ -19,8 +19,8 @@ import hmac
 import logging
 import ssl
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from aiohttp import web as aiohttp_web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -29,9 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from kpimon.agents.config.kafka_security import read_secret
 from kpimon.agents.config.settings import Settings
 
-if TYPE_CHECKING:
-    from kpimon.agents.app import Kpimon
-
+Handler = Callable[[Any, Any], Awaitable[Any]]
 REALM = "kpimon"
 
 
@@ -205,24 +203,38 @@ def web_options(settings: Settings, registry: CollectorRegistry) -> dict[str, An
     }
 
 
-def register_web(kpimon: Kpimon) -> None:
-    """Serve the metrics registry and the health endpoints on the app's web port (auth: `auth_middleware`)."""
-    app = kpimon.app
+class Served(Protocol):
+    """What the endpoints serve (the worker's `Kpimon`, built in agents/app.py)."""
 
-    @app.page("/metrics")
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def app(self) -> Any: ...
+    @property
+    def registry(self) -> CollectorRegistry: ...
+    @property
+    def ready(self) -> bool: ...
+
+
+def register_web(kpimon: Served) -> None:
+    """Serve the metrics registry and the health endpoints on the app's web port (auth: `auth_middleware`)."""
+    # Faust's web views are registered with `app.page(path)`; typed here, the app itself is the runtime's.
+    page: Callable[[str], Callable[[Handler], Handler]] = kpimon.app.page
+
+    @page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
         body = generate_latest(kpimon.registry)
         # The exposition format version travels in the Content-Type, as Prometheus expects.
         return web.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    @app.page("/ready")
+    @page("/ready")
     async def ready(web: Any, request: Any) -> Any:
         # 503 while starting or rebalancing, so a load balancer or Kubernetes waits for it.
         if kpimon.ready:
             return web.json({"ready": True})
         return web.json({"ready": False}, status=503)
 
-    @app.page("/live")
+    @page("/live")
     async def live(web: Any, request: Any) -> Any:
         # Never behind auth: a liveness probe must not need a secret, and this says nothing but "alive".
         return web.json({"live": True})

@@ -1,8 +1,9 @@
 """The aggregate side: partials of every source partition -> global values -> `kpimon-kpis` and gauges.
 
 The aggregate table is keyed by group (dimension/segment/day) and partitioned like `kpimon-partials`, so
-exactly one worker owns each global series (ARCHITECTURE.md decision 5). Per group it keeps the newest
-partial of each source partition (by version) and the global value is their sum (decision 4).
+exactly one worker owns each global series (docs/architecture.md, "One owner per global series"). Per
+group it keeps the newest partial of each source partition (by version) and the global value is their
+sum (docs/architecture.md, "Absolute partials and an idempotent merge").
 `Aggregator` holds no Faust objects; the agent hands it the table.
 """
 

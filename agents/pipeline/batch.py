@@ -13,9 +13,9 @@ from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from kpimon.agents.exporter.pipeline_metrics import PipelineMetrics
 from kpimon.agents.pipeline.deadletters import dead_letter_headers
 from kpimon.agents.pipeline.engine import SourceEngine, UserTable
+from kpimon.agents.pipeline.metrics import PipelineMetrics
 from kpimon.streams.userstate import UserState
 from kpimon.streams.validation import Accepted, Kind, Policy, Reason, Rejected, validate
 
@@ -179,6 +179,10 @@ class BatchProcessor:
         for label, count in duplicates.items():
             metrics.duplicate(label, count)
         return result
+
+    def sweep(self, users: UserTable, partition: int, now_ms: int) -> None:
+        """Expire old days from a slice of `partition`'s idle users (`SourceEngine.sweep`)."""
+        self.engine.sweep(users, partition, now_ms)
 
 
 def _rekeyed_kind(headers: Headers | None) -> Kind:

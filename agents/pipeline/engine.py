@@ -85,7 +85,8 @@ class SourceEngine:
         if state is None:
             state = UserState()
         if isinstance(event, SurveyEvent) and event.event_id in state.surveys:
-            return "duplicate"  # the first of an event_id wins, whatever its action (KPIS.md)
+            # The first of an event_id wins, whatever its action (docs/events.md, "Duplicates").
+            return "duplicate"
         counters.saw_day(day)
         if state.note_seen(day):
             write = True
@@ -240,3 +241,30 @@ class SourceEngine:
                     version=versioned(generation, counters.version),
                     current_day=counters.current_day,
                 )
+
+
+def rebuild_counters(engine: SourceEngine, owned: set[int], states: Iterable[UserState], now_ms: int) -> None:
+    """After a rebalance and the table's recovery: keep exactly the counters of the `owned` partitions.
+
+    Counters of lost partitions are dropped, those of new ones rebuilt from the user `states` (only the
+    states of new partitions are used), and every kept partition is marked to send all its partials
+    again. An aggregate group that moved to another worker is restored there from the aggregates
+    changelog, which can lack the previous owner's last merges: Faust commits the partials' offsets
+    before its producer has flushed those changelog writes, so they may land after the new owner's
+    restore, and the partials are not read again. A source partition that did not move would then never
+    correct the group's stale entry (found by the scaling reliability test). Partials are absolute and
+    newer by generation, so sending them again is harmless.
+    """
+    engine.forget([p for p in engine.partitions if p not in owned])
+    for counters in engine.partitions.values():
+        counters.mark_all_dirty()
+    missing = owned - set(engine.partitions)
+    if not missing:
+        return
+    by_partition: dict[int, list[UserState]] = {p: [] for p in missing}
+    for state in states:
+        bucket = by_partition.get(state.partition)
+        if bucket is not None:
+            bucket.append(state)
+    for partition in sorted(missing):
+        engine.rebuild(partition, by_partition[partition], now_ms)

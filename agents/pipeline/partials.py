@@ -1,11 +1,11 @@
 """The `kpimon-partials` topic: absolute per-source-partition counters of one segment-day, and watermarks.
 
 A source partition p owns the counters of the users whose events land in p. Every flush it publishes the
-groups (dimension, segment, day) that changed, with absolute values (ARCHITECTURE.md decision 4), to the
-partials partition chosen by the group, so one aggregator sees every source's counters of a group and can
-sum them. Each message carries a `version` (the consumer-group generation, then the source's processed
-input offsets: engine.versioned) so a late message of a previous owner of p can never overwrite
-what the current owner sent after a rebalance.
+groups (dimension, segment, day) that changed, with absolute values, to the partials partition chosen by
+the group, so one aggregator sees every source's counters of a group and can sum them (docs/architecture.md,
+"Absolute partials and an idempotent merge"). Each message carries a `version` (the consumer-group
+generation, then the source's processed input offsets: engine.versioned) so a late message of a previous
+owner of p can never overwrite what the current owner sent after a rebalance.
 """
 
 from __future__ import annotations

@@ -4,32 +4,66 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import msgspec
+from prometheus_client import Gauge
 
+from kpimon.agents.config.settings import Settings
 from kpimon.agents.pipeline import partials
+from kpimon.agents.pipeline.aggregation import Aggregator
+from kpimon.agents.pipeline.engine import SourceEngine
+from kpimon.agents.pipeline.pacing import Turns
+from kpimon.agents.runtime.faust_app import KpimonApp
+from kpimon.agents.runtime.ownership import Ownership
+from kpimon.agents.runtime.publishing import KpiPublisher
 from kpimon.agents.runtime.tables import table
-
-if TYPE_CHECKING:
-    from kpimon.agents.app import Kpimon
 
 log = logging.getLogger(__name__)
 
 
-def register_aggregate(kpimon: Kpimon) -> None:
-    """Register the aggregate agent and table, and the timer that publishes changed KPIs."""
-    app, settings, aggregator = kpimon.app, kpimon.settings, kpimon.aggregator
-    aggregates = table(app, "aggregates", settings.partitions, "json")
-    kpimon.aggregates = aggregates
+@dataclass(frozen=True)
+class Aggregate:
+    """The aggregate side as registered on the app."""
 
+    #: The Faust aggregates table: the latest partial per (KPI group, source partition).
+    aggregates: Any
+    publisher: KpiPublisher
+
+
+def register_aggregate(
+    app: KpimonApp,
+    settings: Settings,
+    engine: SourceEngine,
+    aggregator: Aggregator,
+    ownership: Ownership,
+    turns: Turns,
+    partials_topic: Any,
+    kpis_topic: Any,
+    caught_up: Callable[[], bool],
+    last_snapshot: Gauge | None = None,
+) -> Aggregate:
+    """Register the aggregate agent and table, and the timer that publishes changed KPIs."""
+    aggregates = table(app, "aggregates", settings.partitions, "json")
+    publisher = KpiPublisher(
+        aggregator,
+        aggregates,
+        kpis_topic,
+        owned=lambda: ownership.owned(settings.partials),
+        turns=turns,
+        stopping=lambda: bool(app.should_stop),
+        caught_up=caught_up,
+        last_snapshot=last_snapshot,
+    )
     last_expiry: dict[int, float] = {}
 
     async def aggregate(stream: Any) -> None:
         event: Any
         async for event in stream.events():
             message = event.message
-            kpimon.engine.positions[(message.topic, message.partition)] = message.offset + 1
+            engine.positions[(message.topic, message.partition)] = message.offset + 1
             try:
                 decoded = partials.decode(message.value)
             except (msgspec.DecodeError, TypeError) as exc:  # written by kpimon; never stop on it anyway
@@ -44,21 +78,22 @@ def register_aggregate(kpimon: Kpimon) -> None:
                     last_expiry[message.partition] = now
                     # One day of margin: a partial of the last changeable day flushed just before midnight
                     # must find its group still there.
-                    final = kpimon.engine.oldest_accepted_day(int(time.time() * 1000)) - 1
+                    final = engine.oldest_accepted_day(int(time.time() * 1000)) - 1
                     dropped = aggregator.expire(aggregates, message.partition, final)
                     if dropped:
                         log.info("expired %d aggregate groups of partition %d", dropped, message.partition)
             else:
                 aggregator.on_partial(aggregates, decoded)
 
-    app.agent(kpimon.partials_topic, name="kpimon.aggregate")(aggregate)
+    app.agent(partials_topic, name="kpimon.aggregate")(aggregate)
 
     async def publish() -> None:
-        await kpimon.publish()
+        await publisher.publish()
 
     app.timer(settings.flush_interval, name="kpimon.publish")(publish)
 
     async def on_aggregates_recovered() -> None:
-        aggregator.recover(aggregates, kpimon.owned(settings.partials))
+        aggregator.recover(aggregates, ownership.owned(settings.partials))
 
     aggregates.on_recover(on_aggregates_recovered)
+    return Aggregate(aggregates=aggregates, publisher=publisher)

@@ -4,41 +4,20 @@ Faust's per-event path (consumer thread -> conductor -> stream -> agent, one eve
 far below what one process can decode and count (docs/architecture.md, "Throughput"). So the input
 topics stay subscribed by the ingest agent -- Faust still assigns their partitions together with the
 user-state table's changelog, recovers the table and handles rebalances -- but Faust's consumer never
-fetches them: `agents/runtime/source_reader.py` reads the assigned partitions in bulk instead.
+fetches them (`compat.BulkTopicsApp`): `runtime/source_reader.py` reads the assigned partitions in bulk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-import faust
-from faust.transport.drivers import aiokafka as aiokafka_driver
-from faust.types import TP
+from kpimon.agents import compat
+from kpimon.agents.config.kafka_security import read_secret, ssl_context
+from kpimon.agents.config.settings import Settings
 
 
-class BulkTopicsConsumer(aiokafka_driver.Consumer):
-    """Faust's aiokafka consumer, except that it never fetches the app's `bulk_topics`."""
-
-    def _is_bulk(self, tp: TP) -> bool:
-        return tp.topic in getattr(self.app, "bulk_topics", ())
-
-    def _set_active_tps(self, tps: set[TP]) -> set[TP]:
-        active: set[TP] = super()._set_active_tps(tps)
-        active.difference_update([tp for tp in active if self._is_bulk(tp)])
-        return active
-
-    def resume_partitions(self, tps: Iterable[TP]) -> None:
-        super().resume_partitions([tp for tp in tps if not self._is_bulk(tp)])
-
-    def verify_event_path(self, now: float, tp: TP) -> None:
-        # Faust's "no events processed from this partition" warnings would be about partitions it
-        # deliberately does not read.
-        if not self._is_bulk(tp):
-            super().verify_event_path(now, tp)
-
-
-class KpimonApp(faust.App):
+class KpimonApp(compat.BulkTopicsApp):
     """A Faust app whose consumer leaves `bulk_topics` to kpimon's source reader.
 
     `before_stop` coroutines run first when the app stops, while the consumer can still commit.
@@ -47,13 +26,7 @@ class KpimonApp(faust.App):
     def __init__(self, *args: Any, bulk_topics: Iterable[str] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.bulk_topics = frozenset(bulk_topics)
-        self.before_stop: list[Any] = []
-
-    def _new_transport(self) -> Any:
-        transport = super()._new_transport()
-        # The transport's consumer class is a class attribute; this app's transport gets its own.
-        transport.Consumer = BulkTopicsConsumer  # type: ignore[misc]
-        return transport
+        self.before_stop: list[Callable[[], Awaitable[None]]] = []
 
     def track_topics(self, topics: Iterable[str]) -> None:
         """Keep the producer's metadata of `topics` fresh, however the topics first became known.
@@ -70,10 +43,41 @@ class KpimonApp(faust.App):
 
     def producer_client(self) -> Any:
         """aiokafka's producer under Faust's (started with the app): for record-batch sends."""
-        producer: Any = self.producer
-        return producer._ensure_producer()
+        return compat.aiokafka_producer(self)
 
     async def on_stop(self) -> None:
         for hook in self.before_stop:
             await hook()
         await super().on_stop()
+
+
+def run_worker(app: KpimonApp, loglevel: str) -> None:
+    """Run the Faust worker of `app` in this process until it is stopped (SIGTERM, Ctrl-C)."""
+    import faust
+
+    runner = faust.Worker(app, loglevel=loglevel, quiet=True)
+    # Faust's terminal spinner, with a log level of warning or above, sets the root logger to DEBUG and
+    # handles every record: each message of the hot path would then build aiokafka's and Faust's debug
+    # log records (measured: 7 % of a worker's CPU). A worker's output is a log, not a terminal.
+    runner.spinner = None
+    runner.execute_from_commandline()
+
+
+def faust_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for `faust.App`: `broker_credentials` (Faust hands them to its aiokafka clients)."""
+    import faust
+
+    if settings.security_protocol == "PLAINTEXT":
+        return {}
+    context = ssl_context(settings)
+    if settings.security_protocol == "SSL":
+        return {"broker_credentials": faust.SSLCredentials(context)}
+    # SASLCredentials with a context means SASL_SSL; its repr shows the user name only.
+    return {
+        "broker_credentials": faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=read_secret("sasl_password_file", settings.sasl_password_file),
+            ssl_context=context,
+            mechanism=settings.sasl_mechanism,
+        )
+    }

@@ -11,22 +11,29 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from faust.serializers import codecs
 
+from kpimon.agents import compat
 from kpimon.agents.config.kafka_security import read_secret
-from kpimon.agents.exporter.pipeline_metrics import rejection_summary
+from kpimon.agents.config.settings import Settings
 from kpimon.agents.pipeline.batch import BatchProcessor
 from kpimon.agents.pipeline.deadletters import Redactor
-from kpimon.agents.runtime.source_reader import SourceReader, writing_partition
+from kpimon.agents.pipeline.engine import SourceEngine, rebuild_counters
+from kpimon.agents.pipeline.metrics import PipelineMetrics, rejection_summary
+from kpimon.agents.pipeline.pacing import Turns
+from kpimon.agents.runtime.checkpoint import Checkpoint
+from kpimon.agents.runtime.faust_app import KpimonApp
+from kpimon.agents.runtime.kafka_io import FaustCommitter, FaustOutbox, KafkaFetcher
+from kpimon.agents.runtime.ownership import Ownership
+from kpimon.agents.runtime.publishing import PartialsFlusher
+from kpimon.agents.runtime.source_reader import ReaderConfig, SourceReader
 from kpimon.agents.runtime.tables import raw_topic, table
 from kpimon.agents.runtime.user_store import UserStore
 from kpimon.streams.userstate import UserState
 from kpimon.streams.validation import Kind
-
-if TYPE_CHECKING:
-    from kpimon.agents.app import Kpimon
 
 log = logging.getLogger(__name__)
 
@@ -44,44 +51,82 @@ class UserStateCodec(codecs.Codec):
 codecs.register("kpimon_user_state", UserStateCodec())
 
 
-def register_ingest(kpimon: Kpimon) -> None:
+@dataclass(frozen=True)
+class Ingest:
+    """The source side as registered on the app."""
+
+    #: The Faust user-state table (its changelog, recovery and store are Faust's).
+    users: Any
+    #: The one writer of user states (runtime/user_store.py).
+    store: UserStore
+    reader: SourceReader
+    flusher: PartialsFlusher
+
+
+def register_ingest(
+    app: KpimonApp,
+    settings: Settings,
+    engine: SourceEngine,
+    metrics: PipelineMetrics,
+    ownership: Ownership,
+    turns: Turns,
+    partials_topic: Any,
+) -> Ingest:
     """Register the ingest agent, the user-state table, the source reader and the partial flush timer."""
-    app, settings = kpimon.app, kpimon.settings
     kinds: dict[str, Kind] = {settings.clicks: "clicks", settings.surveys: "surveys"}
     labels: dict[Kind, str] = {"clicks": settings.clicks, "surveys": settings.surveys}
     source = raw_topic(app, settings.clicks, settings.surveys, settings.rekeyed)
-    topics = {
-        "dead_letters": raw_topic(app, settings.dead_letters),
-        "rekeyed": raw_topic(app, settings.rekeyed),
-    }
     users = table(app, "user-state", settings.partitions, "kpimon_user_state")
-    kpimon.users = users
     # Every user-state write goes through this one store: changelog records in batches (user_store.py).
     store = UserStore(users)
-    store.on_send_error = kpimon.metrics.produce_error
-    processor = BatchProcessor(kpimon.engine, kpimon.metrics, settings.policy, kinds, labels)
+    store.on_send_error = metrics.produce_error
+    processor = BatchProcessor(engine, metrics, settings.policy, kinds, labels)
     redactor = (
         Redactor(read_secret("dead_letter_redact_key_file", settings.dead_letter_redact_key_file).encode())
         if settings.dead_letter_redact
         else None
     )
-    reader = SourceReader(kpimon, processor, store, topics, redactor)
-    kpimon.reader = reader
+    outbox = FaustOutbox(app, (settings.dead_letters, settings.rekeyed))
+    reader = SourceReader(
+        ReaderConfig(
+            source_topics=frozenset((settings.clicks, settings.surveys, settings.rekeyed)),
+            dead_letters_topic=settings.dead_letters,
+            rekeyed_topic=settings.rekeyed,
+            batch_max_messages=settings.batch_max_messages,
+            commit_interval=settings.commit_interval,
+        ),
+        processor,
+        store,
+        fetcher=lambda: KafkaFetcher(settings),
+        outbox=outbox,
+        checkpoint=Checkpoint(store, outbox, FaustCommitter(app), engine.positions),
+        turns=turns,
+        redactor=redactor,
+    )
+    flusher = PartialsFlusher(
+        engine,
+        partials_topic,
+        settings.partitions,
+        turns,
+        stopping=lambda: bool(app.should_stop),
+        generation=ownership.generation,
+        caught_up=lambda: reader.caught_up,
+    )
 
     async def ingest(stream: Any) -> None:
         # Subscribing is what makes Faust assign the source partitions (with the user-state table's);
-        # its consumer does not fetch them (agents/runtime/faust_app.py). Should an event arrive anyway, it is
+        # its consumer does not fetch them (runtime/faust_app.py). Should an event arrive anyway, it is
         # applied like any batch, so nothing is lost and nothing counted twice (offsets are checked).
         event: Any
         async for event in stream.events():
             message = event.message
             log.warning("ingest agent received %s[%d]@%d", message.topic, message.partition, message.offset)
-            with writing_partition(message.topic, message.partition):
+            with compat.writing_partition(message.topic, message.partition):
                 result = processor.process(
                     message.topic, message.partition, [_FaustRecord(message)], store, int(time.time() * 1000)
                 )
             reader.send(result)
-            await store.send_pending(app.producer_client())
+            await store.send_pending(outbox.batch_client())
 
     app.agent(source, name="kpimon.ingest")(ingest)
 
@@ -107,7 +152,7 @@ def register_ingest(kpimon: Kpimon) -> None:
     app.on_partitions_revoked.connect(on_revoked)
 
     async def flush_partials() -> None:
-        await kpimon.flush_partials()
+        await flusher.flush()
 
     app.timer(settings.flush_interval, name="kpimon.flush_partials")(flush_partials)
 
@@ -117,7 +162,7 @@ def register_ingest(kpimon: Kpimon) -> None:
         # Dead letters are counted in /metrics; without this line a worker would drop a backfill's old
         # events as too_late without a word in its log.
         nonlocal logged
-        current = dict(kpimon.metrics.rejections)
+        current = dict(metrics.rejections)
         line = rejection_summary(logged, current, settings.max_lateness_days)
         logged = current
         if line is not None:
@@ -126,10 +171,11 @@ def register_ingest(kpimon: Kpimon) -> None:
     app.timer(settings.rejection_log_interval, name="kpimon.log_rejections")(log_rejections)
 
     async def on_users_recovered() -> None:
-        kpimon.rebuild_counters()
-        await reader.assign(set(kpimon.assigned()))
+        rebuild_counters(engine, ownership.owned(settings.clicks), users.values(), int(time.time() * 1000))
+        await reader.assign(set(ownership.assigned()))
 
     users.on_recover(on_users_recovered)
+    return Ingest(users=users, store=store, reader=reader, flusher=flusher)
 
 
 class _FaustRecord:

@@ -6,6 +6,8 @@ from typing import Any
 
 import faust
 
+from kpimon.agents import compat
+
 #: The changelogged tables the ingest and aggregate agents register (tests check they agree).
 TABLE_NAMES = ("user-state", "aggregates")
 
@@ -43,5 +45,5 @@ def table(app: faust.App, name: str, partitions: int, value_serializer: str) -> 
     created: Any = app.Table(name, partitions=partitions, options=ROCKSDB_OPTIONS)
     created.key_serializer = "raw"
     created.value_serializer = value_serializer
-    created.changelog_topic = created._new_changelog_topic()
+    compat.rebuild_changelog_topic(created)
     return created

@@ -18,10 +18,9 @@ import logging
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
-from faust.stores.base import SerializedStore
-from faust.streams import current_event
 from faust.types import TP
 
+from kpimon.agents import compat
 from kpimon.streams.userstate import UserState
 
 log = logging.getLogger(__name__)
@@ -30,7 +29,7 @@ log = logging.getLogger(__name__)
 class UserStore(MutableMapping[bytes, UserState]):
     """A mapping over a Faust table's store whose writes are changelogged in batches.
 
-    Writes must happen inside `source_reader.writing_partition` (as a Faust table's must happen
+    Writes must happen inside `compat.writing_partition` (as a Faust table's must happen
     while an event is processed): the partition of the current event is the changelog partition.
     """
 
@@ -61,22 +60,21 @@ class UserStore(MutableMapping[bytes, UserState]):
         Faust's serializer registry, a fifth of a worker's CPU when most users are new.
         """
         store = self._store
-        if isinstance(store, SerializedStore):
-            raw = store._get(key)
+        if compat.raw_store(store):
+            raw = compat.raw_get(store, key)
             return default if raw is None else UserState.from_bytes(raw)
         state: UserState | None = store.get(key)
         return default if state is None else state
 
     def __setitem__(self, key: bytes, state: UserState) -> None:
-        event = current_event()
-        if event is None:
+        partition = compat.current_partition()
+        if partition is None:
             raise RuntimeError("user states are written while a source partition is processed")
-        partition: int = event.message.partition
         value = state.to_bytes()
         store = self._store
-        if isinstance(store, SerializedStore):
+        if compat.raw_store(store):
             # RocksDB keeps bytes: store the changelog's own encoding instead of encoding twice.
-            store._set(key, value)
+            compat.raw_set(store, key, value)
         else:
             store[key] = state
         pending = self._pending.get(partition)
@@ -99,12 +97,8 @@ class UserStore(MutableMapping[bytes, UserState]):
         every key (the caller checks each state's partition). A list of a million fresh key objects per
         partition was over 100 MB of a worker's peak memory with RocksDB."""
         store: Any = self._store
-        db_for_partition = getattr(store, "_db_for_partition", None)  # Faust's RocksDB store
-        if db_for_partition is not None:
-            skip = store.offset_key  # Faust keeps the persisted changelog offset in the same database
-            keys = db_for_partition(partition).keys()  # an Rdict: lazy, and sees no later writes
-            return (key for key in keys if key != skip)
-        return iter(list(store.keys()))
+        keys = compat.partition_keys(store, partition)
+        return keys if keys is not None else iter(list(store.keys()))
 
     @property
     def pending(self) -> int:

@@ -127,7 +127,8 @@ def test_demo_in_a_terminal_shows_top_and_ctrl_c_leaves_nothing(tmp_path: Path) 
             text = tmux.wait_for("kpimon top", "events/s", timeout=420)
             accepted = re.search(r"accepted ([\d,]+)", text)
             dau = re.search(r"^DAU +([\d,]+)", text, re.MULTILINE)
-            if accepted and int(accepted[1].replace(",", "")) > 20 and dau:
+            # "live" once the view has read kpimon-kpis to its end ("loading" before).
+            if accepted and int(accepted[1].replace(",", "")) > 20 and dau and "● live" in text:
                 break
             time.sleep(0.5)
         else:

@@ -1,7 +1,8 @@
 """The stream equals the batch reference, exactly: simulated history, replayed through real Kafka.
 
 The commands are the real `kpimon` entry points, as a user runs them: simulate -> replay -> worker(s)
--> kpis, compared with `kpimon reference` on the same files by the contract's rule (KPIS.md).
+-> kpis, compared with `kpimon reference` on the same files by the rule of
+docs/commands.md, "Comparing the stream with the reference".
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ USERS, DAYS, SEED = 3000, 75, 11
 LATENESS = DAYS + 15  # a backfill: the whole history is within the lateness bound
 
 
-#: Every (kpi, window) of the output table of KPIS.md.
+#: Every (kpi, window) of the output table (docs/output.md, "KPIs and windows").
 ALL_KPIS = {(kpi, window) for kpi, windows in OUTPUT_KPIS.items() for window in windows}
 
 

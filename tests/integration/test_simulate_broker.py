@@ -12,8 +12,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from click.testing import CliRunner
 
-from kpimon.agents.cli.replay import key_of, send_files
+from kpimon.agents.cli.replay import send_files
 from kpimon.agents.config.settings import Settings
+from kpimon.agents.config.topics import key_of
 from kpimon.simulator.cli import simulate
 from kpimon.simulator.live import live_traffic
 from kpimon.simulator.model import Counts, LiveModel, Scenario

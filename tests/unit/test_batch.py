@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from kpimon.agents.exporter.pipeline_metrics import PipelineMetrics
 from kpimon.agents.pipeline.batch import KIND_HEADER, BatchProcessor, StateCache
 from kpimon.agents.pipeline.engine import SourceEngine
+from kpimon.agents.pipeline.metrics import PipelineMetrics
 from kpimon.streams.events import MS_PER_DAY
 from kpimon.streams.userstate import UserState
 from kpimon.streams.validation import Policy

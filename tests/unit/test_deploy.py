@@ -44,7 +44,9 @@ TARGETS_EXAMPLE = DEPLOY / "targets.example.toml"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SETTING_NAMES = {f.name for f in fields(Settings)}
 #: The paths the worker's web server serves (`@app.page("/...")` in agents/exporter/web.py).
-WEB_PATHS = set(re.findall(r'@app\.page\("([^"]+)"\)', (ROOT / "agents" / "exporter" / "web.py").read_text()))
+WEB_PATHS = set(
+    re.findall(r'@(?:app\.)?page\("([^"]+)"\)', (ROOT / "agents" / "exporter" / "web.py").read_text())
+)
 #: In a container the worker must listen on every interface, or nothing outside it can scrape or probe it.
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104
 

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kpimon.agents.pipeline.engine import SourceEngine
+from kpimon.agents.pipeline.engine import SourceEngine, rebuild_counters
 from kpimon.streams.events import MS_PER_DAY
 from kpimon.streams.userstate import UserState
 from kpimon.streams.validation import Accepted, Policy, validate
@@ -228,3 +228,31 @@ def test_the_newest_flushed_day_covers_events_up_to_the_future_bound_and_a_day_m
     assert engine.newest_flushed_day(midnight - 4 * 60 * 1000) == TODAY + 2
     assert engine.newest_flushed_day(midnight - 6 * 60 * 1000) == TODAY + 1
     assert SourceEngine(90, max_future_ms=0).newest_flushed_day(midnight - 1) == TODAY + 1
+
+
+def test_after_a_rebalance_kept_partitions_send_all_their_partials_again() -> None:
+    """A moved aggregate group may have been restored without its last merges: every source resends."""
+    engine, users = SourceEngine(90), dict[bytes, UserState]()
+    engine.on_event(users, b"u1", 0, click("u1", 0), NOW)
+    engine.counters(1)  # a partition this worker loses in the rebalance
+    kept = engine.partitions[0]
+    assert list(kept.take_dirty())  # flushed once: nothing dirty any more
+    assert not list(kept.take_dirty())
+    rebuild_counters(engine, {0}, users.values(), NOW)
+    assert set(engine.partitions) == {0}
+    assert engine.partitions[0] is kept  # kept, not rebuilt
+    assert {group for group, _ in kept.take_dirty()} == kept.groups()
+
+
+def test_after_a_rebalance_new_partitions_are_rebuilt_from_their_users_states_only() -> None:
+    source, users = SourceEngine(90), dict[bytes, UserState]()
+    source.on_event(users, b"u1", 2, click("u1", 0, platform="ios"), NOW)
+    source.on_event(users, b"u2", 3, click("u2", 1, platform="web"), NOW)
+    engine = SourceEngine(90)
+    rebuild_counters(engine, {2}, users.values(), NOW)
+    assert set(engine.partitions) == {2}
+    rebuilt, original = engine.partitions[2], source.partitions[2]
+    assert rebuilt.groups() == original.groups() and rebuilt.groups()
+    assert {g: rebuilt.counts(g) for g in rebuilt.groups()} == {
+        g: original.counts(g) for g in original.groups()
+    }

@@ -17,8 +17,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from kpimon.agents.exporter.kpi_collector import KPI_METRICS, KpiCollector
-from kpimon.agents.exporter.pipeline_metrics import PipelineMetrics
 from kpimon.agents.exporter.runtime_metrics import register_runtime_metrics
+from kpimon.agents.pipeline.metrics import PipelineMetrics
 from monitoring import grafana
 from monitoring.config import DEFAULT, MonitoringConfig, PipelineAlerts
 from monitoring.dashboards import PanelQuery, bands, dashboards, panel_queries, variable_queries
@@ -351,7 +351,7 @@ def test_satisfaction_dashboard_draws_targets_and_the_nps_split() -> None:
 
 # --- interval bands ---------------------------------------------------------------------------------------
 
-#: Every KPI with an interval (KPIS.md, "Uncertainty"); each must be drawn with its band.
+#: Every KPI with an interval (docs/definitions.md, "Uncertainty"); each must be drawn with its band.
 INTERVAL_KPIS = {"nps", "csat", "churn_rate", "nps_response_rate", "csat_response_rate"}
 
 

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from kpimon.agents.cli.deadletters import DeadLetter, as_json, excerpt, format_line, matches, parse
 from kpimon.agents.cli.replay import describe, event_days, lateness
-from kpimon.agents.exporter.pipeline_metrics import PipelineMetrics, rejection_summary
 from kpimon.agents.pipeline.deadletters import dead_letter_headers
+from kpimon.agents.pipeline.metrics import PipelineMetrics, rejection_summary
 from kpimon.streams.events import day_of
 from kpimon.streams.output import day_number
 from kpimon.streams.validation import Policy, Reason, Rejected, validate

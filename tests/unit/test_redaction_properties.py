@@ -13,7 +13,8 @@ import json
 from typing import Any
 
 import msgspec
-from hypothesis import given, settings
+import pytest
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from kpimon.agents.pipeline.deadletters import REDACTED_DETAIL, REDACTED_HEADER, Redactor, dead_letter_headers
@@ -105,9 +106,11 @@ def forms(pv: str) -> list[bytes]:
     return [pv.encode(), msgspec.json.encode(pv)[1:-1], json.dumps(pv)[1:-1].encode()]
 
 
-@settings(max_examples=40, deadline=None)
-@given(pv=personal, other=personal, reason=st.sampled_from(list(Reason)))
-def test_no_personal_value_survives_redaction(pv: str, other: str, reason: Reason) -> None:
+@pytest.mark.parametrize("reason", list(Reason), ids=str)
+@settings(max_examples=15, deadline=None)
+@given(pv=personal, other=personal)
+def test_no_personal_value_survives_redaction(reason: Reason, pv: str, other: str) -> None:
+    assume(pv != other)  # two people: key_mismatch needs a key that is not the user id
     kind, key, value, verdict = message(reason, pv, other)
     headers = dead_letter_headers(verdict, kind, 3, 17, NOW_MS)
     new_key, new_value, new_headers = Redactor(b"k3y").redact(key, value, headers)

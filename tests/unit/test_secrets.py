@@ -10,11 +10,12 @@ from pathlib import Path
 import faust
 import pytest
 
-from kpimon.agents.config.kafka_security import Secret, aiokafka_options, faust_options, read_secret
+from kpimon.agents.config.kafka_security import Secret, aiokafka_options, read_secret
 from kpimon.agents.config.settings import Settings
 from kpimon.agents.devtools.top import KpiFeed, MetricsAccess, TopConfig
 from kpimon.agents.exporter.web import basic_auth, web_warnings
 from kpimon.agents.pipeline.deadletters import Redactor
+from kpimon.agents.runtime.faust_app import faust_options
 from tests.certs import Pki, make_pki
 from tests.helpers import KPIMON, free_port
 

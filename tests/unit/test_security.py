@@ -17,12 +17,12 @@ from kpimon.agents.config.kafka_security import (
     SecretFileError,
     aiokafka_options,
     describe,
-    faust_options,
     read_secret,
 )
 from kpimon.agents.config.settings import Settings
 from kpimon.agents.exporter.web import BasicAuth, basic_auth, web_ssl_context
 from kpimon.agents.pipeline.deadletters import Redactor
+from kpimon.agents.runtime.faust_app import faust_options
 from tests.certs import Pki, make_pki
 
 SECRET = "s3cr3t-that-must-never-show"

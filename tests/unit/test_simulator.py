@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kpimon.agents.cli.replay import key_of
+from kpimon.agents.config.topics import key_of
 from kpimon.simulator.cli import parse_now, simulate
 from kpimon.simulator.model import (
     CHURN_WAVE_DAYS,

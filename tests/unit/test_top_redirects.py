@@ -6,58 +6,10 @@ every Authorization header it receives.
 
 from __future__ import annotations
 
-import base64
-import http.server
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
-
 import pytest
 
 from kpimon.agents.devtools.top import MetricsAccess, origin, scrape
-
-USER, PASSWORD = "prometheus", "top-Pa55-never-elsewhere"
-TOKEN = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-METRICS = b'kpimon_events_total{topic="clicks",outcome="accepted"} 7.0\n'
-
-
-class Recorder(http.server.BaseHTTPRequestHandler):
-    """Answers per `routes` (path -> (status, Location or None)), records (path, Authorization)."""
-
-    routes: dict[str, tuple[int, str | None]]
-    seen: list[tuple[str, str | None]]
-
-    def do_GET(self) -> None:
-        self.seen.append((self.path, self.headers.get("Authorization")))
-        status, location = self.routes.get(self.path, (404, None))
-        if status == 200 and self.headers.get("Authorization") != TOKEN:
-            status = 401
-        self.send_response(status)
-        if location is not None:
-            self.send_header("Location", location)
-        body = METRICS if status == 200 else b"no\n"
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@contextmanager
-def serving(routes: dict[str, tuple[int, str | None]]) -> Iterator[tuple[str, list[tuple[str, str | None]]]]:
-    seen: list[tuple[str, str | None]] = []
-    handler = type("Handler", (Recorder,), {"routes": routes, "seen": seen})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
-
+from tests.redirects import PASSWORD, TOKEN, USER, serving
 
 ACCESS = MetricsAccess(user=USER, password=PASSWORD)
 

@@ -10,8 +10,8 @@ import pytest
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.record.default_records import DefaultRecordBatch
 
+from kpimon.agents import compat
 from kpimon.agents.app import create_app
-from kpimon.agents.runtime.source_reader import writing_partition
 from kpimon.agents.runtime.user_store import UserStore
 from kpimon.streams.userstate import UserState
 
@@ -63,11 +63,11 @@ def _settings(tmp_path: Path, store: str) -> Any:
 async def test_writes_reach_the_store_at_once_and_the_changelog_in_order_by_partition(tmp_path: Path) -> None:
     table, users = _store(tmp_path)
     topic = table.changelog_topic.get_topic_name()
-    with writing_partition("clicks", 1):
+    with compat.writing_partition("clicks", 1):
         users[b"a"] = _state(100)
         users[b"b"] = _state(101)
         users[b"a"] = _state(102)  # a second write of one key in a batch: both records, in order
-    with writing_partition("clicks", 3):
+    with compat.writing_partition("clicks", 3):
         users[b"c"] = _state(103)
     assert users[b"a"].last_seen == 102 and users.get(b"c") is not None and users.get(b"zz") is None
     assert users.pending == 4
@@ -86,7 +86,7 @@ async def test_writes_reach_the_store_at_once_and_the_changelog_in_order_by_part
 
 async def test_a_full_record_batch_is_sent_and_the_rest_follows_in_order(tmp_path: Path) -> None:
     _, users = _store(tmp_path)
-    with writing_partition("clicks", 0):
+    with compat.writing_partition("clicks", 0):
         for i in range(200):
             users[f"user-{i:03d}".encode()] = _state(100 + i % 7)
     producer = FakeProducer(batch_size=2048)
@@ -99,7 +99,7 @@ async def test_a_full_record_batch_is_sent_and_the_rest_follows_in_order(tmp_pat
 async def test_a_rocksdb_store_holds_the_bytes_and_notes_the_changelog_offset(tmp_path: Path) -> None:
     table, users = _store(tmp_path, store="rocksdb")
     topic = table.changelog_topic.get_topic_name()
-    with writing_partition("clicks", 2):
+    with compat.writing_partition("clicks", 2):
         for i in range(50):
             users[f"u{i}".encode()] = _state(200 + i)
         assert users[b"u7"] == _state(207)  # read back through the store's own decoding
@@ -122,10 +122,10 @@ def test_a_write_outside_a_partition_is_refused(tmp_path: Path) -> None:
 
 async def test_a_sweep_walks_one_rocksdb_partition_lazily_without_the_offset_key(tmp_path: Path) -> None:
     _, users = _store(tmp_path, store="rocksdb")
-    with writing_partition("clicks", 0):
+    with compat.writing_partition("clicks", 0):
         users[b"p0-a"] = _state(1)
         users[b"p0-b"] = _state(2)
-    with writing_partition("clicks", 1):
+    with compat.writing_partition("clicks", 1):
         users[b"p1-a"] = _state(3)
     await users.send_pending(FakeProducer(batch_size=1 << 20))
     await asyncio.sleep(0)  # the persisted offsets are now in the partitions' databases too
@@ -137,12 +137,12 @@ async def test_a_sweep_walks_one_rocksdb_partition_lazily_without_the_offset_key
 
 async def test_with_the_memory_store_a_sweep_gets_a_snapshot_of_every_key(tmp_path: Path) -> None:
     _, users = _store(tmp_path)
-    with writing_partition("clicks", 0):
+    with compat.writing_partition("clicks", 0):
         users[b"a"] = _state(1)
-    with writing_partition("clicks", 1):
+    with compat.writing_partition("clicks", 1):
         users[b"b"] = _state(2)
     keys = users.keys_of_partition(0)
-    with writing_partition("clicks", 0):
+    with compat.writing_partition("clicks", 0):
         users[b"c"] = _state(3)  # a write during the sweep does not disturb it
     assert sorted(keys) == [b"a", b"b"]  # the engine skips states of other partitions itself
 
@@ -150,16 +150,16 @@ async def test_with_the_memory_store_a_sweep_gets_a_snapshot_of_every_key(tmp_pa
 async def test_records_are_held_back_until_enough_are_pending(tmp_path: Path) -> None:
     _, users = _store(tmp_path)
     producer = FakeProducer(batch_size=1 << 20)
-    with writing_partition("clicks", 0):
+    with compat.writing_partition("clicks", 0):
         users[b"a"] = _state(1)
     assert await users.send_pending(producer, min_bytes=5_000) == 0
     assert producer.sent == [] and users.pending == 1
-    with writing_partition("clicks", 0):
+    with compat.writing_partition("clicks", 0):
         for i in range(300):
             users[f"user-{i}".encode()] = _state(i)
     assert await users.send_pending(producer, min_bytes=5_000) == 301
     assert users.pending == 0
-    with writing_partition("clicks", 0):
+    with compat.writing_partition("clicks", 0):
         users[b"b"] = _state(2)
     assert await users.send_pending(producer) == 1  # no threshold: everything (before a commit)
 
@@ -175,12 +175,12 @@ class SlowProducer(FakeProducer):
 async def test_concurrent_hand_overs_keep_a_partitions_records_in_order(tmp_path: Path) -> None:
     _, users = _store(tmp_path)
     producer = SlowProducer(batch_size=512)  # several batches per hand-over
-    with writing_partition("clicks", 0):
+    with compat.writing_partition("clicks", 0):
         for i in range(200):
             users[b"k"] = _state(i)
     first = asyncio.create_task(users.send_pending(producer))
     await asyncio.sleep(0)  # the first hand-over is suspended in its first send
-    with writing_partition("clicks", 0):
+    with compat.writing_partition("clicks", 0):
         for i in range(200, 400):
             users[b"k"] = _state(i)
     await asyncio.gather(first, users.send_pending(producer))

@@ -1,4 +1,4 @@
-"""One row per rejection reason of KPIS.md, plus the hostile shapes the foundation issue lists."""
+"""One row per rejection reason of docs/events.md, plus the hostile shapes the foundation issue lists."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def test_rfc3339_offset_is_resolved_to_utc() -> None:
 
 
 INVALID = [
-    # One row per rejection reason of KPIS.md ...
+    # One row per rejection reason of docs/events.md ...
     ("not JSON", "clicks", b"{not json", Reason.INVALID_JSON),
     ("missing field", "clicks", raw(click(type=_DROP)), Reason.MISSING_FIELD),
     ("missing user_id", "surveys", raw(survey(user_id=_DROP)), Reason.MISSING_FIELD),

@@ -1,4 +1,5 @@
-"""`kpimon`: the command line. Each subcommand lives in the module that does its job."""
+"""`kpimon`: the command line. It assembles the commands of agents/ (worker, kafka, kpis, replay, demo,
+top), simulator/ (simulate) and reference/ (reference), each defined in the module that does its job."""
 
 from __future__ import annotations
 

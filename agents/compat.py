@@ -1,0 +1,206 @@
+"""Every private or undocumented Faust, mode and aiokafka API kpimon uses: one function or class each.
+
+Nothing else in kpimon touches a framework internal. Each entry names what it relies on and why no public
+API does the job, and tests/unit/test_compat.py holds a contract test per entry against the installed
+(pinned) versions: after an upgrade, that one test file says what broke.
+
+The framework imports are inside the functions, so the configuration layer (the Kafka pre-flight) can use
+this module without loading Faust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import weakref
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import faust
+
+    class BulkTopicsApp(faust.App):
+        """What `bulk_topics_app()` returns, for the type checker (the module's `__getattr__` builds it)."""
+
+        bulk_topics: frozenset[str]
+
+
+def __getattr__(name: str) -> Any:
+    # `compat.BulkTopicsApp` is built on first use, so importing this module does not import Faust.
+    if name == "BulkTopicsApp":
+        return bulk_topics_app()
+    raise AttributeError(name)
+
+
+@contextlib.contextmanager
+def writing_partition(topic: str, partition: int) -> Iterator[None]:
+    """Table and store writes inside this block go to `partition` (of the table's changelog and store).
+
+    Faust routes a table write to the partition of the event being processed (`faust.current_event()`),
+    and its RocksDB store writes that partition's database. A bulk batch has no Faust event, so a stand-in
+    naming the partition is set in Faust's private context variable `faust.streams._current_event`.
+    """
+    from faust.streams import _current_event
+
+    event = _PartitionEvent(topic, partition)
+    token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def current_partition() -> int | None:
+    """The partition of the event being processed (or named by `writing_partition`), None outside one."""
+    from faust import current_event
+
+    event = current_event()
+    return None if event is None else int(event.message.partition)
+
+
+class _PartitionEvent:
+    __slots__ = ("__weakref__", "message")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = _PartitionMessage(topic, partition)
+
+
+class _PartitionMessage:
+    __slots__ = ("partition", "topic")
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
+        self.partition = partition
+
+
+@functools.cache
+def bulk_topics_consumer() -> type[Any]:
+    """Faust's aiokafka consumer class, except that it never fetches the app's `bulk_topics`.
+
+    Faust has no public way to subscribe to a topic (so that its partitions are assigned with the tables'
+    changelogs) without fetching it. This subclass overrides the private `Consumer._set_active_tps`, which
+    decides the partitions the consumer thread fetches.
+    """
+    from faust.transport.drivers import aiokafka as aiokafka_driver
+
+    class BulkTopicsConsumer(aiokafka_driver.Consumer):
+        def _is_bulk(self, tp: Any) -> bool:
+            return tp.topic in getattr(self.app, "bulk_topics", ())
+
+        def _set_active_tps(self, tps: set[Any]) -> set[Any]:
+            active: set[Any] = super()._set_active_tps(tps)
+            active.difference_update([tp for tp in active if self._is_bulk(tp)])
+            return active
+
+        def resume_partitions(self, tps: Any) -> None:
+            super().resume_partitions([tp for tp in tps if not self._is_bulk(tp)])
+
+        def verify_event_path(self, now: float, tp: Any) -> None:
+            # Faust's "no events processed from this partition" warnings would be about partitions it
+            # deliberately does not read.
+            if not self._is_bulk(tp):
+                super().verify_event_path(now, tp)
+
+    return BulkTopicsConsumer
+
+
+@functools.cache
+def bulk_topics_app() -> type[Any]:
+    """A `faust.App` base class whose consumer (`bulk_topics_consumer`) leaves `bulk_topics` unfetched.
+
+    The transport's consumer class is a class attribute with no setting; the private `App._new_transport`
+    is where an app gets its own transport instance, so setting it there affects only that app.
+    """
+    import faust
+
+    consumer_class = bulk_topics_consumer()
+
+    class _BulkTopicsApp(faust.App):
+        bulk_topics: frozenset[str] = frozenset()
+
+        def _new_transport(self) -> Any:
+            transport: Any = super()._new_transport()
+            transport.Consumer = consumer_class
+            return transport
+
+    return _BulkTopicsApp
+
+
+def aiokafka_producer(app: Any) -> Any:
+    """The aiokafka producer under Faust's (started with the app), for record-batch sends.
+
+    Faust keeps it behind the private `Producer._ensure_producer()`; record batches (`create_batch`,
+    `send_batch`) are aiokafka's public API, but Faust's producer does not expose them.
+    """
+    return app.producer._ensure_producer()
+
+
+async def commit_offsets(consumer: Any, offsets: Mapping[Any, int]) -> bool:
+    """Commit `offsets` through Faust's consumer, the group member; False when nothing was committed.
+
+    Faust's public `Consumer.commit()` commits only what Faust's own streams acknowledged; the bulk reader's
+    offsets go through the private `Consumer._commit(offsets)`, which filters out unassigned partitions.
+    """
+    return bool(await consumer._commit(offsets))
+
+
+def rebuild_changelog_topic(table: Any) -> None:
+    """Rebuild a table's changelog topic after its serializers were changed (private `_new_changelog_topic`).
+
+    Faust builds the changelog topic in the table's constructor with serializers derived from the key and
+    value types; restoring reads through that topic, so it must be rebuilt with the table's serializers.
+    """
+    table.changelog_topic = table._new_changelog_topic()
+
+
+def raw_store(store: Any) -> bool:
+    """Whether `store` keeps bytes (Faust's RocksDB store): `raw_get`/`raw_set` then apply."""
+    from faust.stores.base import SerializedStore
+
+    return isinstance(store, SerializedStore)
+
+
+def raw_get(store: Any, key: bytes) -> bytes | None:
+    """A serialized store's bytes for `key`, or None: its private `_get`.
+
+    The mapping interface raises and catches a KeyError per unknown key and decodes through Faust's
+    serializer registry: a fifth of a worker's CPU when most users are new.
+    """
+    value: bytes | None = store._get(key)
+    return value
+
+
+def raw_set(store: Any, key: bytes, value: bytes) -> None:
+    """Write bytes straight into a serialized store (private `_set`): the changelog's own encoding."""
+    store._set(key, value)
+
+
+def partition_keys(store: Any, partition: int) -> Iterator[bytes] | None:
+    """The keys of one partition's RocksDB database, lazily; None for a store without such databases.
+
+    Uses the RocksDB store's private `_db_for_partition` and skips its `offset_key` (where Faust keeps the
+    persisted changelog offset, in the same database).
+    """
+    db_for_partition = getattr(store, "_db_for_partition", None)
+    if db_for_partition is None:
+        return None
+    skip = store.offset_key
+    keys = db_for_partition(partition).keys()  # an Rdict: lazy, and sees no later writes
+    return (key for key in keys if key != skip)
+
+
+async def probe_metadata(host: str, port: int, client_id: str, timeout_ms: int, options: Any) -> None:
+    """Open one connection to a broker (TLS and SASL as `options` say) and ask for metadata.
+
+    aiokafka's public clients log and swallow the cause of a failed bootstrap; its connection factory
+    `aiokafka.conn.create_conn` and `aiokafka.protocol.metadata.MetadataRequest` (undocumented) raise it,
+    which lets the pre-flight tell a wrong password from a wrong protocol.
+    """
+    from aiokafka.conn import create_conn
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    conn: Any = await create_conn(host, port, client_id=client_id, request_timeout_ms=timeout_ms, **options)
+    try:
+        await conn.send(MetadataRequest([]))
+    finally:
+        conn.close()

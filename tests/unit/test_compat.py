@@ -1,0 +1,102 @@
+"""Contract tests of agents/compat.py: each private Faust or aiokafka API kpimon uses still does its job.
+
+One test per entry of the compat module, against the installed (pinned) faust-streaming and aiokafka.
+When an upgrade breaks one, this file names it; nothing else in kpimon touches framework internals.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import faust
+import pytest
+from faust.stores.base import SerializedStore
+from faust.transport.drivers import aiokafka as aiokafka_driver
+from faust.types import TP
+
+from kpimon.agents import compat
+from kpimon.agents.app import create_app
+from kpimon.agents.config.settings import Settings
+
+
+def test_writing_partition_sets_the_event_faust_routes_table_writes_by() -> None:
+    assert compat.current_partition() is None
+    with compat.writing_partition("clicks", 3):
+        event = faust.current_event()
+        assert event is not None and event.message.partition == 3 and event.message.topic == "clicks"
+        assert compat.current_partition() == 3
+        with compat.writing_partition("clicks", 1):
+            assert compat.current_partition() == 1
+        assert compat.current_partition() == 3
+    assert compat.current_partition() is None
+
+
+def test_the_bulk_consumer_leaves_bulk_topics_unfetched(tmp_path: Path) -> None:
+    assert "_set_active_tps" in vars(aiokafka_driver.Consumer.__mro__[1]) or hasattr(
+        aiokafka_driver.Consumer, "_set_active_tps"
+    )
+    kpimon = create_app(Settings(app_id="t-compat", data_dir=tmp_path))
+    consumer = kpimon.app.consumer
+    assert isinstance(consumer, compat.bulk_topics_consumer())
+    active = consumer._set_active_tps({TP("clicks", 0), TP("surveys", 1), TP("kpimon-partials", 0)})
+    assert active == {TP("kpimon-partials", 0)}
+
+
+def test_the_bulk_topics_app_is_a_faust_app_built_on_first_use() -> None:
+    assert issubclass(compat.BulkTopicsApp, faust.App)
+    assert compat.BulkTopicsApp is compat.bulk_topics_app()
+    assert callable(getattr(faust.App, "_new_transport", None))
+    with pytest.raises(AttributeError):
+        _ = compat.NoSuchThing  # type: ignore[attr-defined]
+
+
+def test_the_aiokafka_producer_is_behind_fausts_ensure_producer(tmp_path: Path) -> None:
+    """Before the app starts there is none; every Kafka test then sends the changelog through it."""
+    from faust.exceptions import NotReady
+
+    kpimon = create_app(Settings(app_id="t-compat", data_dir=tmp_path))
+    assert isinstance(kpimon.app.producer, aiokafka_driver.Producer)
+    with pytest.raises(NotReady):
+        compat.aiokafka_producer(kpimon.app)
+
+
+def test_fausts_consumer_commits_a_mapping_of_offsets() -> None:
+    commit = aiokafka_driver.Consumer._commit
+    assert inspect.iscoroutinefunction(commit)
+    assert list(inspect.signature(commit).parameters) == ["self", "offsets"]
+
+
+def test_rebuilding_the_changelog_topic_uses_the_tables_serializers(tmp_path: Path) -> None:
+    kpimon = create_app(Settings(app_id="t-compat", data_dir=tmp_path))
+    table = kpimon.users
+    assert table.changelog_topic.value_serializer == table.value_serializer == "kpimon_user_state"
+    compat.rebuild_changelog_topic(table)
+    assert table.changelog_topic.value_serializer == "kpimon_user_state"
+
+
+def test_the_rocksdb_store_reads_and_writes_raw_bytes_per_partition(tmp_path: Path) -> None:
+    kpimon = create_app(Settings(app_id="t-compat", data_dir=tmp_path, store="rocksdb"))
+    store = kpimon.users.data
+    assert compat.raw_store(store) and isinstance(store, SerializedStore)
+    with compat.writing_partition("clicks", 2):
+        compat.raw_set(store, b"k", b"v")
+    assert compat.raw_get(store, b"k") == b"v"
+    assert compat.raw_get(store, b"missing") is None
+    store.set_persisted_offset(TP(kpimon.users.changelog_topic.get_topic_name(), 2), 7)
+    keys = compat.partition_keys(store, 2)
+    assert keys is not None and list(keys) == [b"k"]  # the persisted offset's own key is skipped
+    memory = create_app(Settings(app_id="t-compat-memory", data_dir=tmp_path)).users.data
+    assert not compat.raw_store(memory) and compat.partition_keys(memory, 0) is None
+
+
+def test_the_connection_probe_takes_kpimons_client_options() -> None:
+    from aiokafka.conn import create_conn
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    from kpimon.agents.config.kafka_security import aiokafka_options
+
+    parameters = inspect.signature(create_conn).parameters
+    options = aiokafka_options(Settings())
+    assert {"host", "port", "client_id", "request_timeout_ms"} | set(options) <= set(parameters)
+    assert MetadataRequest([]) is not None  # the all-topics request the probe sends
