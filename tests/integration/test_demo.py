@@ -97,6 +97,27 @@ def test_demo_runs_traffic_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         assert url == f"http://127.0.0.1:{web_port}/metrics", "".join(lines)
         with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback)
             assert b'kpimon_events_total{outcome="accepted"' in response.read()
+        # The README's picture: `kpimon top --svg` saves rich's SVG export of the view of the running demo.
+        picture = tmp_path / "top.svg"
+        saved = subprocess.run(
+            [
+                KPIMON,
+                "top",
+                "--broker",
+                f"127.0.0.1:{kafka_port}",
+                "--metrics-url",
+                url,
+                "--svg",
+                str(picture),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert saved.returncode == 0, saved.stderr
+        svg = picture.read_text()
+        assert svg.startswith("<svg") and "kpimon top" in svg and "Stickiness" in svg
         assert processes_with_home(home), "the demo's children should be running"
     finally:
         demo.send_signal(signal.SIGINT)
