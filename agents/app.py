@@ -21,7 +21,6 @@ from kpimon.agents.exporter.folding_collector import FoldedCollector
 from kpimon.agents.exporter.kpi_collector import KpiCollector
 from kpimon.agents.exporter.lag_collector import LagCollector
 from kpimon.agents.exporter.runtime_metrics import register_runtime_metrics
-from kpimon.agents.exporter.sensor import MetricsSensor
 from kpimon.agents.exporter.web import register_web, web_options
 from kpimon.agents.pipeline.aggregation import Aggregator
 from kpimon.agents.pipeline.engine import SourceEngine
@@ -31,6 +30,7 @@ from kpimon.agents.runtime.aggregate_agent import Aggregate, register_aggregate
 from kpimon.agents.runtime.faust_app import KpimonApp, faust_options
 from kpimon.agents.runtime.ingest_agent import Ingest, register_ingest
 from kpimon.agents.runtime.ownership import Ownership
+from kpimon.agents.runtime.sensor import MetricsSensor
 from kpimon.agents.runtime.tables import TABLE_NAMES, changelog_topic_name, raw_topic
 from kpimon.streams.targets import Targets
 

@@ -11,8 +11,8 @@ from prometheus_client import CollectorRegistry
 
 from kpimon.agents.exporter.lag_collector import LagCollector
 from kpimon.agents.exporter.runtime_metrics import build_labels, register_runtime_metrics
-from kpimon.agents.exporter.sensor import MetricsSensor
 from kpimon.agents.pipeline.metrics import PipelineMetrics
+from kpimon.agents.runtime.sensor import MetricsSensor
 
 
 def value(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float | None:
