@@ -117,7 +117,7 @@ def test_demo_runs_traffic_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         )
         assert saved.returncode == 0, saved.stderr
         svg = picture.read_text()
-        assert svg.startswith("<svg") and "kpimon top" in svg and "Stickiness" in svg
+        assert svg.startswith("<svg") and "Stickiness" in svg and "DAU" in svg
         assert processes_with_home(home), "the demo's children should be running"
     finally:
         demo.send_signal(signal.SIGINT)
