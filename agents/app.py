@@ -142,6 +142,7 @@ def create_app(
     )
     # Flushes and publishing run as jobs the source reader waits for (pipeline/pacing.py).
     turns = Turns()
+    turns.observe = metrics.reader_held  # kpimon_reader_held_seconds: how long input waits for the jobs
     partials_topic = raw_topic(app, settings.partials)
     last_snapshot = Gauge(
         "kpimon_last_snapshot_timestamp_seconds",

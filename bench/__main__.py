@@ -15,12 +15,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import ceiling, delay, faust_variants, fill, kpimon_run, report
+from bench import batchpath, ceiling, delay, faust_variants, fill, kpimon_run, report
 from bench.child import run_child
 from bench.cluster import local_kafka
 from bench.stats import StageResult
 
-STAGES = ("ceiling", "bare", "candidates", "naive", "kpimon", "kpimon2", "rss", "delay")
+STAGES = ("batch", "ceiling", "bare", "candidates", "naive", "kpimon", "kpimon2", "rss", "delay")
 FULL: dict[str, float] = {
     "events": 1_000_000,
     "days": 30,
@@ -43,6 +43,8 @@ pre-filled 4-partition topics of a local Kafka the bench starts itself (a tempor
 jar cache). Progress goes to stderr, the report to stdout.
 
 stages (--only, comma-separated; all by default):
+  batch    no Kafka: the batch path alone (validation, user states, counters) on in-memory batches of
+           both traffic mixes, in messages per CPU second of `BatchProcessor.process` (bench/batchpath.py)
   ceiling  a plain aiokafka consumer (getmany) decoding every message with msgspec: the ceiling
   bare     a Faust agent that only iterates over the raw messages (its own process)
   candidates  issue #7's levers on Faust's per-event cost, each a bare Faust process changed in one
@@ -160,6 +162,12 @@ async def run_stages(
     stages = args.stages
     now = fill.now_ms()
     data: fill.DataSet | None = None
+    if "batch" in stages:
+        say("batch: the batch path alone, both mixes, in process")
+        results["batch"] = batchpath.run(
+            min(int(args.events), batchpath.MAX_EVENTS), int(args.days), args.seed
+        )
+        _show(results["batch"])
     if _MAIN_DATA_STAGES & set(stages):
         users = args.users or fill.users_for(args.events, args.days, args.seed, now)
         say(
@@ -264,11 +272,14 @@ def main(argv: list[str] | None = None) -> int:
         "flush_interval_s": args.flush_interval,
         "data_sets": {},
     }
-    say(f"starting a local Kafka for the bench ({meta['machine']})")
     try:
-        with local_kafka(keep=args.keep) as (bootstrap, scratch):
-            say(f"Kafka on {bootstrap}, scratch dir {scratch}")
-            results = asyncio.run(run_stages(args, bootstrap, scratch, meta))
+        if args.stages == ["batch"]:  # the one stage without Kafka
+            results = asyncio.run(run_stages(args, "", Path("."), meta))
+        else:
+            say(f"starting a local Kafka for the bench ({meta['machine']})")
+            with local_kafka(keep=args.keep) as (bootstrap, scratch):
+                say(f"Kafka on {bootstrap}, scratch dir {scratch}")
+                results = asyncio.run(run_stages(args, bootstrap, scratch, meta))
     except KeyboardInterrupt:
         say("interrupted: workers and Kafka stopped, no report")
         return 130

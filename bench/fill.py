@@ -93,7 +93,9 @@ class DataSet:
         return (self.clicks_topic, self.surveys_topic)
 
 
-def _config(users: int, days: int, seed: int, now_ms: int) -> BatchConfig:
+def _config(
+    users: int, days: int, seed: int, now_ms: int, clicks_per_day: float | None = None
+) -> BatchConfig:
     return BatchConfig(
         users=users,
         days=days,
@@ -103,15 +105,20 @@ def _config(users: int, days: int, seed: int, now_ms: int) -> BatchConfig:
         late_fraction=0.0,
         duplicate_fraction=0.0,
         invalid_fraction=0.0,
+        clicks_per_day=clicks_per_day,
     )
 
 
-def simulated(users: int, days: int, seed: int, now_ms: int) -> Iterator[tuple[Message, str]]:
+def simulated(
+    users: int, days: int, seed: int, now_ms: int, clicks_per_day: float | None = None
+) -> Iterator[tuple[Message, str]]:
     """Valid messages from kpimon's own simulator (no late, duplicate or broken ones), in send order.
 
     Realistic shapes: sessions, segments, timestamps in every accepted form, NPS and CSAT surveys.
+    `clicks_per_day` is the simulator's knob (`kpimon simulate --clicks-per-day`): None for its own
+    sessions (most clicks repeat a user-day), about 1.8 for traffic where most clicks change state.
     """
-    config = _config(users, days, seed, now_ms)
+    config = _config(users, days, seed, now_ms, clicks_per_day)
     config.check()
     for out in batch_traffic(config):
         draft = out.draft
@@ -263,13 +270,15 @@ async def fill(
     return data_set(expected, clicks_topic, surveys_topic, partitions, time.monotonic() - started)
 
 
-def users_for(events: int, days: int, seed: int, now_ms: int, sample: int = 1000) -> int:
+def users_for(
+    events: int, days: int, seed: int, now_ms: int, sample: int = 1000, clicks_per_day: float | None = None
+) -> int:
     """A population whose simulated traffic over `days` days gives slightly more than `events` messages.
 
     Measured by simulating `sample` users first (a fraction of a second): messages grow linearly with
     the population.
     """
-    per_user = sum(1 for _ in batch_traffic(_config(sample, days, seed, now_ms))) / sample
+    per_user = sum(1 for _ in batch_traffic(_config(sample, days, seed, now_ms, clicks_per_day))) / sample
     return max(10, int(events / per_user * 1.03) + 1)
 
 

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.fill import DataSet
 from bench.stats import StageResult
-from bench.worker import RunTopics, Worker, cpu_seconds, has_store_option, peak_rss_bytes
+from bench.worker import RunTopics, Worker, cpu_seconds, has_store_option, peak_rss_bytes, sample_value
 from kpimon.agents.config.topics import ensure_topics, topic_partitions
 
 _EPOCH = date(1970, 1, 1)
@@ -98,6 +98,19 @@ async def changelog_state_bytes(bootstrap: str, topic: str, timeout: float = 300
     finally:
         await consumer.stop()
     return len(sizes), sum(sizes.values())
+
+
+def reader_held(metrics_texts: list[str]) -> dict[str, float]:
+    """How long the workers' source readers waited for flushes and publications (issue #16 item 7): the
+    longest single wait, and all waits summed, in seconds (empty when the workers do not export them)."""
+    longest = [sample_value(t, "kpimon_reader_held_max_seconds") for t in metrics_texts]
+    total = [sample_value(t, "kpimon_reader_held_seconds_sum") for t in metrics_texts]
+    if not any(v is not None for v in longest):
+        return {}
+    return {
+        "reader_held_max_s": max(v for v in longest if v is not None),
+        "reader_held_total_s": sum(v for v in total if v is not None),
+    }
 
 
 def _cpu(workers: list[Worker]) -> float:
@@ -185,6 +198,7 @@ async def run(
         rss = [w.peak_rss_bytes() for w in procs]
         problems = [line for w in procs for line in w.problems()]
         final = await asyncio.to_thread(_total, procs)
+        texts = await asyncio.gather(*(asyncio.to_thread(w.metrics) for w in procs))
     finally:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -215,6 +229,7 @@ async def run(
     if problems:
         result.figures["worker_log_problems"] = problems
         print(f"  {stage}: the worker logs show problems:\n    " + "\n    ".join(problems), file=sys.stderr)
+    result.figures.update(reader_held(texts))
     result.figures["workers"] = workers
     result.figures["processed"] = final
     result.figures["store"] = store or "default"

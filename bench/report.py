@@ -59,6 +59,13 @@ def state_bytes_per_user(result: StageResult | None) -> float | None:
     return float(result.figures["state_bytes"]) / float(result.figures["state_users"])
 
 
+def held_max(result: StageResult | None) -> float | None:
+    """The longest single wait of a stage's source readers for a flush or publication, in seconds."""
+    if result is None or "reader_held_max_s" not in result.figures:
+        return None
+    return float(result.figures["reader_held_max_s"])
+
+
 def rss_estimate(result: StageResult) -> tuple[int, int, float] | None:
     """(users held, users of the data set, extrapolated peak RSS) of a capped run; None if complete."""
     figures = result.figures
@@ -205,6 +212,12 @@ def targets(results: Mapping[str, StageResult]) -> list[Target]:
             partial=partial,
         ),
         Target("p99 end-to-end delay (s)", p99, 2.0, at_least=False),
+        Target(
+            "longest wait of the input for flush/publish (s)",
+            held_max(results.get("kpimon")),
+            0.1,
+            at_least=False,
+        ),
     ]
 
 
@@ -223,6 +236,20 @@ def table(rows: Sequence[Sequence[str]]) -> str:
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def render_batch(batch: StageResult | None) -> list[str]:
+    """The batch stage's lines: per traffic mix, messages per CPU second of the batch path alone."""
+    if batch is None:
+        return []
+    out = ["batch path alone (no Kafka; CPU seconds of BatchProcessor.process, fastest of the passes):"]
+    for mix, f in batch.figures.items():
+        out.append(
+            f"  {mix}: {f['messages']:,} messages ({f['clicks']:,} clicks, {f['users']:,} users): "
+            f"{number(f['per_cpu_second'])} messages/CPU-s ({f['us_per_message']:.2f} us each), "
+            f"result digest {f['digest']}{'' if f['identical'] else ' (PASSES DIFFER)'}"
+        )
+    return out
 
 
 def render(results: Mapping[str, StageResult], meta: Mapping[str, Any]) -> str:
@@ -281,6 +308,12 @@ def render(results: Mapping[str, StageResult], meta: Mapping[str, Any]) -> str:
         if found.figures.get("store_note"):
             line += f"; {found.figures['store_note']}"
         out.append(line)
+        if "reader_held_max_s" in found.figures:
+            longest, total = found.figures["reader_held_max_s"], found.figures["reader_held_total_s"]
+            out.append(
+                f"  input held for flushes and publishing: longest wait {longest:.3f} s, "
+                f"all waits {total:.1f} s of {found.seconds:.1f} s"
+            )
         estimate = rss_estimate(found)
         if estimate is not None:
             held, users, value = estimate
@@ -288,6 +321,7 @@ def render(results: Mapping[str, StageResult], meta: Mapping[str, Any]) -> str:
                 f"  capped while holding {held:,} of {users:,} users: linear extrapolation of the peak RSS "
                 f"above the RSS at the first message to {users:,} users = {value / MB:,.0f} MB (an estimate)"
             )
+    out.extend(render_batch(results.get("batch")))
     delay = results.get("delay")
     if delay is not None:
         fig = delay.figures

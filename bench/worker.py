@@ -219,3 +219,12 @@ def gauge_value(metrics_text: str, name: str = "kpimon_active_users", **labels: 
         if dict(_LABEL.findall(label_text)) == wanted:
             return float(value)
     return None
+
+
+def sample_value(metrics_text: str, name: str) -> float | None:
+    """The value of the unlabelled sample `name` in Prometheus text, or None."""
+    prefix = name + " "
+    for line in metrics_text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :])
+    return None

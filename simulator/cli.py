@@ -108,6 +108,13 @@ def write_files(messages: Iterable[tuple[str, bytes]], out_dir: Path) -> None:
     default=0.02,
     help="Users whose events carry no signup_ts (their stage then depends on arrival order).",
 )
+@click.option(
+    "--clicks-per-day",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Batch: mean clicks per active user-day, in one session a day (default: the model's sessions,"
+    " about 6). Low values give traffic where most clicks turn a new (user, day) active.",
+)
 @click.option("--live", is_flag=True, help="Send events happening now, until Ctrl-C or SIGTERM.")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=50.0, help="Live: events/s.")
 @click.option(
@@ -129,6 +136,7 @@ def simulate(
     invalid_fraction: float,
     scenario_texts: tuple[str, ...],
     no_signup_fraction: float,
+    clicks_per_day: float | None,
     live: bool,
     rate: float,
     scenario_after: float,
@@ -199,6 +207,7 @@ def simulate(
         lateness_days=lateness_days,
         scenarios=scenarios,
         no_signup_fraction=no_signup_fraction,
+        clicks_per_day=clicks_per_day,
     )
     try:
         config.check()

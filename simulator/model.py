@@ -367,6 +367,10 @@ class BatchConfig:
     #: Users whose events carry no signup_ts; their stage then depends on arrival order
     #: (docs/architecture.md, "What is not guaranteed").
     no_signup_fraction: float = NO_SIGNUP_TS_SHARE
+    #: Mean clicks per active user-day (one session a day of about this many clicks), or None for the
+    #: model's own sessions (several a day of a few clicks each, about 6 clicks per active user-day).
+    #: A low value gives traffic where most clicks turn a new (user, day) active.
+    clicks_per_day: float | None = None
 
     @property
     def first_day(self) -> int:
@@ -390,6 +394,8 @@ class BatchConfig:
                 raise ValueError(f"{name} must be in 0..1")
         if self.lateness_days * DAY_MS < LATE_MIN_MS:
             raise ValueError("lateness_days must allow at least 5 minutes")
+        if self.clicks_per_day is not None and self.clicks_per_day < 1:
+            raise ValueError("clicks_per_day must be at least 1")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -577,6 +583,7 @@ class Behaviour:
         nps_drops: Sequence[Scenario] = (),
         survey_day: int | None = None,
         nps_noise: Sequence[NpsNoise] = (),
+        extra_events: float = EXTRA_EVENTS_MEAN,
     ) -> list[Draft]:
         """One session starting at `start_ms` (events after `end_ms` are cut), with a survey maybe after.
 
@@ -585,13 +592,14 @@ class Behaviour:
         the nps-noise scenarios in force: in their segment an NPS answer drops the same and uses up one of
         the answers left (none left: the prompt is dismissed instead).
         `survey_day` is the day survey cooldowns count in (live mode compresses time); default: the day.
+        `extra_events` is the mean number of events beyond the first.
         """
         day = start_ms // DAY_MS
         platform = user.platform
         if user.second_platform is not None and rng.random() < SECOND_PLATFORM_SESSIONS:
             platform = user.second_platform
         session_id = f"{rng.getrandbits(64):016x}"
-        count = 1 + _geometric(rng, EXTRA_EVENTS_MEAN)
+        count = 1 + _geometric(rng, extra_events)
         types: list[str] = []
         if first_type is not None:
             types.append(first_type)
@@ -822,10 +830,10 @@ class BatchModel:
         self, rng: random.Random, user: User, day: int, end_ms: int, signup_today: bool
     ) -> list[Draft]:
         day_ms = day * DAY_MS
-        starts = [
-            day_ms + _time_of_day_ms(rng, day, user.tz_min)
-            for _ in range(1 + _geometric(rng, user.extra_sessions))
-        ]
+        per_day = self.config.clicks_per_day
+        sessions = 1 if per_day is not None else 1 + _geometric(rng, user.extra_sessions)
+        extra_events = EXTRA_EVENTS_MEAN if per_day is None else per_day - 1
+        starts = [day_ms + _time_of_day_ms(rng, day, user.tz_min) for _ in range(sessions)]
         if signup_today:
             # The first session is the signup itself; nothing happens before it.
             starts = [user.signup_ms] + [s for s in starts[1:] if s > user.signup_ms]
@@ -837,7 +845,11 @@ class BatchModel:
             if start > end_ms:
                 break
             first = "signup" if signup_today and i == 0 else None
-            out.extend(self.behaviour.session(rng, user, start, end_ms, first, drops, nps_noise=noise))
+            out.extend(
+                self.behaviour.session(
+                    rng, user, start, end_ms, first, drops, nps_noise=noise, extra_events=extra_events
+                )
+            )
         return out
 
 

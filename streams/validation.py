@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import msgspec
 
@@ -48,13 +48,18 @@ class Policy:
     max_message_bytes: int = 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """A valid event with its event time resolved."""
+class Accepted(NamedTuple):
+    """A valid event with its event time and its signup day resolved.
+
+    A named tuple, not a frozen dataclass: one is built per valid message, and a frozen dataclass's
+    `__init__` (an `object.__setattr__` per field) cost as much as the msgspec decode itself.
+    """
 
     event: ClickEvent | SurveyEvent
     ts_ms: int
     day: int
+    #: UTC day of the event's own signup_ts (None without one), computed once here for every consumer.
+    signup_day: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +150,9 @@ def _check(event: ClickEvent | SurveyEvent, key: bytes | None, now_ms: int, poli
     oldest = day_of(now_ms) - policy.max_lateness_days
     if day < oldest:
         return Rejected(Reason.TOO_LATE, f"event day is older than {policy.max_lateness_days} days", "ts")
-    return Accepted(event, ts_ms, day)
+    signup_ts = event.signup_ts
+    signup_day = None if signup_ts is None else day_of(epoch_ms(signup_ts))
+    return Accepted(event, ts_ms, day, signup_day)
 
 
 def _check_score(event: SurveyEvent) -> Rejected | None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from kpimon.agents.pipeline.deadletters import dead_letter_headers
-from kpimon.agents.pipeline.engine import SourceEngine, UserTable
+from kpimon.agents.pipeline.engine import PendingRuns, SourceEngine, UserTable
 from kpimon.agents.pipeline.metrics import PipelineMetrics
 from kpimon.streams.userstate import UserState
 from kpimon.streams.validation import Accepted, Kind, Policy, Reason, Rejected, validate
@@ -141,6 +141,7 @@ class BatchProcessor:
         accepted: dict[str, int] = {}
         duplicates: dict[str, int] = {}
         delays: dict[str, list[float]] = {}
+        pending: PendingRuns = PendingRuns()
         for record in records:
             offset = record.offset
             if offset < next_offset:
@@ -151,7 +152,7 @@ class BatchProcessor:
             verdict = validate(kind, key, record.value, now_ms, policy)
             if isinstance(verdict, Accepted) and key is not None:
                 try:
-                    outcome = engine.on_event(cache, key, partition, verdict, now_ms)
+                    outcome = engine.on_event(cache, key, partition, verdict, now_ms, pending)
                 except Exception as exc:  # a bug must neither crash the worker nor lose the event silently
                     log.exception("failed to process %s[%d]@%d", topic, partition, offset)
                     verdict = Rejected(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:300])
@@ -170,6 +171,7 @@ class BatchProcessor:
                 # is counted when it comes back from the re-key topic, keyed.
                 user_key = verdict.event.user_id.encode()
                 result.rekeyed.append(Outgoing(user_key, record.value, [(KIND_HEADER, kind.encode())]))
+        engine.apply_pending(partition, pending)
         if records:
             engine.processed(topic, partition, records[-1].offset)
         cache.write_back()

@@ -8,20 +8,27 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, MutableMapping
+from itertools import repeat
 
 from kpimon.agents.pipeline.counters import PartitionCounters
 from kpimon.agents.pipeline.folding import SegmentFolder
 from kpimon.agents.pipeline.partials import Partial, Watermark
 from kpimon.streams import engagement, satisfaction
 from kpimon.streams.events import SurveyEvent, day_of
-from kpimon.streams.segments import UNKNOWN, event_stage, segments_for, signup_day_of
+from kpimon.streams.segments import UNKNOWN, SegmentKey, event_stage, segments_for
 from kpimon.streams.userstate import UserState
 from kpimon.streams.validation import Accepted, Policy
 
 log = logging.getLogger(__name__)
 
 UserTable = MutableMapping[bytes, UserState]
+#: Counter runs of a batch not applied yet: (segment, (kpi, window, first_day, last_day, delta)) -> how
+#: many times. Many events of a batch produce the same run (every user turning active on one day adds the
+#: same 30-day run to `active_users 30d` of `("all", "all")`), so the batch applies each distinct run
+#: once, with its delta multiplied, instead of once per event.
+PendingRuns = Counter[tuple[SegmentKey, engagement.Run]]
 
 
 def versioned(generation: int, processed: int) -> int:
@@ -75,8 +82,20 @@ class SourceEngine:
         """The oldest event day validation still accepts at wall-clock `now_ms`."""
         return day_of(now_ms) - self.max_lateness_days
 
-    def on_event(self, users: UserTable, key: bytes, partition: int, accepted: Accepted, now_ms: int) -> str:
-        """Apply one accepted event of the user `key` read from `partition`; "accepted" or "duplicate"."""
+    def on_event(
+        self,
+        users: UserTable,
+        key: bytes,
+        partition: int,
+        accepted: Accepted,
+        now_ms: int,
+        pending: PendingRuns | None = None,
+    ) -> str:
+        """Apply one accepted event of the user `key` read from `partition`; "accepted" or "duplicate".
+
+        With `pending`, its counter runs are added there instead of to the counters: the caller applies
+        them with `apply_pending` (a batch does so once, at its end).
+        """
         counters = self.counters(partition)
         day = accepted.day
         event = accepted.event
@@ -90,7 +109,7 @@ class SourceEngine:
         counters.saw_day(day)
         if state.note_seen(day):
             write = True
-        signup_day = signup_day_of(event.signup_ts)
+        signup_day = accepted.signup_day
         first_seen = state.first_seen if state.first_seen is not None else day
         platform = self.folder.fold("platform", event.platform)
         plan = self.folder.fold("plan", event.plan)
@@ -108,7 +127,10 @@ class SourceEngine:
             state.surveys[event.event_id] = fact
             write = True
             for segment, runs in satisfaction.facts_runs((fact,)):
-                counters.add_runs(segment, runs)
+                if pending is None:
+                    counters.add_runs(segment, runs)
+                else:
+                    pending.update(zip(repeat(segment), runs))
         elif event.type not in self.passive_types:
             changes = engagement.record_click_runs(
                 state, day, signup_day, segments_for(platform, plan, stage)
@@ -116,13 +138,35 @@ class SourceEngine:
             if changes is not None:
                 write = True
                 for segment, segment_runs in changes.items():
-                    counters.add_runs(segment, segment_runs)
+                    if pending is None:
+                        counters.add_runs(segment, segment_runs)
+                    else:
+                        pending.update(zip(repeat(segment), segment_runs))
         if write:
             # Only a changed state is written: one changelog record per user-segment-day or survey.
             state.expire(engagement.expiry_cutoff(self.oldest_accepted_day(now_ms)))
             state.partition = partition
             users[key] = state
         return "accepted"
+
+    def apply_pending(self, partition: int, pending: PendingRuns) -> None:
+        """Apply the runs `on_event` collected in `pending` to `partition`'s counters, and clear it.
+
+        Counters are sums, so applying each distinct run once with its delta times its count gives the
+        same values as applying every run as it came; the same days become dirty.
+        """
+        if not pending:
+            return
+        by_segment: dict[SegmentKey, list[engagement.Run]] = {}
+        for (segment, (kpi, window, first, last, delta)), times in pending.items():
+            runs = by_segment.get(segment)
+            if runs is None:
+                runs = by_segment[segment] = []
+            runs.append((kpi, window, first, last, delta * times))
+        counters = self.counters(partition)
+        for segment, runs in by_segment.items():
+            counters.add_runs(segment, runs)
+        pending.clear()
 
     def sweep(self, users: UserTable, partition: int, now_ms: int, budget: int = 10_000) -> int:
         """Expire old days from up to `budget` states of `partition`'s users; return how many were written.
@@ -215,7 +259,8 @@ class SourceEngine:
         """
         final_before = self.oldest_accepted_day(now_ms)
         until_day = self.newest_flushed_day(now_ms)
-        for partition, counters in self.partitions.items():
+        # A copy: the source reader may add a partition's counters while the flush is suspended.
+        for partition, counters in list(self.partitions.items()):
             for (dimension, segment, day), counts in counters.take_dirty(until_day):
                 yield Partial(
                     source=partition,
@@ -230,7 +275,7 @@ class SourceEngine:
 
     def take_watermarks(self, generation: int = 0) -> Iterator[Watermark]:
         """A watermark per owned partition whose current day or version moved since the last call."""
-        for partition, counters in self.partitions.items():
+        for partition, counters in list(self.partitions.items()):
             if counters.current_day is None:
                 continue
             mark = (counters.current_day, versioned(generation, counters.version))

@@ -6,7 +6,7 @@ import bisect
 from collections import Counter as Tally
 from collections.abc import Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -17,6 +17,10 @@ from kpimon.streams.validation import Reason
 DELAY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
 
 OUTCOMES = ("accepted", "rejected", "duplicate")
+
+# How long the source reader waited for a flush or publication: tens of milliseconds by design (a slice),
+# seconds when a job holds it too long.
+HELD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class PipelineMetrics:
@@ -46,6 +50,18 @@ class PipelineMetrics:
             "Consumer-group rebalances this worker took part in (each one pauses its processing).",
             registry=registry,
         )
+        self.reader_held_seconds = Histogram(
+            "kpimon_reader_held_seconds",
+            "Each wait of the source reader for a partial flush or a KPI publication before its next batch.",
+            buckets=HELD_BUCKETS,
+            registry=registry,
+        )
+        self.reader_held_max = Gauge(
+            "kpimon_reader_held_max_seconds",
+            "The longest single wait of the source reader for a flush or publication since the start.",
+            registry=registry,
+        )
+        self._held_max = 0.0
         #: Rejections by (source topic, reason) since start: the worker's periodic log summary reads it.
         self.rejections: Tally[tuple[str, str]] = Tally()
         self.event_delay = DelayHistogram()
@@ -59,6 +75,13 @@ class PipelineMetrics:
         """Count a batch of accepted events and observe their delays."""
         self.events.labels(topic=topic, outcome="accepted").inc(len(delays_seconds))
         self.event_delay.observe_many(topic, delays_seconds)
+
+    def reader_held(self, seconds: float) -> None:
+        """Observe one wait of the source reader for a flush or publication job."""
+        self.reader_held_seconds.observe(seconds)
+        if seconds > self._held_max:
+            self._held_max = seconds
+            self.reader_held_max.set(seconds)
 
     def duplicate(self, topic: str, count: int = 1) -> None:
         """Count valid events that were seen before (their event_id) and so change nothing."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 
 class Pacer:
@@ -44,16 +44,27 @@ class Pacer:
 
 
 class Turns:
-    """Lets periodic jobs (partial flushes, publishing) run from start to end without the bulk reader.
+    """Lets periodic jobs (partial flushes, publishing) run without the bulk reader, in short slices.
 
     The event loop is cooperative: in a backfill the source reader always has a batch ready, so a job
     that suspends twenty times waits for twenty batches (seconds), and a pacer that measured that would
-    then postpone the next run by minutes. The reader waits here before each batch while a job runs.
+    then postpone the next run by minutes. So the reader waits here before each batch while a job runs.
+    A job must not hold the reader for long either (a whole publication took up to 8 s in a backfill,
+    input stood still meanwhile): between two steps it calls `share`, which, once the job has held the
+    reader for `slice_seconds`, lets the reader take one batch and then goes on. The reader then waits at
+    most a slice plus one step at a time, and a job still gets every other turn.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, slice_seconds: float = 0.03, clock: Callable[[], float] = time.monotonic) -> None:
+        self.slice_seconds = slice_seconds
+        self._clock = clock
         self._jobs = 0
         self._idle: asyncio.Event | None = None
+        self._reader_ran: asyncio.Event | None = None
+        self._reader_waiting = False
+        self._slice_started = 0.0
+        #: Called with each wait of the reader for a job, in seconds (the worker's metrics).
+        self.observe: Callable[[float], None] | None = None
 
     def _event(self) -> asyncio.Event:
         if self._idle is None:  # created lazily: inside the loop that uses it
@@ -61,10 +72,17 @@ class Turns:
             self._idle.set()
         return self._idle
 
+    def _ran(self) -> asyncio.Event:
+        if self._reader_ran is None:
+            self._reader_ran = asyncio.Event()
+        return self._reader_ran
+
     @contextlib.asynccontextmanager
     async def job(self) -> AsyncIterator[None]:
-        """Run the body as a job: the reader takes no batch until it is done."""
+        """Run the body as a job: the reader takes no batch until it is done, except at `share`."""
         idle = self._event()
+        if not self._jobs:
+            self._slice_started = self._clock()
         self._jobs += 1
         idle.clear()
         try:
@@ -74,9 +92,40 @@ class Turns:
             if not self._jobs:
                 idle.set()
 
+    async def share(self, longest_wait: float = 1.0) -> None:
+        """Inside a job, between two steps: once the job has held the reader for a slice, let the reader
+        take one batch (waiting for it at most `longest_wait` seconds), then go on with a new slice."""
+        if self._clock() - self._slice_started < self.slice_seconds:
+            return
+        if self._reader_waiting:
+            idle, ran = self._event(), self._ran()
+            ran.clear()
+            idle.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ran.wait(), timeout=longest_wait)
+            if self._jobs:
+                idle.clear()
+        else:
+            await asyncio.sleep(0)  # the reader is not held (it is fetching): the others get a turn
+        self._slice_started = self._clock()
+
     async def wait_for_jobs(self) -> None:
-        """Return once no job runs (at once when none does)."""
-        await self._event().wait()
+        """Return once no job holds the reader (at once when none does)."""
+        idle = self._event()
+        if idle.is_set():
+            return
+        started = self._clock()
+        self._reader_waiting = True
+        try:
+            await idle.wait()
+        finally:
+            self._reader_waiting = False
+            if self.observe is not None:
+                self.observe(self._clock() - started)
+
+    def reader_ran(self) -> None:
+        """The reader applied a batch: a job waiting in `share` goes on."""
+        self._ran().set()
 
 
 class BatchSizer:

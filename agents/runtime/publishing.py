@@ -78,6 +78,8 @@ class PartialsFlusher:
                 partition=partials.partition_of(partial.group, self.partitions),
             )
             count += 1
+            if not final:
+                await self.turns.share()  # the reader is held back one slice at a time, not the whole flush
         for watermark in self.engine.take_watermarks(generation):
             for target in range(self.partitions):
                 await self.sender.send(
@@ -85,6 +87,8 @@ class PartialsFlusher:
                     value=partials.encode(watermark),
                     partition=target,
                 )
+            if not final:
+                await self.turns.share()
         self.pacer.ran(started)
         if count:
             log.log(logging.INFO if final else logging.DEBUG, "flushed %d partials", count)
@@ -137,6 +141,7 @@ class KpiPublisher:
                 return sent
             await self.sender.send(key=record.key.encode(), value=output.encode(record))
             sent += 1
+            await self.turns.share()  # the reader is held back one slice at a time, not the whole publication
         if self.last_snapshot is not None and owned:
             self.last_snapshot.set(time.time())
         self.pacer.ran(started)

@@ -195,6 +195,7 @@ class SourceReader:
                 self.sizer.ran(
                     sum(len(records) for records in batches.values()), time.perf_counter() - started
                 )
+                self.turns.reader_ran()  # a flush or publish that let this batch in goes on
                 await self.users.send_pending(self.outbox.batch_client(), min_bytes=SEND_AT_BYTES)
                 await self.outbox.ebb()  # back-pressure: wait while the producer's buffer is full
                 if time.monotonic() - self._last_commit >= self.config.commit_interval:

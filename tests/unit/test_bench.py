@@ -24,7 +24,7 @@ from bench.stats import (
     ratio,
     time_split,
 )
-from bench.worker import gauge_value
+from bench.worker import gauge_value, sample_value
 
 
 def test_rate_and_ratio_are_none_when_unknown() -> None:
@@ -96,6 +96,10 @@ def test_gauge_value_reads_one_exposition_line() -> None:
     assert gauge_value(text) == 42.0
     assert gauge_value(text, dimension="plan", segment="free", day="current", window="1d") == 40.0
     assert gauge_value("# nothing\n") is None
+    assert (
+        sample_value("kpimon_reader_held_max_seconds 0.25\nx 1\n", "kpimon_reader_held_max_seconds") == 0.25
+    )
+    assert sample_value(text, "kpimon_reader_held_max_seconds") is None
 
 
 def test_report_shows_rates_ratios_and_targets() -> None:
@@ -111,6 +115,7 @@ def test_report_shows_rates_ratios_and_targets() -> None:
     results["rss"].figures.update(store="rocksdb", changelog="x-user-state-changelog")
     results["ceiling"].figures["cpu_seconds"] = 2.0
     results["kpimon"].figures["cpu_seconds"] = 100.0
+    results["kpimon"].figures.update(reader_held_max_s=0.062, reader_held_total_s=12.5)
     assert report.cpu_ratios(results)["kpimon/ceiling"] == pytest.approx(0.02)
     assert report.cpu_ratios(results)["kpimon/naive"] is None
     assert report.ratios(results)["kpimon/ceiling"] == pytest.approx(0.01)
@@ -122,12 +127,14 @@ def test_report_shows_rates_ratios_and_targets() -> None:
         "kpimon/naive": "NOT MET",
         "peak RSS, many users (MB)": "MET",
         "p99 end-to-end delay (s)": "NOT MET",
+        "longest wait of the input for flush/publish (s)": "MET",
     }
     text = report.render(results, {"when": "today", "machine": "m", "data_sets": {}})
     assert "250,000" in text  # the ceiling's events/s
     assert "500,000" in text  # its events per CPU second
     assert "80.0 bytes/user" in text
     assert "kpimon/naive = 8.333" in text
+    assert "longest wait 0.062 s, all waits 12.5 s of 400.0 s" in text
     assert text.count("NOT MET") == 4
     assert report.to_json(results, {})["targets"][3]["verdict"] == "MET"
 

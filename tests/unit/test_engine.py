@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kpimon.agents.pipeline.engine import SourceEngine, rebuild_counters
+from kpimon.agents.pipeline.engine import PendingRuns, SourceEngine, rebuild_counters
 from kpimon.streams.events import MS_PER_DAY
 from kpimon.streams.userstate import UserState
 from kpimon.streams.validation import Accepted, Policy, validate
@@ -228,6 +228,36 @@ def test_the_newest_flushed_day_covers_events_up_to_the_future_bound_and_a_day_m
     assert engine.newest_flushed_day(midnight - 4 * 60 * 1000) == TODAY + 2
     assert engine.newest_flushed_day(midnight - 6 * 60 * 1000) == TODAY + 1
     assert SourceEngine(90, max_future_ms=0).newest_flushed_day(midnight - 1) == TODAY + 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(EVENTS)
+def test_runs_collected_for_a_batch_and_applied_once_give_the_same_counters(
+    events: list[tuple[Any, ...]],
+) -> None:
+    # The batch processor collapses a batch's counter runs (PendingRuns) before applying them: same sums,
+    # same dirty groups as applying each run as it comes.
+    direct, collapsed = SourceEngine(90), SourceEngine(90)
+    direct_users, collapsed_users = dict[bytes, UserState](), dict[bytes, UserState]()
+    pending = PendingRuns()
+    for user, days_ago, action, platform, sid in events:
+        extra = {"platform": platform} if platform else {}
+        if action == "click":
+            event = click(user, days_ago, **extra)
+        else:
+            event = survey(user, f"s{sid}", days_ago, action=action, **extra)
+        direct.on_event(direct_users, user.encode(), 0, event, NOW)
+        collapsed.on_event(collapsed_users, user.encode(), 0, event, NOW, pending)
+    collapsed.apply_pending(0, pending)
+    assert not pending
+    assert collapsed_users == direct_users
+    if not events:
+        return
+    one, other = direct.partitions[0], collapsed.partitions[0]
+    assert one.dirty == other.dirty
+    assert one.groups() == other.groups()
+    for group in one.groups():
+        assert one.counts(group) == other.counts(group), group
 
 
 def test_after_a_rebalance_kept_partitions_send_all_their_partials_again() -> None:

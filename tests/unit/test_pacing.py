@@ -109,3 +109,48 @@ def test_a_short_batch_does_not_change_the_size() -> None:
     sizer.ran(10, 10.0)  # caught up: a handful of messages, whatever it took
     assert sizer.size == 400
     assert BatchSizer(maximum=50).size == 50  # the setting below the floor wins
+
+
+async def test_a_long_job_lets_the_waiting_reader_take_a_batch_after_every_slice() -> None:
+    now = [0.0]  # a clock the steps advance: 20 ms per job step, 40 ms per batch
+    turns = Turns(slice_seconds=0.05, clock=lambda: now[0])
+    waits: list[float] = []
+    turns.observe = waits.append
+    order: list[str] = []
+
+    async def job() -> None:
+        async with turns.job():
+            await asyncio.sleep(0)  # the reader starts waiting for this job
+            for _ in range(20):
+                now[0] += 0.02
+                order.append("step")
+                await turns.share()
+
+    async def reader() -> None:
+        while len(order) < 40 and "done" not in order:
+            await turns.wait_for_jobs()
+            now[0] += 0.04
+            order.append("batch")
+            turns.reader_ran()
+            await asyncio.sleep(0)
+
+    running = asyncio.create_task(job())
+    await asyncio.sleep(0)
+    reading = asyncio.create_task(reader())
+    await asyncio.wait_for(running, 5)
+    order.append("done")
+    await asyncio.wait_for(reading, 5)
+    assert order.count("step") == 20
+    # The reader got batches in between, not only after the whole job (20 steps = 0.4 s of work) ...
+    last_step = len(order) - 1 - order[::-1].index("step")
+    assert order[:last_step].count("batch") >= 5
+    # ... and no single wait was longer than a slice plus a step.
+    assert waits and max(waits) <= 0.05 + 0.02 + 1e-9
+
+
+async def test_a_job_does_not_pause_while_the_reader_is_not_waiting() -> None:
+    now = [0.0]
+    turns = Turns(slice_seconds=0.05, clock=lambda: now[0])
+    async with turns.job():
+        now[0] += 1.0
+        await asyncio.wait_for(turns.share(), 0.5)  # nobody to let in: no wait for a batch

@@ -647,3 +647,36 @@ def test_live_nps_noise_gives_its_segment_a_handful_of_answers() -> None:
 
     assert ios_answers([]) >= 3 * NPS_NOISE_ANSWERS
     assert ios_answers([Scenario.parse("nps-noise:ios")]) == NPS_NOISE_ANSWERS
+
+
+def _clicks_per_active_user_day(lines: Iterable[Line]) -> float:
+    clicks = [ln.valid for ln in lines if ln.topic == "clicks" and ln.out.role in ("event", "late")]
+    user_days = {(a.event.user_id, a.day) for a in clicks}
+    return len(clicks) / len(user_days)
+
+
+def test_clicks_per_day_gives_traffic_where_most_clicks_change_state(base: list[Line]) -> None:
+    # The bench's second mix (issue #16): one session a day of about --clicks-per-day clicks.
+    config = BatchConfig(
+        users=600, days=DAYS, end_day=END_DAY, now_ms=NOW_MS, seed=7, invalid_fraction=0.0, clicks_per_day=1.8
+    )
+    changing = run(config)
+    assert 1.6 < _clicks_per_active_user_day(changing) < 2.3
+    assert _clicks_per_active_user_day(base) > 4  # the model's own sessions: most clicks repeat a user-day
+    with pytest.raises(ValueError, match="clicks_per_day"):
+        replace(config, clicks_per_day=0.5).check()
+    code, _ = cli(
+        "--users",
+        "20",
+        "--days",
+        "3",
+        "--seed",
+        "1",
+        "--now",
+        "2026-11-24T12:00:00Z",
+        "--out-dir",
+        "/dev/null/x",
+        "--clicks-per-day",
+        "0.5",
+    )
+    assert code != 0
