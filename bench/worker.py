@@ -14,8 +14,12 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from bench.child import stop_process
 from kpimon.agents.config.topics import TopicSpec
@@ -24,11 +28,9 @@ from kpimon.agents.devtools.localkafka import pick_free_port
 #: The `kpimon` console script of the virtualenv running the bench.
 KPIMON = str(Path(sys.executable).with_name("kpimon"))
 
-_EVENTS = re.compile(r"^kpimon_events_total\{[^}]*\} ([0-9.e+]+)$", re.MULTILINE)
 #: The worker's changelogged tables (docs/architecture.md).
 _TABLES = ("user-state", "aggregates")
 DAU_LABELS = {"window": "1d", "day": "current", "dimension": "all", "segment": "all"}
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 @functools.cache
@@ -154,7 +156,7 @@ class Worker:
         text = self.metrics()
         if not text:
             return None
-        return sum(float(v) for v in _EVENTS.findall(text))
+        return sum(sample.value for sample in samples(text) if sample.name == "kpimon_events_total")
 
     def ready(self) -> bool:
         return self.get("/ready", timeout=2)[0] == 200
@@ -205,26 +207,21 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def samples(metrics_text: str) -> Iterator[Sample]:
+    """Every sample of a Prometheus text exposition, parsed by prometheus_client."""
+    for family in text_string_to_metric_families(metrics_text):
+        yield from family.samples
+
+
 def gauge_value(metrics_text: str, name: str = "kpimon_active_users", **labels: str) -> float | None:
     """The value of the sample of `name` with exactly `labels` in Prometheus text, or None.
 
     Without labels given: the global DAU of the current day (`DAU_LABELS`). Label order does not matter.
     """
     wanted = labels or DAU_LABELS
-    prefix = name + "{"
-    for line in metrics_text.splitlines():
-        if not line.startswith(prefix):
-            continue
-        label_text, _, value = line[len(prefix) :].rpartition("} ")
-        if dict(_LABEL.findall(label_text)) == wanted:
-            return float(value)
-    return None
+    return next((s.value for s in samples(metrics_text) if s.name == name and s.labels == wanted), None)
 
 
 def sample_value(metrics_text: str, name: str) -> float | None:
     """The value of the unlabelled sample `name` in Prometheus text, or None."""
-    prefix = name + " "
-    for line in metrics_text.splitlines():
-        if line.startswith(prefix):
-            return float(line[len(prefix) :])
-    return None
+    return next((s.value for s in samples(metrics_text) if s.name == name and not s.labels), None)

@@ -12,6 +12,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from tests import events
+
 #: A fixed wall clock for generated timestamps (2026-11-24T12:00:00Z).
 NOW_MS = 1_795_521_600_000
 DAY_MS = 86_400_000
@@ -87,15 +89,8 @@ SURVEY_FIELDS = ("event_id", "user_id", "ts", "survey", "action", "score", "comm
 def base_event(kind: str, user: str, ts_ms: int) -> dict[str, Any]:
     """A valid event of `kind` for `user` at `ts_ms` (epoch milliseconds)."""
     if kind == "clicks":
-        return {"event_id": f"e-{user}-{ts_ms}", "user_id": user, "ts": ts_ms, "type": "page_view"}
-    return {
-        "event_id": f"s-{user}-{ts_ms}",
-        "user_id": user,
-        "ts": ts_ms,
-        "survey": "nps",
-        "action": "answered",
-        "score": 7,
-    }
+        return events.click(user_id=user, ts=ts_ms, event_id=f"e-{user}-{ts_ms}")
+    return events.survey(user_id=user, ts=ts_ms, event_id=f"s-{user}-{ts_ms}", score=7)
 
 
 @st.composite

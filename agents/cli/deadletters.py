@@ -18,7 +18,7 @@ import click
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from kpimon.agents.config.kafka_security import aiokafka_options
-from kpimon.agents.config.options import kafka_options
+from kpimon.agents.config.options import broker_option, kafka_options, topic_prefix_option
 from kpimon.agents.config.preflight import KafkaAccessError, check_access
 from kpimon.agents.config.settings import Settings
 from kpimon.agents.config.topics import topic_partitions
@@ -204,12 +204,8 @@ async def read_dead_letters(
 
 
 @click.command("dead-letters")
-@click.option(
-    "--broker", envvar="KPIMON_BROKER", help="Kafka bootstrap HOST:PORT.  [default: 127.0.0.1:9092]"
-)
-@click.option(
-    "--topic-prefix", envvar="KPIMON_TOPIC_PREFIX", help="Prefix of every topic name.  [default: none]"
-)
+@broker_option
+@topic_prefix_option
 @click.option(
     "--reason",
     "reasons",

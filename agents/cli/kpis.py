@@ -12,7 +12,7 @@ import click
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from kpimon.agents.config.kafka_security import aiokafka_options
-from kpimon.agents.config.options import kafka_options
+from kpimon.agents.config.options import broker_option, kafka_options, topic_prefix_option
 from kpimon.agents.config.preflight import KafkaAccessError, check_access
 from kpimon.agents.config.settings import Settings
 from kpimon.agents.config.topics import topic_partitions
@@ -75,12 +75,8 @@ def write_records(records: dict[str, KpiRecord], out: Path | None) -> None:
 
 
 @click.command()
-@click.option(
-    "--broker", envvar="KPIMON_BROKER", help="Kafka bootstrap HOST:PORT.  [default: 127.0.0.1:9092]"
-)
-@click.option(
-    "--topic-prefix", envvar="KPIMON_TOPIC_PREFIX", help="Prefix of every topic name.  [default: none]"
-)
+@broker_option
+@topic_prefix_option
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), help="Output file.  [default: stdout]"
 )

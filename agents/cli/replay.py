@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from kpimon.agents.config.kafka_security import aiokafka_options
-from kpimon.agents.config.options import kafka_options
+from kpimon.agents.config.options import broker_option, kafka_options, setting, topic_prefix_option
 from kpimon.agents.config.preflight import KafkaAccessError, check_access
 from kpimon.agents.config.settings import Settings
 from kpimon.agents.config.topics import TopicSpec, ensure_topics, key_of
@@ -161,24 +161,13 @@ async def send_files(
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="File of survey messages, one per line.",
 )
-@click.option(
-    "--broker", envvar="KPIMON_BROKER", help="Kafka bootstrap HOST:PORT.  [default: 127.0.0.1:9092]"
-)
-@click.option(
-    "--topic-prefix", envvar="KPIMON_TOPIC_PREFIX", help="Prefix of every topic name.  [default: none]"
-)
-@click.option(
-    "--partitions",
+@broker_option
+@topic_prefix_option
+@setting("partitions", "Partitions of topics created when missing.", type=int)
+@setting(
+    "max_lateness_days",
+    "The worker's lateness bound, to warn about events it would drop (this command sends them all).",
     type=int,
-    envvar="KPIMON_PARTITIONS",
-    help="Partitions of topics created when missing.  [default: 4]",
-)
-@click.option(
-    "--max-lateness-days",
-    type=int,
-    envvar="KPIMON_MAX_LATENESS_DAYS",
-    help="The worker's lateness bound, to warn about events it would drop (this command sends them all)."
-    "  [default: 7]",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @kafka_options

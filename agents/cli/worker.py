@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from kpimon.agents.config.kafka_security import aiokafka_options
-from kpimon.agents.config.options import kafka_options
+from kpimon.agents.config.options import broker_option, kafka_options, setting, topic_prefix_option
 from kpimon.agents.config.preflight import KafkaAccessError, check_access
 from kpimon.agents.config.settings import Settings
 from kpimon.agents.config.topics import TopicSpec, ensure_topics
@@ -47,141 +47,62 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 
 @click.command()
-@click.option(
-    "--broker", envvar="KPIMON_BROKER", help="Kafka bootstrap HOST:PORT.  [default: 127.0.0.1:9092]"
-)
-@click.option(
-    "--web-port",
+@broker_option
+@setting("web_port", "Port of /metrics, /ready and /live.", type=int)
+@setting("web_host", "Address the web server binds.")
+@setting("app_id", "Faust app id: the consumer group and the prefix of its internal topics.")
+@topic_prefix_option
+@setting("partitions", "Partitions of the topics the worker creates when they are missing.", type=int)
+@setting("data_dir", "Local state directory.", shown="~/.kpimon/state", type=click.Path(path_type=Path))
+@setting(
+    "max_lateness_days",
+    "Accept events whose day is at most this many days before today (raise it to backfill).",
     type=int,
-    envvar="KPIMON_WEB_PORT",
-    help="Port of /metrics, /ready and /live.  [default: 6066]",
 )
-@click.option(
-    "--web-host", envvar="KPIMON_WEB_HOST", help="Address the web server binds.  [default: 127.0.0.1]"
+@setting("targets_file", "TOML file of KPI targets (see deploy/targets.example.toml).")
+@setting("max_segment_values", "Values kept per segment dimension; further ones count as `other`.", type=int)
+@setting(
+    "segment_personal_pattern",
+    "Regular expression (Python, searched) of segment values that are personal data: they count as "
+    "`other`, as e-mail addresses always do.",
 )
-@click.option(
-    "--app-id",
-    envvar="KPIMON_APP_ID",
-    help="Faust app id: the consumer group and the prefix of its internal topics.  [default: kpimon]",
-)
-@click.option(
-    "--topic-prefix", envvar="KPIMON_TOPIC_PREFIX", help="Prefix of every topic name.  [default: none]"
-)
-@click.option(
-    "--partitions",
-    type=int,
-    envvar="KPIMON_PARTITIONS",
-    help="Partitions of the topics the worker creates when they are missing.  [default: 4]",
-)
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    envvar="KPIMON_DATA_DIR",
-    help="Local state directory.  [default: ~/.kpimon/state]",
-)
-@click.option(
-    "--max-lateness-days",
-    type=int,
-    envvar="KPIMON_MAX_LATENESS_DAYS",
-    help="Accept events whose day is at most this many days before today (raise it to backfill)."
-    "  [default: 7]",
-)
-@click.option(
-    "--targets-file",
-    envvar="KPIMON_TARGETS_FILE",
-    help="TOML file of KPI targets (see deploy/targets.example.toml).  [default: none]",
-)
-@click.option(
-    "--max-segment-values",
-    type=int,
-    envvar="KPIMON_MAX_SEGMENT_VALUES",
-    help="Values kept per segment dimension; further ones count as `other`.  [default: 50]",
-)
-@click.option(
-    "--segment-personal-pattern",
-    envvar="KPIMON_SEGMENT_PERSONAL_PATTERN",
-    help="Regular expression (Python, searched) of segment values that are personal data: they count as "
-    "`other`, as e-mail addresses always do.  [default: none]",
-)
-@click.option(
-    "--flush-interval",
-    type=float,
-    envvar="KPIMON_FLUSH_INTERVAL",
-    help="Seconds between flushes of changed counters and KPIs.  [default: 1.0]",
-)
-@click.option(
-    "--store",
+@setting("flush_interval", "Seconds between flushes of changed counters and KPIs.", type=float)
+@setting(
+    "store",
+    "Where the worker keeps its tables: memory (rebuilt from the changelogs at every start) or "
+    "rocksdb (on disk under --data-dir; less memory, faster restarts).",
     type=click.Choice(["memory", "rocksdb"]),
-    envvar="KPIMON_STORE",
-    help="Where the worker keeps its tables: memory (rebuilt from the changelogs at every start) or "
-    "rocksdb (on disk under --data-dir; less memory, faster restarts).  [default: memory]",
 )
-@click.option(
-    "--batch-max-messages",
+@setting(
+    "batch_max_messages",
+    "At most this many input messages per fetched batch; within it, the worker sizes batches to take "
+    "about 50 ms each, so its web server and timers keep their turns.",
     type=int,
-    envvar="KPIMON_BATCH_MAX_MESSAGES",
-    help="At most this many input messages per fetched batch; within it, the worker sizes batches to take "
-    "about 50 ms each, so its web server and timers keep their turns.  [default: 10000]",
 )
-@click.option(
-    "--commit-interval",
+@setting("commit_interval", "Seconds between commits of processed input offsets.", type=float)
+@setting(
+    "session_timeout",
+    "Seconds without a heartbeat before a crashed worker's partitions move to the others.",
     type=float,
-    envvar="KPIMON_COMMIT_INTERVAL",
-    help="Seconds between commits of processed input offsets.  [default: 2.0]",
 )
-@click.option(
-    "--session-timeout",
+@setting("passive_types", "Comma-separated click types that do not make a user active.")
+@setting("log_level", "Log level.", type=click.Choice(["debug", "info", "warning", "error"]))
+@setting("web_tls_cert_file", "PEM certificate chain: serve the web endpoints over HTTPS only.")
+@setting("web_tls_key_file", "PEM key of --web-tls-cert-file.")
+@setting("web_auth_user", "HTTP basic auth user for /metrics and /ready (/live stays open).")
+@setting("web_auth_password_file", "File holding the basic auth password.")
+@setting(
+    "web_timeout",
+    "Seconds a web connection may go without a complete request (idle, unfinished headers) before "
+    "it is closed.",
     type=float,
-    envvar="KPIMON_SESSION_TIMEOUT",
-    help="Seconds without a heartbeat before a crashed worker's partitions move to the others."
-    "  [default: 60]",
 )
-@click.option(
-    "--passive-types",
-    envvar="KPIMON_PASSIVE_TYPES",
-    help="Comma-separated click types that do not make a user active.  [default: none]",
+@setting(
+    "dead_letter_redact",
+    "Dead letters without comment, with user_id and key as HMAC-SHA256, not the original bytes.",
+    shown="no",
 )
-@click.option(
-    "--log-level",
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    envvar="KPIMON_LOG_LEVEL",
-    help="Log level.  [default: info]",
-)
-@click.option(
-    "--web-tls-cert-file",
-    envvar="KPIMON_WEB_TLS_CERT_FILE",
-    help="PEM certificate chain: serve the web endpoints over HTTPS only.  [default: none]",
-)
-@click.option("--web-tls-key-file", envvar="KPIMON_WEB_TLS_KEY_FILE", help="PEM key of --web-tls-cert-file.")
-@click.option(
-    "--web-auth-user",
-    envvar="KPIMON_WEB_AUTH_USER",
-    help="HTTP basic auth user for /metrics and /ready (/live stays open).  [default: none]",
-)
-@click.option(
-    "--web-auth-password-file",
-    envvar="KPIMON_WEB_AUTH_PASSWORD_FILE",
-    help="File holding the basic auth password.  [default: none]",
-)
-@click.option(
-    "--web-timeout",
-    type=float,
-    envvar="KPIMON_WEB_TIMEOUT",
-    help="Seconds a web connection may go without a complete request (idle, unfinished headers) before "
-    "it is closed.  [default: 30]",
-)
-@click.option(
-    "--dead-letter-redact/--no-dead-letter-redact",
-    default=None,
-    envvar="KPIMON_DEAD_LETTER_REDACT",
-    help="Dead letters without comment, with user_id and key as HMAC-SHA256, not the original bytes."
-    "  [default: no]",
-)
-@click.option(
-    "--dead-letter-redact-key-file",
-    envvar="KPIMON_DEAD_LETTER_REDACT_KEY_FILE",
-    help="File holding the HMAC key of --dead-letter-redact.  [default: none]",
-)
+@setting("dead_letter_redact_key_file", "File holding the HMAC key of --dead-letter-redact.")
 @kafka_options
 def worker(kafka: dict[str, Any], **options: object) -> None:
     """Run a kpimon worker: consume clicks and surveys, validate, compute KPIs, serve /metrics.

@@ -1,81 +1,78 @@
-"""The command-line options every Kafka-using command shares: the config file and the Kafka security settings.
+"""Command-line options made from the settings: one factory, so no command copies an option block.
 
-Each option also reads its `KPIMON_<NAME>` variable; `Settings.from_env` gets them as overrides, so flags win
-over the environment, which wins over the config file (docs/configuration.md).
+`setting(name, help)` is the option of the `Settings` field `name`: `--name-with-dashes`, read from
+`KPIMON_<NAME>` too, its default shown from `Settings` itself. The option has no default of its own: the
+command passes the value (None when not given) to `Settings.from_env`, so flags win over the environment,
+which wins over the config file (docs/configuration.md). `kafka_options` adds the options every
+Kafka-using command shares (the config file and the Kafka security settings); `broker_option` and
+`topic_prefix_option` are the two every topic-using command has.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any, TypeVar
 
 import click
 
-from kpimon.agents.config.settings import SASL_MECHANISMS, SECURITY_PROTOCOLS
+from kpimon.agents.config.settings import SASL_MECHANISMS, SECURITY_PROTOCOLS, Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_OPTIONS = (
-    click.option(
-        "--config-file",
-        envvar="KPIMON_CONFIG_FILE",
-        help="TOML file of settings (name = value); flags and KPIMON_* variables win.  [default: none]",
-    ),
-    click.option(
-        "--security-protocol",
-        type=click.Choice(SECURITY_PROTOCOLS),
-        envvar="KPIMON_SECURITY_PROTOCOL",
-        help="Kafka security: PLAINTEXT, SSL (TLS, mutual with --ssl-cert-file) or SASL_SSL."
-        "  [default: PLAINTEXT]",
-    ),
-    click.option(
-        "--sasl-mechanism",
-        type=click.Choice(SASL_MECHANISMS),
-        envvar="KPIMON_SASL_MECHANISM",
-        help="SASL mechanism of SASL_SSL.  [default: SCRAM-SHA-512]",
-    ),
-    click.option("--sasl-username", envvar="KPIMON_SASL_USERNAME", help="SASL user.  [default: none]"),
-    click.option(
-        "--sasl-password-file",
-        envvar="KPIMON_SASL_PASSWORD_FILE",
-        help="File holding the SASL password (never pass the password itself).  [default: none]",
-    ),
-    click.option(
-        "--ssl-ca-file",
-        envvar="KPIMON_SSL_CA_FILE",
-        help="PEM file of the CA(s) of the broker certificates.  [default: the system CAs]",
-    ),
-    click.option(
-        "--ssl-cert-file",
-        envvar="KPIMON_SSL_CERT_FILE",
-        help="PEM client certificate for mutual TLS.  [default: none]",
-    ),
-    click.option(
-        "--ssl-key-file",
-        envvar="KPIMON_SSL_KEY_FILE",
-        help="PEM private key of --ssl-cert-file.  [default: none]",
-    ),
-    click.option(
-        "--ssl-check-hostname/--no-ssl-check-hostname",
-        default=None,
-        envvar="KPIMON_SSL_CHECK_HOSTNAME",
-        help="Check that the broker certificate names the broker host.  [default: check]",
-    ),
-)
+_DEFAULTS = Settings()
+_FIELDS = {f.name for f in fields(Settings)}
 
-#: The parameter names the options add.
-NAMES = (
-    "config_file",
-    "security_protocol",
-    "sasl_mechanism",
-    "sasl_username",
-    "sasl_password_file",
-    "ssl_ca_file",
-    "ssl_cert_file",
-    "ssl_key_file",
-    "ssl_check_hostname",
-)
+
+def _shown(value: object) -> str:
+    """A default as the help text shows it: an empty setting is `none`."""
+    if value in ("", None, ()):
+        return "none"
+    return str(value)
+
+
+def setting(name: str, help: str, *, shown: str | None = None, **attrs: Any) -> Callable[[F], F]:
+    """The click option of the setting `name`, with `help` and the default (`shown`, else Settings').
+
+    A boolean setting becomes an on/off pair (`--x/--no-x`). `attrs` go to click.option (type, metavar).
+    """
+    if name not in _FIELDS:
+        raise ValueError(f"{name!r} is not a setting")
+    flag = "--" + name.replace("_", "-")
+    default = getattr(_DEFAULTS, name)
+    declarations = [f"{flag}/--no-{flag[2:]}"] if isinstance(default, bool) else [flag]
+    return click.option(
+        *declarations,
+        name,
+        default=None,
+        envvar=f"KPIMON_{name.upper()}",
+        help=f"{help}  [default: {shown if shown is not None else _shown(default)}]",
+        **attrs,
+    )
+
+
+broker_option = setting("broker", "Kafka bootstrap HOST:PORT.")
+topic_prefix_option = setting("topic_prefix", "Prefix of every topic name.")
+
+#: The settings every Kafka-using command has as options: help text and click.option attributes.
+_KAFKA_SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "config_file": ("TOML file of settings (name = value); flags and KPIMON_* variables win.", {}),
+    "security_protocol": (
+        "Kafka security: PLAINTEXT, SSL (TLS, mutual with --ssl-cert-file) or SASL_SSL.",
+        {"type": click.Choice(SECURITY_PROTOCOLS)},
+    ),
+    "sasl_mechanism": ("SASL mechanism of SASL_SSL.", {"type": click.Choice(SASL_MECHANISMS)}),
+    "sasl_username": ("SASL user.", {}),
+    "sasl_password_file": ("File holding the SASL password (never pass the password itself).", {}),
+    "ssl_ca_file": ("PEM file of the CA(s) of the broker certificates.", {"shown": "the system CAs"}),
+    "ssl_cert_file": ("PEM client certificate for mutual TLS.", {}),
+    "ssl_key_file": ("PEM private key of --ssl-cert-file.", {}),
+    "ssl_check_hostname": ("Check that the broker certificate names the broker host.", {"shown": "check"}),
+}
+#: The parameter names `kafka_options` adds.
+NAMES = tuple(_KAFKA_SETTINGS)
+_KAFKA_OPTIONS = tuple(setting(name, help, **attrs) for name, (help, attrs) in _KAFKA_SETTINGS.items())
 
 
 def kafka_options(command: F) -> F:
@@ -87,6 +84,6 @@ def kafka_options(command: F) -> F:
         return command(*args, kafka=kafka, **kwargs)
 
     decorated: Any = wrapper
-    for option in reversed(_OPTIONS):
+    for option in reversed(_KAFKA_OPTIONS):
         decorated = option(decorated)
     return decorated  # type: ignore[no-any-return]

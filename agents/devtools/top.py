@@ -32,7 +32,7 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 
 from kpimon.agents.config.kafka_security import aiokafka_options, read_secret
-from kpimon.agents.config.options import kafka_options
+from kpimon.agents.config.options import broker_option, kafka_options, topic_prefix_option
 from kpimon.agents.config.settings import Settings
 from kpimon.agents.config.topics import topic_partitions
 from kpimon.agents.devtools.top_view import (
@@ -392,12 +392,8 @@ def _default_metrics_url() -> str:
 
 
 @click.command(short_help="Live terminal view of the KPIs, their targets and breaches, and the pipeline.")
-@click.option(
-    "--broker", envvar="KPIMON_BROKER", help="Kafka bootstrap HOST:PORT.  [default: 127.0.0.1:9092]"
-)
-@click.option(
-    "--topic-prefix", envvar="KPIMON_TOPIC_PREFIX", help="Prefix of every topic name.  [default: none]"
-)
+@broker_option
+@topic_prefix_option
 @click.option(
     "--metrics-url",
     "metrics_urls",

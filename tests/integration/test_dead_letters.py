@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from kpimon.streams.events import MS_PER_DAY
+from tests import events
 from tests.helpers import KPIMON, free_port, wait_until
 from tests.kafka_io import produce
 from tests.pipeline import events_total
@@ -23,7 +24,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
 def click(n: int, ts_ms: int) -> bytes:
-    return json.dumps({"event_id": f"e{n}", "user_id": f"u{n % 5}", "ts": ts_ms, "type": "view"}).encode()
+    return events.message(events.click(user_id=f"u{n % 5}", ts=ts_ms, event_id=f"e{n}", type="view"))
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:

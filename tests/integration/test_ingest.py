@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from kpimon.agents.config.topics import TopicSpec, ensure_topics
+from tests import events
 from tests.helpers import free_port, wait_until
 from tests.kafka_io import produce, read_all
 from tests.security import Access
@@ -26,10 +25,11 @@ def valid_clicks(now_ms: int) -> list[tuple[bytes, bytes]]:
     out = []
     for i in range(N_CLICKS):
         user = f"user-{i % 97}"
-        event = {"event_id": f"c{i}", "user_id": user, "ts": now_ms - 1000 * (i % 50), "type": "page_view"}
-        if i % 3 == 0:
-            event.update(platform="ios", plan="pro", signup_ts="2026-01-01T00:00:00Z")
-        out.append((user.encode(), json.dumps(event).encode()))
+        segments = (
+            {"platform": "ios", "plan": "pro", "signup_ts": "2026-01-01T00:00:00Z"} if i % 3 == 0 else {}
+        )
+        event = events.click(user_id=user, ts=now_ms - 1000 * (i % 50), event_id=f"c{i}", **segments)
+        out.append((user.encode(), events.message(event)))
     return out
 
 
@@ -38,16 +38,11 @@ def valid_surveys(now_ms: int) -> list[tuple[bytes, bytes]]:
     for i in range(N_SURVEYS):
         user = f"user-{i % 53}"
         kind, action = ("nps", "csat")[i % 2], ("shown", "answered", "dismissed")[i % 3]
-        event: dict[str, Any] = {
-            "event_id": f"s{i}",
-            "user_id": user,
-            "ts": now_ms - 500,
-            "survey": kind,
-            "action": action,
-        }
-        if action == "answered":
-            event["score"] = i % 11 if kind == "nps" else 1 + i % 5
-        out.append((user.encode(), json.dumps(event).encode()))
+        score = {"score": i % 11 if kind == "nps" else 1 + i % 5} if action == "answered" else {}
+        event = events.survey(
+            user_id=user, ts=now_ms - 500, event_id=f"s{i}", survey=kind, action=action, **score
+        )
+        out.append((user.encode(), events.message(event)))
     return out
 
 
@@ -74,15 +69,8 @@ def invalid_messages(now_ms: int) -> list[tuple[str, bytes | None, bytes, str]]:
     for i in range(150):
         kind, reason = templates[i % len(templates)]
         uid = f"bad-{i}"
-        click = {"event_id": f"x{i}", "user_id": uid, "ts": now_ms, "type": "click"}
-        survey = {
-            "event_id": f"y{i}",
-            "user_id": uid,
-            "ts": now_ms,
-            "survey": "nps",
-            "action": "answered",
-            "score": 5,
-        }
+        click = events.click(user_id=uid, ts=now_ms, event_id=f"x{i}", type="click")
+        survey = events.survey(user_id=uid, ts=now_ms, event_id=f"y{i}", score=5)
         key: bytes | None = uid.encode()
         value: bytes
         if reason == "invalid_json" and i % len(templates) == 14:
@@ -153,10 +141,14 @@ async def test_worker_counts_valid_and_dead_letters_invalid(
                 if name == "kpimon_events_total" and ("outcome", outcome) in labels
             )
 
-        await wait_until(
-            lambda: count("accepted") + count("rejected") >= 1350, 120, 0.5, "1,350 processed events"
-        )
-        await asyncio.sleep(1)  # anything extra would show up now
+        def settled() -> bool:
+            """1,350 events counted and no lag: the worker has processed every message up to the end of
+            each partition, so a message counted twice would already show in the counts asserted next."""
+            samples = worker.samples()
+            lag = sum(v for (name, _), v in samples.items() if name == "kpimon_consumer_lag_messages")
+            return count("accepted") + count("rejected") >= 1350 and lag == 0
+
+        await wait_until(settled, 120, 0.5, "1,350 processed events and no consumer lag")
         samples = worker.samples()
         assert count("accepted") == N_CLICKS + N_SURVEYS
         assert count("rejected") == 150

@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
 from kpimon.agents.config.topics import TopicSpec, ensure_topics
+from tests import events as factory
 from tests.certs import make_pki
 from tests.helpers import KPIMON, free_port, wait_until
 from tests.integration.test_ingest import produce, read_all
@@ -135,7 +136,7 @@ def test_refused_access_fails_fast_with_one_clear_line(
 def test_replay_and_kpis_connect_over_each_protocol(
     kafka_access: Access, unique_prefix: str, tmp_path: Path
 ) -> None:
-    lines = [json.dumps({"event_id": f"e{i}", "user_id": f"u{i}", "ts": 1, "type": "x"}) for i in range(10)]
+    lines = [json.dumps(factory.click(user_id=f"u{i}", ts=1, type="x")) for i in range(10)]
     (tmp_path / "clicks.jsonl").write_text("\n".join(lines) + "\n")
     common = ["--broker", kafka_access.bootstrap, "--topic-prefix", unique_prefix, *kafka_access.flags]
 
@@ -166,24 +167,16 @@ def events(run: str, now_ms: int) -> tuple[list[str], list[tuple[str, bytes | No
     users = [f"pii-{run}-{i:03d}" for i in range(40)]
     out: list[tuple[str, bytes | None, bytes]] = []
     for i, user in enumerate(users):
-        click = {
-            "event_id": f"c-{run}-{i}",
-            "user_id": user,
-            "ts": now_ms - 1000,
-            "type": "page_view",
-            "platform": "ios",
-        }
-        survey = {
-            "event_id": f"s-{run}-{i}",
-            "user_id": user,
-            "ts": now_ms - 1000,
-            "survey": "nps",
-            "action": "answered",
-            "score": i % 11,
-            "comment": f"call me, I am {user}",
-        }
-        out.append(("clicks", user.encode(), json.dumps(click).encode()))
-        out.append(("surveys", user.encode(), json.dumps(survey).encode()))
+        click = factory.click(user_id=user, ts=now_ms - 1000, event_id=f"c-{run}-{i}", platform="ios")
+        survey = factory.survey(
+            user_id=user,
+            ts=now_ms - 1000,
+            event_id=f"s-{run}-{i}",
+            score=i % 11,
+            comment=f"call me, I am {user}",
+        )
+        out.append(("clicks", user.encode(), factory.message(click)))
+        out.append(("surveys", user.encode(), factory.message(survey)))
     # Invalid ones: they carry user ids into the dead letters.
     bad_survey = {**json.loads(out[1][2]), "score": 42}
     out.append(("surveys", users[0].encode(), json.dumps(bad_survey).encode()))  # score_out_of_range

@@ -19,6 +19,7 @@ from kpimon.simulator.cli import simulate
 from kpimon.simulator.live import live_traffic
 from kpimon.simulator.model import Counts, LiveModel, Scenario
 from kpimon.streams.validation import Accepted, Policy, Rejected, validate
+from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -94,7 +95,11 @@ async def test_live_mode_sends_current_valid_traffic_and_flushes_on_stop(
     counts = Counts()
     stop = asyncio.Event()
     task = asyncio.create_task(live_traffic(settings, model, 200.0, stop, counts))
-    await asyncio.sleep(3)
+    await wait_until(
+        lambda: task.done() or (model.scenario_started and counts.clicks > 300 and counts.invalid > 0),
+        timeout=60,
+        message="the scenario started and 300 clicks, some invalid, sent",
+    )
     stop.set()
     sent = await task
     assert model.scenario_started

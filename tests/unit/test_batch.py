@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +14,7 @@ from kpimon.agents.pipeline.metrics import PipelineMetrics
 from kpimon.streams.events import MS_PER_DAY
 from kpimon.streams.userstate import UserState
 from kpimon.streams.validation import Policy
+from tests import events
 
 NOW = 1_795_500_000_000
 POLICY = Policy(max_lateness_days=90)
@@ -40,8 +40,9 @@ class CountingTable(dict[bytes, UserState]):
 
 
 def click(user: str, n: int, days_ago: int = 0) -> bytes:
-    event = {"event_id": f"c-{user}-{n}", "user_id": user, "ts": NOW - days_ago * MS_PER_DAY, "type": "tap"}
-    return json.dumps(event).encode()
+    """The click message number `n` of `user`, `days_ago` days before NOW."""
+    ts = NOW - days_ago * MS_PER_DAY
+    return events.message(events.click(user_id=user, ts=ts, event_id=f"c-{user}-{n}", type="tap"))
 
 
 def processor() -> tuple[BatchProcessor, SourceEngine, CollectorRegistry]:
@@ -106,8 +107,8 @@ def test_unkeyed_valid_events_are_rekeyed_with_their_kind() -> None:
 
 def test_a_rekeyed_survey_is_read_as_a_survey() -> None:
     batch, _, registry = processor()
-    event = {"event_id": "s1", "user_id": "u1", "ts": NOW, "survey": "csat", "action": "answered", "score": 4}
-    record = Record(0, b"u1", json.dumps(event).encode(), headers=[(KIND_HEADER, b"surveys")])
+    event = events.message(events.survey(user_id="u1", ts=NOW, survey="csat", score=4))
+    record = Record(0, b"u1", event, headers=[(KIND_HEADER, b"surveys")])
     assert batch.process("rekeyed", 0, [record], CountingTable(), NOW).accepted == 1
     assert sample(registry, "accepted", topic="surveys") == 1
 

@@ -27,6 +27,8 @@ import yaml
 from kpimon.agents.cli.worker import worker as worker_command
 from kpimon.agents.config.kafka_security import aiokafka_options
 from kpimon.agents.config.settings import Settings
+from kpimon.agents.devtools.localkafka import kafka_version
+from kpimon.agents.exporter import web
 from kpimon.agents.exporter.web import basic_auth, web_ssl_context
 from kpimon.streams.targets import load_targets, parse_targets
 from monitoring.accelerated import accelerated, prometheus_files
@@ -43,10 +45,8 @@ RULES = DEPLOY / "prometheus" / "rules"
 TARGETS_EXAMPLE = DEPLOY / "targets.example.toml"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SETTING_NAMES = {f.name for f in fields(Settings)}
-#: The paths the worker's web server serves (`@app.page("/...")` in agents/exporter/web.py).
-WEB_PATHS = set(
-    re.findall(r'@(?:app\.)?page\("([^"]+)"\)', (ROOT / "agents" / "exporter" / "web.py").read_text())
-)
+#: The paths the worker's web server serves.
+WEB_PATHS = set(web.ROUTES)
 #: In a container the worker must listen on every interface, or nothing outside it can scrape or probe it.
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104
 
@@ -367,9 +367,7 @@ def test_compose_workers_reach_the_kraft_broker() -> None:
     assert kafka["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{kafka['KAFKA_NODE_ID']}@kafka:9093"
     assert len(base64.urlsafe_b64decode(kafka["CLUSTER_ID"] + "==")) == 16, "a KRaft cluster id is 16 bytes"
     advertised = kafka["KAFKA_ADVERTISED_LISTENERS"].split(",")
-    pom = (ROOT / "agents" / "devtools" / "kafka" / "pom.xml").read_text()
-    version = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom)
-    assert version and SERVICES["kafka"]["image"] == f"apache/kafka:{version[1]}"
+    assert SERVICES["kafka"]["image"] == f"apache/kafka:{kafka_version()}"  # the version the pom pins
     protocols = dict(pair.split(":") for pair in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
     by_address = {listener.split("://")[1]: listener.split("://")[0] for listener in advertised}
     for name, service in WORKERS.items():

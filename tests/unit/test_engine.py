@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from typing import Any
 
 from hypothesis import given, settings
@@ -13,6 +12,7 @@ from kpimon.agents.pipeline.engine import PendingRuns, SourceEngine, rebuild_cou
 from kpimon.streams.events import MS_PER_DAY
 from kpimon.streams.userstate import UserState
 from kpimon.streams.validation import Accepted, Policy, validate
+from tests import events
 
 NOW = 1_795_500_000_000
 TODAY = NOW // MS_PER_DAY
@@ -26,28 +26,12 @@ def accepted(kind: Any, event: dict[str, Any]) -> Accepted:
 
 
 def click(user: str, days_ago: int, **extra: Any) -> Accepted:
-    event = {
-        "event_id": f"c-{user}-{days_ago}-{random.random()}",
-        "user_id": user,
-        "ts": NOW - days_ago * MS_PER_DAY,
-        "type": "page_view",
-        **extra,
-    }
-    return accepted("clicks", event)
+    return accepted("clicks", events.click(user_id=user, ts=NOW - days_ago * MS_PER_DAY, **extra))
 
 
 def survey(user: str, event_id: str, days_ago: int, action: str = "answered", **extra: Any) -> Accepted:
-    event = {
-        "event_id": event_id,
-        "user_id": user,
-        "ts": NOW - days_ago * MS_PER_DAY,
-        "survey": "nps",
-        "action": action,
-        **extra,
-    }
-    if action == "answered":
-        event.setdefault("score", 10)
-    return accepted("surveys", event)
+    ts = NOW - days_ago * MS_PER_DAY
+    return accepted("surveys", events.survey(user_id=user, event_id=event_id, ts=ts, action=action, **extra))
 
 
 def test_a_click_counts_its_user_in_every_segment_and_window() -> None:
@@ -90,7 +74,7 @@ def test_a_duplicate_survey_counts_once_whatever_its_action() -> None:
 
 def test_passive_types_do_not_make_users_active() -> None:
     engine, users = SourceEngine(90, passive_types=["push_received"]), dict[bytes, UserState]()
-    event = accepted("clicks", {"event_id": "e", "user_id": "u1", "ts": NOW, "type": "push_received"})
+    event = accepted("clicks", events.click(user_id="u1", ts=NOW, type="push_received"))
     engine.on_event(users, b"u1", 0, event, NOW)
     assert engine.partitions[0].counts(("all", "all", TODAY))["active_users/1d"] == 0
 
@@ -178,20 +162,8 @@ def test_sweep_expires_old_days_of_idle_users_of_its_partition_only() -> None:
     old_now = NOW - 200 * MS_PER_DAY  # the users were active long ago, then went quiet
     for user, partition in ((b"u0", 0), (b"u1", 1)):
         for days_ago in (3, 2):
-            event = validate(
-                "clicks",
-                user,
-                json.dumps(
-                    {
-                        "event_id": f"e{days_ago}",
-                        "user_id": user.decode(),
-                        "ts": old_now - days_ago * MS_PER_DAY,
-                        "type": "click",
-                    }
-                ).encode(),
-                old_now,
-                Policy(),
-            )
+            click = events.click(user_id=user.decode(), ts=old_now - days_ago * MS_PER_DAY, type="click")
+            event = validate("clicks", user, events.message(click), old_now, Policy())
             assert isinstance(event, Accepted)
             engine.on_event(users, user, partition, event, old_now)
     assert users[b"u0"].segments and users[b"u1"].segments

@@ -16,9 +16,9 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from kpimon.agents.exporter.kpi_collector import KPI_METRICS, KpiCollector
-from kpimon.agents.exporter.runtime_metrics import register_runtime_metrics
-from kpimon.agents.pipeline.metrics import PipelineMetrics
+from kpimon.agents.app import create_app
+from kpimon.agents.config.settings import Settings
+from kpimon.agents.exporter.kpi_collector import KPI_METRICS
 from monitoring import grafana
 from monitoring.config import DEFAULT, MonitoringConfig, PipelineAlerts
 from monitoring.dashboards import PanelQuery, bands, dashboards, panel_queries, variable_queries
@@ -50,36 +50,29 @@ def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False, timeout=300)
 
 
-def worker_registry() -> CollectorRegistry:
-    """A registry with what a worker registers without a running app."""
+def exported_families(tmp_path: Path) -> set[str]:
+    """Every metric a worker exports, as docs/metrics.md names it (counters with _total)."""
     registry = CollectorRegistry()
-    PipelineMetrics(registry, topics=("clicks",))
-    registry.register(KpiCollector(lambda: (None, [])))
-    register_runtime_metrics(registry)
-    return registry
+    create_app(Settings(data_dir=tmp_path), registry)
+    return {f"{f.name}_total" if f.type == "counter" else f.name for f in registry.collect()}
 
 
-def exported_families() -> set[str]:
-    """Every metric the workers' code exports, as docs/metrics.md names it (counters with _total)."""
-    names = {f"{f.name}_total" if f.type == "counter" else f.name for f in worker_registry().collect()}
-    # Metrics created with the Faust app (agents/app.py: the snapshot timestamp, the web server's counter) or
-    # by collectors that need a running consumer or engine (the lag, the folded segment values): read their
-    # names from the source.
-    for path in (ROOT / "agents").glob("**/*.py"):
-        text = path.read_text()
-        names.update(re.findall(r'Gauge(?:MetricFamily)?\(\s*"(kpimon_\w+)"', text))
-        names.update(
-            f"{name}_total" for name in re.findall(r'Counter(?:MetricFamily)?\(\s*"(kpimon_\w+)"', text)
-        )
-    return names
+def exported_metrics(tmp_path: Path) -> set[str]:
+    """Every sample name a worker exports (counters with _total, histograms with their series).
 
-
-def exported_metrics() -> set[str]:
-    """Every sample name the workers' code exports (counters with _total, histograms with their series)."""
-    histograms = {f.name for f in worker_registry().collect() if f.type == "histogram"}
-    names = exported_families() - histograms
-    for name in histograms:
-        names.update(f"{name}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
+    Read from the registry of a real worker app (built, not started): its pipeline metrics, the snapshot
+    timestamp, and the KPI and lag collectors, whose families exist even while they have no samples.
+    """
+    registry = CollectorRegistry()
+    create_app(Settings(data_dir=tmp_path), registry)
+    names: set[str] = set()
+    for family in registry.collect():
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        elif family.type == "histogram":
+            names.update(f"{family.name}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
+        else:
+            names.add(family.name)
     return names
 
 
@@ -216,20 +209,20 @@ def test_metric_names_ignores_labels_functions_and_strings() -> None:
     assert metric_names(expr) == {"kpimon_events_total", "topic:kpimon_events:rate5m", "up"}
 
 
-def test_every_metric_used_is_exported_or_recorded() -> None:
-    exported = exported_metrics()
+def test_every_metric_used_is_exported_or_recorded(tmp_path: Path) -> None:
+    exported = exported_metrics(tmp_path)
     assert {"kpimon_active_users", "kpimon_events_total", "kpimon_event_delay_seconds_bucket"} <= exported
-    assert "kpimon_last_snapshot_timestamp_seconds" in exported
+    assert {"kpimon_last_snapshot_timestamp_seconds", "kpimon_consumer_lag_messages"} <= exported
     recorded = {r.record for g in recording_rules(DEFAULT) for r in g.rules if isinstance(r, RecordingRule)}
     known = exported | recorded | set(PENDING_METRICS) | {"up"}
     unknown = {(where, name) for where, expr in all_expressions() for name in metric_names(expr) - known}
     assert unknown == set()
 
 
-def test_every_exported_metric_is_documented_and_every_documented_one_exported() -> None:
+def test_every_exported_metric_is_documented_and_every_documented_one_exported(tmp_path: Path) -> None:
     text = (ROOT / "docs" / "metrics.md").read_text()
     documented = set(re.findall(r"^\| `((?:kpimon|process|python)_\w+)`", text, flags=re.MULTILINE))
-    exported = exported_families()
+    exported = exported_families(tmp_path)
     assert {"kpimon_build_info", "kpimon_rebalances_total", "process_cpu_seconds_total"} <= exported
     assert exported - documented == set(), "exported but not in docs/metrics.md"
     assert documented - exported == set(), "in docs/metrics.md but not exported"

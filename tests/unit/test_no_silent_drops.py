@@ -16,6 +16,7 @@ from kpimon.agents.pipeline.metrics import PipelineMetrics, rejection_summary
 from kpimon.streams.events import day_of
 from kpimon.streams.output import day_number
 from kpimon.streams.validation import Policy, Reason, Rejected, validate
+from tests import events
 
 TODAY = day_number("2026-12-02")
 DAY_MS = 86_400_000
@@ -45,7 +46,7 @@ def test_lateness_agrees_with_the_validation_rule(days: dict[int, int], bound: i
     found = lateness(Counter(days), day_of(now_ms), bound)
 
     def rejected_late(day: int, max_days: int) -> bool:
-        value = json.dumps({"event_id": "e", "user_id": "u", "ts": day * DAY_MS, "type": "view"}).encode()
+        value = events.message(events.click(user_id="u", ts=day * DAY_MS, type="view"))
         verdict = validate("clicks", None, value, now_ms, Policy(max_lateness_days=max_days))
         return isinstance(verdict, Rejected) and verdict.reason is Reason.TOO_LATE
 

@@ -25,6 +25,7 @@ from kpimon.reference.load import LoadStats, _append_by_unnest, create_tables, l
 from kpimon.streams.events import MS_PER_DAY
 from kpimon.streams.output import KpiRecord, day_name, day_number, encode
 from kpimon.streams.validation import Policy
+from tests import events as factory
 
 BASE = day_number("2026-01-01")
 HOUR = 3_600_000
@@ -88,7 +89,10 @@ def iso(day: int) -> str:
     return day_name(BASE + day)
 
 
-_ids = iter(range(10**9))
+def optional(signup: int | None, platform: str | None, plan: str | None) -> dict[str, Any]:
+    """The optional fields that are given, `signup` (a test day) as a timestamp."""
+    fields = {"signup_ts": None if signup is None else ts(signup, 1), "platform": platform, "plan": plan}
+    return {name: value for name, value in fields.items() if value is not None}
 
 
 def click(
@@ -102,19 +106,8 @@ def click(
     at: int | None = None,
 ) -> str:
     """One clicks message (a JSON line); `signup` is a test day, `at` overrides ts (epoch ms)."""
-    event: dict[str, Any] = {
-        "event_id": f"c{next(_ids)}",
-        "user_id": user,
-        "ts": ts(day) if at is None else at,
-    }
-    event["type"] = type
-    if signup is not None:
-        event["signup_ts"] = ts(signup, 1)
-    if platform is not None:
-        event["platform"] = platform
-    if plan is not None:
-        event["plan"] = plan
-    return json.dumps(event)
+    at = ts(day) if at is None else at
+    return json.dumps(factory.click(user_id=user, ts=at, type=type, **optional(signup, platform, plan)))
 
 
 def survey(
@@ -130,22 +123,12 @@ def survey(
     plan: str | None = None,
 ) -> str:
     """One surveys message (a JSON line); `score` is sent only with an answer, `signup` is a test day."""
-    event: dict[str, Any] = {
-        "event_id": event_id or f"s{next(_ids)}",
-        "user_id": user,
-        "ts": ts(day),
-        "survey": kind,
-        "action": action,
-    }
+    fields = optional(signup, platform, plan)
+    if event_id is not None:
+        fields["event_id"] = event_id
     if action == "answered":
-        event["score"] = score
-    if signup is not None:
-        event["signup_ts"] = ts(signup, 1)
-    if platform is not None:
-        event["platform"] = platform
-    if plan is not None:
-        event["plan"] = plan
-    return json.dumps(event)
+        fields["score"] = score
+    return json.dumps(factory.survey(user_id=user, ts=ts(day), survey=kind, action=action, **fields))
 
 
 def shown(user: str, day: int, kind: str = "nps", **fields: Any) -> str:
@@ -831,10 +814,10 @@ def test_invalid_lines_are_ignored(tmp_path: Path) -> None:
         "",
         "[1, 2]",
         '{"user_id": "c"}',  # missing fields
-        json.dumps({"event_id": "e", "user_id": 7, "ts": ts(1), "type": "click"}),  # wrong type
-        json.dumps({"event_id": "e", "user_id": "d", "ts": "yesterday", "type": "click"}),  # bad timestamp
-        json.dumps({"event_id": "e", "user_id": "d", "ts": ts(1), "type": ""}),  # empty type
-        json.dumps({"event_id": "e", "user_id": "d", "ts": ts(1), "type": "click", "platform": 3}),
+        json.dumps(factory.click(user_id=7, ts=ts(1))),  # wrong type
+        json.dumps(factory.click(user_id="d", ts="yesterday")),  # bad timestamp
+        json.dumps(factory.click(user_id="d", ts=ts(1), type="")),  # empty type
+        json.dumps(factory.click(user_id="d", ts=ts(1), platform=3)),
         '{"event_id": "e", "user_id": "d", "ts": NaN, "type": "click"}',
     ]
     bad_surveys = [

@@ -7,7 +7,6 @@ holds a day older than the windows need, and the bytes per user do not grow with
 
 from __future__ import annotations
 
-import json
 import random
 from typing import Any
 
@@ -20,6 +19,7 @@ from kpimon.streams.engagement import expiry_cutoff
 from kpimon.streams.events import MS_PER_DAY
 from kpimon.streams.userstate import UserState
 from kpimon.streams.validation import Accepted, Policy, validate
+from tests import events
 
 DAYS, USERS, PARTITIONS = 120, 300, 2
 LATENESS = 7
@@ -27,10 +27,10 @@ START = 1_785_000_000_000 // MS_PER_DAY * MS_PER_DAY  # midnight UTC, mid 2026
 
 
 def event(kind: str, user: str, event_id: str, ts: int, rng: random.Random) -> dict[str, Any]:
-    base = {"event_id": event_id, "user_id": user, "ts": ts, "platform": rng.choice(["ios", "web"])}
+    platform = rng.choice(["ios", "web"])
     if kind == "clicks":
-        return {**base, "type": "page_view"}
-    return {**base, "survey": "nps", "action": "answered", "score": rng.randint(0, 10)}
+        return events.click(user_id=user, ts=ts, event_id=event_id, platform=platform)
+    return events.survey(user_id=user, ts=ts, event_id=event_id, platform=platform, score=rng.randint(0, 10))
 
 
 def state_size(users: dict[bytes, UserState]) -> float:
@@ -54,7 +54,7 @@ def test_state_keeps_no_day_older_than_the_windows_need(record_property: pytest.
             kind = "surveys" if rng.random() < 0.1 else "clicks"
             late = rng.choice([0, 0, 0, 1, 3])  # some events arrive days late
             ts = now_ms - late * MS_PER_DAY - rng.randint(0, 3_600_000)
-            value = json.dumps(event(kind, user, f"{user}-{day}", ts, rng)).encode()
+            value = events.message(event(kind, user, f"{user}-{day}", ts, rng))
             verdict = validate(kind, user.encode(), value, now_ms, policy)  # type: ignore[arg-type]
             assert isinstance(verdict, Accepted), verdict
             engine.on_event(users, user.encode(), hash(user) % PARTITIONS, verdict, now_ms)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -9,36 +10,18 @@ import pytest
 
 from kpimon.streams.events import ClickEvent, SurveyEvent, day_of
 from kpimon.streams.validation import MAX_NESTING, Accepted, Policy, Reason, Rejected, validate
+from tests import events
+from tests.events import DROP
 
 NOW = 1_795_500_000_000  # 2026-11-24T...Z, a fixed wall clock
 DAY_MS = 86_400_000
 POLICY = Policy()
 
 
-def click(**overrides: Any) -> dict[str, Any]:
-    event: dict[str, Any] = {"event_id": "e1", "user_id": "u1", "ts": NOW - 1000, "type": "page_view"}
-    event.update(overrides)
-    return {k: v for k, v in event.items() if v is not _DROP}
-
-
-def survey(**overrides: Any) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "event_id": "s1",
-        "user_id": "u1",
-        "ts": NOW - 1000,
-        "survey": "nps",
-        "action": "answered",
-        "score": 9,
-    }
-    event.update(overrides)
-    return {k: v for k, v in event.items() if v is not _DROP}
-
-
-_DROP = object()
-
-
-def raw(event: dict[str, Any]) -> bytes:
-    return json.dumps(event).encode()
+#: A valid click and survey of user u1 a second before NOW; keyword arguments change or DROP fields.
+click = functools.partial(events.click, ts=NOW - 1000)
+survey = functools.partial(events.survey, ts=NOW - 1000)
+raw = events.message
 
 
 def check(kind: Any, value: bytes, key: bytes | None = b"u1", policy: Policy = POLICY) -> Accepted | Rejected:
@@ -53,7 +36,7 @@ VALID = [
     ("surveys", raw(survey())),
     ("surveys", raw(survey(survey="csat", score=1))),
     ("surveys", raw(survey(survey="csat", score=5, comment="x" * 2000))),
-    ("surveys", raw(survey(action="shown", score=_DROP))),
+    ("surveys", raw(survey(action="shown", score=DROP))),
     ("surveys", raw(survey(action="dismissed", score=None))),
     ("surveys", raw(survey(survey="nps", score=0))),
     ("surveys", raw(survey(survey="nps", score=10))),
@@ -79,8 +62,8 @@ def test_rfc3339_offset_is_resolved_to_utc() -> None:
 INVALID = [
     # One row per rejection reason of docs/events.md ...
     ("not JSON", "clicks", b"{not json", Reason.INVALID_JSON),
-    ("missing field", "clicks", raw(click(type=_DROP)), Reason.MISSING_FIELD),
-    ("missing user_id", "surveys", raw(survey(user_id=_DROP)), Reason.MISSING_FIELD),
+    ("missing field", "clicks", raw(click(type=DROP)), Reason.MISSING_FIELD),
+    ("missing user_id", "surveys", raw(survey(user_id=DROP)), Reason.MISSING_FIELD),
     ("wrong type", "clicks", raw(click(user_id=42)), Reason.WRONG_TYPE),
     ("float score", "surveys", raw(survey(score=9.0)), Reason.WRONG_TYPE),
     ("bool ts", "clicks", raw(click(ts=True)), Reason.WRONG_TYPE),
@@ -98,7 +81,7 @@ INVALID = [
     ("NPS -1", "surveys", raw(survey(score=-1)), Reason.SCORE_OUT_OF_RANGE),
     ("CSAT 0", "surveys", raw(survey(survey="csat", score=0)), Reason.SCORE_OUT_OF_RANGE),
     ("CSAT 6", "surveys", raw(survey(survey="csat", score=6)), Reason.SCORE_OUT_OF_RANGE),
-    ("answered without score", "surveys", raw(survey(score=_DROP)), Reason.SCORE_MISSING),
+    ("answered without score", "surveys", raw(survey(score=DROP)), Reason.SCORE_MISSING),
     ("answered with null score", "surveys", raw(survey(score=None)), Reason.SCORE_MISSING),
     ("shown with a score", "surveys", raw(survey(action="shown", score=7)), Reason.SCORE_FORBIDDEN),
     ("dismissed with a score", "surveys", raw(survey(action="dismissed", score=7)), Reason.SCORE_FORBIDDEN),
