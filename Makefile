@@ -17,7 +17,7 @@ BENCH_ARGS ?=
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
 
-system-deps:  ## install Java 17+, Maven, Prometheus (promtool) and tmux from Debian's packages when missing
+system-deps:  ## install Java 17+, Maven, Prometheus (promtool), Alertmanager (amtool) and tmux (Debian packages) when missing
 	@./deploy/system-deps.sh
 
 demo-deps:  ## install only what `make run` needs (Java 17+ and Maven) when missing
@@ -33,6 +33,13 @@ $(STAMP): pyproject.toml
 
 setup: system-deps $(STAMP)  ## create .venv and install kpimon with its dev tools
 
+BENCH_STAMP := $(VENV)/.bench-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	@rm -f $(VENV)/.bench-*
+	@touch $@
+
 $(RUN_STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "kpimon needs Python 3.11+; set PYTHON=python3.11")'
 	@if [ -f $(STAMP) ]; then touch $@; else \
@@ -42,10 +49,11 @@ $(RUN_STAMP): pyproject.toml
 run: demo-deps $(RUN_STAMP)  ## the demo: its own Kafka, a worker, 60 days of history, then live traffic in `kpimon top`
 	$(BIN)/kpimon demo
 
-lint: setup  ## ruff (lint + format check) and the architecture's import contracts (import-linter)
+lint: setup  ## ruff (lint + format check), the import contracts (import-linter), amtool check-config
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	amtool check-config deploy/alertmanager/alertmanager.yml
 
 typecheck: setup  ## mypy --strict
 	$(BIN)/mypy
@@ -56,10 +64,10 @@ unit: setup  ## the fast unit tests only
 test: setup lint typecheck  ## everything CI runs: lint, types, the whole test suite (real Kafka)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-bench: setup  ## the benchmark suite (issue #7): its own Kafka, 1M events, ~40-70 min; BENCH_ARGS=--help
+bench: setup $(BENCH_STAMP)  ## the benchmark suite (issue #7): its own Kafka, 1M events, ~40-70 min; BENCH_ARGS=--help
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-bench-quick: setup  ## a small smoke run of every benchmark stage (a few minutes)
+bench-quick: setup $(BENCH_STAMP)  ## a small smoke run of every benchmark stage (a few minutes)
 	$(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 format: setup  ## apply ruff's fixes and formatting

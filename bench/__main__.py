@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import platform
@@ -20,7 +21,7 @@ from bench.child import run_child
 from bench.cluster import local_kafka
 from bench.stats import StageResult
 
-STAGES = ("batch", "ceiling", "bare", "candidates", "naive", "kpimon", "kpimon2", "rss", "delay")
+STAGES = ("batch", "ceiling", "bare", "candidates", "naive", "quix", "kpimon", "kpimon2", "rss", "delay")
 FULL: dict[str, float] = {
     "events": 1_000_000,
     "days": 30,
@@ -35,7 +36,9 @@ QUICK: dict[str, float] = {
     "timeout": 120,
     "delay_seconds": 5,
 }
-_MAIN_DATA_STAGES = {"ceiling", "bare", "candidates", "naive", "kpimon", "kpimon2"}
+#: The throughput stages that run on both traffic mixes.
+MIX_STAGES = ("ceiling", "quix", "kpimon")
+_MAIN_DATA_STAGES = {"ceiling", "bare", "candidates", "naive", "quix", "kpimon", "kpimon2"}
 
 DESCRIPTION = """\
 Benchmark kpimon against a plain aiokafka consumer, a bare Faust agent and a naive Faust DAU, on the same
@@ -54,18 +57,24 @@ stages (--only, comma-separated; all by default):
            events/CPU-s each and over bare's (runs bare too when it is not chosen), and where bare's
            wall time goes: CPU-s/wall-s, its event loop on a CPU, waiting for one, asleep in epoll
   naive    a Faust DAU with per-event updates of 1-day tumbling windowed tables (its own process)
+  quix     the peer: an exact DAU in Quix Streams (per-user state, group_by by day), its own process;
+           needs the optional dependency (pip install -e '.[bench]'), else it reports why it did not run
   kpimon   one `kpimon worker`, timed from its first message until kpimon-kpis holds the true DAU of
            the last day (computed by the bench from the events it produced)
   kpimon2  the same with two `kpimon worker` processes in one group
   rss      one `kpimon worker` (`--store rocksdb` when the worker has that option) over --rss-users
            distinct users spread over --rss-days days: peak RSS (VmHWM) and user-state bytes per user
            (latest value sizes in the <app id>-user-state-changelog topic)
+  (ceiling, quix and kpimon run on both traffic mixes: the main data set, where most clicks repeat a
+   user-day already active, and a state-changing one, `kpimon simulate --clicks-per-day 1.8` over 60
+   days, where most clicks turn a new user-day active; --one-mix skips the second)
   delay    a fresh worker fed clicks stamped now at half the kpimon rate (or --delay-rate), every
            --delay-per-user-th one the first click of a new user (a marker): the delay from producing
            a marker to its effect on the DAU gauge of /metrics, p50 and p99
 
 A stage that runs longer than --timeout is stopped and reports the rate measured so far.
-Targets (issue #7): kpimon >= 100,000 events/s per worker process (kpimon/ceiling >= 1/3),
+Targets (issues #7, #16): kpimon >= 120,000 events/s per worker process (kpimon/ceiling >= 0.35) on the
+main mix, >= 60,000 on the state-changing mix, kpimon/quix >= 2,
 kpimon/naive >= 10, peak RSS <= 400 MB for 1M users, p99 delay <= 2 s.
 """
 
@@ -95,6 +104,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scrape-interval", type=float, default=0.05, help="delay stage: /metrics poll period"
+    )
+    parser.add_argument(
+        "--one-mix",
+        action="store_true",
+        help="run ceiling, quix and kpimon on the main (repeat-heavy) mix only, not the state-changing one",
     )
     parser.add_argument("--quick", action="store_true", help="a small smoke run of each stage (about 4 min)")
     parser.add_argument(
@@ -202,6 +216,12 @@ async def run_stages(
             )
     if data is not None and "naive" in stages:
         results["naive"] = await _child("naive", "bench.naive", bootstrap, data, scratch, args.timeout)
+    if data is not None and "quix" in stages:
+        if importlib.util.find_spec("quixstreams") is None:
+            results["quix"] = StageResult("quix", complete=False, note="quixstreams not installed: .[bench]")
+            say("quix: skipped, quixstreams is not installed (pip install -e '.[bench]')")
+        else:
+            results["quix"] = await _child("quix", "bench.quix_dau", bootstrap, data, scratch, args.timeout)
     for stage, workers in (("kpimon", 1), ("kpimon2", 2)):
         if data is not None and stage in stages:
             say(f"{stage}: {workers} x kpimon worker")
@@ -216,6 +236,9 @@ async def run_stages(
                 state_bytes=workers == 1,
             )
             _show(results[stage])
+    mix_stages = [stage for stage in MIX_STAGES if stage in stages]
+    if mix_stages and not args.one_mix:
+        await run_changing_mix(args, bootstrap, scratch, meta, results, mix_stages, now)
     if "rss" in stages:
         say(f"filling the rss data set: {args.rss_users:,} distinct users over {args.rss_days} days")
         rss_data = await fill.fill(
@@ -251,6 +274,45 @@ async def run_stages(
         figures = results["delay"].figures
         say(f"delay: p50 {figures.get('p50_s')} s, p99 {figures.get('p99_s')} s {results['delay'].note}")
     return results
+
+
+async def run_changing_mix(
+    args: argparse.Namespace,
+    bootstrap: str,
+    scratch: Path,
+    meta: dict[str, Any],
+    results: dict[str, StageResult],
+    stages: list[str],
+    now: int,
+) -> None:
+    """The throughput stages again, on the state-changing mix (issue #16): `kpimon simulate
+    --clicks-per-day 1.8` over 60 days, about as many messages as the main data set. Results go to
+    `<stage>-changing`."""
+    per_day, days = batchpath.CHANGING_CLICKS_PER_DAY, batchpath.CHANGING_DAYS
+    users = fill.users_for(args.events, days, args.seed, now, clicks_per_day=per_day)
+    say(f"filling the state-changing data set: ~{args.events:,} messages of {users:,} users over {days} days")
+    messages = fill.simulated(users, days, args.seed, now, clicks_per_day=per_day)
+    data = await fill.fill(bootstrap, messages, "bench-changing-")
+    meta["data_sets"]["changing"] = asdict(data)
+    say(
+        f"filled {data.events:,} messages in {data.fill_seconds:.1f} s; "
+        f"true DAU of the last day {data.dau_last_day:,}"
+    )
+    for stage in stages:
+        key = f"{stage}-changing"
+        if stage == "ceiling":
+            say(f"{key}: plain aiokafka consumer")
+            result = await ceiling.run(bootstrap, data, args.timeout)
+        elif stage == "quix":
+            if importlib.util.find_spec("quixstreams") is None:
+                continue
+            result = await _child(key, "bench.quix_dau", bootstrap, data, scratch, args.timeout)
+        else:
+            say(f"{key}: 1 x kpimon worker")
+            result = await kpimon_run.run(key, bootstrap, data, scratch, args.timeout, 1, args.flush_interval)
+        result.stage = key
+        results[key] = result
+        _show(result)
 
 
 def _interrupt(signum: int, frame: object) -> None:

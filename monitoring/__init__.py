@@ -6,5 +6,5 @@
 - `grafana`: provisioning files (data source, dashboard provider, Grafana-managed alert rules);
 - `generate.generated_files()`: relative path -> text of every generated file (`make generate` writes them).
 
-docs/alerts.md is the runbook: one section per alert, explaining what the rules here compute.
+docs/alerts.md explains what the rules here compute; docs/runbooks/ holds one runbook per alert.
 """

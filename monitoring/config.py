@@ -80,6 +80,22 @@ class PipelineAlerts:
 
 
 @dataclass(frozen=True)
+class AlertRouting:
+    """Alertmanager's timing (deploy/alertmanager/alertmanager.yml, monitoring/alertmanager.py)."""
+
+    #: Wait this long for more alerts of a new group before the first notification ...
+    group_wait: str = "30s"
+    #: ... but a page goes out sooner.
+    page_group_wait: str = "10s"
+    #: A group that changed (an alert added or resolved) is notified again after this.
+    group_interval: str = "5m"
+    #: An unchanged, still firing group is notified again after: a page, a ticket, an info.
+    page_repeat: str = "1h"
+    ticket_repeat: str = "24h"
+    info_repeat: str = "168h"
+
+
+@dataclass(frozen=True)
 class MonitoringConfig:
     """Everything the generated monitoring files depend on."""
 
@@ -92,8 +108,24 @@ class MonitoringConfig:
     #: Extra matchers of the KPI alerts: by default only the whole population (`dimension="all"`);
     #: e.g. 'dimension=~"all|plan"' also alerts per plan. Dashboards show every segment regardless.
     kpi_alert_selector: str = 'dimension="all"'
-    #: Where docs/alerts.md is served; runbook_url = f"{runbook_base_url}#{alertname lowercased}".
-    runbook_base_url: str = "docs/alerts.md"
+    #: Where docs/runbooks/ is served; runbook_url = f"{runbook_base_url}/{alertname}.md". The default is
+    #: the path in this repository; a deployment sets the URL its people can open (e.g. the repository's
+    #: web view of docs/runbooks).
+    runbook_base_url: str = "docs/runbooks"
+    #: Grafana's address as people open it; dashboard_url = f"{grafana_url}/d/{dashboard uid}?...".
+    grafana_url: str = "http://localhost:3000"
+    #: The `team` label of the alerts of each rule group: Alertmanager routes on it (deploy/alertmanager/).
+    teams: tuple[tuple[str, str], ...] = (
+        ("kpimon-engagement", "product-analytics"),
+        ("kpimon-satisfaction", "product-analytics"),
+        ("kpimon-pipeline", "data-platform"),
+    )
+    #: Alertmanager (host:port) that Prometheus sends alerts to.
+    alertmanager_targets: tuple[str, ...] = ("127.0.0.1:9093",)
+    #: Base URL of the notification webhooks; each receiver posts to f"{alert_webhook_url}/{receiver}"
+    #: (monitoring/alertmanager.py). A stand-in: replace the receivers by your pager, ticket and chat ones.
+    alert_webhook_url: str = "http://127.0.0.1:9095/alerts"
+    routing: AlertRouting = field(default_factory=AlertRouting)
     churn: ChurnAlerts = field(default_factory=ChurnAlerts)
     satisfaction: SatisfactionAlerts = field(default_factory=SatisfactionAlerts)
     engagement: EngagementAlerts = field(default_factory=EngagementAlerts)
@@ -106,8 +138,12 @@ class MonitoringConfig:
     grafana_dashboards_path: str = "/var/lib/grafana/dashboards/kpimon"
 
     def runbook_url(self, alert: str) -> str:
-        """The runbook anchor of an alert (GitHub-style anchor of its heading in docs/alerts.md)."""
-        return f"{self.runbook_base_url}#{alert.lower()}"
+        """The runbook of an alert: docs/runbooks/<alert>.md under `runbook_base_url`."""
+        return f"{self.runbook_base_url}/{alert}.md"
+
+    def team(self, group: str) -> str:
+        """The team owning the alerts of a rule group (`teams`; an unlisted group: the KPI team)."""
+        return dict(self.teams).get(group, self.teams[0][1])
 
 
 DEFAULT = MonitoringConfig()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from monitoring import grafana
+from monitoring.alertmanager import alertmanager_config
 from monitoring.config import DEFAULT, MonitoringConfig
 from monitoring.dashboards import dashboards
 from monitoring.kubernetes import prometheus_rule, service_monitor
@@ -13,6 +14,7 @@ from monitoring.render import GENERATED, to_json, to_yaml
 from monitoring.rules import prometheus_rule_files
 
 PROMETHEUS_DIR = Path("deploy/prometheus")
+ALERTMANAGER_DIR = Path("deploy/alertmanager")
 RULES_DIR = PROMETHEUS_DIR / "rules"
 DASHBOARDS_DIR = Path("grafana/dashboards")
 PROVISIONING_DIR = Path("grafana/provisioning")
@@ -20,7 +22,7 @@ PROVISIONING_DIR = Path("grafana/provisioning")
 OPERATOR_DIR = Path("deploy/k8s/prometheus-operator")
 
 #: Directories whose every file is generated (a file there that the code does not generate is stale).
-GENERATED_DIRS = (RULES_DIR, DASHBOARDS_DIR, PROVISIONING_DIR, OPERATOR_DIR)
+GENERATED_DIRS = (RULES_DIR, DASHBOARDS_DIR, PROVISIONING_DIR, ALERTMANAGER_DIR, OPERATOR_DIR)
 
 _SCRAPE_NOTE = (
     "\nPrometheus for kpimon: scrapes every worker's /metrics (its --web-port, default 6066) and loads"
@@ -29,11 +31,21 @@ _SCRAPE_NOTE = (
 )
 
 
+_ROUTING_NOTE = (
+    "\nAlertmanager for kpimon: routes by team and severity (page / ticket / info), groups by alert and"
+    "\nsegment, holds back the KPI alerts while a pipeline alert says there is no data or a worker is down."
+    "\nThe webhook receivers stand in for your pager, ticket and chat integrations (docs/alerts.md)."
+)
+
+
 def generated_files(config: MonitoringConfig = DEFAULT) -> dict[Path, str]:
     """Relative path -> content of every monitoring file generated from `config`."""
     files: dict[Path, str] = {
         PROMETHEUS_DIR / "prometheus.yml": to_yaml(prometheus_config(config), GENERATED + _SCRAPE_NOTE)
     }
+    files[ALERTMANAGER_DIR / "alertmanager.yml"] = to_yaml(
+        alertmanager_config(config), GENERATED + _ROUTING_NOTE
+    )
     for name, document in prometheus_rule_files(config).items():
         files[RULES_DIR / name] = to_yaml(document, GENERATED)
     for name, board in dashboards(config).items():

@@ -20,7 +20,7 @@ from grafana_foundation_sdk.models import alerting as alerting_models
 from grafana_foundation_sdk.models import dashboard as dashboard_models
 
 from monitoring.config import MonitoringConfig
-from monitoring.rules import Alert, alert_annotations, alert_groups, grafana_description
+from monitoring.rules import Alert, alert_annotations, alert_groups, alert_labels, grafana_description
 
 #: Grafana's uid of server-side expressions.
 EXPRESSION_UID = "__expr__"
@@ -104,7 +104,7 @@ def grafana_rule(alert: Alert, config: MonitoringConfig) -> dict[str, object]:
         .uid(alert_uid(alert.name))
         .condition("C")
         .for_val(alert.for_)
-        .labels({"severity": alert.severity})
+        .labels(alert_labels(alert, config))
         .annotations(alert_annotations(alert, config, grafana_description(alert)))
         .no_data_state("OK")
         .exec_err_state("Error")

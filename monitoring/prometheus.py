@@ -13,6 +13,7 @@ def prometheus_config(config: MonitoringConfig) -> dict[str, object]:
             "evaluation_interval": config.evaluation_interval,
         },
         "rule_files": ["rules/*.yaml"],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": list(config.alertmanager_targets)}]}]},
         "scrape_configs": [
             {
                 "job_name": config.job,

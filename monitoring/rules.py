@@ -86,6 +86,8 @@ class Alert:
     value_format: ValueFormat
     target_query: str = ""  # printf format, `%s` = the alert's window label
     target_expr: str = ""
+    #: The `kpi` label of the 95 % interval to show beside the alert (the KPI's interval now), or "".
+    interval_kpi: str = ""
 
 
 @dataclass(frozen=True)
@@ -292,6 +294,7 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
             "percent",
             k.target_query("churn_rate", "max"),
             k.aligned_target("kpimon_churn_ratio", "churn_rate", churn.window, "max"),
+            interval_kpi="churn_rate",
         ),
         Alert(
             "KpimonChurnRoseWeekOverWeek",
@@ -306,6 +309,7 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
             f" (alert above {number(churn.max_rise_week_over_week * 100)} points and beyond the two 95 %"
             " intervals).",
             "percent",
+            interval_kpi="churn_rate",
         ),
     )
 
@@ -324,6 +328,7 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
             "decimal",
             k.target_query("nps", "min"),
             k.aligned_target("kpimon_nps_score", "nps", w, "min"),
+            interval_kpi="nps",
         ),
         Alert(
             "KpimonNpsDroppedWeekOverWeek",
@@ -336,6 +341,7 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
             where.replace("{kpi}", "NPS") + " changed by {value} points against the same day last week"
             f" (alert below -{number(sat.nps_max_drop_week_over_week)} and beyond the two 95 % intervals).",
             "decimal",
+            interval_kpi="nps",
         ),
         Alert(
             "KpimonCsatBelowTarget",
@@ -348,6 +354,7 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
             "percent",
             k.target_query("csat", "min"),
             k.aligned_target("kpimon_csat_ratio", "csat", w, "min"),
+            interval_kpi="csat",
         ),
         Alert(
             "KpimonCsatDroppedWeekOverWeek",
@@ -361,6 +368,7 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
             f" last week (alert below -{number(sat.csat_max_drop_week_over_week * 100)} points and beyond the"
             " two 95 % intervals).",
             "percent",
+            interval_kpi="csat",
         ),
         Alert(
             "KpimonCsatBelowTargetNpsOnTarget",
@@ -376,6 +384,7 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
             "percent",
             k.target_query("csat", "min"),
             k.aligned_target("kpimon_csat_ratio", "csat", w, "min"),
+            interval_kpi="csat",
         ),
         Alert(
             "KpimonNpsBelowTargetCsatOnTarget",
@@ -391,6 +400,7 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
             "decimal",
             k.target_query("nps", "min"),
             k.aligned_target("kpimon_nps_score", "nps", w, "min"),
+            interval_kpi="nps",
         ),
     )
 
@@ -480,17 +490,49 @@ def _labels(text: str, value: str, target: str) -> str:
     return out.replace("\0V", value).replace("\0T", target)
 
 
+def _query_value(query: str, labels: tuple[str, ...], fmt: str) -> str:
+    """A Go template running `query` (a printf format of `labels`) and printing its first value with `fmt`."""
+    args = " ".join(f"$labels.{label}" for label in labels)
+    return f"{{{{ with printf `{query}` {args} | query }}}}{{{{ . | first | value | {fmt} }}}}{{{{ end }}}}"
+
+
+def prometheus_value(alert: Alert) -> str:
+    """The alert's value as its description prints it."""
+    return f"{{{{ $value | {_PROMETHEUS_VALUE[alert.value_format]} }}}}"
+
+
+def prometheus_target(alert: Alert) -> str:
+    """The alert's target (a query of the normalised target series), or "" for an alert without one."""
+    if not alert.target_query:
+        return ""
+    return _query_value(alert.target_query, ("window",), _PROMETHEUS_VALUE[alert.value_format])
+
+
+#: The value format of a KPI's own scale (its interval's), whatever the alert's value is (a change, a ratio).
+_KPI_FORMAT: dict[str, ValueFormat] = {"nps": "decimal", "csat": "percent", "churn_rate": "percent"}
+
+
+def prometheus_interval(alert: Alert) -> str:
+    """ "<low> to <high>": the 95 % interval of the alert's KPI now, for its segment; "" without one."""
+    if not alert.interval_kpi:
+        return ""
+    fmt = _PROMETHEUS_VALUE[_KPI_FORMAT[alert.interval_kpi]]
+    args = "$labels.window $labels.dimension $labels.segment"
+    low, high = (
+        selector(kpi(m), kpi=alert.interval_kpi, window="%s", day="current", dimension="%s", segment="%s")
+        for m in CI_GAUGES
+    )
+    # Both bounds or nothing: the high bound's query runs inside the low bound's `with`.
+    return (
+        f"{{{{ with printf `{low}` {args} | query }}}}{{{{ $low := . | first | value }}}}"
+        f"{{{{ with printf `{high}` {args} | query }}}}"
+        f"{{{{ $low | {fmt} }}}} to {{{{ . | first | value | {fmt} }}}}{{{{ end }}}}{{{{ end }}}}"
+    )
+
+
 def prometheus_description(alert: Alert) -> str:
     """The description in Prometheus' template language (`$value`, `$labels`, `query` for the target)."""
-    fmt = _PROMETHEUS_VALUE[alert.value_format]
-    value = f"{{{{ $value | {fmt} }}}}"
-    target = ""
-    if alert.target_query:
-        target = (
-            f"{{{{ with printf `{alert.target_query}` $labels.window | query }}}}"
-            f"{{{{ . | first | value | {fmt} }}}}{{{{ end }}}}"
-        )
-    return _labels(alert.description, value, target)
+    return _labels(alert.description, prometheus_value(alert), prometheus_target(alert))
 
 
 def grafana_description(alert: Alert) -> str:
@@ -503,13 +545,41 @@ def grafana_description(alert: Alert) -> str:
     return _labels(alert.description, value, target)
 
 
+def dashboard_url(alert: Alert, config: MonitoringConfig) -> str:
+    """The alert's dashboard (its group's name is the dashboard's uid), opened on the alert's segment.
+
+    A KPI alert carries `dimension` and `segment` (and `window`); the dashboard's variables of the same
+    names select them. The label references are Go templates, expanded by Prometheus and by Grafana alike.
+    """
+    url = f"{config.grafana_url}/d/{alert.group}"
+    if alert.group == "kpimon-pipeline":
+        return url
+    return url + "?var-dimension={{ $labels.dimension }}&var-segment={{ $labels.segment }}"
+
+
+def alert_labels(alert: Alert, config: MonitoringConfig) -> dict[str, str]:
+    """severity (critical pages, warning tickets, info informs) and the owning team: what routing reads."""
+    return {"severity": alert.severity, "team": config.team(alert.group)}
+
+
 def alert_annotations(alert: Alert, config: MonitoringConfig, description: str) -> dict[str, str]:
-    """summary, description, runbook_url."""
+    """summary, description, runbook_url (docs/runbooks/<alert>.md), dashboard_url."""
     return {
         "summary": alert.summary,
         "description": description,
         "runbook_url": config.runbook_url(alert.name),
+        "dashboard_url": dashboard_url(alert, config),
     }
+
+
+def prometheus_values(alert: Alert) -> dict[str, str]:
+    """value, and where the alert has them, target and interval: what a receiver shows without parsing."""
+    out = {"value": prometheus_value(alert)}
+    if alert.target_query:
+        out["target"] = prometheus_target(alert)
+    if alert.interval_kpi:
+        out["interval"] = prometheus_interval(alert)
+    return out
 
 
 def prometheus_rule_files(config: MonitoringConfig) -> dict[str, dict[str, object]]:
@@ -534,8 +604,11 @@ def prometheus_rule_files(config: MonitoringConfig) -> dict[str, dict[str, objec
                         "alert": a.name,
                         "expr": a.expr,
                         **({"for": a.for_} if a.for_ not in ("0s", "0m", "") else {}),
-                        "labels": {"severity": a.severity},
-                        "annotations": alert_annotations(a, config, prometheus_description(a)),
+                        "labels": alert_labels(a, config),
+                        "annotations": {
+                            **alert_annotations(a, config, prometheus_description(a)),
+                            **prometheus_values(a),
+                        },
                     }
                     for a in g.rules
                     if isinstance(a, Alert)

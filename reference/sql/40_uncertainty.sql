@@ -30,20 +30,26 @@ WHERE kpi IN ('csat', 'churn_rate', 'nps_response_rate', 'csat_response_rate')
     AND denominator > 0
     AND numerator BETWEEN 0 AND denominator;
 
--- NPS: with shares a = promoters/n and b = detractors/n of n responses, the half-width 100·z·sqrt((a + b -
--- (a - b)²) / n). a + b - (a - b)² is the variance of one answer scored +1/0/-1, never negative in exact
+-- NPS: the adjusted Wald interval (Rocks 2016). With n responses, three pseudo-answers are added, 3/4 of
+-- one each to promoters and detractors: n' = n + 3, a = (promoters + 3/4) / n', b = (detractors + 3/4) / n'.
+-- The interval is centred on 100·(a - b) (not on the NPS itself) with half-width 100·z·sqrt((a + b -
+-- (a - b)²) / n'). a + b - (a - b)² is the variance of one answer scored +1/0/-1, never negative in exact
 -- arithmetic; greatest(0, ...) keeps rounding from turning it into sqrt(negative) = NaN.
+CREATE OR REPLACE TEMP MACRO nps_share(k, n) AS (k::DOUBLE + 0.75) / (n::DOUBLE + 3);
+CREATE OR REPLACE TEMP MACRO nps_centre(a, b) AS 100 * (a - b);
 CREATE OR REPLACE TEMP MACRO nps_half(a, b, n) AS
-    100 * ci_z() * sqrt(greatest(0.0, a + b - (a - b) * (a - b)) / n::DOUBLE);
+    100 * ci_z() * sqrt(greatest(0.0, a + b - (a - b) * (a - b)) / (n::DOUBLE + 3));
+CREATE OR REPLACE TEMP MACRO nps_low(p, d, n) AS
+    greatest(-100.0, nps_centre(nps_share(p, n), nps_share(d, n)) - nps_half(nps_share(p, n), nps_share(d, n), n));
+CREATE OR REPLACE TEMP MACRO nps_high(p, d, n) AS
+    least(100.0, nps_centre(nps_share(p, n), nps_share(d, n)) + nps_half(nps_share(p, n), nps_share(d, n), n));
 
--- NPS ± the half-width, clipped to [-100, 100]. n is the nps record's denominator; promoters and
--- detractors come from the count records of the same window, segment and day.
+-- n is the nps record's denominator; promoters and detractors come from the count records of the same
+-- window, segment and day.
 UPDATE kpi_records
 SET
-    ci_low = greatest(-100.0, ratio_value - nps_half(
-        buckets.promoters::DOUBLE / denominator, buckets.detractors::DOUBLE / denominator, denominator)),
-    ci_high = least(100.0, ratio_value + nps_half(
-        buckets.promoters::DOUBLE / denominator, buckets.detractors::DOUBLE / denominator, denominator))
+    ci_low = nps_low(buckets.promoters, buckets.detractors, denominator),
+    ci_high = nps_high(buckets.promoters, buckets.detractors, denominator)
 FROM (
     SELECT
         "window",

@@ -106,7 +106,10 @@ def test_report_shows_rates_ratios_and_targets() -> None:
     results = {
         "ceiling": StageResult.from_count("ceiling", 1_000_000, 4.0),
         "naive": StageResult.from_count("naive", 60_000, 200.0, complete=False, note="capped"),
+        "quix": StageResult.from_count("quix", 1_000_000, 100.0),
         "kpimon": StageResult.from_count("kpimon", 1_000_000, 400.0),
+        "ceiling-changing": StageResult.from_count("ceiling-changing", 1_000_000, 10.0),
+        "kpimon-changing": StageResult.from_count("kpimon-changing", 1_000_000, 12.5),
         "rss": StageResult(
             "rss", figures={"peak_rss_bytes": [350_000_000], "state_users": 10, "state_bytes": 800}
         ),
@@ -125,6 +128,8 @@ def test_report_shows_rates_ratios_and_targets() -> None:
         "kpimon events/s per worker process": "NOT MET",
         "kpimon/ceiling": "NOT MET",
         "kpimon/naive": "NOT MET",
+        "kpimon/quix (whole KPI set over the peer's DAU alone)": "NOT MET",
+        "state-changing mix: kpimon events/s per worker process": "MET",
         "peak RSS, many users (MB)": "MET",
         "p99 end-to-end delay (s)": "NOT MET",
         "longest wait of the input for flush/publish (s)": "MET",
@@ -135,8 +140,10 @@ def test_report_shows_rates_ratios_and_targets() -> None:
     assert "80.0 bytes/user" in text
     assert "kpimon/naive = 8.333" in text
     assert "longest wait 0.062 s, all waits 12.5 s of 400.0 s" in text
-    assert text.count("NOT MET") == 4
-    assert report.to_json(results, {})["targets"][3]["verdict"] == "MET"
+    assert "peer: Quix Streams" in text and "kpimon/quix = 0.250" in text
+    assert "state-changing mix: kpimon, 1 worker" in text and "changing: kpimon/ceiling = 0.800" in text
+    assert text.count("NOT MET") == 5
+    assert report.to_json(results, {})["targets"][5]["verdict"] == "MET"
 
 
 def test_parse_schedstat_reads_on_cpu_and_waiting_nanoseconds() -> None:
@@ -219,3 +226,30 @@ def test_candidates_rows_are_ratios_to_bare() -> None:
     assert "on a CPU 40% of the wall time, runnable but waiting for a CPU 10%" in text
     assert "asleep 50%" in text
     assert report.to_json({"bare": bare, "candidate-take": take}, {})["candidates"][1]["variant"] == "take"
+
+
+@pytest.mark.parametrize(
+    ("ts", "day"),
+    [
+        (1_795_500_000_000, 1_795_500_000_000 // 86_400_000),
+        ("2026-11-24T00:00:00Z", 20_781),
+        ("2026-11-23T23:59:59.999Z", 20_780),
+        ("2026-11-24T01:30:00+02:00", 20_780),  # 23:30 UTC the day before
+        ("2026-11-23T22:30:00-02:00", 20_781),
+    ],
+)
+def test_the_quix_peer_finds_the_utc_day_of_both_timestamp_forms(ts: object, day: int) -> None:
+    from bench.quix_dau import event_day
+
+    assert event_day(ts) == day
+
+
+def test_the_quix_peer_writes_its_progress_and_stops_counting_at_the_expected(tmp_path: Path) -> None:
+    from bench.quix_dau import Ticker
+
+    progress = Progress(3, tmp_path / "status.json")
+    tick = Ticker(progress)
+    for _ in range(3):
+        tick({})
+    status = read_status(tmp_path / "status.json")
+    assert status["count"] == 3 and status["done"]

@@ -33,6 +33,7 @@ from kpimon.agents.exporter.web import basic_auth, web_ssl_context
 from kpimon.streams.targets import load_targets, parse_targets
 from monitoring.accelerated import accelerated, prometheus_files
 from monitoring.config import DEFAULT, MonitoringConfig
+from monitoring.generate import generated_files
 from monitoring.prometheus import prometheus_config
 from monitoring.rules import prometheus_rule_files
 
@@ -42,6 +43,7 @@ COMPOSE = DEPLOY / "compose.yaml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 K8S = DEPLOY / "k8s"
 RULES = DEPLOY / "prometheus" / "rules"
+ALERTMANAGER_CONFIG = DEPLOY / "alertmanager" / "alertmanager.yml"
 TARGETS_EXAMPLE = DEPLOY / "targets.example.toml"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SETTING_NAMES = {f.name for f in fields(Settings)}
@@ -399,13 +401,12 @@ def test_compose_prometheus_config_is_the_generated_one_for_the_workers(
         password = prometheus_secrets[security["basic_auth"]["password_file"]]
         assert password.read_text() == Path(settings.web_auth_password_file).read_text()
         assert security["tls_config"]["ca_file"] in prometheus_secrets
-    alerting = document.pop("alerting")
     targets = tuple(f"{name}:{worker_settings(s, name).web_port}" for name, s in WORKERS.items())
-    assert document == prometheus_config(replace(DEFAULT, worker_targets=targets))
     # Alerts go to the Alertmanager service.
-    (manager,) = alerting["alertmanagers"]
-    assert [t for group in manager["static_configs"] for t in group["targets"]] == ["alertmanager:9093"]
     assert "9093:9093" in SERVICES["alertmanager"]["ports"]
+    assert document == prometheus_config(
+        replace(DEFAULT, worker_targets=targets, alertmanager_targets=("alertmanager:9093",))
+    )
     check_prometheus_config(promtool, compose_config("prometheus"), tmp_path)
 
 
@@ -419,12 +420,16 @@ def test_compose_prometheus_finds_the_mounted_rules() -> None:
     assert yaml.safe_load(compose_config("prometheus"))["rule_files"] == ["rules/*.yaml"]
 
 
-def test_compose_alertmanager_routes_to_defined_receivers() -> None:
-    document = yaml.safe_load(compose_config("alertmanager"))
-    receivers = {r["name"] for r in document["receivers"]}
-    route = document["route"]
-    assert route["receiver"] in receivers
-    assert all(sub["receiver"] in receivers for sub in route.get("routes", []))
+def test_compose_alertmanager_runs_the_generated_config() -> None:
+    alertmanager = SERVICES["alertmanager"]
+    mounts = {target: source for source, target in volume_mounts(alertmanager)}
+    config = next(a.removeprefix("--config.file=") for a in alertmanager["command"] if "--config.file=" in a)
+    assert (COMPOSE.parent / mounts[config]).resolve() == ALERTMANAGER_CONFIG
+    assert (
+        ALERTMANAGER_CONFIG.read_text()
+        == generated_files(DEFAULT)[Path("deploy/alertmanager/alertmanager.yml")]
+    )
+    assert any(a.startswith("--storage.path=") for a in alertmanager["command"])
 
 
 def test_compose_grafana_loads_the_generated_provisioning_and_reaches_prometheus() -> None:
@@ -541,7 +546,9 @@ def test_k8s_services_select_the_worker_pods() -> None:
     assert STATEFULSET["spec"]["selector"]["matchLabels"].items() <= labels.items()
     headless = the("Service", STATEFULSET["spec"]["serviceName"])
     assert headless["spec"]["clusterIP"] == "None"
-    services = k8s("Service")
+    services = [
+        s for s in k8s("Service") if s["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+    ]
     assert len(services) >= 2, "a headless Service and a metrics Service"
     for service in services:
         assert service["spec"]["selector"].items() <= labels.items(), service["metadata"]["name"]
@@ -645,3 +652,95 @@ def test_compose_workers_serve_https_with_basic_auth_and_redact_dead_letters() -
         assert web_ssl_context(settings) is not None, name  # the made certificate and key load
         assert basic_auth(settings) is not None, name
         assert settings.dead_letter_redact, name
+
+
+# --- Alertmanager (deploy/alertmanager/, monitoring/alertmanager.py) ---------------------------------------
+
+
+def test_k8s_prometheus_sends_alerts_to_the_alertmanager_service() -> None:
+    (configmap,) = [o for o in k8s("ConfigMap") if "prometheus.yml" in o.get("data", {})]
+    document = yaml.safe_load(configmap["data"]["prometheus.yml"])
+    (manager,) = document["alerting"]["alertmanagers"]
+    ((target,),) = [group["targets"] for group in manager["static_configs"]]
+    host, port = target.split(":")
+    service = the("Service", host)
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["port"] == int(port)
+    deployment = the("Deployment", "kpimon-alertmanager")
+    template = deployment["spec"]["template"]
+    assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+    (container,) = template["spec"]["containers"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}[service_port["targetPort"]] == 9093
+
+
+def test_k8s_alertmanager_mounts_the_configmap_made_from_the_generated_file() -> None:
+    deployment = the("Deployment", "kpimon-alertmanager")
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    config = next(a.removeprefix("--config.file=") for a in container["args"] if "--config.file=" in a)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mount = next(m for m in container["volumeMounts"] if config.startswith(m["mountPath"] + "/"))
+    assert config == f"{mount['mountPath']}/{ALERTMANAGER_CONFIG.name}"
+    configmap = volumes[mount["name"]]["configMap"]["name"]
+    # The ConfigMap is made from the generated file, under its own name (the manifest says how).
+    text = (K8S / "alertmanager.yaml").read_text()
+    assert f"kubectl create configmap {configmap} --from-file=deploy/alertmanager/alertmanager.yml" in text
+    assert ALERTMANAGER_CONFIG.is_file()
+    storage = next(a.removeprefix("--storage.path=") for a in container["args"] if "--storage.path=" in a)
+    assert any(m["mountPath"] == storage for m in container["volumeMounts"])
+    assert "http" in {p["name"] for p in container["ports"]}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/-/ready"
+
+
+def amtool(*args: str) -> str:
+    """Run amtool (Debian's prometheus-alertmanager); its standard output."""
+    path = shutil.which("amtool")
+    if path is None:
+        pytest.fail("amtool not found: run `make system-deps` (installs Debian's prometheus-alertmanager)")
+    result = subprocess.run([path, *args], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_alertmanager_config_passes_amtool() -> None:
+    output = amtool("check-config", str(ALERTMANAGER_CONFIG))
+    assert "SUCCESS" in output and "1 inhibit rules" in output, output
+
+
+def test_every_alert_routes_to_its_team_and_severity() -> None:
+    """`amtool config routes test` with each alert's real labels: critical pages, warning tickets, info
+    goes to a channel, each to the alert's team; an alert of an unknown team still reaches a ticket."""
+    receivers = {r["name"] for r in yaml.safe_load(ALERTMANAGER_CONFIG.read_text())["receivers"]}
+    for rule in alert_rules(DEFAULT):
+        labels = {"alertname": rule["alert"], **rule["labels"], "dimension": "all", "segment": "all"}
+        found = amtool(
+            "config",
+            "routes",
+            "test",
+            f"--config.file={ALERTMANAGER_CONFIG}",
+            *(f"{k}={v}" for k, v in labels.items()),
+        ).strip()
+        kind = {"critical": "page", "warning": "ticket", "info": "info"}[rule["labels"]["severity"]]
+        assert found == f"{rule['labels']['team']}-{kind}", (rule["alert"], found)
+        assert found in receivers
+    stray = amtool(
+        "config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}", "team=nobody", "severity=critical"
+    )
+    assert stray.strip() in receivers
+
+
+def test_alertmanager_holds_back_every_kpi_alert_during_a_pipeline_outage() -> None:
+    document = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
+    (rule,) = document["inhibit_rules"]
+    (source,) = rule["source_matchers"]
+    (target,) = rule["target_matchers"]
+    sources = set(re.fullmatch(r'alertname=~"(.*)"', source)[1].split("|"))  # type: ignore[index]
+    targets = set(re.fullmatch(r'alertname=~"(.*)"', target)[1].split("|"))  # type: ignore[index]
+    by_team: dict[str, set[str]] = {}
+    for alert in alert_rules(DEFAULT):
+        by_team.setdefault(alert["labels"]["team"], set()).add(alert["alert"])
+    assert (
+        sources == {"KpimonNoEvents", "KpimonSnapshotStale", "KpimonWorkerDown"} <= by_team["data-platform"]
+    )
+    assert targets == by_team["product-analytics"], "every KPI alert, and only those"
+    assert document["route"]["group_by"] == ["alertname", "dimension", "segment"]

@@ -247,15 +247,53 @@ def test_alerts_follow_the_conventions() -> None:
     assert len(names) == len(set(names))
 
 
-def test_every_alert_has_a_runbook_section() -> None:
-    text = (ROOT / "docs" / "alerts.md").read_text()
-    headings = {h.lower() for h in re.findall(r"^## (Kpimon\w+)$", text, flags=re.MULTILINE)}
-    for alert in alerts(DEFAULT):
-        assert DEFAULT.runbook_url(alert.name).endswith(f"#{alert.name.lower()}")
-        assert alert.name.lower() in headings, f"docs/alerts.md has no section for {alert.name}"
-    assert headings == {a.name.lower() for a in alerts(DEFAULT)}, (
-        "runbook sections of alerts that do not exist"
-    )
+#: The sections every runbook has, in this order (docs/runbooks/README.md says what goes in each).
+RUNBOOK_SECTIONS = (
+    "What it means",
+    "Confirm it on the dashboards",
+    "First three things to check",
+    "When it is not a problem",
+)
+
+
+def runbook_path(url: str) -> Path:
+    """The file in this repository a (default, repository-relative) runbook_url points to."""
+    return ROOT / url
+
+
+def test_every_alert_has_its_runbook() -> None:
+    """Every generated alert (Prometheus and Grafana) links a runbook file that exists and is complete."""
+    document = yaml.safe_load(generated_files(DEFAULT)[RULES_DIR / "kpimon-alerts.yaml"])
+    rules = [rule for group in document["groups"] for rule in group["rules"]]
+    assert {rule["alert"] for rule in rules} == {a.name for a in alerts(DEFAULT)}
+    for rule in rules:
+        name, url = rule["alert"], rule["annotations"]["runbook_url"]
+        assert url == f"docs/runbooks/{name}.md", name
+        path = runbook_path(url)
+        assert path.is_file(), f"{name} has no runbook: {url} does not exist"
+        text = path.read_text()
+        assert text.startswith(f"# {name}\n"), f"{url} is not titled {name}"
+        headings = re.findall(r"^## (.+)$", text, flags=re.MULTILINE)
+        assert [h for h in headings if h in RUNBOOK_SECTIONS] == list(RUNBOOK_SECTIONS), (url, headings)
+        checks = text.split("## First three things to check", 1)[1].split("\n## ", 1)[0]
+        assert re.findall(r"^(\d)\. ", checks, flags=re.MULTILINE) == ["1", "2", "3"], f"{url}: three checks"
+        assert f"`{rule['labels']['severity']}`" in text.split("\n## ", 1)[0], f"{url}: severity in the intro"
+    grafana_rules = [r for g in grafana.alert_rules(DEFAULT)["groups"] for r in g["rules"]]  # type: ignore[attr-defined]
+    for grafana_rule in grafana_rules:
+        assert runbook_path(grafana_rule["annotations"]["runbook_url"]).is_file(), grafana_rule["title"]
+
+
+def test_no_runbook_without_its_alert() -> None:
+    """A runbook of an alert that no longer exists is stale (renamed or removed alert)."""
+    runbooks = {p.stem for p in (ROOT / "docs" / "runbooks").glob("Kpimon*.md")}
+    assert runbooks == {a.name for a in alerts(DEFAULT)}
+
+
+def test_a_missing_runbook_fails_the_check(tmp_path: Path) -> None:
+    """The check above cannot pass vacuously: a config pointing at an empty directory finds no runbook."""
+    config = MonitoringConfig(runbook_base_url=str(tmp_path))
+    missing = [a.name for a in alerts(config) if not Path(config.runbook_url(a.name)).is_file()]
+    assert missing == [a.name for a in alerts(config)]
 
 
 def test_kpi_alerts_compare_against_the_published_target() -> None:
@@ -299,7 +337,9 @@ def test_grafana_alerts_are_the_prometheus_alerts() -> None:
         }
         assert ("B" in queries) == bool(alert.target_expr)
         assert rule["condition"] == "C" and rule["noDataState"] == "OK"
-        assert rule["for"] == alert.for_ and rule["labels"] == {"severity": alert.severity}
+        assert rule["for"] == alert.for_
+        assert rule["labels"] == {"severity": alert.severity, "team": DEFAULT.team(alert.group)}
+        assert rule["annotations"]["dashboard_url"].startswith(f"{DEFAULT.grafana_url}/d/{alert.group}")
         assert rule["annotations"]["summary"] == alert.summary
         assert rule["annotations"]["runbook_url"] == DEFAULT.runbook_url(name)
         assert "$values.A.Value" in rule["annotations"]["description"]

@@ -81,10 +81,13 @@ def test_intervals_follow_the_formulas() -> None:
         csat_score_sum=150,
     )
     records = by_key(group_records("all", "all", DAY, counts))
-    a, b, n = 0.5, 0.2, 100
+    # Adjusted Wald: n' = 103, a = 50.75 / 103, b = 20.75 / 103, centred on 100 (a - b), not on NPS 30.
+    n = 103
+    a, b = 50.75 / n, 20.75 / n
     half = 100 * Z * math.sqrt((a + b - (a - b) ** 2) / n)
+    centre = 100 * (a - b)
     nps = records[("nps", "7d")]
-    assert (nps.ci_low, nps.ci_high) == pytest.approx((30 - half, 30 + half))  # type: ignore[attr-defined]
+    assert (nps.ci_low, nps.ci_high) == pytest.approx((centre - half, centre + half))  # type: ignore[attr-defined]
     p, n = 0.75, 40
     centre = (p + Z**2 / (2 * n)) / (1 + Z**2 / n)
     width = Z * math.sqrt(p * (1 - p) / n + Z**2 / (4 * n * n)) / (1 + Z**2 / n)

@@ -595,9 +595,17 @@ def test_high_csat_low_nps_and_the_other_way_round(tmp_path: Path) -> None:
         assert csat(records, window, 1, "platform", "web") == (3, 0, 0.0, 2.0)
         assert nps(records, window, 1) == (6, 3, 0, 3, 0.0)
         assert csat(records, window, 1) == (6, 3, 0.5, pytest.approx(20 / 6))
-    # No spread among the answers: the NPS interval has no width. Wilson 3/3 = [3 / (3 + z²), 1].
-    assert interval(record_of(records, "nps", "30d", 1, "platform", "ios")) == (-100.0, -100.0)
-    assert interval(record_of(records, "nps", "30d", 1, "platform", "web")) == (100.0, 100.0)
+    # No spread among the answers, yet the adjusted Wald interval has a width: 3 detractors of 3 give
+    # n' = 6, a = 0.75/6, b = 3.75/6, centre -50, variance a + b - (a - b)² = 1/2, half-width
+    # 100·z·sqrt(1/12), the low end clipped at -100 (3 promoters: the mirror image).
+    # Wilson 3/3 = [3 / (3 + z²), 1].
+    half = 100 * Z * math.sqrt(0.5 / 6)
+    assert interval(record_of(records, "nps", "30d", 1, "platform", "ios")) == pytest.approx(
+        (-100.0, -50 + half)
+    )
+    assert interval(record_of(records, "nps", "30d", 1, "platform", "web")) == pytest.approx(
+        (50 - half, 100.0)
+    )
     assert interval(record_of(records, "csat", "30d", 1, "platform", "ios")) == (
         pytest.approx(3 / (3 + Z * Z), rel=1e-12),
         1.0,
@@ -747,17 +755,26 @@ def test_intervals_of_nps_and_churn_rate(tmp_path: Path) -> None:
             survey("t", 13, score=8, platform="ios"),
         ],
     )
-    # 10 answers on the unknown platform, 5 promoters and 2 detractors: a = 0.5, b = 0.2, NPS 30,
-    # half-width 100 z sqrt((0.7 - 0.09) / 10).
-    half = 100 * Z * (0.061**0.5)
+    # 10 answers on the unknown platform, 5 promoters and 2 detractors: NPS 30. Adjusted Wald: n' = 13,
+    # a = 5.75/13, b = 2.75/13, centre 100 (a - b) = 300/13, half-width 100 z sqrt((a + b - (a - b)²) / 13)
+    # with a + b - (a - b)² = 8.5/13 - 9/169 = 101.5/169.
+    centre, half = 300 / 13, 100 * Z * (101.5 / 169 / 13) ** 0.5
     unknown = record_of(records, "nps", "7d", 13, "platform", "unknown")
     assert unknown.value == 30.0
-    assert interval(unknown) == (pytest.approx(30 - half, rel=1e-12), pytest.approx(30 + half, rel=1e-12))
-    assert interval(unknown) == (pytest.approx(-18.4075, abs=1e-4), pytest.approx(78.4075, abs=1e-4))
-    # ios: 2 promoters, 1 detractor of 4: NPS 25, half-width 100 z sqrt(0.6875 / 4) = 81.26: clipped above.
+    assert interval(unknown) == (
+        pytest.approx(centre - half, rel=1e-12),
+        pytest.approx(centre + half, rel=1e-12),
+    )
+    assert interval(unknown) == (pytest.approx(-19.0506, abs=1e-4), pytest.approx(65.2045, abs=1e-4))
+    # ios: 2 promoters, 1 detractor of 4: NPS 25; n' = 7, a = 2.75/7, b = 1.75/7, centre 100/7,
+    # a + b - (a - b)² = 4.5/7 - 1/49 = 30.5/49: [-44.16, 72.73], inside [-100, 100].
     ios = record_of(records, "nps", "30d", 13, "platform", "ios")
     assert ios.value == 25.0
-    assert interval(ios) == (pytest.approx(25 - 100 * Z * (0.6875 / 4) ** 0.5, rel=1e-12), 100.0)
+    half = 100 * Z * (30.5 / 49 / 7) ** 0.5
+    assert interval(ios) == (
+        pytest.approx(100 / 7 - half, rel=1e-12),
+        pytest.approx(100 / 7 + half, rel=1e-12),
+    )
     # churn 7d on day 10: 2 of 3 churned, Wilson [0.2077, 0.9385]; an empty base: rate 0, no interval.
     churned = record_of(records, "churn_rate", "7d", 10)
     assert (churned.numerator, churned.denominator) == (2, 3)
@@ -1092,13 +1109,14 @@ def wilson_interval(k: int, n: int) -> tuple[float | None, float | None]:
 
 
 def nps_ci(promoters: int, detractors: int, n: int) -> tuple[float | None, float | None]:
-    """NPS ± 100·z·sqrt((a + b - (a - b)²) / n) clipped to [-100, 100], literally; undefined when n = 0."""
+    """The adjusted Wald interval, literally: n' = n + 3, a = (promoters + 3/4) / n', b likewise,
+    100 (a - b) ± 100·z·sqrt((a + b - (a - b)²) / n') clipped to [-100, 100]; undefined when n = 0."""
     if n == 0:
         return None, None
-    a, b = promoters / n, detractors / n
-    score = 100 * (promoters - detractors) / n
-    half = 100 * Z * math.sqrt((a + b - (a - b) ** 2) / n)
-    return max(-100.0, score - half), min(100.0, score + half)
+    adjusted = n + 3
+    a, b = (promoters + 0.75) / adjusted, (detractors + 0.75) / adjusted
+    half = 100 * Z * math.sqrt((a + b - (a - b) ** 2) / adjusted)
+    return max(-100.0, 100 * (a - b) - half), min(100.0, 100 * (a - b) + half)
 
 
 def ratio_record(
