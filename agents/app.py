@@ -11,11 +11,14 @@ Data flow (docs/architecture.md):
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
+from kpimon.agents import compat
+from kpimon.agents.config.preflight import check_access
 from kpimon.agents.config.settings import Settings
 from kpimon.agents.exporter.folding_collector import FoldedCollector
 from kpimon.agents.exporter.kpi_collector import KpiCollector
@@ -29,6 +32,7 @@ from kpimon.agents.pipeline.pacing import Turns
 from kpimon.agents.runtime.aggregate_agent import Aggregate, register_aggregate
 from kpimon.agents.runtime.faust_app import KpimonApp, faust_options
 from kpimon.agents.runtime.ingest_agent import Ingest, register_ingest
+from kpimon.agents.runtime.outage import ClientLogThrottle, KafkaWatch, install_throttle
 from kpimon.agents.runtime.ownership import Ownership
 from kpimon.agents.runtime.sensor import MetricsSensor
 from kpimon.agents.runtime.tables import TABLE_NAMES, changelog_topic_name, raw_topic
@@ -69,6 +73,8 @@ class Kpimon:
     ingest: Ingest
     aggregate: Aggregate
     health: Health
+    #: Whether a Kafka broker answers (runtime/outage.py).
+    kafka: KafkaWatch
 
     @property
     def users(self) -> Any:
@@ -82,8 +88,8 @@ class Kpimon:
 
     @property
     def ready(self) -> bool:
-        """Ready once started and not in the middle of a rebalance."""
-        return self.health.started and not self.app.rebalancing
+        """Ready once started, not in the middle of a rebalance, and while a Kafka broker answers."""
+        return self.health.started and not self.app.rebalancing and not self.kafka.down
 
     def highwater(self, topic_partition: tuple[str, int]) -> int | None:
         """The high watermark last seen for a partition: the source reader's for its topics, else Faust's."""
@@ -98,6 +104,49 @@ class Kpimon:
         if topic_partition[0] in reader.source_topics:
             return await reader.position(topic_partition)
         return await self.ownership.position(topic_partition)
+
+
+def static_identity(settings: Settings) -> dict[str, str]:
+    """Faust's canonical URL of a static member: derived from its instance id, not its web address.
+
+    Faust's partition assignor puts each member's canonical URL into the assignment and refuses an
+    assignment whose URL is not its own. A static member restarted with another web port or host would get
+    its previous assignment back from the broker -- with the old URL -- and its consumer would die. kpimon
+    routes nothing by this URL (it serves no table queries between workers).
+    """
+    if not settings.instance_id:
+        return {}
+    return {"canonical_url": f"http://{settings.instance_id}"}
+
+
+def kafka_watch(
+    app: KpimonApp, settings: Settings, registry: CollectorRegistry, clients: list[Callable[[], Any]]
+) -> KafkaWatch:
+    """The outage watch of a worker, run as a Faust task; it throttles the Kafka clients' repeated logs.
+
+    `clients` gives kpimon's own Kafka clients (besides Faust's producer and consumer) whose retries back
+    off with the watch's probes.
+    """
+    throttle = ClientLogThrottle()
+
+    async def probe() -> None:
+        await check_access(settings, timeout=5.0)
+
+    def on_backoff(seconds: float | None) -> None:
+        # The Kafka clients retry no more often than the watch probes (aiokafka's default after an outage).
+        current = [compat.aiokafka_producer(app), compat.faust_consumer_client(app)]
+        current += [client() for client in clients]
+        compat.set_retry_backoff(current, compat.DEFAULT_RETRY_BACKOFF if seconds is None else seconds)
+
+    watch = KafkaWatch(probe, registry, throttle, on_backoff=on_backoff)
+
+    async def run() -> None:
+        # Installed here, once the worker has set up logging and imported every Kafka client module.
+        install_throttle(throttle)
+        await watch.run(lambda: bool(app.should_stop))
+
+    app.task(run)
+    return watch
 
 
 def create_app(
@@ -127,6 +176,9 @@ def create_app(
         producer_max_batch_size=512 * 1024,
         broker_rebalance_timeout=60,
         broker_session_timeout=settings.session_timeout,
+        # Static membership (runtime/membership.py): None keeps dynamic membership.
+        consumer_group_instance_id=settings.instance_id or None,
+        **static_identity(settings),
     )
     metrics = PipelineMetrics(registry, topics=(settings.clicks, settings.surveys))
     engine = SourceEngine(
@@ -149,7 +201,11 @@ def create_app(
         "When this worker last published its KPI snapshot (Unix time).",
         registry=registry,
     )
-    ingest = register_ingest(app, settings, engine, metrics, ownership, turns, partials_topic)
+    kafka_clients: list[Callable[[], Any]] = []
+    kafka = kafka_watch(app, settings, registry, kafka_clients)
+    ingest = register_ingest(
+        app, settings, engine, metrics, ownership, turns, partials_topic, kafka_down=lambda: kafka.down
+    )
     aggregate = register_aggregate(
         app,
         settings,
@@ -173,7 +229,9 @@ def create_app(
         ingest=ingest,
         aggregate=aggregate,
         health=Health(),
+        kafka=kafka,
     )
+    kafka_clients.append(lambda: getattr(ingest.reader.fetcher, "consumer", None))
     registry.register(KpiCollector(aggregate.publisher.gauge_records))
     registry.register(FoldedCollector(engine.folder))
     # Consumer positions of owned partitions nothing was processed from yet: their lag's start.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -73,6 +73,12 @@ class _PartitionMessage:
         self.partition = partition
 
 
+#: Seconds Faust's commit waits for the producer's flush before it gives up (the next commit tries again).
+COMMIT_FLUSH_TIMEOUT = 10.0
+#: aiokafka's default retry backoff (retry_backoff_ms=100), restored when a broker answers again.
+DEFAULT_RETRY_BACKOFF = 0.1
+
+
 @functools.cache
 def bulk_topics_consumer() -> type[Any]:
     """Faust's aiokafka consumer class, except that it never fetches the app's `bulk_topics`.
@@ -81,6 +87,10 @@ def bulk_topics_consumer() -> type[Any]:
     changelogs) without fetching it. This subclass overrides the private `Consumer._set_active_tps`, which
     decides the partitions the consumer thread fetches.
     """
+    import asyncio
+
+    from aiokafka.errors import KafkaError
+    from faust.exceptions import ProducerSendError
     from faust.transport.drivers import aiokafka as aiokafka_driver
 
     class BulkTopicsConsumer(aiokafka_driver.Consumer):
@@ -100,6 +110,26 @@ def bulk_topics_consumer() -> type[Any]:
             # deliberately does not read.
             if not self._is_bulk(tp):
                 super().verify_event_path(now, tp)
+
+        async def _commit_tps(self, tps: Any, start_new_transaction: bool) -> bool:
+            # Faust's own `_commit_tps` (private), with a time limit on the producer flush it does before
+            # committing: while no broker answers, that flush never ends, and the worker's stop with it.
+            # A flush that does not finish in time skips this commit; the next one commits the offsets.
+            offsets = self._filter_committable_offsets(tps)
+            if not offsets:
+                return False
+            flush = asyncio.ensure_future(self.app.producer.flush())
+            try:
+                # Shielded: cancelling a flush half-way could drop a record it had taken from the buffer.
+                await asyncio.wait_for(asyncio.shield(flush), COMMIT_FLUSH_TIMEOUT)
+            except (TimeoutError, KafkaError):
+                return False
+            try:
+                await self._handle_attached(offsets)
+            except ProducerSendError as exc:
+                await self.crash(exc)
+                return False
+            return bool(await self._commit_offsets(offsets, start_new_transaction=start_new_transaction))
 
     return BulkTopicsConsumer
 
@@ -204,3 +234,86 @@ async def probe_metadata(host: str, port: int, client_id: str, timeout_ms: int, 
         await conn.send(MetadataRequest([]))
     finally:
         conn.close()
+
+
+def set_retry_backoff(clients: Iterable[Any], seconds: float) -> None:
+    """Make running aiokafka clients (producers, consumers) wait `seconds` between their retries.
+
+    aiokafka retries a failed metadata update, connection, fetch or coordinator lookup every
+    `retry_backoff_ms` (100 ms) for as long as no broker answers, and has no public way to change that on
+    a running client. This sets the private attributes its retry loops read: `_retry_backoff` of the
+    client (`AIOKafkaClient`), the producer's sender and the consumer's fetcher, `_retry_backoff_ms` of
+    the group coordinator. It also makes each client wait that long after a failed metadata update
+    (`metadata_backoff`).
+    """
+    for client in clients:
+        if client is None:
+            continue
+        network = getattr(client, "client", None) or getattr(client, "_client", None)
+        if network is not None:
+            metadata_backoff(network)
+        parts = [network, getattr(client, "_sender", None), getattr(client, "_fetcher", None)]
+        for part in parts:
+            if part is not None and hasattr(part, "_retry_backoff"):
+                part._retry_backoff = seconds
+        coordinator = getattr(client, "_coordinator", None)
+        if coordinator is not None and hasattr(coordinator, "_retry_backoff_ms"):
+            coordinator._retry_backoff_ms = seconds * 1000
+
+
+def metadata_backoff(client: Any) -> None:
+    """Make an `AIOKafkaClient` wait its retry backoff after a failed metadata update (once per client).
+
+    aiokafka's producer, with records waiting for a partition leader, asks for a metadata update and waits
+    for it; a failed update (no broker answers) returns at once, so it asks again at once: connection
+    attempts as fast as they are refused, a fifth of a core while the broker is away (measured). The
+    private `AIOKafkaClient._metadata_update` is wrapped so that a failed update waits `_retry_backoff`.
+    """
+    if getattr(client, "_kpimon_backoff", False):
+        return
+    update = client._metadata_update
+
+    async def _metadata_update(cluster_metadata: Any, topics: Any) -> Any:
+        import asyncio
+
+        updated = await update(cluster_metadata, topics)
+        if not updated:
+            await asyncio.sleep(client._retry_backoff)
+        return updated
+
+    client._metadata_update = _metadata_update
+    client._kpimon_backoff = True
+
+
+def faust_consumer_client(app: Any) -> Any:
+    """The aiokafka consumer under Faust's consumer (in Faust's consumer thread), None before it exists.
+
+    Faust keeps it in the private `_thread._consumer` of its aiokafka consumer.
+    """
+    thread = getattr(app.consumer, "_thread", None)
+    return getattr(thread, "_consumer", None)
+
+
+@functools.cache
+def watched_worker() -> type[Any]:
+    """`faust.Worker` arming a watchdog (its `watchdog.start()`) when SIGTERM or SIGINT asks it to stop.
+
+    mode's worker handles the signals in the private `_on_sigterm` and `_on_sigint`, and has no hook that
+    runs when a stop is asked for (only when it has gone far enough to stop services).
+    """
+    import faust
+
+    class WatchedWorker(faust.Worker):
+        def __init__(self, *args: Any, watchdog: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.watchdog = watchdog
+
+        def _on_sigterm(self) -> None:
+            self.watchdog.start()
+            super()._on_sigterm()
+
+        def _on_sigint(self) -> None:
+            self.watchdog.start()
+            super()._on_sigint()
+
+    return WatchedWorker

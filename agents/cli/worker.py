@@ -14,6 +14,12 @@ from kpimon.agents.config.options import broker_option, kafka_options, setting, 
 from kpimon.agents.config.preflight import KafkaAccessError, check_access
 from kpimon.agents.config.settings import Settings
 from kpimon.agents.config.topics import TopicSpec, ensure_topics
+from kpimon.agents.runtime.membership import (
+    InstanceInUseError,
+    claim,
+    instances_topic,
+    register_membership,
+)
 from kpimon.agents.runtime.tables import TABLE_NAMES, changelog_topic_name
 from kpimon.streams.targets import Targets, TargetsError, load_targets
 
@@ -31,11 +37,14 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     crashes and restarts each time).
     """
     compacted = {"cleanup.policy": "compact"}
+    # Static membership's announcements (runtime/membership.py): one record per instance id.
+    instances = [TopicSpec(instances_topic(settings.app_id), 1, compacted)] if settings.instance_id else []
     changelogs = [
         TopicSpec(changelog_topic_name(settings.app_id, name), settings.partitions, compacted)
         for name in TABLE_NAMES
     ]
     return [
+        *instances,
         *changelogs,
         TopicSpec(settings.clicks, settings.partitions),
         TopicSpec(settings.surveys, settings.partitions),
@@ -85,6 +94,12 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     "Seconds without a heartbeat before a crashed worker's partitions move to the others.",
     type=float,
 )
+@setting(
+    "instance_id",
+    "Static group membership: this worker's unique id in the group (e.g. the pod name); a worker "
+    "restarted with the same id takes its partitions back at once.",
+    shown="none, dynamic membership",
+)
 @setting("passive_types", "Comma-separated click types that do not make a user active.")
 @setting("log_level", "Log level.", type=click.Choice(["debug", "info", "warning", "error"]))
 @setting("web_tls_cert_file", "PEM certificate chain: serve the web endpoints over HTTPS only.")
@@ -116,11 +131,17 @@ def worker(kafka: dict[str, Any], **options: object) -> None:
     run_worker(settings)
 
 
-async def preflight(settings: Settings) -> None:
-    """Check access to Kafka (one clear error), then create the missing topics."""
+async def preflight(settings: Settings) -> str | None:
+    """Check access to Kafka (one clear error), create the missing topics, claim the instance id.
+
+    Returns this run's id when the worker has an instance id (runtime/membership.py), else None.
+    """
     await check_access(settings)
     options = aiokafka_options(settings)
     await asyncio.wait_for(ensure_topics(settings.broker, topic_specs(settings), options=options), 60)
+    if not settings.instance_id:
+        return None
+    return await asyncio.wait_for(claim(settings, options), 60)
 
 
 def run_worker(settings: Settings) -> None:
@@ -130,6 +151,7 @@ def run_worker(settings: Settings) -> None:
     from kpimon.agents.app import create_app
     from kpimon.agents.exporter.web import web_warnings
     from kpimon.agents.runtime.faust_app import run_worker as run_faust_worker
+    from kpimon.agents.runtime.outage import ShutdownWatchdog
 
     # `_created` series double the exposition for no use on a dashboard.
     disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -148,8 +170,11 @@ def run_worker(settings: Settings) -> None:
             raise click.ClickException(f"invalid targets file: {exc}") from None
         log.info("loaded %d KPI targets from %s", len(targets), settings.targets_file)
     try:
-        asyncio.run(preflight(settings))
-    except KafkaAccessError as exc:  # refused credentials, TLS trouble, no broker: one line naming the cause
+        run = asyncio.run(preflight(settings))
+    except (
+        KafkaAccessError,
+        InstanceInUseError,
+    ) as exc:  # refused credentials, TLS trouble, no broker: one line naming the cause
         raise click.ClickException(str(exc)) from None
     except Exception as exc:  # a refused request, a timeout: one clear line
         raise click.ClickException(f"cannot reach Kafka at {settings.broker}: {exc!r}") from None
@@ -157,6 +182,9 @@ def run_worker(settings: Settings) -> None:
         kpimon = create_app(settings, targets=targets)
     except ValueError as exc:  # an unreadable secret or certificate file: named, not dumped
         raise click.ClickException(str(exc)) from None
+    if run is not None:
+        register_membership(kpimon.app, settings, run)
+        log.info("static member %r of group %s (run %s)", settings.instance_id, settings.app_id, run)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     scheme = "https" if settings.web_tls_cert_file else "http"
     click.echo(
@@ -165,4 +193,5 @@ def run_worker(settings: Settings) -> None:
         + (" (basic auth)" if settings.web_auth_user else ""),
         err=True,
     )
-    run_faust_worker(kpimon.app, settings.log_level)
+    # SIGTERM ends the worker within seconds whatever the broker's state (runtime/outage.py).
+    run_faust_worker(kpimon.app, settings.log_level, watchdog=ShutdownWatchdog())

@@ -19,6 +19,8 @@ DEFAULT_BROKER = "127.0.0.1:9092"
 #: Kafka security protocols kpimon speaks: none, TLS (optionally with a client certificate), SASL over TLS.
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_SSL")
 SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+#: What Kafka accepts as a group.instance.id (the rules of a topic name).
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -67,6 +69,9 @@ class Settings:
     commit_interval: float = 2.0
     #: Seconds without a heartbeat after which Kafka gives a (crashed) worker's partitions to the others.
     session_timeout: float = 60.0
+    #: Static group membership (Kafka's group.instance.id): a restarted worker with the same id takes its
+    #: partitions back at once. Unique per worker; empty means dynamic membership.
+    instance_id: str = ""
     #: Seconds between the worker's log lines summing up the messages it rejected (none when none were).
     rejection_log_interval: float = 60.0
     log_level: str = "info"
@@ -150,6 +155,10 @@ class Settings:
         if not 6 <= self.session_timeout <= 300:
             # Kafka's default group.min/max.session.timeout.ms bounds.
             raise ValueError(f"session_timeout must be in 6..300 seconds, got {self.session_timeout}")
+        if self.instance_id and not _INSTANCE_ID.fullmatch(self.instance_id):
+            raise ValueError(
+                f"instance_id must be 1..249 letters, digits, '.', '_' or '-', got {self.instance_id!r}"
+            )
         if ":" not in self.broker:
             raise ValueError(f"broker must be HOST:PORT, got {self.broker!r}")
 

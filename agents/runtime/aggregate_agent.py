@@ -56,6 +56,7 @@ def register_aggregate(
         stopping=lambda: bool(app.should_stop),
         caught_up=caught_up,
         last_snapshot=last_snapshot,
+        rebalancing=lambda: bool(app.rebalancing),
     )
     last_expiry: dict[int, float] = {}
 

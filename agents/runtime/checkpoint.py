@@ -7,12 +7,16 @@ messages, not skip them. `Checkpoint` owns that order, and nothing else commits 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 
 from kpimon.agents.runtime.ports import ChangelogWriter, Committer, Outbox, TopicPartition
 
 log = logging.getLogger(__name__)
+
+#: Seconds a commit waits for the producer's flush before it gives up (the next commit tries again).
+FLUSH_TIMEOUT = 10.0
 
 
 class Checkpoint:
@@ -57,7 +61,14 @@ class Checkpoint:
         }
         if not offsets:
             return {}
-        await self.outbox.flush()
+        flush = asyncio.ensure_future(self.outbox.flush())
+        try:
+            # Shielded: cancelling a flush half-way could drop a record it had taken from the buffer.
+            await asyncio.wait_for(asyncio.shield(flush), FLUSH_TIMEOUT)
+        except TimeoutError:
+            # The broker is away: these offsets are committed by a later commit, or re-read by the next owner.
+            log.warning("the producer did not flush within %.0f s; not committing now", FLUSH_TIMEOUT)
+            return {}
         if not await self.committer.commit(offsets):
             log.debug("nothing committed of %d partitions (no longer assigned)", len(offsets))
             return {}

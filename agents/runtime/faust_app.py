@@ -51,11 +51,18 @@ class KpimonApp(compat.BulkTopicsApp):
         await super().on_stop()
 
 
-def run_worker(app: KpimonApp, loglevel: str) -> None:
-    """Run the Faust worker of `app` in this process until it is stopped (SIGTERM, Ctrl-C)."""
+def run_worker(app: KpimonApp, loglevel: str, watchdog: Any = None) -> None:
+    """Run the Faust worker of `app` in this process until it is stopped (SIGTERM, Ctrl-C).
+
+    `watchdog` (runtime/outage.py's ShutdownWatchdog) is started when a signal asks the worker to stop.
+    """
     import faust
 
-    runner = faust.Worker(app, loglevel=loglevel, quiet=True)
+    runner = (
+        faust.Worker(app, loglevel=loglevel, quiet=True)
+        if watchdog is None
+        else compat.watched_worker()(app, loglevel=loglevel, quiet=True, watchdog=watchdog)
+    )
     # Faust's terminal spinner, with a log level of warning or above, sets the root logger to DEBUG and
     # handles every record: each message of the hot path would then build aiokafka's and Faust's debug
     # log records (measured: 7 % of a worker's CPU). A worker's output is a log, not a terminal.

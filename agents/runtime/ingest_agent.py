@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,7 @@ def register_ingest(
     ownership: Ownership,
     turns: Turns,
     partials_topic: Any,
+    kafka_down: Callable[[], bool] = lambda: False,
 ) -> Ingest:
     """Register the ingest agent, the user-state table, the source reader and the partial flush timer."""
     kinds: dict[str, Kind] = {settings.clicks: "clicks", settings.surveys: "surveys"}
@@ -102,6 +104,7 @@ def register_ingest(
         checkpoint=Checkpoint(store, outbox, FaustCommitter(app), engine.positions),
         turns=turns,
         redactor=redactor,
+        kafka_down=kafka_down,
     )
     flusher = PartialsFlusher(
         engine,
@@ -109,7 +112,7 @@ def register_ingest(
         settings.partitions,
         turns,
         stopping=lambda: bool(app.should_stop),
-        generation=ownership.generation,
+        generation=ownership.epoch,
         caught_up=lambda: reader.caught_up,
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from faust.types import TP
@@ -10,10 +11,12 @@ from faust.types import TP
 class Ownership:
     """Reads the consumer group assignment of a Faust app: owned partitions, group generation, lag."""
 
-    def __init__(self, app: Any, topics: frozenset[str]) -> None:
-        """`topics`: kpimon's own topics, the ones `assigned` reports."""
+    def __init__(self, app: Any, topics: frozenset[str], incarnation: int | None = None) -> None:
+        """`topics`: kpimon's own topics, the ones `assigned` reports; `incarnation`: when this process
+        started (Unix ms; now when not given), see `epoch`."""
         self.app = app
         self.topics = topics
+        self.incarnation = int(time.time() * 1000) if incarnation is None else incarnation
 
     def _assignment(self) -> set[Any]:
         try:
@@ -41,6 +44,21 @@ class Ownership:
         except Exception:  # not assigned any more, or the consumer is restarting
             return None
         return int(value) if value is not None else None
+
+    def epoch(self) -> int:
+        """What orders this worker's partials before their processed offsets: generation, then start time.
+
+        A partial's version is (epoch, processed input offsets) (engine.versioned): an aggregator keeps the
+        newest per source partition, so a late message of a previous owner cannot overwrite what the
+        current owner sent. A rebalance raises the group generation. A static member restarted in place
+        (docs/architecture.md#static-membership) gets its partitions back without a rebalance, in the
+        same generation, and re-reads input its previous incarnation had already passed: its offsets are
+        lower than those the previous incarnation sent, so its partials were refused as late, leaving the
+        aggregates short of what it re-read. Its later start time orders it after the previous
+        incarnation (start times in ms fit in 48 bits; a clock set back by more than a restart takes
+        would break this order).
+        """
+        return (self.generation() << 48) + self.incarnation
 
     def highwater(self, topic_partition: tuple[str, int]) -> int | None:
         """The high watermark Faust's consumer last saw for a partition (None when unknown)."""

@@ -109,9 +109,12 @@ class KpiPublisher:
         caught_up: Callable[[], bool],
         last_snapshot: Gauge | None = None,
         pacer: Pacer | None = None,
+        rebalancing: Callable[[], bool] = lambda: False,
     ) -> None:
         """`aggregates`: the aggregate table; `owned`: the kpimon-partials partitions this worker owns;
-        `last_snapshot`: the gauge set to the time of each publish."""
+        `last_snapshot`: the gauge set to the time of each publish; `rebalancing`: whether a rebalance
+        is in progress (no gauges then)."""
+        self.rebalancing = rebalancing
         self.aggregator = aggregator
         self.aggregates = aggregates
         self.sender = sender
@@ -150,9 +153,13 @@ class KpiPublisher:
         return sent
 
     def gauge_records(self) -> tuple[int | None, list[KpiRecord]]:
-        """Records of the owned groups of the current and the previous day, for the KPI gauges."""
+        """Records of the owned groups of the current and the previous day, for the KPI gauges.
+
+        None while a rebalance is in progress: the consumer's assignment still lists the partitions it
+        is giving up until the new assignment arrives, while their new owner may already export them.
+        """
         current = self.aggregator.current_day
-        if current is None:
+        if current is None or self.rebalancing():
             return None, []
         owned = self.owned()
         records: list[KpiRecord] = []

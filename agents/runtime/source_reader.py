@@ -29,12 +29,15 @@ from kpimon.agents.pipeline.batch import BatchResult
 from kpimon.agents.pipeline.deadletters import Redactor
 from kpimon.agents.pipeline.pacing import BatchSizer, Turns
 from kpimon.agents.runtime.checkpoint import Checkpoint
+from kpimon.agents.runtime.outage import Backoff
 from kpimon.agents.runtime.ports import Fetcher, FetchError, Outbox, StateStore, TopicPartition
 
 log = logging.getLogger(__name__)
 
 #: Changelog records are handed to the producer once this many bytes are pending (and before a commit).
 SEND_AT_BYTES = 256 * 1024
+#: Seconds a stop waits for its last commit (it cannot finish while no broker answers).
+STOP_COMMIT_TIMEOUT = 10.0
 #: How often (per partition) a batch also expires old days from a slice of idle users' states.
 SWEEP_INTERVAL_MS = 10_000
 
@@ -78,6 +81,7 @@ class SourceReader:
         partition_scope: Callable[[str, int], contextlib.AbstractContextManager[None]] = (
             compat.writing_partition
         ),
+        kafka_down: Callable[[], bool] = lambda: False,
     ) -> None:
         """`fetcher` builds the fetcher on first use; `redactor`, when given, pseudonymises dead letters
         (docs/security.md); `partition_scope` routes the table writes of a batch to its partition."""
@@ -91,6 +95,8 @@ class SourceReader:
         self.turns = turns
         self.redactor = redactor
         self.partition_scope = partition_scope
+        #: Whether the outage watch finds no broker (runtime/outage.py): then the reader waits, with backoff.
+        self.kafka_down = kafka_down
         self.sizer = BatchSizer(config.batch_max_messages)
         self._fetcher: Fetcher | None = None
         self._assigned: set[TopicPartition] = set()
@@ -101,6 +107,11 @@ class SourceReader:
         self._last_sweep: dict[int, int] = {}
         #: Whether the last fetch returned no message (the reader has read all there is).
         self.caught_up = False
+
+    @property
+    def fetcher(self) -> Fetcher | None:
+        """The fetcher, once started."""
+        return self._fetcher
 
     @property
     def assigned(self) -> set[TopicPartition]:
@@ -164,15 +175,23 @@ class SourceReader:
                 return
             self._stopping = True
             self._changed.set()
-            with contextlib.suppress(Exception):  # the consumer may be gone already; nothing to lose
-                await self._commit(self._assigned)
+            # The consumer may be gone already, or the broker away (then the commit cannot finish): what is
+            # not committed is read again by the next owner, so nothing is lost either way.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._commit(self._assigned), STOP_COMMIT_TIMEOUT)
             log.info("source reader stopped")
         if self._fetcher is not None:
             await self._fetcher.stop()
 
     async def run(self) -> None:
         """Fetch and process batches until stopped."""
+        backoff = Backoff()
         while not self._stopping:
+            if self.kafka_down():
+                # No broker answers: nothing to fetch, and a commit could never finish. Wait, with backoff,
+                # until the outage watch sees one again.
+                await asyncio.sleep(backoff.next())
+                continue
             if not self._assigned:
                 self._changed.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -182,9 +201,11 @@ class SourceReader:
             try:
                 batches = await fetcher.getmany(timeout_ms=100, max_records=self.sizer.size)
             except FetchError as exc:  # the broker went away, a partition moved: retry, don't die
-                log.warning("fetching source partitions failed (%r); retrying in 1 s", exc)
-                await asyncio.sleep(1.0)
+                pause = backoff.next()
+                log.warning("fetching source partitions failed (%r); retrying in %.1f s", exc, pause)
+                await asyncio.sleep(pause)
                 continue
+            backoff.reset()
             self.caught_up = not any(batches.values())
             await self.turns.wait_for_jobs()  # a flush or publish runs: let it finish first
             async with self._lock:

@@ -3,6 +3,7 @@ real pipeline with a progress bar, then live traffic and believable KPIs; Ctrl-C
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shlex
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kpimon.agents.devtools.localkafka import LocalKafka
-from tests.helpers import KPIMON, free_port, port_is_free
+from tests.helpers import KPIMON, free_port, poll, port_is_free
 from tests.integration.test_top import Tmux
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -47,10 +48,7 @@ def demo_home(tmp_path: Path) -> Path:
 
 def assert_nothing_left(home: Path, *ports: int) -> None:
     """No process of the demo remains and its ports are free."""
-    deadline = time.monotonic() + 20
-    while processes_with_home(home) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert processes_with_home(home) == []
+    poll(lambda: processes_with_home(home), lambda pids: not pids, 20, 0.5, "every process of the demo gone")
     for port in ports:
         assert port_is_free(port)
 
@@ -142,18 +140,16 @@ def test_demo_in_a_terminal_shows_top_and_ctrl_c_leaves_nothing(tmp_path: Path) 
         # First the backfill's progress bar, then the view.
         progress = tmux.wait_for("backfill: 60 days of history through the pipeline", timeout=180)
         assert re.search(r"\d+/\d+", progress), progress
-        deadline = time.monotonic() + 420
-        text = ""
-        while time.monotonic() < deadline:
-            text = tmux.wait_for("kpimon top", "events/s", timeout=420)
+
+        def traffic(text: str) -> bool:
             accepted = re.search(r"accepted ([\d,]+)", text)
             dau = re.search(r"^DAU +([\d,]+)", text, re.MULTILINE)
             # "live" once the view has read kpimon-kpis to its end ("loading" before).
-            if accepted and int(accepted[1].replace(",", "")) > 20 and dau and "● live" in text:
-                break
-            time.sleep(0.5)
-        else:
-            raise AssertionError(f"no traffic on the screen:\n{text}")
+            return bool(accepted and int(accepted[1].replace(",", "")) > 20 and dau and "● live" in text)
+
+        screen = functools.partial(tmux.wait_for, "kpimon top", "events/s", timeout=420)
+        text = poll(screen, traffic, timeout=420, interval=0.5, message="traffic on the screen")
+        dau = re.search(r"^DAU +([\d,]+)", text, re.MULTILINE)
         assert "all/all" in text and "Ctrl-C quits" in text, text
         today = time.strftime("%Y-%m-%d", time.gmtime())
         assert f"day {today}" in text, text  # the view starts once the backfill is published, with today

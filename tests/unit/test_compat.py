@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
+from typing import Any
 
 import faust
 import pytest
@@ -100,3 +101,71 @@ def test_the_connection_probe_takes_kpimons_client_options() -> None:
     options = aiokafka_options(Settings())
     assert {"host", "port", "client_id", "request_timeout_ms"} | set(options) <= set(parameters)
     assert MetadataRequest([]) is not None  # the all-topics request the probe sends
+
+
+def test_running_aiokafka_clients_take_a_new_retry_backoff() -> None:
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    async def clients() -> tuple[Any, Any]:
+        return AIOKafkaProducer(bootstrap_servers="127.0.0.1:1"), AIOKafkaConsumer(
+            bootstrap_servers="127.0.0.1:1"
+        )
+
+    producer, consumer = asyncio.run(clients())
+    compat.set_retry_backoff([producer, consumer, None], 4.0)
+    assert producer.client._retry_backoff == 4.0 and producer._sender._retry_backoff == 4.0
+    assert consumer._client._retry_backoff == 4.0
+    # The wrapped metadata update keeps its signature and is wrapped once.
+    wrapped = producer.client._metadata_update
+    compat.set_retry_backoff([producer], compat.DEFAULT_RETRY_BACKOFF)
+    assert producer.client._metadata_update is wrapped
+    assert list(inspect.signature(wrapped).parameters) == ["cluster_metadata", "topics"]
+    assert producer.client._retry_backoff == compat.DEFAULT_RETRY_BACKOFF
+
+
+def test_a_failed_metadata_update_waits_the_backoff() -> None:
+    import asyncio
+    import time
+
+    from aiokafka import AIOKafkaProducer
+
+    async def run() -> float:
+        producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
+        client = producer.client
+
+        async def refused(cluster_metadata: object, topics: object) -> bool:
+            return False
+
+        client._metadata_update = refused
+        compat.set_retry_backoff([producer], 0.3)
+        started = time.monotonic()
+        assert await client._metadata_update(client.cluster, set()) is False
+        return time.monotonic() - started
+
+    assert asyncio.run(run()) >= 0.3
+
+
+def test_the_faust_consumer_client_and_the_commit_override_are_where_compat_looks(tmp_path: Path) -> None:
+    kpimon = create_app(Settings(app_id="t-compat-commit", data_dir=tmp_path))
+    consumer = kpimon.app.consumer
+    assert compat.faust_consumer_client(kpimon.app) is None  # not started: no aiokafka consumer yet
+    assert hasattr(consumer, "_thread")
+    # The override replaces Faust's own _commit_tps, whose helpers it calls.
+    assert "_commit_tps" in vars(type(consumer))
+    for name in ("_filter_committable_offsets", "_handle_attached", "_commit_offsets"):
+        assert callable(getattr(consumer, name)), name
+    assert list(inspect.signature(aiokafka_driver.Consumer._commit_tps).parameters) == [
+        "self",
+        "tps",
+        "start_new_transaction",
+    ]
+
+
+def test_the_watched_worker_arms_its_watchdog_on_the_stop_signals() -> None:
+    from mode import Worker
+
+    for name in ("_on_sigterm", "_on_sigint"):
+        assert callable(getattr(Worker, name)), name
+        assert name in vars(compat.watched_worker())

@@ -352,6 +352,9 @@ def test_compose_workers_share_one_consumer_group_and_have_their_own_state() -> 
         assert source is not None and bind_source(source) is None, f"{name}: state dir is not a named volume"
         state.add(source)
     assert len(state) == len(WORKERS), "workers must not share a state volume"
+    # Static members: each its own instance id (a shared one would make the second exit).
+    ids = {s.instance_id for s in settings.values()}
+    assert "" not in ids and len(ids) == len(WORKERS), ids
 
 
 def test_compose_workers_mount_the_targets_file_they_are_told_to_read() -> None:
@@ -484,7 +487,10 @@ def container_settings() -> Settings:
     env: dict[str, str] = {}
     for source in CONTAINER.get("envFrom", []):
         env.update(the("ConfigMap", source["configMapRef"]["name"])["data"])
-    env.update({e["name"]: e["value"] for e in CONTAINER.get("env", [])})
+    for variable in CONTAINER.get("env", []):
+        # A value from the pod's own fields (the pod name): as the first pod of the StatefulSet has it.
+        field = variable.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+        env[variable["name"]] = f"{STATEFULSET['metadata']['name']}-0" if field else variable["value"]
     return check_kpimon_environment(env, "deploy/k8s worker container")
 
 
@@ -520,6 +526,12 @@ def test_k8s_statefulset_keeps_state_in_a_volume_claim_template() -> None:
     for volume in volumes.values():
         if "configMap" in volume:
             the("ConfigMap", volume["configMap"]["name"])
+
+
+def test_k8s_workers_are_static_members_named_after_their_pods() -> None:
+    (variable,) = [e for e in CONTAINER["env"] if e["name"] == "KPIMON_INSTANCE_ID"]
+    assert variable["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert container_settings().instance_id == "kpimon-worker-0"
 
 
 def test_k8s_targets_configmap_is_the_example_file_mounted_where_the_worker_reads() -> None:
