@@ -6,17 +6,22 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# `make run` needs kpimon alone, not the dev tools: its own stamp (satisfied by a full `make setup` too).
+RUN_STAMP := $(VENV)/.installed-run-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-deps run test lint typecheck format unit bench bench-quick kafka-start kafka-stop clean generate
+.PHONY: help setup system-deps demo-deps run test lint typecheck format unit bench bench-quick kafka-start kafka-stop clean generate
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
 
 system-deps:  ## install Java 17+, Maven, Prometheus (promtool), Alertmanager (amtool) and tmux (Debian packages) when missing
 	@./deploy/system-deps.sh
+
+demo-deps:  ## install only what `make run` needs (Java 17+ and Maven) when missing
+	@./deploy/system-deps.sh demo
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "kpimon needs Python 3.11+; set PYTHON=python3.11")'
@@ -35,7 +40,13 @@ $(BENCH_STAMP): $(STAMP)
 	@rm -f $(VENV)/.bench-*
 	@touch $@
 
-run: setup  ## the demo: local Kafka, a worker, live traffic and `kpimon top` (Ctrl-C stops all)
+$(RUN_STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "kpimon needs Python 3.11+; set PYTHON=python3.11")'
+	@if [ -f $(STAMP) ]; then touch $@; else \
+	  $(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet --upgrade pip && \
+	  $(BIN)/pip install --quiet -e . && touch $@; fi
+
+run: demo-deps $(RUN_STAMP)  ## the demo: its own Kafka, a worker, 60 days of history, then live traffic in `kpimon top`
 	$(BIN)/kpimon demo
 
 lint: setup  ## ruff (lint + format check), the import contracts (import-linter), amtool check-config

@@ -23,6 +23,7 @@ from kpimon.agents.config.settings import Settings
 from kpimon.agents.exporter.folding_collector import FoldedCollector
 from kpimon.agents.exporter.kpi_collector import KpiCollector
 from kpimon.agents.exporter.lag_collector import LagCollector
+from kpimon.agents.exporter.runtime_metrics import register_runtime_metrics
 from kpimon.agents.exporter.web import register_web, web_options
 from kpimon.agents.pipeline.aggregation import Aggregator
 from kpimon.agents.pipeline.engine import SourceEngine
@@ -33,7 +34,8 @@ from kpimon.agents.runtime.faust_app import KpimonApp, faust_options
 from kpimon.agents.runtime.ingest_agent import Ingest, register_ingest
 from kpimon.agents.runtime.outage import ClientLogThrottle, KafkaWatch, install_throttle
 from kpimon.agents.runtime.ownership import Ownership
-from kpimon.agents.runtime.tables import raw_topic
+from kpimon.agents.runtime.sensor import MetricsSensor
+from kpimon.agents.runtime.tables import TABLE_NAMES, changelog_topic_name, raw_topic
 from kpimon.streams.targets import Targets
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,10 @@ log = logging.getLogger(__name__)
 #: Faust table stores by `Settings.store`: in memory (rebuilt from the changelogs at every start), or
 #: RocksDB on local disk (rocksdict; state beyond memory, and a restart reads only the changelog's tail).
 STORES = {"memory": "memory://", "rocksdb": "rocksdb://"}
+#: Seconds between looks at the consumer positions of owned partitions nothing was processed from yet.
+LAG_START_INTERVAL = 5.0
+#: Seconds between looks at the consumer positions of owned partitions nothing was processed from yet.
+LAG_START_INTERVAL = 5.0
 
 
 @dataclass
@@ -91,6 +97,13 @@ class Kpimon:
         if topic_partition[0] in reader.source_topics:
             return reader.highwater(topic_partition)
         return self.ownership.highwater(topic_partition)
+
+    async def position(self, topic_partition: tuple[str, int]) -> int | None:
+        """The next offset to process of an owned partition: the source reader's, or Faust's consumer's."""
+        reader = self.ingest.reader
+        if topic_partition[0] in reader.source_topics:
+            return await reader.position(topic_partition)
+        return await self.ownership.position(topic_partition)
 
 
 def static_identity(settings: Settings) -> dict[str, str]:
@@ -221,8 +234,28 @@ def create_app(
     kafka_clients.append(lambda: getattr(ingest.reader.fetcher, "consumer", None))
     registry.register(KpiCollector(aggregate.publisher.gauge_records))
     registry.register(FoldedCollector(engine.folder))
-    registry.register(LagCollector(ownership.assigned, engine.positions, kpimon.highwater))
+    # Consumer positions of owned partitions nothing was processed from yet: their lag's start.
+    start_positions: dict[tuple[str, int], int] = {}
+    registry.register(LagCollector(ownership.assigned, engine.positions, kpimon.highwater, start_positions))
+    register_runtime_metrics(registry)
+    # The produce-error series of every topic a worker writes, at 0 from the start (rate() needs a start).
+    changelogs = [changelog_topic_name(settings.app_id, name) for name in TABLE_NAMES]
+    for topic in (settings.dead_letters, settings.rekeyed, settings.partials, settings.kpis, *changelogs):
+        metrics.produce_errors.labels(topic=topic)
+    app.sensors.add(MetricsSensor(metrics))
     register_web(kpimon)
+
+    async def _refresh_start_positions() -> None:
+        found: dict[tuple[str, int], int] = {}
+        for topic_partition in ownership.assigned():
+            if topic_partition not in engine.positions:
+                position = await kpimon.position(topic_partition)
+                if position is not None:
+                    found[topic_partition] = position
+        start_positions.clear()
+        start_positions.update(found)
+
+    app.timer(LAG_START_INTERVAL, name="kpimon.lag_start_positions")(_refresh_start_positions)
 
     async def _mark_started() -> None:
         kpimon.health.started = True

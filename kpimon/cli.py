@@ -22,6 +22,7 @@ def main() -> None:
       kpimon replay --clicks sim/clicks.jsonl --surveys sim/surveys.jsonl
       kpimon kpis                             # the published KPIs, as JSON lines
       kpimon dead-letters                     # the latest rejected messages, with their reason
+      kpimon history --out history.om         # the KPI history for Prometheus (promtool backfill)
       kpimon reference --clicks sim/clicks.jsonl --surveys sim/surveys.jsonl   # the batch truth
 
     The worker's options, and --broker/--topic-prefix everywhere, also read KPIMON_<OPTION> variables
@@ -32,6 +33,7 @@ def main() -> None:
 def _register() -> None:
     # Imported here so `kpimon --help` stays fast and each command's heavy imports load only when used.
     from kpimon.agents.cli.deadletters import dead_letters
+    from kpimon.agents.cli.history import history
     from kpimon.agents.cli.kafka import kafka
     from kpimon.agents.cli.kpis import kpis
     from kpimon.agents.cli.replay import replay
@@ -46,6 +48,7 @@ def _register() -> None:
     main.add_command(replay)
     main.add_command(kpis)
     main.add_command(dead_letters)
+    main.add_command(history)
     main.add_command(reference)
     main.add_command(simulate)
     main.add_command(demo)

@@ -8,6 +8,7 @@ from monitoring import grafana
 from monitoring.alertmanager import alertmanager_config
 from monitoring.config import DEFAULT, MonitoringConfig
 from monitoring.dashboards import dashboards
+from monitoring.kubernetes import prometheus_rule, service_monitor
 from monitoring.prometheus import prometheus_config
 from monitoring.render import GENERATED, to_json, to_yaml
 from monitoring.rules import prometheus_rule_files
@@ -17,9 +18,11 @@ ALERTMANAGER_DIR = Path("deploy/alertmanager")
 RULES_DIR = PROMETHEUS_DIR / "rules"
 DASHBOARDS_DIR = Path("grafana/dashboards")
 PROVISIONING_DIR = Path("grafana/provisioning")
+#: Prometheus Operator objects: `kubectl apply -f` it only where the operator's CRDs are installed.
+OPERATOR_DIR = Path("deploy/k8s/prometheus-operator")
 
 #: Directories whose every file is generated (a file there that the code does not generate is stale).
-GENERATED_DIRS = (RULES_DIR, DASHBOARDS_DIR, PROVISIONING_DIR, ALERTMANAGER_DIR)
+GENERATED_DIRS = (RULES_DIR, DASHBOARDS_DIR, PROVISIONING_DIR, ALERTMANAGER_DIR, OPERATOR_DIR)
 
 _SCRAPE_NOTE = (
     "\nPrometheus for kpimon: scrapes every worker's /metrics (its --web-port, default 6066) and loads"
@@ -54,4 +57,11 @@ def generated_files(config: MonitoringConfig = DEFAULT) -> dict[Path, str]:
     files[PROVISIONING_DIR / "alerting" / "kpimon-alerts.yaml"] = to_yaml(
         grafana.alert_rules(config), GENERATED
     )
+    operator_note = (
+        "\nFor a cluster with the Prometheus Operator: scrape the workers and load kpimon's rules"
+        "\n(kubectl apply -f deploy/k8s/prometheus-operator/). Your Prometheus must select these objects"
+        "\n(its serviceMonitorSelector / ruleSelector, e.g. by the app.kubernetes.io/name label)."
+    )
+    files[OPERATOR_DIR / "servicemonitor.yaml"] = to_yaml(service_monitor(config), GENERATED + operator_note)
+    files[OPERATOR_DIR / "prometheusrule.yaml"] = to_yaml(prometheus_rule(config), GENERATED + operator_note)
     return files

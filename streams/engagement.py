@@ -323,14 +323,14 @@ def survey_expiry_cutoff(oldest_accepted_day: int) -> int:
     return oldest_accepted_day - HORIZON
 
 
-def stickiness(dau: int, mau: int) -> float:
-    """DAU / MAU (active_users 1d over 30d); 0 when MAU is 0."""
-    return dau / mau if mau else 0.0
+def stickiness(dau: int, mau: int) -> float | None:
+    """DAU / MAU (active_users 1d over 30d); None (undefined, not 0) when MAU is 0."""
+    return dau / mau if mau else None
 
 
-def churn_rate(churned: int, base: int) -> float:
-    """churned / churn_base; 0 when the base is 0."""
-    return churned / base if base else 0.0
+def churn_rate(churned: int, base: int) -> float | None:
+    """churned / churn_base; None (undefined, not 0) when the base is 0: "0 % churn" of nobody is no news."""
+    return churned / base if base else None
 
 
 def record_exists(active_users_30d: int, churn_base_30d: int) -> bool:

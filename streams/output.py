@@ -32,10 +32,13 @@ class KpiRecord(msgspec.Struct, kw_only=True, omit_defaults=False):
     #: (docs/definitions.md, Uncertainty).
     ci_low: float | None = None
     ci_high: float | None = None
-    #: The configured target of this KPI, its direction ("min" or "max") and whether the value breaches it.
+    #: The configured target of this KPI and its direction ("min" or "max"); `breach`: the value misses it
+    #: significantly (the alert rules' test: enough sample, the whole interval on the wrong side);
+    #: `off_target`: the value alone is on the wrong side (significant or not).
     target: float | None = None
     target_direction: str | None = None
     breach: bool | None = None
+    off_target: bool | None = None
 
     @property
     def key(self) -> str:

@@ -66,7 +66,7 @@ class _Builder:
         target = self.targets.get((kpi, window))
         if target is not None:
             record.target, record.target_direction = target.value, target.direction
-            record.breach = target.breached(value)
+            record.off_target, record.breach = target.judge(value, den, interval)
         self.records.append(record)
 
 

@@ -22,6 +22,20 @@ from kpimon.streams.catalogue import CATALOGUE
 TARGETABLE: dict[str, tuple[str, ...]] = {kpi.name: kpi.windows for kpi in CATALOGUE if kpi.targetable}
 
 
+#: The smallest sample (the record's denominator: MAU, the churn base, survey answers, surveys shown) for
+#: which a value on the wrong side of its target counts as a breach. The alert rules use the same minimums
+#: (monitoring/config.py; a test keeps them equal); KPIs not listed (active_users) need none.
+MIN_SAMPLE: dict[str, int] = {
+    "stickiness": 100,
+    "churn_rate": 100,
+    "nps": 30,
+    "csat": 30,
+    "csat_mean": 30,
+    "nps_response_rate": 30,
+    "csat_response_rate": 30,
+}
+
+
 class TargetsError(ValueError):
     """The targets file is invalid; the message names the key and the problem."""
 
@@ -40,6 +54,33 @@ class Target:
         if value is None:
             return None
         return value < self.value if self.direction == "min" else value > self.value
+
+    def judge(
+        self,
+        value: float | int | None,
+        sample: float | int | None,
+        interval: tuple[float | None, float | None] | None = None,
+    ) -> tuple[bool | None, bool | None]:
+        """(off_target, breach) of a value with its sample size (the denominator) and 95 % interval.
+
+        off_target: the value is on the wrong side of the target. breach: it is significantly so, by the
+        alert rules' test: the sample is at least MIN_SAMPLE[kpi], and for a KPI with an interval the whole
+        interval is on the wrong side (its upper bound below a `min` target, its lower bound above a `max`
+        one). Both None when the value is undefined.
+        """
+        off = self.breached(value)
+        if not off:
+            return off, off
+        minimum = MIN_SAMPLE.get(self.kpi)
+        if minimum is not None and (sample is None or sample < minimum):
+            return True, False
+        if interval is not None:
+            low, high = interval
+            bound = high if self.direction == "min" else low
+            if bound is None:
+                return True, False
+            return True, (bound < self.value if self.direction == "min" else bound > self.value)
+        return True, True
 
 
 Targets = dict[tuple[str, str], Target]

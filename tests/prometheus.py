@@ -123,7 +123,9 @@ class PrometheusError(AssertionError):
 class PrometheusServer:
     """A `prometheus` subprocess on 127.0.0.1:`port` and a small client of its HTTP API."""
 
-    def __init__(self, config_file: Path, storage: Path, port: int, log_path: Path) -> None:
+    def __init__(
+        self, config_file: Path, storage: Path, port: int, log_path: Path, retention: str = "30d"
+    ) -> None:
         self.port = port
         self.log_path = log_path
         self._log = log_path.open("wb")
@@ -134,7 +136,7 @@ class PrometheusServer:
                 f"--storage.tsdb.path={storage}",
                 f"--web.listen-address=127.0.0.1:{port}",
                 # Backfilled history a week old must survive; the default 15d would too, but say it.
-                "--storage.tsdb.retention.time=30d",
+                f"--storage.tsdb.retention.time={retention}",
                 # Debian's defaults point at /etc/prometheus and /usr/share; nothing here needs them.
                 f"--web.console.templates={config_file.parent}",
                 f"--web.console.libraries={config_file.parent}",
@@ -238,12 +240,12 @@ class PrometheusServer:
 
 @contextmanager
 def running_prometheus(
-    config_file: Path, storage: Path, port: int | None = None
+    config_file: Path, storage: Path, port: int | None = None, retention: str = "30d"
 ) -> Iterator[PrometheusServer]:
     """A ready Prometheus serving `config_file` on a free port (or `port`) with `storage`; stopped on exit."""
     storage.mkdir(parents=True, exist_ok=True)
     server = PrometheusServer(
-        config_file, storage, port or free_port(), config_file.parent / "prometheus.log"
+        config_file, storage, port or free_port(), config_file.parent / "prometheus.log", retention
     )
     try:
         server.wait_ready()

@@ -1,8 +1,11 @@
-"""`kpimon kafka start|stop|status`: a local single-node Apache Kafka for development and tests."""
+"""`kpimon kafka start|stop|status|tools`: a local single-node Apache Kafka for development and tests."""
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import shutil
 from pathlib import Path
 
 import click
@@ -31,6 +34,37 @@ def _show_progress() -> None:
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+
+
+#: Kafka's own topics in a data dir: not what a user thinks of as theirs, but deleted all the same.
+_INTERNAL = re.compile(r"^(__consumer_offsets|__cluster_metadata|__transaction_state)$")
+
+
+def data_summary(data_dir: Path) -> tuple[list[str], int]:
+    """(the topics with data in a broker's data dir, sorted; the bytes it holds)."""
+    if not data_dir.is_dir():
+        return [], 0
+    topics = set()
+    for entry in data_dir.iterdir():
+        match = re.match(r"^(.+)-(\d+)$", entry.name)
+        if entry.is_dir() and match and not _INTERNAL.match(match[1]):
+            topics.add(match[1])
+    size = sum(path.stat().st_size for path in data_dir.rglob("*") if path.is_file())
+    return sorted(topics), size
+
+
+def describe_deletion(data_dir: Path) -> str:
+    """What `start --fresh` deletes, in one line."""
+    topics, size = data_summary(data_dir)
+    if not data_dir.exists():
+        return f"fresh: nothing to delete ({data_dir} does not exist)"
+    shown = ", ".join(topics[:8]) + (f" and {len(topics) - 8} more" if len(topics) > 8 else "")
+    what = f"{len(topics)} topic{'' if len(topics) == 1 else 's'} ({shown})" if topics else "no topics"
+    return (
+        f"fresh: deleting {data_dir}: {what}, every consumer group and committed offset, "
+        f"{size / 1e6:.1f} MB. Workers' local state (--data-dir) is not touched: with --store rocksdb, "
+        "delete it too."
+    )
 
 
 def _broker(port: int, run_dir: Path | None, cache_dir: Path | None = None) -> LocalKafka:
@@ -82,14 +116,28 @@ def kafka() -> None:
     default=90.0,
     help="Seconds to wait for the broker to answer (the first jar download is not counted).",
 )
-def start(port: int, run_dir: Path | None, cache_dir: Path | None, timeout: float) -> None:
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Start empty: delete this broker's data first (every topic, consumer group and offset), saying "
+    "what is deleted. The broker must be stopped.",
+)
+def start(port: int, run_dir: Path | None, cache_dir: Path | None, timeout: float, fresh: bool) -> None:
     """Start the broker in the background and print its bootstrap address.
 
     Progress goes to stderr; the last line on stdout is the bootstrap address alone, so scripts can
     use `BROKER=$(kpimon kafka start | tail -n1)`. If the broker already runs, its address is printed.
+    A broker keeps its topics across restarts; --fresh starts from nothing.
     """
     _show_progress()
     broker = _broker(port, run_dir, cache_dir)
+    if fresh:
+        if broker.status():
+            raise click.ClickException(
+                f"the broker on {broker.bootstrap} runs; stop it first: kpimon kafka stop --port {port}"
+            )
+        click.echo(describe_deletion(broker.data_dir), err=True)
+        shutil.rmtree(broker.data_dir, ignore_errors=True)
     try:
         address = broker.start(timeout=timeout)
     except KafkaLauncherError as err:
@@ -128,3 +176,45 @@ def status(port: int, run_dir: Path | None) -> None:
     else:
         click.echo("not running")
         raise SystemExit(1)
+
+
+@kafka.command(
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_interspersed_args": False,
+        "help_option_names": [],
+    }
+)
+@click.argument("name", required=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, help="The local broker's port.")
+def tools(name: str | None, args: tuple[str, ...], port: int) -> None:
+    """Run one of Kafka's command-line tools on the local broker's jars: kpimon kafka tools NAME [ARGS]...
+
+    \b
+    kpimon kafka tools topics --list
+    kpimon kafka tools console-consumer --topic kpimon-kpis --from-beginning --property print.key=true
+    kpimon kafka tools consumer-groups --describe --group kpimon
+    kpimon kafka tools topics --help
+
+    NAME is Kafka's script name without `kafka-` and `.sh`; `--bootstrap-server 127.0.0.1:PORT` is added
+    unless given. Without NAME: the list of tools. Options of kpimon (--port) go before NAME.
+    """
+    from kpimon.agents.devtools.kafkatools import TOOLS, UnknownTool, tool_command, write_log4j
+    from kpimon.agents.devtools.localkafka import check_java
+
+    if name is None or name in ("-h", "--help"):
+        click.echo("Kafka's tools (kpimon kafka tools NAME --help for each one's options):")
+        for tool_name, tool in sorted(TOOLS.items()):
+            click.echo(f"  {tool_name:<22}{tool.summary}")
+        return
+    _show_progress()
+    broker = _broker(port, None)
+    try:
+        java = check_java()
+        libs = broker.ensure_jars()
+        command = tool_command(java, libs, write_log4j(libs.parent), name, args, broker.bootstrap)
+    except (KafkaLauncherError, UnknownTool) as err:
+        raise click.ClickException(str(err)) from None
+    # The tool replaces this process: stdin, stdout, Ctrl-C and the exit code are its own.
+    os.execv(command[0], command)  # noqa: S606 (java, resolved by check_java; the args are the user's)

@@ -17,6 +17,7 @@ import asyncio
 import base64
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import re
@@ -101,6 +102,16 @@ def kafka_version(pom: Path = POM) -> str:
     if match is None:
         raise KafkaLauncherError(f"{pom} has no <kafka.version> property")
     return match.group(1)
+
+
+def pom_digest(pom: Path = POM) -> str:
+    """8 hex digits of the pom's SHA-256: the jar cache's name changes whenever the pom does."""
+    try:
+        return hashlib.sha256(pom.read_bytes()).hexdigest()[:8]
+    except OSError as err:
+        raise KafkaLauncherError(
+            f"cannot read {pom} ({err.strerror}); the kpimon installation is incomplete"
+        ) from None
 
 
 def new_cluster_id() -> str:
@@ -373,7 +384,9 @@ class LocalKafka:
 
     @property
     def libs_dir(self) -> Path:
-        return self.cache_dir / f"kafka-{self.version}" / "libs"
+        # Named after the pom's content too: a pom that lists more (kafka-tools) gets a cache of its own
+        # instead of replacing jars that running brokers of the older pom still read.
+        return self.cache_dir / f"kafka-{self.version}-{pom_digest()}" / "libs"
 
     @property
     def data_dir(self) -> Path:
@@ -402,7 +415,7 @@ class LocalKafka:
     # Jars --------------------------------------------------------------------------------------
 
     def _jars_present(self, libs: Path) -> bool:
-        return (libs / f"kafka_2.13-{self.version}.jar").is_file()
+        return all((libs / f"{name}-{self.version}.jar").is_file() for name in ("kafka_2.13", "kafka-tools"))
 
     def ensure_jars(self) -> Path:
         """The directory of the Kafka jars, fetched with Maven the first time.

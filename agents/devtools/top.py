@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import logging
 import signal
 import ssl
@@ -21,6 +22,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import click
@@ -53,6 +55,8 @@ DIMENSIONS = ("all", "platform", "plan", "stage")
 ONCE_TIMEOUT = 60.0
 #: ... and for the broker to answer at all.
 ONCE_CONNECT_TIMEOUT = 10.0
+#: Columns of the `--svg` picture.
+SVG_WIDTH = 82
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ class TopConfig:
     interval: float = 2.0
     plain: bool | None = None  # None: plain when stdout is not a terminal
     once: bool = False
+    #: With `once`: save the view as an SVG picture here (rich's export) instead of printing it.
+    svg: Path | None = None
     #: Security options of the Kafka clients (kpimon.agents.config.kafka_security.aiokafka_options).
     kafka_options: Mapping[str, Any] = field(default_factory=dict)
     #: How to reach workers whose /metrics need basic auth or HTTPS with a private CA.
@@ -350,7 +356,13 @@ async def _once(
             await asyncio.wait_for(feed.loaded.wait(), 0.2)
     await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
     figures = await poller.poll()
-    if plain:
+    if config.svg is not None:
+        # A terminal of the README's width, recorded instead of shown.
+        console = Console(record=True, width=SVG_WIDTH, force_terminal=True, file=io.StringIO())
+        console.print(_render(config, feed, figures, info(), SVG_WIDTH))
+        console.save_svg(str(config.svg), title="kpimon top")
+        click.echo(f"saved {config.svg}", err=True)
+    elif plain:
         for line in _plain_lines(config, feed, figures):
             click.echo(line)
     else:
@@ -433,6 +445,11 @@ def _default_metrics_url() -> str:
     show_default=False,
 )
 @click.option("--once", is_flag=True, help="Show the current values once and exit.", show_default=False)
+@click.option(
+    "--svg",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Save the view once as an SVG picture (rich's export) and exit.",
+)
 @kafka_options
 def top(
     broker: str | None,
@@ -444,6 +461,7 @@ def top(
     interval: float,
     plain: bool,
     once: bool,
+    svg: Path | None,
     web_auth_user: str | None,
     web_auth_password_file: str | None,
     metrics_ca_file: str | None,
@@ -486,8 +504,9 @@ def top(
         dimension=dimension,
         segment=segment,
         interval=interval,
-        plain=True if plain else None,
-        once=once,
+        plain=False if svg is not None else (True if plain else None),
+        once=once or svg is not None,
+        svg=svg,
         kafka_options=security,
         metrics_access=MetricsAccess(settings.web_auth_user or None, password, metrics_ca_file),
     )

@@ -4,9 +4,12 @@ plain text lines out. No I/O here, so every screen can be rendered in a test wit
 
 The view of one segment (all/all by default) has one row per headline KPI: its value on the current day
 (the newest day with records in that segment), the sample behind a ratio, the target, a sparkline of the
-last 14 days and a status ("▼ BREACH" when a `min` target is missed, "▲ BREACH" when a `max` target is
-exceeded). The view of a whole dimension has one column per segment. Plain lines carry the same headline
-values, a "!" after each breaching value, and the pipeline figures.
+last 14 days and a status: "▼ BREACH" when a `min` target is missed significantly (the alert rules' test:
+enough sample and the whole interval below it), "▲ BREACH" when a `max` target is exceeded so,
+"▽ not sig." / "△ not sig." when the value alone is on the wrong side (too few answers, or within the
+interval), "✓ ok" when it meets the target, nothing when the value is undefined. The view of a whole
+dimension has one column per segment. Plain lines carry the same headline values, a "!" after each
+breaching value, a "~" after one off target but not significantly, and the pipeline figures.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from rich.text import Text
 
 from kpimon.streams.catalogue import CATALOGUE
 from kpimon.streams.output import KpiRecord, day_name, day_number
+from kpimon.streams.targets import Target
 
 #: Shown for a value that is undefined (no sample) or missing, never 0.
 UNDEFINED = "–"
@@ -244,25 +248,46 @@ def format_target(record: KpiRecord | None, kind: Kind) -> str:
     return f"{sign} {target}"
 
 
+Status = Literal["breach", "off_target", "ok"]
+
+
+def target_status(record: KpiRecord | None) -> Status | None:
+    """`breach` (a significant miss), `off_target` (a miss that is not significant), `ok`, or None (no
+    target, or no value): as published, or judged by the same rule when a record carries only its target."""
+    if record is None or record.target is None or record.value is None:
+        return None
+    direction = record.target_direction if record.target_direction == "max" else "min"
+    target = Target(record.kpi, record.window, record.target, direction)
+    off, breach = record.off_target, record.breach
+    if breach is None:
+        has_interval = record.ci_low is not None or record.ci_high is not None
+        off, breach = target.judge(
+            record.value, record.denominator, (record.ci_low, record.ci_high) if has_interval else None
+        )
+    elif off is None:  # a record of a worker from before `off_target`
+        off = target.breached(record.value)
+    if breach:
+        return "breach"
+    return "off_target" if off else "ok"
+
+
 def breached(record: KpiRecord | None) -> bool | None:
-    """Whether the record misses its target (as published; computed when only the target is known)."""
-    if record is None:
-        return None
-    if record.breach is not None:
-        return record.breach
-    if record.target is None or record.value is None:
-        return None
-    if record.target_direction == "max":
-        return record.value > record.target
-    return record.value < record.target
+    """Whether the record misses its target significantly; None without a target or a value."""
+    status = target_status(record)
+    return None if status is None else status == "breach"
 
 
 def breach_mark(record: KpiRecord | None) -> str:
-    """`▼ BREACH` below a min target, `▲ BREACH` above a max target, "" otherwise."""
-    if not breached(record):
-        return ""
-    assert record is not None
-    return "▲ BREACH" if record.target_direction == "max" else "▼ BREACH"
+    """`▼ BREACH` / `▲ BREACH` for a significant miss of a min / max target, `▽ not sig.` /
+    `△ not sig.` for a miss that is not significant, "" otherwise."""
+    status = target_status(record)
+    assert status is None or record is not None
+    above = record is not None and record.target_direction == "max"
+    if status == "breach":
+        return "▲ BREACH" if above else "▼ BREACH"
+    if status == "off_target":
+        return "△ not sig." if above else "▽ not sig."
+    return ""
 
 
 def sparkline(values: Sequence[float | int | None]) -> str:
@@ -388,10 +413,14 @@ def _segment_table(index: KpiIndex, dimension: str, segment: str, day: str | Non
             index.get(h.kpi, h.window, dimension, segment, h.record_day(day)) if day is not None else None
         )
         value = record.value if record is not None else None
-        mark = breach_mark(record)
-        ok = breached(record) is False
-        value_style = "bold red" if mark else ""
-        status = Text(mark, style="bold white on red") if mark else Text("✓ ok" if ok else "", style="green")
+        mark, status_of = breach_mark(record), target_status(record)
+        value_style = {"breach": "bold red", "off_target": "yellow"}.get(status_of or "", "")
+        if status_of == "breach":
+            status = Text(mark, style="bold white on red")
+        elif status_of == "off_target":
+            status = Text(mark, style="yellow")
+        else:
+            status = Text("✓ ok" if status_of == "ok" else "", style="green")
         spark = trend(index, h, dimension, segment, day) if day is not None else ""
         table.add_row(
             h.name,
@@ -419,10 +448,14 @@ def _dimension_table(index: KpiIndex, dimension: str, day: str | None, width: in
                 index.get(h.kpi, h.window, dimension, seg, h.record_day(day)) if day is not None else None
             )
             value = format_value(record.value if record is not None else None, h.kind)
-            if breached(record):
+            status_of = target_status(record)
+            if status_of in ("breach", "off_target"):
                 assert record is not None
-                arrow = "▲" if record.target_direction == "max" else "▼"
-                cells.append(Text(f"{value}{arrow}", style="bold red"))
+                above = record.target_direction == "max"
+                if status_of == "breach":
+                    cells.append(Text(f"{value}{'▲' if above else '▼'}", style="bold red"))
+                else:
+                    cells.append(Text(f"{value}{'△' if above else '▽'}", style="yellow"))
             else:
                 cells.append(f"{value} ")
         table.add_row(*cells)
@@ -462,6 +495,7 @@ def render_view(
 #: Explains the plain lines once, before the first.
 PLAIN_LEGEND = (
     "kpimon top: one line per refresh: segment, day, headline KPIs ('!' = breaches its target, "
+    "'~' = off target, not significant, "
     f"'{UNDEFINED}' = undefined), then the pipeline"
 )
 
@@ -486,7 +520,8 @@ def plain_line(
             index.get(h.kpi, h.window, dimension, segment, h.record_day(day)) if day is not None else None
         )
         value = format_value(record.value if record is not None else None, h.kind, grouping=False)
-        parts.append(f"{h.name} {value}{'!' if breached(record) else ''}")
+        mark = {"breach": "!", "off_target": "~"}.get(target_status(record) or "", "")
+        parts.append(f"{h.name} {value}{mark}")
     line = "  ".join(parts)
     if figures.urls == 0:
         return line

@@ -45,18 +45,64 @@ TARGET = KpiMetric("kpimon_kpi_target", "Configured target of a KPI (label kpi; 
 
 BASE_LABELS = ("window", "day", "dimension", "segment")
 
+#: One sample of a record: metric name, label values in the family's order (own labels, then BASE_LABELS),
+#: value.
+Sample = tuple[str, tuple[str, ...], float]
 
-def gauge_day(record: KpiRecord, current_day: int) -> str | None:
-    """The `day` label of a record's series: "current", "previous" or None (not exported).
+
+#: The companion families' own labels (the KPI families' are their specs' extra labels).
+COMPANION_LABELS = {CI_LOW.metric: ("kpi",), CI_HIGH.metric: ("kpi",), TARGET.metric: ("kpi", "direction")}
+
+
+def family_labels(metric: str) -> tuple[str, ...]:
+    """The label names of a KPI metric family, in the order of `record_samples`' label values."""
+    own = COMPANION_LABELS.get(metric)
+    if own is None:
+        spec = next(spec for spec in KPI_METRICS.values() if spec.metric == metric)
+        own = tuple(name for name, _ in spec.extra_labels)
+    return (*own, *BASE_LABELS)
+
+
+def record_samples(record: KpiRecord, day: str) -> Iterator[Sample]:
+    """The gauge samples of one record, with `day` ("current" or "previous") as its day label.
+
+    An undefined value is no sample, never a 0; KPIs without a metric give none.
+    """
+    spec = KPI_METRICS.get(record.kpi)
+    if spec is None:
+        return
+    base = (record.window, day, record.dimension, record.segment)
+    if record.value is not None:
+        yield spec.metric, (*(value for _, value in spec.extra_labels), *base), float(record.value)
+    if record.kpi == "retention_rate" and record.denominator is not None:
+        yield COHORT.metric, base, float(record.denominator)  # the cohort's size, per offset
+    if record.ci_low is not None and record.ci_high is not None:
+        yield CI_LOW.metric, (record.kpi, *base), record.ci_low
+        yield CI_HIGH.metric, (record.kpi, *base), record.ci_high
+    if record.target is not None and record.target_direction is not None:
+        yield TARGET.metric, (record.kpi, record.target_direction, *base), record.target
+
+
+def shown_day(record: KpiRecord) -> int | None:
+    """The day (number) a record's series show it on; None for a record without series of its own.
 
     Most records show their own day. A retention record of cohort day c and offset k (window `{k}d`)
-    shows the day c + k its cohort matured on: `current` is the newest matured cohort of that offset.
+    shows the day c + k its cohort matured on.
     """
     if record.kpi == "retention_cohort":
         return None  # exported per offset from the denominators of retention_rate (COHORT)
     day = day_number(record.day)
     if record.kpi in RETENTION_KPIS:
         day += int(record.window.removesuffix("d"))
+    return day
+
+
+def gauge_day(record: KpiRecord, current_day: int) -> str | None:
+    """The `day` label of a record's series: "current", "previous" or None (not exported); for retention
+    `current` is the newest matured cohort of its offset."""
+    day = shown_day(record)
+    if day is None:
+        return None
     offset = current_day - day
     return "current" if offset == 0 else "previous" if offset == 1 else None
 
@@ -79,31 +125,15 @@ class KpiCollector(Collector):
                 )
             return found
 
-        for spec in KPI_METRICS.values():
-            family(spec, tuple(name for name, _ in spec.extra_labels))
-        family(CI_LOW, ("kpi",))
-        family(CI_HIGH, ("kpi",))
-        family(TARGET, ("kpi", "direction"))
+        for spec in (*KPI_METRICS.values(), CI_LOW, CI_HIGH, TARGET):
+            family(spec, family_labels(spec.metric)[: -len(BASE_LABELS)])
         if current_day is None:
             yield from families.values()
             return
         for record in records:
-            spec_or_none = KPI_METRICS.get(record.kpi)
             day = gauge_day(record, current_day)
-            if spec_or_none is None or day is None:
+            if day is None:
                 continue
-            spec = spec_or_none
-            base = [record.window, day, record.dimension, record.segment]
-            if record.value is not None:  # an undefined value is no sample, never a 0
-                extra = [value for _, value in spec.extra_labels]
-                families[spec.metric].add_metric([*extra, *base], float(record.value))
-            if record.kpi == "retention_rate" and record.denominator is not None:
-                families[COHORT.metric].add_metric(base, float(record.denominator))
-            if record.ci_low is not None and record.ci_high is not None:
-                families[CI_LOW.metric].add_metric([record.kpi, *base], record.ci_low)
-                families[CI_HIGH.metric].add_metric([record.kpi, *base], record.ci_high)
-            if record.target is not None and record.target_direction is not None:
-                families[TARGET.metric].add_metric(
-                    [record.kpi, record.target_direction, *base], record.target
-                )
+            for metric, labels, value in record_samples(record, day):
+                families[metric].add_metric(list(labels), value)
         yield from families.values()

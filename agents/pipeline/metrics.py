@@ -39,6 +39,17 @@ class PipelineMetrics:
             ["topic", "reason"],
             registry=registry,
         )
+        self.produce_errors = Counter(
+            "kpimon_produce_errors",
+            "Messages this worker failed to write to Kafka (after the producer's retries), by topic.",
+            ["topic"],
+            registry=registry,
+        )
+        self.rebalances = Counter(
+            "kpimon_rebalances",
+            "Consumer-group rebalances this worker took part in (each one pauses its processing).",
+            registry=registry,
+        )
         self.reader_held_seconds = Histogram(
             "kpimon_reader_held_seconds",
             "Each wait of the source reader for a partial flush or a KPI publication before its next batch.",
@@ -75,6 +86,10 @@ class PipelineMetrics:
     def duplicate(self, topic: str, count: int = 1) -> None:
         """Count valid events that were seen before (their event_id) and so change nothing."""
         self.events.labels(topic=topic, outcome="duplicate").inc(count)
+
+    def produce_error(self, topic: str, count: int = 1) -> None:
+        """Count `count` messages that could not be written to `topic`."""
+        self.produce_errors.labels(topic=topic).inc(count)
 
     def rejected(self, topic: str, reason: Reason) -> None:
         """Count a rejected message (it goes to the dead-letter topic)."""

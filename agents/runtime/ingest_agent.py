@@ -81,6 +81,7 @@ def register_ingest(
     users = table(app, "user-state", settings.partitions, "kpimon_user_state")
     # Every user-state write goes through this one store: changelog records in batches (user_store.py).
     store = UserStore(users)
+    store.on_send_error = metrics.produce_error
     processor = BatchProcessor(engine, metrics, settings.policy, kinds, labels)
     redactor = (
         Redactor(read_secret("dead_letter_redact_key_file", settings.dead_letter_redact_key_file).encode())

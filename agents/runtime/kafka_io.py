@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -60,6 +61,13 @@ class KafkaFetcher:
         """The partition's high watermark as last fetched."""
         value = self.consumer.highwater(TopicPartition(*partition))
         return int(value) if value is not None else None
+
+    async def position(self, partition: Partition) -> int | None:
+        """The next offset to fetch; None when unknown (unassigned meanwhile, or the broker is away)."""
+        try:
+            return int(await asyncio.wait_for(self.consumer.position(TopicPartition(*partition)), 5))
+        except Exception:
+            return None
 
 
 class FaustOutbox:

@@ -37,6 +37,14 @@ class Ownership:
         """The consumer group generation of the current assignment (Faust's aiokafka driver records it)."""
         return int(self.app.consumer_generation_id or 0)
 
+    async def position(self, topic_partition: tuple[str, int]) -> int | None:
+        """Faust's consumer's next offset of an owned partition (None when unknown)."""
+        try:
+            value = await self.app.consumer.position(TP(*topic_partition))
+        except Exception:  # not assigned any more, or the consumer is restarting
+            return None
+        return int(value) if value is not None else None
+
     def epoch(self) -> int:
         """What orders this worker's partials before their processed offsets: generation, then start time.
 

@@ -49,6 +49,9 @@ class Fetcher(Protocol):
     def highwater(self, partition: TopicPartition) -> int | None:
         """The partition's high watermark as last fetched, None when unknown."""
 
+    async def position(self, partition: TopicPartition) -> int | None:
+        """The next offset to fetch of an assigned partition (the committed one before the first fetch)."""
+
 
 class Outbox(Protocol):
     """Where a worker's output records go: Faust's producer and the aiokafka producer under it."""

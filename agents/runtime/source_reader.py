@@ -127,6 +127,16 @@ class SourceReader:
         except Exception:  # not assigned any more
             return None
 
+    async def position(self, partition: TopicPartition) -> int | None:
+        """The next offset this reader will fetch of a partition it reads (None when not assigned or unknown).
+
+        Before the first message of a partition is processed, this is the group's committed offset (or
+        the earliest one): the start of the partition's lag.
+        """
+        if self._fetcher is None or partition not in self._assigned:
+            return None
+        return await self._fetcher.position(partition)
+
     async def _ensure_fetcher(self) -> Fetcher:
         if self._fetcher is None:
             fetcher = self._new_fetcher()

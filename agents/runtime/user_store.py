@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
 from faust.types import TP
@@ -41,6 +41,8 @@ class UserStore(MutableMapping[bytes, UserState]):
         # One hand-over at a time: two could interleave their batches of one partition (the source reader
         # and the ingest agent's fallback both send), and recovery keeps a key's last record.
         self._sending = asyncio.Lock()
+        #: Called with the changelog topic and the record count of a batch Kafka did not take (metrics).
+        self.on_send_error: Callable[[str, int], None] | None = None
 
     @property
     def _store(self) -> Any:
@@ -148,5 +150,7 @@ class UserStore(MutableMapping[bytes, UserState]):
             # changelog it holds goes, so a restart reads only the rest.
             if not done.cancelled() and done.exception() is None:
                 store.set_persisted_offset(tp, done.result().offset + count - 1)
+            elif not done.cancelled() and self.on_send_error is not None:
+                self.on_send_error(topic, count)
 
         future.add_done_callback(persisted)

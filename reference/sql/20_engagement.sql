@@ -173,16 +173,16 @@ WITH wide AS (
     JOIN engagement_days USING (dimension, segment, day)
     GROUP BY dimension, segment, day
 )
--- stickiness: DAU / MAU, 0 when MAU is 0
+-- stickiness: DAU / MAU, null (undefined, not 0) when MAU is 0
 SELECT 'stickiness', '30d', dimension, segment, day,
-    CASE WHEN mau = 0 THEN 0.0 ELSE dau::DOUBLE / mau END, dau, mau
+    CASE WHEN mau = 0 THEN NULL ELSE dau::DOUBLE / mau END, dau, mau
 FROM wide
 UNION ALL
--- churn rate: churned / base, 0 when the base is 0
+-- churn rate: churned / base, null (undefined, not 0) when the base is 0
 SELECT 'churn_rate', '7d', dimension, segment, day,
-    CASE WHEN base_7d = 0 THEN 0.0 ELSE churned_7d::DOUBLE / base_7d END, churned_7d, base_7d
+    CASE WHEN base_7d = 0 THEN NULL ELSE churned_7d::DOUBLE / base_7d END, churned_7d, base_7d
 FROM wide
 UNION ALL
 SELECT 'churn_rate', '30d', dimension, segment, day,
-    CASE WHEN base_30d = 0 THEN 0.0 ELSE churned_30d::DOUBLE / base_30d END, churned_30d, base_30d
+    CASE WHEN base_30d = 0 THEN NULL ELSE churned_30d::DOUBLE / base_30d END, churned_30d, base_30d
 FROM wide;

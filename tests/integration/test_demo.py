@@ -1,4 +1,5 @@
-"""`kpimon demo` (the README's run command) starts everything, shows traffic, and Ctrl-C leaves nothing."""
+"""`kpimon demo` (the README's run command): its own Kafka, app id and state, a 60-day backfill through the
+real pipeline with a progress bar, then live traffic and believable KPIs; Ctrl-C leaves nothing."""
 
 from __future__ import annotations
 
@@ -69,6 +70,8 @@ def test_demo_runs_traffic_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             "20",
             "--interval",
             "1",
+            "--users",
+            "300",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -78,7 +81,7 @@ def test_demo_runs_traffic_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     lines: list[str] = []
     try:
         assert demo.stdout is not None
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 420
         url = None
         while time.monotonic() < deadline:
             line = demo.stdout.readline()
@@ -92,6 +95,27 @@ def test_demo_runs_traffic_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         assert url == f"http://127.0.0.1:{web_port}/metrics", "".join(lines)
         with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback)
             assert b'kpimon_events_total{outcome="accepted"' in response.read()
+        # The README's picture: `kpimon top --svg` saves rich's SVG export of the view of the running demo.
+        picture = tmp_path / "top.svg"
+        saved = subprocess.run(
+            [
+                KPIMON,
+                "top",
+                "--broker",
+                f"127.0.0.1:{kafka_port}",
+                "--metrics-url",
+                url,
+                "--svg",
+                str(picture),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert saved.returncode == 0, saved.stderr
+        svg = picture.read_text()
+        assert svg.startswith("<svg") and "Stickiness" in svg and "DAU" in svg
         assert processes_with_home(home), "the demo's children should be running"
     finally:
         demo.send_signal(signal.SIGINT)
@@ -108,20 +132,43 @@ def test_demo_in_a_terminal_shows_top_and_ctrl_c_leaves_nothing(tmp_path: Path) 
     home = demo_home(tmp_path)
     kafka_port, web_port = free_port(), free_port()
     demo = [KPIMON, "demo", "--kafka-port", str(kafka_port), "--web-port", str(web_port)]
-    demo += ["--rate", "20", "--interval", "1"]
+    demo += ["--rate", "20", "--interval", "1", "--users", "1000"]
     # Only the demo (via env) carries KPIMON_HOME; the shell stays to show how it ended.
     command = f"env KPIMON_HOME={shlex.quote(str(home))} {shlex.join(demo)}; echo demo-exit=$?; sleep 60"
     tmux = Tmux(command)
     try:
+        # First the backfill's progress bar, then the view.
+        progress = tmux.wait_for("backfill: 60 days of history through the pipeline", timeout=180)
+        assert re.search(r"\d+/\d+", progress), progress
 
         def traffic(text: str) -> bool:
             accepted = re.search(r"accepted ([\d,]+)", text)
             dau = re.search(r"^DAU +([\d,]+)", text, re.MULTILINE)
-            return bool(accepted and int(accepted[1].replace(",", "")) > 20 and dau)
+            # "live" once the view has read kpimon-kpis to its end ("loading" before).
+            return bool(accepted and int(accepted[1].replace(",", "")) > 20 and dau and "● live" in text)
 
-        screen = functools.partial(tmux.wait_for, "kpimon top", "events/s", timeout=180)
-        text = poll(screen, traffic, timeout=180, interval=0.5, message="traffic on the screen")
+        screen = functools.partial(tmux.wait_for, "kpimon top", "events/s", timeout=420)
+        text = poll(screen, traffic, timeout=420, interval=0.5, message="traffic on the screen")
+        dau = re.search(r"^DAU +([\d,]+)", text, re.MULTILINE)
         assert "all/all" in text and "Ctrl-C quits" in text, text
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        assert f"day {today}" in text, text  # the view starts once the backfill is published, with today
+        # Believable from the first screen: 60 days of history behind every KPI.
+        values = {
+            name: re.search(rf"^{name} +([-+\d.,]+)(%?) +([\d,]+)", text, re.MULTILINE)
+            for name in ("Stickiness 30d", "Churn 7d", "Churn 30d", "NPS 7d", "CSAT 7d")
+        }
+        assert all(values.values()), text
+        stickiness = float(values["Stickiness 30d"][1])  # type: ignore[index]
+        assert 1 < stickiness < 90, text  # well below 100 %: monthly users are not all daily users
+        assert float(values["Churn 30d"][1]) > 0, text  # type: ignore[index]
+        assert int(values["NPS 7d"][3].replace(",", "")) >= 10, text  # type: ignore[index]  # a real sample
+        mau = re.search(r"^MAU +([\d,]+)", text, re.MULTILINE)
+        assert mau and int(mau[1].replace(",", "")) > int(dau[1].replace(",", "")), text  # type: ignore[index]
+        # Its own Kafka run dir, app id and state, none of the defaults of `kpimon kafka start` / `worker`.
+        assert (home / "demo" / "kafka" / "data").is_dir()
+        assert (home / "demo" / "state" / "kpimon-demo").is_dir()
+        assert not (home / "kafka").exists() and not (home / "state").exists()
         assert processes_with_home(home), "the demo's children should be running"
         tmux.send("C-c")
         text = tmux.wait_for("demo-exit=", timeout=90)

@@ -67,6 +67,9 @@ class FakeFetcher:
     def highwater(self, partition: TopicPartition) -> int | None:
         return None
 
+    async def position(self, partition: TopicPartition) -> int | None:
+        return None
+
 
 @dataclass
 class FakeOutbox:

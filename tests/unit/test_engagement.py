@@ -365,16 +365,16 @@ def test_churn_of_two_users() -> None:
 
 
 @pytest.mark.parametrize(
-    ("dau", "mau", "expected"), [(0, 0, 0.0), (3, 0, 0.0), (0, 4, 0.0), (1, 4, 0.25), (4, 4, 1.0)]
+    ("dau", "mau", "expected"), [(0, 0, None), (3, 0, None), (0, 4, 0.0), (1, 4, 0.25), (4, 4, 1.0)]
 )
-def test_stickiness(dau: int, mau: int, expected: float) -> None:
+def test_stickiness(dau: int, mau: int, expected: float | None) -> None:
     assert stickiness(dau, mau) == expected
 
 
 @pytest.mark.parametrize(
-    ("churned", "base", "expected"), [(0, 0, 0.0), (0, 5, 0.0), (1, 4, 0.25), (2, 2, 1.0)]
+    ("churned", "base", "expected"), [(0, 0, None), (0, 5, 0.0), (1, 4, 0.25), (2, 2, 1.0)]
 )
-def test_churn_rate(churned: int, base: int, expected: float) -> None:
+def test_churn_rate(churned: int, base: int, expected: float | None) -> None:
     assert churn_rate(churned, base) == expected
 
 

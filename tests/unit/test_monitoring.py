@@ -50,6 +50,13 @@ def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False, timeout=300)
 
 
+def exported_families(tmp_path: Path) -> set[str]:
+    """Every metric a worker exports, as docs/metrics.md names it (counters with _total)."""
+    registry = CollectorRegistry()
+    create_app(Settings(data_dir=tmp_path), registry)
+    return {f"{f.name}_total" if f.type == "counter" else f.name for f in registry.collect()}
+
+
 def exported_metrics(tmp_path: Path) -> set[str]:
     """Every sample name a worker exports (counters with _total, histograms with their series).
 
@@ -210,6 +217,15 @@ def test_every_metric_used_is_exported_or_recorded(tmp_path: Path) -> None:
     known = exported | recorded | set(PENDING_METRICS) | {"up"}
     unknown = {(where, name) for where, expr in all_expressions() for name in metric_names(expr) - known}
     assert unknown == set()
+
+
+def test_every_exported_metric_is_documented_and_every_documented_one_exported(tmp_path: Path) -> None:
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    documented = set(re.findall(r"^\| `((?:kpimon|process|python)_\w+)`", text, flags=re.MULTILINE))
+    exported = exported_families(tmp_path)
+    assert {"kpimon_build_info", "kpimon_rebalances_total", "process_cpu_seconds_total"} <= exported
+    assert exported - documented == set(), "exported but not in docs/metrics.md"
+    assert documented - exported == set(), "in docs/metrics.md but not exported"
 
 
 def test_every_recorded_series_is_used() -> None:

@@ -120,8 +120,10 @@ def test_targets_are_carried_with_a_breach_flag() -> None:
     )
     records = by_key(group_records("all", "all", DAY, counts, targets=targets))
     nps, csat = records[("nps", "7d")], records[("csat", "7d")]
-    assert (nps.target, nps.target_direction, nps.breach) == (30.0, "min", True)  # type: ignore[attr-defined]
-    assert csat.breach is False  # type: ignore[attr-defined]
+    # NPS 20 on 10 answers: below the target of 30, but 10 answers are fewer than the 30 a breach needs.
+    assert (nps.target, nps.target_direction) == (30.0, "min")  # type: ignore[attr-defined]
+    assert (nps.off_target, nps.breach) == (True, False)  # type: ignore[attr-defined]
+    assert (csat.off_target, csat.breach) == (False, False)  # type: ignore[attr-defined]
     assert records[("nps", "30d")].target is None  # type: ignore[attr-defined]
 
 
@@ -131,7 +133,7 @@ def test_engagement_records_exist_only_with_activity_in_60_days() -> None:
         group_records("all", "all", DAY, {"active_users/30d": 0, "churn_base/30d": 4, "churned/30d": 4})
     )
     assert records[("churn_rate", "30d")].value == 1.0  # type: ignore[attr-defined]
-    assert records[("stickiness", "30d")].value == 0.0  # type: ignore[attr-defined]
+    assert records[("stickiness", "30d")].value is None  # type: ignore[attr-defined]  # MAU 0: undefined
     assert ("nps", "7d") not in records
 
 

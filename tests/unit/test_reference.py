@@ -247,10 +247,13 @@ def test_active_users_windows_and_stickiness(tmp_path: Path) -> None:
     assert records[f"active_users/1d/all/all/{iso(29)}"].numerator is None
 
 
-def test_stickiness_is_zero_without_monthly_users(tmp_path: Path) -> None:
+def test_stickiness_and_churn_rate_are_null_without_a_denominator(tmp_path: Path) -> None:
     records = run(tmp_path, [click("a", 0), click("b", 40)])
     sticky = records[f"stickiness/30d/all/all/{iso(35)}"]  # a is 35 days back: present, not monthly
-    assert (sticky.value, sticky.numerator, sticky.denominator) == (0.0, 0, 0)
+    assert (sticky.value, sticky.numerator, sticky.denominator) == (None, 0, 0)
+    churn = records[f"churn_rate/7d/all/all/{iso(5)}"]  # nobody was active in [-8, -2]: an empty base
+    assert (churn.value, churn.numerator, churn.denominator) == (None, 0, 0)
+    assert records[f"churn_rate/30d/all/all/{iso(35)}"].value == 1.0  # base [-24, 5]: a, gone since
 
 
 def test_lifecycle_statuses(tmp_path: Path) -> None:
@@ -308,7 +311,7 @@ def churn(records: dict[str, KpiRecord], window: str, day: int) -> tuple[Any, ..
 
 def test_churn_7d(tmp_path: Path) -> None:
     records = run(tmp_path, [click("a", 0), click("b", 0), click("b", 10), click("c", 3), click("z", 13)])
-    assert churn(records, "7d", 5) == (0, 0, 0.0, 0, 0)  # base [-8, -2] is empty
+    assert churn(records, "7d", 5) == (0, 0, None, 0, 0)  # base [-8, -2] is empty
     assert churn(records, "7d", 7) == (2, 2, 1.0, 2, 2)  # base [-6, 0]: a, b; neither active in [1, 7]
     assert churn(records, "7d", 10) == (3, 2, pytest.approx(2 / 3), 2, 3)  # b is back on 10
     assert churn(records, "7d", 13) == (3, 2, pytest.approx(2 / 3), 2, 3)  # base [0, 6]
@@ -317,12 +320,12 @@ def test_churn_7d(tmp_path: Path) -> None:
 
 def test_churn_30d(tmp_path: Path) -> None:
     records = run(tmp_path, [click("a", 0), click("b", 0), click("b", 40), click("c", 29), click("z", 59)])
-    assert churn(records, "30d", 29) == (0, 0, 0.0, 0, 0)
+    assert churn(records, "30d", 29) == (0, 0, None, 0, 0)
     assert churn(records, "30d", 30) == (2, 2, 1.0, 2, 2)  # base [-29, 0]: a, b; not active in [1, 30]
     assert churn(records, "30d", 40) == (2, 1, 0.5, 1, 2)  # base [-19, 10]: a, b; b back on 40
     assert churn(records, "30d", 59) == (3, 2, pytest.approx(2 / 3), 2, 3)  # base [0, 29]: a, b, c
     assert churn(records, "30d", 58) == (2, 1, 0.5, 1, 2)  # base [-1, 28]: a, b
-    assert churn(records, "7d", 59) == (0, 0, 0.0, 0, 0)
+    assert churn(records, "7d", 59) == (0, 0, None, 0, 0)
 
 
 def test_stage_segments(tmp_path: Path) -> None:
@@ -792,7 +795,7 @@ def test_intervals_of_nps_and_churn_rate(tmp_path: Path) -> None:
     low, high = interval(churned)
     assert (round(low or 0, 4), round(high or 0, 4)) == (0.2077, 0.9385)
     empty = record_of(records, "churn_rate", "7d", 5)
-    assert (empty.value, empty.denominator, interval(empty)) == (0.0, 0, (None, None))
+    assert (empty.value, empty.denominator, interval(empty)) == (None, 0, (None, None))
     churn_30d = record_of(records, "churn_rate", "30d", 13)
     assert interval(churn_30d) == (None, None)
     # Counts and the other ratios carry no interval.
@@ -1305,7 +1308,7 @@ def brute_force_engagement(
                 ("lifecycle_dormant", "1d"): len(yesterday - today),
             }
             mau = values["active_users", "30d"]
-            values["stickiness", "30d"] = values["active_users", "1d"] / mau if mau else 0.0
+            values["stickiness", "30d"] = values["active_users", "1d"] / mau if mau else None
             records += [
                 KpiRecord(kpi=k, window=w_, dimension=dimension, segment=segment, day=iso(d), value=v)
                 for (k, w_), v in values.items()
@@ -1326,7 +1329,7 @@ def brute_force_engagement(
                         (dimension, segment, d),
                         len(churned),
                         len(base),
-                        len(churned) / len(base) if base else 0.0,
+                        len(churned) / len(base) if base else None,
                         wilson_interval(len(churned), len(base)),
                     )
                 )

@@ -190,9 +190,43 @@ def test_formatting() -> None:
     assert format_value(0, "score") == "+0.0"
     assert format_target(rec("nps", "7d", 1.0, target=30.0, target_direction="min"), "score") == "≥ 30"
     assert format_target(rec("nps", "7d", 1.0), "score") == ""
-    over = rec("churn_rate", "30d", 0.09, target=0.05, target_direction="max")
-    assert breach_mark(over) == "▲ BREACH"  # computed when the record carries no breach flag
+    # Judged by the alert rule when the record carries no flags: 9 of 100 is above 5 %, and so is its
+    # Wilson interval (6.3 %..13.3 %)? No: its lower bound is 4.8 %, so not significant.
+    over = rec("churn_rate", "30d", 0.09, numerator=9, denominator=100, ci_low=0.048, ci_high=0.162)
+    over.target, over.target_direction = 0.05, "max"
+    assert breach_mark(over) == "△ not sig."
+    over.ci_low = 0.06
+    assert breach_mark(over) == "▲ BREACH"
+    over.denominator = 99  # below the minimum churn base of 100
+    assert breach_mark(over) == "△ not sig."
     assert breach_mark(rec("churn_rate", "30d", 0.01, target=0.05, target_direction="max")) == ""
+
+
+def test_below_target_but_not_significant_is_told_from_a_breach() -> None:
+    """The issue's `NPS 7d +0.0  1  ≥ 30  ▼ BREACH` on one answer, and `Churn 30d 0.0%  0  ✓ ok` of nobody."""
+    index = known_index()
+    index.put(
+        rec(
+            "nps",
+            "7d",
+            0.0,
+            numerator=0,
+            denominator=1,
+            ci_low=-82.0,
+            ci_high=82.0,
+            target=30.0,
+            target_direction="min",
+            breach=False,
+            off_target=True,
+        )
+    )
+    index.put(rec("churn_rate", "30d", None, numerator=0, denominator=0, target=0.05, target_direction="max"))
+    text = screen(render_view(index, FIGURES, INFO))
+    nps = line_of(text, "NPS 7d")
+    assert "▽ not sig." in nps and "BREACH" not in nps and "ok" not in nps
+    churn = line_of(text, "Churn 30d")
+    assert churn.split()[2] == UNDEFINED and "ok" not in churn and "BREACH" not in churn
+    assert "NPS 7d +0.0~" in plain_line(index, FIGURES, clock="12:00:03")
 
 
 def test_sparkline() -> None:
