@@ -72,7 +72,7 @@ SELECT 'churn_base', w || 'd', 'nps_group', nps_group, day, base FROM nps_churn_
 UNION ALL
 SELECT 'churned', w || 'd', 'nps_group', nps_group, day, churned FROM nps_churn_counts;
 
--- churn rate: churned / base, 0 when the base is 0 (as for the other segments, 20_engagement.sql)
+-- churn rate: churned / base, NULL (undefined) when the base is 0 (as for the other segments, 20_engagement.sql)
 INSERT INTO kpi_records (kpi, "window", dimension, segment, day, ratio_value, numerator, denominator)
 SELECT
     'churn_rate',
@@ -80,7 +80,7 @@ SELECT
     'nps_group',
     nps_group,
     day,
-    CASE WHEN base = 0 THEN 0.0 ELSE churned::DOUBLE / base END,
+    CASE WHEN base = 0 THEN NULL ELSE churned::DOUBLE / base END,
     churned,
     base
 FROM nps_churn_counts;

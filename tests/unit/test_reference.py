@@ -1261,7 +1261,7 @@ def brute_force_nps_churn(
                 ]
                 records.append(
                     ratio_record(
-                        "churn_rate", f"{w}d", where, k, n, k / n if n else 0.0, wilson_interval(k, n)
+                        "churn_rate", f"{w}d", where, k, n, k / n if n else None, wilson_interval(k, n)
                     )
                 )
     return records
