@@ -55,6 +55,7 @@ import pytest
 from kpimon.agents.exporter.kpi_collector import COHORT, KPI_METRICS, gauge_day
 from kpimon.reference.compare import parse_records
 from kpimon.simulator.model import NPS_NOISE_ANSWERS
+from kpimon.streams.catalogue import CATALOGUE
 from kpimon.streams.output import KpiRecord, day_number
 from monitoring.accelerated import accelerated
 from monitoring.config import DEFAULT, AlertRouting, MonitoringConfig
@@ -506,8 +507,8 @@ VARIABLE_CHOICES = {
 #: interval is undefined (no series) in this test's data, and no cohort has matured for D30 retention (no
 #: value, no interval); every other series exists.
 UNDEFINED_SERIES = {("churn_rate", "30d"), ("retention_rate", "30d")}
-#: The KPI of a gauge whose queries carry no `kpi` label (the retention panels' lines).
-GAUGE_KPI = {kpi("kpimon_retention_ratio"): "retention_rate"}
+#: The KPI of a gauge whose queries carry no `kpi` label (a KPI's own line, e.g. churn's or retention's).
+GAUGE_KPI = {kpi(entry.metric): entry.name for entry in CATALOGUE if not entry.labels}
 
 
 def reference_series(expr: str, series: dict[SeriesKey, float]) -> dict[SeriesKey, float]:
