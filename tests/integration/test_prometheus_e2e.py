@@ -503,11 +503,11 @@ VARIABLE_CHOICES = {
 
 
 #: 21 days of history: nobody can be in a 30d churn base (users active in [d-59, d-30]), so churn's 30d
-#: interval is undefined (no series) in this test's data, and no cohort has matured for D30 retention (no
-#: value, no interval); every other series exists.
+#: rate and interval are undefined (no series) in this test's data, and no cohort has matured for D30
+#: retention (no value, no interval); every other series exists.
 UNDEFINED_SERIES = {("churn_rate", "30d"), ("retention_rate", "30d")}
 #: The KPI of a gauge whose queries carry no `kpi` label (the retention panels' lines).
-GAUGE_KPI = {kpi("kpimon_retention_ratio"): "retention_rate"}
+GAUGE_KPI = {kpi("kpimon_retention_ratio"): "retention_rate", kpi("kpimon_churn_ratio"): "churn_rate"}
 
 
 def reference_series(expr: str, series: dict[SeriesKey, float]) -> dict[SeriesKey, float]:
