@@ -27,6 +27,22 @@ class ChurnAlerts:
 
 
 @dataclass(frozen=True)
+class RetentionAlerts:
+    """Retention of the newest matured cohort below its target; detractors churning more than promoters."""
+
+    #: The retention offset alerted on (the window of kpimon_retention_ratio): D7.
+    window: str = "7d"
+    #: Cohorts of fewer new users are not alerted on (a handful of signups is noise).
+    min_cohort_users: int = 30
+    for_below_target: str = "1h"
+    #: Churn window of the detractor / promoter comparison (dimension nps_group).
+    nps_churn_window: str = "30d"
+    #: Detractors and promoters each need at least this many users in their churn base.
+    nps_churn_min_base_users: int = 30
+    for_detractor_churn: str = "6h"
+
+
+@dataclass(frozen=True)
 class SatisfactionAlerts:
     """NPS and CSAT: below target, falling week over week, and diverging from each other."""
 
@@ -127,6 +143,7 @@ class MonitoringConfig:
     alert_webhook_url: str = "http://127.0.0.1:9095/alerts"
     routing: AlertRouting = field(default_factory=AlertRouting)
     churn: ChurnAlerts = field(default_factory=ChurnAlerts)
+    retention: RetentionAlerts = field(default_factory=RetentionAlerts)
     satisfaction: SatisfactionAlerts = field(default_factory=SatisfactionAlerts)
     engagement: EngagementAlerts = field(default_factory=EngagementAlerts)
     pipeline: PipelineAlerts = field(default_factory=PipelineAlerts)

@@ -530,7 +530,7 @@ def engagement(config: MonitoringConfig) -> dashboard_builders.Dashboard:
                 unit="percentunit",
                 description="Churn of the whole population cut by the NPS group of each base user's latest "
                 "NPS answer in the base period (none: no answer). Do detractors churn more than promoters? "
-                "Compare their intervals before reading a difference into it.",
+                "KpimonDetractorsChurnMore fires when the two intervals no longer overlap.",
             )
         )
         .with_panel(
@@ -564,7 +564,7 @@ def engagement(config: MonitoringConfig) -> dashboard_builders.Dashboard:
                 description="One panel per selected segment (dimensions all, platform, plan). At each time, "
                 "Dk is the retention of the newest cohort that has matured for offset k: the users new on "
                 "the current day minus k who were active again exactly k days later. The band is its 95 % "
-                "(Wilson) interval: a value below the target with the band across it can be chance.",
+                "(Wilson) interval; KpimonRetentionBelowTarget needs all of it below the target.",
             )
         )
         .with_panel(

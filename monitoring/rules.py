@@ -252,6 +252,7 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
     """Every alert, by group: engagement, satisfaction, pipeline."""
     k = _Kpis(config)
     churn, sat, eng, pipe = config.churn, config.satisfaction, config.engagement, config.pipeline
+    ret = config.retention
     job = f'job="{config.job}"'
     where = "{window} {kpi} of {dimension}={segment}"
 
@@ -260,7 +261,7 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
     )
     mau = k.current("kpimon_active_users", "30d", alerting=False)
     dau_median = k.recorded(DAU_MEDIAN_4W, "1d")
-    engagement = (
+    engagement: tuple[Alert, ...] = (
         Alert(
             "KpimonDauDroppedWeekOverWeek",
             "kpimon-engagement",
@@ -313,6 +314,58 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
             + " is up {value} (percentage points) against the same day last week"
             f" (alert above {number(churn.max_rise_week_over_week * 100)} points and beyond the two 95 %"
             " intervals).",
+            "percent",
+            interval_kpi="churn_rate",
+        ),
+    )
+
+    cohort_users = k.current("kpimon_retention_cohort_users", ret.window, alerting=False)
+    cohort = f"({cohort_users} >= {ret.min_cohort_users})"
+
+    def nps_group(metric: str, group: str, **labels: str) -> str:
+        # Churn by NPS group: dimension nps_group, whatever the alert selector (one population, cut by group).
+        return k.current(
+            metric, ret.nps_churn_window, alerting=False, dimension="nps_group", segment=group, **labels
+        )
+
+    detractors_low = (
+        f"max without (kpi, segment) ({nps_group('kpimon_kpi_ci_low', 'detractor', kpi='churn_rate')})"
+    )
+    promoters_high = (
+        f"max without (kpi, segment) ({nps_group('kpimon_kpi_ci_high', 'promoter', kpi='churn_rate')})"
+    )
+    minimum = ret.nps_churn_min_base_users
+    group_bases = "\nand on (window)\n".join(
+        f"(max without (segment) ({nps_group('kpimon_churn_base_users', group)}) >= {minimum})"
+        for group in ("detractor", "promoter")
+    )
+    engagement += (
+        Alert(
+            "KpimonRetentionBelowTarget",
+            "kpimon-engagement",
+            f"({k.breach('kpimon_retention_ratio', 'retention_rate', ret.window, 'min')})\n"
+            f"and {SEGMENT_JOIN}\n{cohort}",
+            ret.for_below_target,
+            "warning",
+            "Retention of the newest matured cohort below target",
+            where.replace("{kpi}", "retention") + " (the newest matured cohort) is {value}, below its target"
+            " of {target}.",
+            "percent",
+            k.target_query("retention_rate", "min"),
+            k.aligned_target("kpimon_retention_ratio", "retention_rate", ret.window, "min"),
+            interval_kpi="retention_rate",
+        ),
+        Alert(
+            "KpimonDetractorsChurnMore",
+            "kpimon-engagement",
+            f"{nps_group('kpimon_churn_ratio', 'detractor')}\n"
+            f"and on (window)\n({detractors_low}\n> on (window)\n{promoters_high})\n"
+            f"and on (window)\n{group_bases}",
+            ret.for_detractor_churn,
+            "info",
+            "Detractors churn more than promoters",
+            "{window} churn of the users whose latest NPS answer in the base period was a detractor's is"
+            " {value}, above the promoters' churn with non-overlapping 95 % intervals.",
             "percent",
             interval_kpi="churn_rate",
         ),
@@ -514,7 +567,12 @@ def prometheus_target(alert: Alert) -> str:
 
 
 #: The value format of a KPI's own scale (its interval's), whatever the alert's value is (a change, a ratio).
-_KPI_FORMAT: dict[str, ValueFormat] = {"nps": "decimal", "csat": "percent", "churn_rate": "percent"}
+_KPI_FORMAT: dict[str, ValueFormat] = {
+    "nps": "decimal",
+    "csat": "percent",
+    "churn_rate": "percent",
+    "retention_rate": "percent",
+}
 
 
 def prometheus_interval(alert: Alert) -> str:
