@@ -6,7 +6,6 @@ A dead letter keeps the original bytes as its value and says why and where in `k
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -17,9 +16,10 @@ from typing import Any
 import click
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from kpimon.agents.cli.errors import run_reading
 from kpimon.agents.config.kafka_security import aiokafka_options
 from kpimon.agents.config.options import broker_option, kafka_options, topic_prefix_option
-from kpimon.agents.config.preflight import KafkaAccessError, check_access
+from kpimon.agents.config.preflight import check_access
 from kpimon.agents.config.settings import Settings
 from kpimon.agents.config.topics import topic_partitions
 from kpimon.agents.pipeline.deadletters import REDACTED_HEADER
@@ -267,16 +267,8 @@ def dead_letters(
         )
 
     try:
-        count = asyncio.run(run())
+        count = run_reading(run(), settings.dead_letters, settings.broker)
     except KeyboardInterrupt:
         return
-    except click.ClickException:
-        raise
-    except KafkaAccessError as exc:
-        raise click.ClickException(str(exc)) from None
-    except Exception as exc:
-        raise click.ClickException(
-            f"reading {settings.dead_letters} from {settings.broker} failed: {exc!r}"
-        ) from None
     if not as_json_lines:
         click.echo(f"{count} dead letters", err=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 import sys
@@ -14,10 +13,11 @@ from typing import Any, TextIO
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from kpimon.agents.cli.errors import run_reading
 from kpimon.agents.cli.kpis import read_kpis
 from kpimon.agents.config.kafka_security import aiokafka_options
 from kpimon.agents.config.options import kafka_options
-from kpimon.agents.config.preflight import KafkaAccessError, check_access
+from kpimon.agents.config.preflight import check_access
 from kpimon.agents.config.settings import Settings
 from kpimon.agents.exporter.history import Series, by_day, history_series, openmetrics_lines, sample_count
 from kpimon.streams.events import day_of
@@ -163,16 +163,7 @@ def history(
         await check_access(settings)
         return await read_kpis(settings.broker, settings.kpis, options=aiokafka_options(settings))
 
-    try:
-        records = asyncio.run(read())
-    except click.ClickException:
-        raise
-    except KafkaAccessError as exc:
-        raise click.ClickException(str(exc)) from None
-    except Exception as exc:
-        raise click.ClickException(
-            f"reading {settings.kpis} from {settings.broker} failed: {exc!r}"
-        ) from None
+    records = run_reading(read(), settings.kpis, settings.broker)
     days = [day_number(record.day) for record in records.values()]
     if not days:
         raise click.ClickException(f"{settings.kpis} holds no records")

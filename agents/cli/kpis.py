@@ -11,9 +11,10 @@ from typing import Any
 import click
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from kpimon.agents.cli.errors import run_reading
 from kpimon.agents.config.kafka_security import aiokafka_options
 from kpimon.agents.config.options import broker_option, kafka_options, topic_prefix_option
-from kpimon.agents.config.preflight import KafkaAccessError, check_access
+from kpimon.agents.config.preflight import check_access
 from kpimon.agents.config.settings import Settings
 from kpimon.agents.config.topics import topic_partitions
 from kpimon.streams import output
@@ -90,15 +91,6 @@ def kpis(broker: str | None, topic_prefix: str | None, out: Path | None, kafka: 
         settings = Settings.from_env(broker=broker, topic_prefix=topic_prefix, **kafka)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    try:
-        records = asyncio.run(_read(settings))
-    except click.ClickException:
-        raise
-    except KafkaAccessError as exc:
-        raise click.ClickException(str(exc)) from None
-    except Exception as exc:
-        raise click.ClickException(
-            f"reading {settings.kpis} from {settings.broker} failed: {exc!r}"
-        ) from None
+    records = run_reading(_read(settings), settings.kpis, settings.broker)
     write_records(records, out)
     click.echo(f"{len(records)} records", err=True)
