@@ -9,8 +9,6 @@ receiver is the last path segment of the URL, as the generated webhooks are `<al
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import threading
 import time
@@ -28,6 +26,7 @@ from monitoring.config import MonitoringConfig
 from monitoring.render import to_yaml
 from tests.helpers import free_port
 from tests.prometheus import binary
+from tests.servers import ServerProcess
 
 
 @dataclass(frozen=True)
@@ -107,14 +106,13 @@ def running_webhook() -> Iterator[WebhookReceiver]:
         thread.join(10)
 
 
-class AlertmanagerServer:
+class AlertmanagerServer(ServerProcess):
     """A `prometheus-alertmanager` subprocess on 127.0.0.1:`port` and a small client of its API v2."""
 
+    name = "alertmanager"
+
     def __init__(self, config_file: Path, storage: Path, port: int, log_path: Path) -> None:
-        self.port = port
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
+        super().__init__(
             [
                 binary("prometheus-alertmanager"),
                 f"--config.file={config_file}",
@@ -123,15 +121,9 @@ class AlertmanagerServer:
                 # One instance: no gossip port (its default 9094 would collide between sessions).
                 "--cluster.listen-address=",
             ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            port,
+            log_path,
         )
-
-    @property
-    def address(self) -> str:
-        """host:port, as Prometheus' alertmanager targets want it."""
-        return f"127.0.0.1:{self.port}"
 
     def alerts(self) -> list[dict[str, Any]]:
         """Every alert Alertmanager holds, with its status (active, suppressed: inhibitedBy, silencedBy)."""
@@ -139,37 +131,6 @@ class AlertmanagerServer:
         with urllib.request.urlopen(url, timeout=10) as response:
             alerts: list[dict[str, Any]] = json.loads(response.read())
         return alerts
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        """Block until /-/ready answers 200, or fail with the server's log."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"alertmanager exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"http://{self.address}/-/ready", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (OSError, urllib.error.URLError):
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"alertmanager not ready after {timeout}s:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The last lines of the server's log."""
-        self._log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self, timeout: float = 30) -> None:
-        """SIGTERM the server (its process group) and wait; SIGKILL if it does not exit."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self._log.close()
 
 
 def write_config(directory: Path, config: MonitoringConfig) -> Path:

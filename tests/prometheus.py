@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import signal
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,6 +25,7 @@ from typing import Any
 from monitoring.accelerated import prometheus_files
 from monitoring.config import MonitoringConfig
 from tests.helpers import free_port
+from tests.servers import ServerProcess
 
 
 def binary(name: str) -> str:
@@ -120,16 +118,15 @@ class PrometheusError(AssertionError):
     """The API answered with an error (bad query, server problem)."""
 
 
-class PrometheusServer:
+class PrometheusServer(ServerProcess):
     """A `prometheus` subprocess on 127.0.0.1:`port` and a small client of its HTTP API."""
+
+    name = "prometheus"
 
     def __init__(
         self, config_file: Path, storage: Path, port: int, log_path: Path, retention: str = "30d"
     ) -> None:
-        self.port = port
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
+        super().__init__(
             [
                 binary("prometheus"),
                 f"--config.file={config_file}",
@@ -141,10 +138,9 @@ class PrometheusServer:
                 f"--web.console.templates={config_file.parent}",
                 f"--web.console.libraries={config_file.parent}",
             ],
+            port,
+            log_path,
             cwd=config_file.parent,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
 
     @property
@@ -168,21 +164,6 @@ class PrometheusServer:
         if answer.get("status") != "success":
             raise PrometheusError(f"{path} {params}: {answer}")
         return answer["data"]
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        """Block until /-/ready answers 200 (TSDB opened, rules loaded), or fail with the server's log."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"prometheus exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:  # noqa: S310
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"prometheus not ready after {timeout}s:\n{self.log_tail()}")
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """Instant query now: the result as a list of {metric, value} (a scalar becomes one sample)."""
@@ -219,23 +200,6 @@ class PrometheusServer:
         """The active scrape targets."""
         active: list[dict[str, Any]] = self.api("targets")["activeTargets"]
         return active
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The last lines of the server's log."""
-        self._log.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self, timeout: float = 30) -> int:
-        """SIGTERM the server (its process group) and wait; SIGKILL if it does not exit."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self._log.close()
-        return self.proc.returncode
 
 
 @contextmanager
