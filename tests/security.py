@@ -18,6 +18,8 @@ from tests.certs import Pki
 
 SCRAM_USER = "kpimon-test"
 SCRAM_PASSWORD = "scram-Pa55-for-tests"
+#: The password in the unit tests' `secret_file`: it must never show in a repr, a log or a message.
+SECRET = "s3cr3t-that-must-never-show-in-a-repr"
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import faust
-import pytest
 
 from kpimon.agents.config.kafka_security import Secret, aiokafka_options, read_secret
 from kpimon.agents.config.settings import Settings
@@ -16,22 +15,9 @@ from kpimon.agents.devtools.top import KpiFeed, MetricsAccess, TopConfig
 from kpimon.agents.exporter.web import basic_auth, web_warnings
 from kpimon.agents.pipeline.deadletters import Redactor
 from kpimon.agents.runtime.faust_app import faust_options
-from tests.certs import Pki, make_pki
+from tests.certs import Pki
 from tests.helpers import KPIMON, free_port
-
-SECRET = "s3cr3t-that-must-never-show-in-a-repr"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def secret_file(tmp_path: Path) -> Path:
-    path = tmp_path / "secret"
-    path.write_text(SECRET + "\n")
-    return path
+from tests.security import SECRET
 
 
 def test_a_secret_is_a_string_everywhere_but_in_its_repr() -> None:

@@ -23,21 +23,8 @@ from kpimon.agents.config.settings import Settings
 from kpimon.agents.exporter.web import BasicAuth, basic_auth, web_ssl_context
 from kpimon.agents.pipeline.deadletters import Redactor
 from kpimon.agents.runtime.faust_app import faust_options
-from tests.certs import Pki, make_pki
-
-SECRET = "s3cr3t-that-must-never-show"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def secret_file(tmp_path: Path) -> Path:
-    path = tmp_path / "secret"
-    path.write_text(SECRET + "\n")
-    return path
+from tests.certs import Pki
+from tests.security import SECRET
 
 
 def sasl(secret_file: Path, pki: Pki, **more: object) -> Settings:
