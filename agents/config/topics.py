@@ -1,4 +1,9 @@
-"""Create the topics kpimon reads and writes, with the partition counts and configs it expects."""
+"""Create the topics kpimon reads and writes, with the partition counts, replication and configs it expects.
+
+Replication follows the cluster (`choose_replication`): on a cluster of three brokers or more, a topic kpimon
+creates has 3 replicas and `min.insync.replicas=2`, so one broker can die without losing an acknowledged
+write or stopping the writers (every kpimon producer uses `DURABLE_PRODUCER`: acks=all, idempotent).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,56 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 log = logging.getLogger(__name__)
+
+#: A cluster with at least this many brokers gets replicated topics by default ...
+REPLICATED_CLUSTER_BROKERS = 3
+#: ... with this replication factor and min.insync.replicas: one broker may be away (a crash, a rolling
+#: restart) and writes with acks=all still succeed, each stored on two brokers at least.
+DEFAULT_REPLICATION_FACTOR = 3
+DEFAULT_MIN_INSYNC_REPLICAS = 2
+#: Options of every aiokafka producer kpimon creates (Faust's gets the same, agents/compat.py): a write
+#: counts once every in-sync replica has it, and a retry after a lost acknowledgement (a leader dying
+#: mid-request) is stored once, not twice.
+DURABLE_PRODUCER: Mapping[str, Any] = {"acks": "all", "enable_idempotence": True}
+
+
+class ReplicationError(ValueError):
+    """The configured replication cannot be had on this cluster; the message says why and what to set."""
+
+
+@dataclass(frozen=True)
+class Replication:
+    """Replication factor and min.insync.replicas of the topics kpimon creates."""
+
+    factor: int
+    min_insync: int
+
+    def topic_config(self) -> dict[str, str]:
+        """The topic-level config that goes with it (set even when 1: a broker default may be higher)."""
+        return {"min.insync.replicas": str(self.min_insync)}
+
+
+def choose_replication(brokers: int, factor: int = 0, min_insync: int = 0) -> Replication:
+    """The replication of new topics on a cluster of `brokers` live brokers; 0 means automatic.
+
+    Automatic: factor 3 with at least 3 brokers, else 1; min.insync.replicas 2 with a factor of 3 or more,
+    else 1 (with a factor of 2, a min.insync.replicas of 2 would stop every write while a broker is away).
+    """
+    if factor == 0:
+        factor = DEFAULT_REPLICATION_FACTOR if brokers >= REPLICATED_CLUSTER_BROKERS else 1
+    if min_insync == 0:
+        min_insync = DEFAULT_MIN_INSYNC_REPLICAS if factor >= DEFAULT_REPLICATION_FACTOR else 1
+    if factor > brokers:
+        raise ReplicationError(
+            f"replication_factor {factor} needs at least {factor} brokers, the cluster has {brokers} live; "
+            "lower replication_factor (0: automatic) or start the missing brokers"
+        )
+    if min_insync > factor:
+        raise ReplicationError(
+            f"min_insync_replicas {min_insync} exceeds the replication factor {factor}: no write could be "
+            "acknowledged"
+        )
+    return Replication(factor, min_insync)
 
 
 @dataclass(frozen=True)
@@ -28,38 +83,63 @@ async def ensure_topics(
     specs: list[TopicSpec],
     client_id: str = "kpimon-admin",
     options: Mapping[str, Any] | None = None,
-) -> None:
+    replication_factor: int = 0,
+    min_insync_replicas: int = 0,
+) -> Replication:
     """Create the topics of `specs` that do not exist yet; warn when one exists with other partitions.
 
-    `options` are extra client options, e.g. the security ones of `kafka_security.aiokafka_options`.
+    `options` are extra client options, e.g. the security ones of `kafka_security.aiokafka_options`. New
+    topics get the replication `choose_replication` picks for the cluster's live brokers (0: automatic),
+    which is returned; an existing topic with fewer replicas is only warned about (kpimon never moves data).
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id, **(options or {}))
     await admin.start()
     try:
+        cluster = await admin.describe_cluster()
+        replication = choose_replication(len(cluster["brokers"]), replication_factor, min_insync_replicas)
         existing = set(await admin.list_topics())
         missing = [s for s in specs if s.name not in existing]
         for spec in missing:
+            config = {**replication.topic_config(), **spec.config}
             try:
                 await admin.create_topics(
-                    [NewTopic(spec.name, spec.partitions, 1, topic_configs=dict(spec.config))]
+                    [NewTopic(spec.name, spec.partitions, replication.factor, topic_configs=config)]
                 )
-                log.info("created topic %s (%d partitions)", spec.name, spec.partitions)
+                log.info(
+                    "created topic %s (%d partitions, %d replicas, min.insync.replicas %s)",
+                    spec.name,
+                    spec.partitions,
+                    replication.factor,
+                    config["min.insync.replicas"],
+                )
             except TopicAlreadyExistsError:
                 pass  # another process created it between list and create
         present = [s for s in specs if s.name in existing]
         if present:
             described = await admin.describe_topics([s.name for s in present])
-            counts = {d["topic"]: len(d["partitions"]) for d in described}
+            by_name = {d["topic"]: d["partitions"] for d in described}
             for spec in present:
-                if counts.get(spec.name, spec.partitions) != spec.partitions:
-                    log.warning(
-                        "topic %s has %s partitions, expected %d",
-                        spec.name,
-                        counts[spec.name],
-                        spec.partitions,
-                    )
+                _warn_on_shape(spec, by_name.get(spec.name) or [], replication)
+        return replication
     finally:
         await admin.close()
+
+
+def _warn_on_shape(spec: TopicSpec, partitions: list[Any], replication: Replication) -> None:
+    """Warn when an existing topic has another partition count or fewer replicas than new ones get."""
+    if not partitions:  # not described (deleted meanwhile): nothing to say
+        return
+    if len(partitions) != spec.partitions:
+        log.warning("topic %s has %d partitions, expected %d", spec.name, len(partitions), spec.partitions)
+    replicas = min(len(p["replicas"]) for p in partitions)
+    if replicas < replication.factor:
+        log.warning(
+            "topic %s has %d replicas, expected %d: losing a broker may stop it or lose its data; add "
+            "replicas with kafka-reassign-partitions",
+            spec.name,
+            replicas,
+            replication.factor,
+        )
 
 
 async def topic_partitions(bootstrap: str, topic: str, options: Mapping[str, Any] | None = None) -> list[int]:
