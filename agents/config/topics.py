@@ -7,16 +7,22 @@ write or stopping the writers (every kpimon producer uses `DURABLE_PRODUCER`: ac
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: How long admin requests are retried on retriable errors (a broker of the cluster that just died).
+ADMIN_RETRY_SECONDS = 30.0
 
 #: A cluster with at least this many brokers gets replicated topics by default ...
 REPLICATED_CLUSTER_BROKERS = 3
@@ -78,6 +84,26 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
+async def _retrying(attempt: Callable[[], Awaitable[T]], what: str) -> T:
+    """`attempt()`, again on a retriable Kafka error (with backoff) for up to ADMIN_RETRY_SECONDS.
+
+    Right after a broker of a cluster dies, the metadata still lists it until the controller fences it
+    (Kafka's broker.session.timeout.ms, 9 s): an admin request sent to it fails with NodeNotReadyError, and
+    aiokafka's admin client does not retry. A new attempt asks another broker.
+    """
+    deadline = time.monotonic() + ADMIN_RETRY_SECONDS
+    delay = 0.5
+    while True:
+        try:
+            return await attempt()
+        except KafkaError as err:
+            if not err.retriable or time.monotonic() + delay > deadline:
+                raise
+            log.info("%s: %r; retrying in %.1f s", what, err, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
 async def ensure_topics(
     bootstrap: str,
     specs: list[TopicSpec],
@@ -91,7 +117,25 @@ async def ensure_topics(
     `options` are extra client options, e.g. the security ones of `kafka_security.aiokafka_options`. New
     topics get the replication `choose_replication` picks for the cluster's live brokers (0: automatic),
     which is returned; an existing topic with fewer replicas is only warned about (kpimon never moves data).
+    Retriable Kafka errors (a broker that just died) are retried for a while.
     """
+
+    async def attempt() -> Replication:
+        return await _ensure_topics(
+            bootstrap, specs, client_id, options, replication_factor, min_insync_replicas
+        )
+
+    return await _retrying(attempt, "checking the topics")
+
+
+async def _ensure_topics(
+    bootstrap: str,
+    specs: list[TopicSpec],
+    client_id: str,
+    options: Mapping[str, Any] | None,
+    replication_factor: int,
+    min_insync_replicas: int,
+) -> Replication:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id, **(options or {}))
     await admin.start()
     try:
@@ -144,15 +188,19 @@ def _warn_on_shape(spec: TopicSpec, partitions: list[Any], replication: Replicat
 
 async def topic_partitions(bootstrap: str, topic: str, options: Mapping[str, Any] | None = None) -> list[int]:
     """The partition numbers of a topic ([] when it does not exist); `options`: security client options."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(options or {}))
-    await admin.start()
-    try:
-        if topic not in await admin.list_topics():
-            return []
-        described = await admin.describe_topics([topic])
-        return sorted(p["partition"] for p in described[0]["partitions"])
-    finally:
-        await admin.close()
+
+    async def attempt() -> list[int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(options or {}))
+        await admin.start()
+        try:
+            if topic not in await admin.list_topics():
+                return []
+            described = await admin.describe_topics([topic])
+            return sorted(p["partition"] for p in described[0]["partitions"])
+        finally:
+            await admin.close()
+
+    return await _retrying(attempt, f"describing {topic}")
 
 
 def key_of(line: bytes) -> bytes | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from aiokafka.errors import NodeNotReadyError, TopicAuthorizationFailedError
 
 from kpimon.agents import compat
 from kpimon.agents.cli.worker import topic_specs
@@ -11,6 +12,7 @@ from kpimon.agents.config.topics import (
     DURABLE_PRODUCER,
     Replication,
     ReplicationError,
+    _retrying,
     choose_replication,
 )
 
@@ -63,3 +65,25 @@ def test_every_kpimon_producer_is_idempotent_with_acks_all() -> None:
     assert DURABLE_PRODUCER == {"acks": "all", "enable_idempotence": True}
     # Faust's producer gets the same (compat cannot import the config layer).
     assert compat.DURABLE_PRODUCER_OPTIONS == DURABLE_PRODUCER
+
+
+async def test_admin_requests_are_retried_while_a_dead_broker_is_still_listed() -> None:
+    """Right after a broker dies the metadata still lists it: a request to it fails, the next one works."""
+    calls: list[int] = []
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise NodeNotReadyError("Attempt to send a request to node which is not ready (node id 1).")
+        return "done"
+
+    assert await _retrying(flaky, "test") == "done"
+    assert len(calls) == 3
+
+    async def refused() -> str:
+        calls.append(1)
+        raise TopicAuthorizationFailedError("no")
+
+    with pytest.raises(TopicAuthorizationFailedError):  # not retriable: at once
+        await _retrying(refused, "test")
+    assert len(calls) == 4
