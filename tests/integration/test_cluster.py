@@ -12,9 +12,12 @@ recovery figures are printed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -28,7 +31,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from kpimon.agents.config.settings import default_home
+from kpimon.agents.config.preflight import KafkaHandshakeError, check_access
+from kpimon.agents.config.settings import Settings, default_home
 from kpimon.agents.devtools.localkafka import LocalCluster
 from tests.helpers import KPIMON, free_port
 from tests.pipeline import (
@@ -228,6 +232,34 @@ async def read_dead_letters(bootstrap: str, topic: str) -> list[tuple[str, str, 
 def leaders(described: dict[str, list[dict[str, Any]]]) -> Counter[int]:
     """How many partitions each broker leads."""
     return Counter(p["leader"] for partitions in described.values() for p in partitions)
+
+
+def closing_listener() -> tuple[socket.socket, threading.Thread]:
+    """A port that accepts connections and closes them at once, like a broker killed mid-handshake."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = server.accept()
+                connection.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, thread
+
+
+async def test_a_broker_closing_the_handshake_is_skipped_for_the_next(kafka_bootstrap: str) -> None:
+    """The first bootstrap broker dying in the pre-flight's handshake is not taken for a wrong protocol."""
+    server, _ = closing_listener()
+    try:
+        dying = f"127.0.0.1:{server.getsockname()[1]}"
+        await check_access(Settings(broker=f"{dying},{kafka_bootstrap}"), timeout=10)
+        # Alone, it is still the clear error it was.
+        with pytest.raises(KafkaHandshakeError, match="closed the connection during the handshake"):
+            await check_access(Settings(broker=dying), timeout=10)
+    finally:
+        server.close()
 
 
 @pytest.mark.parametrize("victim", ["most-leaders", "group-coordinator"])
