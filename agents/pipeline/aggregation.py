@@ -9,6 +9,7 @@ sum (docs/architecture.md, "Absolute partials and an idempotent merge").
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Iterator, MutableMapping
 from datetime import UTC, datetime
@@ -35,6 +36,9 @@ class Aggregator:
         self.current_day: int | None = None
         #: Groups changed since they were last published (those after the current day wait here).
         self.dirty: set[Group] = set()
+        #: The dirty groups, newest day first (a heap of (-day, group); entries of groups no longer dirty
+        #: are skipped): what is published first (`take_publishable`).
+        self._queue: list[tuple[int, Group]] = []
         #: Last published value per output key, so unchanged records are not sent again.
         self._published: dict[str, tuple[Any, ...]] = {}
 
@@ -52,8 +56,13 @@ class Aggregator:
             entry = {}
         entry[source] = {"v": partial.version, "c": partial.counts}
         table[key] = entry
-        self.dirty.add(partial.group)
+        self._mark(partial.group)
         return True
+
+    def _mark(self, group: Group) -> None:
+        if group not in self.dirty:
+            self.dirty.add(group)
+            heapq.heappush(self._queue, (-group[2], group))
 
     def on_watermark(self, table: AggregateTable, target: int, watermark: Watermark) -> None:
         """Merge a source's current day (sent to every partials partition; `target` is this one)."""
@@ -93,13 +102,14 @@ class Aggregator:
         """After a restart or rebalance: the current day from the stored watermarks, owned groups dirty."""
         self._published.clear()
         self.dirty.clear()
+        self._queue.clear()
         for key, entry in list(table.items()):
             if key.startswith(_WATERMARK):
                 self._advance(int(entry["day"]))
                 continue
             group = parse_group(key.decode())
             if partition_of(group, self.partitions) in owned:
-                self.dirty.add(group)
+                self._mark(group)
 
     def global_counts(self, table: AggregateTable, group: Group) -> dict[str, int]:
         """The sum over source partitions of a group's counters."""
@@ -118,20 +128,40 @@ class Aggregator:
         )
 
     def take_publishable(self, table: AggregateTable, owned: set[int]) -> Iterator[KpiRecord]:
-        """Records of dirty groups up to the current day whose value changed since last published."""
+        """Records of dirty groups up to the current day whose value changed since last published.
+
+        Newest day first, and a group made dirty while the caller is suspended between two records comes
+        next if it is newer than the rest: after a backfill the view has the current day's values within a
+        second, not once every older day is re-published (40,000 records of a 60-day demo history took
+        tens of seconds). One call takes at most as many groups as were ready when it started, so it ends
+        even while new partials keep coming; the others stay dirty for the next call.
+        """
         if self.current_day is None:
             return
         now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        ready = [g for g in self.dirty if g[2] <= self.current_day]
-        for group in ready:
-            self.dirty.discard(group)
-            if partition_of(group, self.partitions) not in owned:
-                continue  # moved to another worker by a rebalance: it publishes it now
-            for record in self.records(table, group, now):
-                fingerprint = (record.value, record.numerator, record.denominator)
-                if self._published.get(record.key) != fingerprint:
-                    self._published[record.key] = fingerprint
-                    yield record
+        budget = sum(1 for g in self.dirty if g[2] <= self.current_day)
+        later: list[tuple[int, Group]] = []  # dirty groups after the current day: they wait
+        try:
+            while budget > 0 and self._queue:
+                entry = heapq.heappop(self._queue)
+                group = entry[1]
+                if group not in self.dirty:
+                    continue  # published since it was queued
+                if self.current_day is None or group[2] > self.current_day:
+                    later.append(entry)
+                    continue
+                budget -= 1
+                self.dirty.discard(group)
+                if partition_of(group, self.partitions) not in owned:
+                    continue  # moved to another worker by a rebalance: it publishes it now
+                for record in self.records(table, group, now):
+                    fingerprint = (record.value, record.numerator, record.denominator)
+                    if self._published.get(record.key) != fingerprint:
+                        self._published[record.key] = fingerprint
+                        yield record
+        finally:
+            for entry in later:
+                heapq.heappush(self._queue, entry)
 
     def groups_on(self, table: AggregateTable, days: set[int], owned: set[int]) -> Iterator[Group]:
         """Owned groups of the given days (the gauges show the current and the previous day)."""
