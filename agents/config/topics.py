@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,10 +29,12 @@ async def ensure_topics(
     specs: list[TopicSpec],
     client_id: str = "kpimon-admin",
     options: Mapping[str, Any] | None = None,
+    leader_timeout: float = 30.0,
 ) -> None:
     """Create the topics of `specs` that do not exist yet; warn when one exists with other partitions.
 
-    `options` are extra client options, e.g. the security ones of `kafka_security.aiokafka_options`.
+    Returns once every partition of them has a leader (at most `leader_timeout` seconds later). `options`
+    are extra client options, e.g. the security ones of `kafka_security.aiokafka_options`.
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id, **(options or {}))
     await admin.start()
@@ -58,8 +61,34 @@ async def ensure_topics(
                         counts[spec.name],
                         spec.partitions,
                     )
+        await _wait_for_leaders(admin, [s.name for s in specs], leader_timeout)
     finally:
         await admin.close()
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout: float) -> None:
+    """Wait until every partition of the topics has a leader (or `timeout` passes, then go on).
+
+    A topic just created (here or by another process) can be without leaders for a moment; a producer that
+    sends then gets NotLeaderForPartition and retries, and on a busy machine its first batches expired that
+    way: `kpimon demo`'s replay failed on a broker under a load of 25.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        described = await admin.describe_topics(names)
+        leaderless = sorted(
+            {
+                d["topic"]
+                for d in described
+                if not d["partitions"] or any(p["leader"] < 0 for p in d["partitions"])
+            }
+        )
+        if not leaderless or loop.time() > deadline:
+            if leaderless:
+                log.warning("topics without a leader after %.0f s: %s", timeout, ", ".join(leaderless))
+            return
+        await asyncio.sleep(0.1)
 
 
 async def topic_partitions(bootstrap: str, topic: str, options: Mapping[str, Any] | None = None) -> list[int]:
