@@ -1189,8 +1189,6 @@ class LiveModel:
             late_fraction, duplicate_fraction, invalid_fraction, lateness_days, future_from_ms(start_ms)
         )
         self.lateness_ms = int(lateness_days * DAY_MS)
-        # Enough concurrent sessions that each lasts a realistic tens of seconds at this rate.
-        self.pool_size = max(1, min(max(1, len(self.active) // 2), int(rate * 3)))
         self.sessions: list[_LiveSession] = []
         self.busy: set[str] = set()
         self.silent_from: dict[str, int] = {}  # churn-wave: user_id -> when they fall silent
@@ -1307,6 +1305,8 @@ class LiveModel:
         self.active, self._weights = [], []
         for user in users:
             self._add_active(user)
+        # Enough concurrent sessions that each lasts a realistic tens of seconds at this rate.
+        self.pool_size = max(1, min(max(1, len(self.active) // 2), int(self.rate * 3)))
 
     def _add_active(self, user: User) -> None:
         # Picked in proportion to their sessions per day: power users come back more often.
