@@ -31,7 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from kpimon.agents.config.settings import Settings, default_home
 from kpimon.agents.devtools.localkafka import QUICK_START_JVM_OPTIONS, KafkaLauncherError, LocalKafka
-from kpimon.agents.devtools.top import TopConfig, run_top
+from kpimon.agents.devtools.top import DIMENSIONS, TopConfig, run_top
 
 KPIMON = str(Path(sys.executable).with_name("kpimon"))
 
@@ -198,6 +198,13 @@ def line_count(*paths: Path) -> int:
     "--interval", type=float, default=2.0, show_default=True, help="Seconds between refreshes of the view."
 )
 @click.option(
+    "--dimension",
+    type=click.Choice(DIMENSIONS),
+    default="all",
+    show_default=True,
+    help="Segment dimension of the view: `platform` shows the scenarios (every platform side by side).",
+)
+@click.option(
     "--plain",
     is_flag=True,
     help="Plain lines instead of the full-screen view (the default when stdout is not a terminal).",
@@ -213,6 +220,7 @@ def demo(
     scenario_after: float,
     targets_file: Path | None,
     interval: float,
+    dimension: str,
     plain: bool,
 ) -> None:
     """Run everything locally: Kafka, a worker, 60 days of history, then live traffic and `kpimon top`.
@@ -286,15 +294,18 @@ def demo(
         simulator_args += ["--scenario-after", str(scenario_after), *common]
         children.append(("simulator", _spawn(simulator_args, logs / "simulator.log")))
         click.echo(f"kpimon demo is running. Metrics: {url}   (logs in {logs}; Ctrl-C stops everything)")
-        click.echo(
-            f"Per platform, in another terminal: kpimon top --broker {bootstrap} --metrics-url {url}"
-            " --dimension platform"
-        )
+        if dimension == "all":
+            click.echo(
+                f"Per platform, in another terminal: kpimon top --broker {bootstrap} --metrics-url {url}"
+                " --dimension platform   (or run the demo with --dimension platform)"
+            )
         settings = Settings.from_env(broker=bootstrap)
         config = TopConfig(
             broker=bootstrap,
             topic=settings.kpis,
             metrics_urls=(url,),
+            dimension=dimension,
+            segment="all" if dimension == "all" else None,
             interval=interval,
             plain=True if plain else None,
         )
