@@ -128,7 +128,7 @@ def write_files(messages: Iterable[tuple[str, bytes]], out_dir: Path) -> None:
     "--thin",
     is_flag=True,
     help="Batch: only the messages that can change a KPI (a user's first click of each day and segment,"
-    " surveys, broken messages): the same KPIs from about a third of the messages, for a quick backfill.",
+    " surveys, broken messages): the same KPIs from about a quarter of the messages, for a quick backfill.",
 )
 @click.option(
     "--population",

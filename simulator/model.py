@@ -429,7 +429,7 @@ class BatchConfig:
     #: model's own sessions (several a day of a few clicks each, about 6 clicks per active user-day).
     #: A low value gives traffic where most clicks turn a new (user, day) active.
     clicks_per_day: float | None = None
-    #: Only the messages that can change a KPI (`thin_clicks`): the same KPIs from about a third of the
+    #: Only the messages that can change a KPI (`thin_clicks`): the same KPIs from about a quarter of the
     #: messages, for a quick backfill (the demo's history).
     thin: bool = False
 
