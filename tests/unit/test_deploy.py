@@ -449,7 +449,7 @@ def test_compose_alerts_reach_the_placeholder_receiver_which_logs_them() -> None
     assert receiver["network_mode"] == "service:alertmanager"
     mounts = {target: bind_source(source) for source, target in volume_mounts(receiver)}
     script = mounts[receiver["command"][-1]]
-    assert script == DEPLOY / "alertmanager" / "placeholder_receiver.py"
+    assert script == DEPLOY / "placeholder_alert_receiver.py"
     webhook = urllib.parse.urlsplit(DEFAULT.alert_webhook_url)
     assert (webhook.hostname, webhook.port) == ("127.0.0.1", 9095)
     assert f"DEFAULT_PORT = {webhook.port}" in script.read_text()
