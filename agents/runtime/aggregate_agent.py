@@ -18,7 +18,7 @@ from kpimon.agents.pipeline.aggregation import Aggregator
 from kpimon.agents.pipeline.engine import SourceEngine
 from kpimon.agents.pipeline.pacing import Turns
 from kpimon.agents.runtime.faust_app import KpimonApp
-from kpimon.agents.runtime.kafka_io import read_to_end
+from kpimon.agents.runtime.kafka_io import read_committed
 from kpimon.agents.runtime.ownership import Ownership
 from kpimon.agents.runtime.publishing import KpiPublisher, heal
 from kpimon.agents.runtime.tables import table
@@ -107,12 +107,13 @@ def register_aggregate(
         healed = await heal(
             aggregator,
             aggregates,
-            read_to_end(settings, settings.partials, owned),
+            read_committed(settings, settings.partials, owned),
             settled_before,
             lambda partition: compat.writing_partition(settings.partials, partition),
         )
         log.info(
-            "re-read kpimon-partials %s in %.2f s: %d partials newer than the restored entries",
+            "re-read kpimon-partials %s up to the committed offsets in %.2f s: %d newer than the restored "
+            "entries",
             sorted(owned),
             time.monotonic() - started,
             healed,

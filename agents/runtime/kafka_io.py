@@ -18,14 +18,15 @@ from kpimon.agents.runtime.ports import TopicPartition as Partition
 from kpimon.agents.runtime.tables import raw_topic
 
 
-async def read_to_end(
+async def read_committed(
     settings: Settings, topic: str, partitions: set[int]
 ) -> AsyncIterator[tuple[int, bytes | None]]:
-    """(partition, value) of every record of `partitions` of `topic`, from the beginning up to where they
-    ended when the call started."""
+    """(partition, value) of every record of `partitions` of `topic` before the consumer group's committed
+    offset: what the group's members have processed and will not read again."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.broker,
         client_id=f"{settings.app_id}-reread",
+        group_id=settings.app_id,  # only to read the committed offsets: it never joins the group
         enable_auto_commit=False,
         **aiokafka_options(settings),
     )
@@ -33,8 +34,8 @@ async def read_to_end(
     try:
         tps = [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
+        ends = {tp: await consumer.committed(tp) or 0 for tp in tps}
         await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
         left = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
         while left:
             batches = await consumer.getmany(*left, timeout_ms=500)

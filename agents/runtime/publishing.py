@@ -77,7 +77,7 @@ class PartialsFlusher:
         async with self.turns.job():
             started = self.fresh_pacer.now()
             count = await self._send(final, "fresh" if not final else "all", None)
-            count += await self._send_watermarks(final)
+            await self._send_watermarks(final)
             self.fresh_pacer.ran(started)
             if backlog and not final and not self.stopping():
                 started = self.pacer.now()
@@ -112,9 +112,9 @@ class PartialsFlusher:
                     break  # the groups not taken stay dirty for the next slice
         return count
 
-    async def _send_watermarks(self, final: bool) -> int:
+    async def _send_watermarks(self, final: bool) -> None:
         if self.stopping() and not final:
-            return 0
+            return
         for watermark in self.engine.take_watermarks(self.generation()):
             for target in range(self.partitions):
                 await self.sender.send(
@@ -124,7 +124,6 @@ class PartialsFlusher:
                 )
             if not final:
                 await self.turns.share()
-        return 0
 
 
 async def heal(
@@ -134,15 +133,17 @@ async def heal(
     from_day: int,
     writing: Callable[[int], contextlib.AbstractContextManager[None]],
 ) -> int:
-    """After the aggregate table's restore: merge kpimon-partials' `messages` (partition, value) read from
-    the beginning, so no restored entry lacks a partial; returns how many were newer than the entry.
+    """After the aggregate table's restore: merge kpimon-partials' `messages` (partition, value), read from
+    the beginning up to the committed offsets, so no restored entry lacks a partial the aggregate agent
+    will not read again; returns how many were newer than the entry.
 
     The changelog can lack a previous owner's last merges (engine.rebuild_counters), and after a restart
     of a static member no rebalance makes the other workers' sources send their partials again: found by
     the static-membership test, whose restarted worker kept half of some counters for good. Compaction keeps
-    the latest partial of every group and source, so the topic holds what the entries must. Days before
-    `from_day` are left out: their groups are settled (Aggregator.recover). `writing(partition)` routes
-    the table writes to that partition's changelog.
+    the latest partial of every group and source, so the topic holds what the entries must; the partials
+    after the committed offsets the agent reads itself. Days before `from_day` are left out: their groups
+    are settled (Aggregator.recover). `writing(partition)` routes the table writes to that partition's
+    changelog.
     """
     healed = 0
     async for partition, value in messages:
