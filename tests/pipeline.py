@@ -234,6 +234,17 @@ class KpisFollower:
                 right_since.setdefault(record.key, ts)
         return max(right_since.values(), default=0.0)
 
+    def republished(self, since: float, days: set[str]) -> float | None:
+        """When every key of `days` had arrived again after `since` (Kafka timestamps); None until then."""
+        with self._lock:
+            arrivals = [(ts, r.key) for ts, r in self.arrivals if r.day in days]
+        first: dict[str, float] = {}
+        for ts, key in arrivals:
+            if ts >= since:
+                first.setdefault(key, ts)
+        keys = {key for _, key in arrivals}
+        return max(first.values()) if keys and keys <= first.keys() else None
+
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
