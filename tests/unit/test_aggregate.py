@@ -187,36 +187,3 @@ def test_retention_gauges_show_the_newest_matured_cohort_as_current() -> None:
     assert registry.get_sample_value("kpimon_kpi_ci_low", {**current, "kpi": "retention_rate"}) is not None
     # The cohort record of DAY itself (window 1d) has no gauge: its retention is not known yet.
     assert registry.get_sample_value("kpimon_retention_cohort_users", {**current, "window": "1d"}) is None
-
-
-def test_the_newest_day_is_published_first_even_when_it_changes_during_a_publication() -> None:
-    """After a backfill the current day's records come first, not after every older day's."""
-    table: dict[bytes, Any] = {}
-    agg = Aggregator(4)
-    owned = set(range(4))
-    agg.on_watermark(table, 0, Watermark(source=0, version=1, current_day=DAY))
-    for day in range(DAY - 30, DAY + 1):
-        agg.on_partial(table, partial(0, 1, 1, 2, day=day))
-    agg.on_partial(table, partial(0, 1, 1, 2, day=DAY + 1))  # after the current day: waits
-    records = agg.take_publishable(table, owned)
-    days = [next(records).day]
-    assert days == [day_name(DAY)]
-    for record in records:
-        if record.day != days[-1]:
-            days.append(record.day)
-            if record.day == day_name(DAY - 10):
-                # A newer partial of the current day arrives while the publication is under way: its group
-                # is next, before the older days still to come.
-                agg.on_partial(table, partial(0, 2, 5, 9, day=DAY))
-    assert days[:22] == [day_name(d) for d in range(DAY, DAY - 11, -1)] + [day_name(DAY)] + [
-        day_name(d) for d in range(DAY - 11, DAY - 21, -1)
-    ]
-    # One call takes no more groups than were ready when it started (it ends while partials keep coming):
-    # the oldest day waits for the next call, with the day after the current day.
-    assert sorted(set(days)) == sorted(day_name(d) for d in range(DAY - 29, DAY + 1))
-    assert agg.dirty == {("platform", "ios", DAY - 30), ("platform", "ios", DAY + 1)}
-    agg.on_watermark(table, 0, Watermark(source=0, version=2, current_day=DAY + 1))
-    assert list(dict.fromkeys(r.day for r in agg.take_publishable(table, owned))) == [
-        day_name(DAY + 1),
-        day_name(DAY - 30),
-    ]
