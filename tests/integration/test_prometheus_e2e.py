@@ -62,6 +62,7 @@ from monitoring.config import DEFAULT, AlertRouting, MonitoringConfig
 from monitoring.dashboards import bands, panel_queries, variable_queries
 from monitoring.promql import substitute_variables
 from monitoring.rules import RecordingRule, kpi, recording_rules
+from monitoring.shiftshare import WEIGHTS, Segment, decompose, mix_effect, overlap_effect, rate_effect, share
 from tests.alertmanager import (
     AlertmanagerServer,
     Notification,
@@ -761,6 +762,174 @@ def test_nps_week_over_week_fires_for_the_dropped_segment(stack: Stack) -> None:
     assert change[DROPPED] < -3 * limit
 
     wait_for_alerts(stack, "KpimonNpsDroppedWeekOverWeek", dropped, unsure)
+
+
+# --- shift-share: which segments drove the all/all change -----------------------------------------------
+
+
+def split_input(series: dict[SeriesKey, float], metric: str, window: str) -> dict[str, dict[str, Segment]]:
+    """dimension -> segment -> (weight, value) of `metric` on the current day, from recorded series: the
+    weight is the denominator's gauge (monitoring.shiftshare.WEIGHTS), a segment without a value has None."""
+    spec = WEIGHTS[metric]
+    out: dict[str, dict[str, Segment]] = {}
+
+    def current(name: str, own: dict[str, str]) -> dict[tuple[str, str], float]:
+        found: dict[tuple[str, str], float] = {}
+        for (series_name, labels), value in series.items():
+            lab = dict(labels)
+            same_day = series_name == kpi(name) and lab["window"] == window and lab["day"] == "current"
+            if same_day and lab["dimension"] != "all" and all(lab.get(k) == v for k, v in own.items()):
+                found[(lab["dimension"], lab["segment"])] = value
+        return found
+
+    values = current(metric, {})
+    if spec is None:
+        weights = {key: 1.0 for key in values}
+    else:
+        matchers = dict(re.findall(r'(\w+)="(\w+)"', spec[1]))
+        weights = current(spec[0], matchers)
+    for (dimension, segment), n in weights.items():
+        out.setdefault(dimension, {})[segment] = Segment(n, values.get((dimension, segment)))
+    return out
+
+
+#: The week-over-week alerts' KPIs and windows in this test (churn on CHURN_WINDOW, DAU on 1d).
+SPLIT_WINDOWS = {
+    "kpimon_nps_score": ("7d", "30d"),
+    "kpimon_csat_ratio": ("7d", "30d"),
+    "kpimon_churn_ratio": (CHURN_WINDOW,),
+    "kpimon_active_users": ("1d",),
+}
+
+
+def labelled(found: dict[frozenset[tuple[str, str]], float], window: str) -> dict[tuple[str, str], float]:
+    """(dimension, segment) -> value of the current-day series of `window`."""
+    return {
+        (dict(k)["dimension"], dict(k).get("segment", "")): v
+        for k, v in found.items()
+        if dict(k)["window"] == window and dict(k)["day"] == "current"
+    }
+
+
+def test_shift_share_rules_split_the_change_like_the_reference(stack: Stack) -> None:
+    """Prometheus' rate and mix effects equal the split of the reference's KPIs (now against a week ago,
+    monitoring.shiftshare.decompose); per dimension, the parts plus the overlap are the all/all change."""
+    now, week_ago = recorded_kpis(stack.now), recorded_kpis(stack.week_ago)
+    expected: dict[str, dict[tuple[str, str, str], float]] = {}
+    for metric, windows in SPLIT_WINDOWS.items():
+        for window in windows:
+            before, after = split_input(week_ago, metric, window), split_input(now, metric, window)
+            for dimension in before.keys() | after.keys():
+                split = decompose(
+                    before.get(dimension, {}), after.get(dimension, {}), count=WEIGHTS[metric] is None
+                )
+                for segment, effect in split.items():
+                    key = (window, dimension, segment)
+                    expected.setdefault(rate_effect(metric), {})[key] = effect.rate
+                    expected.setdefault(mix_effect(metric), {})[key] = effect.mix
+    assert len(expected) == 2 * len(SPLIT_WINDOWS)
+
+    def differences() -> list[str]:
+        out: list[str] = []
+        for record, values in expected.items():
+            found = {
+                (dict(k)["window"], dict(k)["dimension"], dict(k)["segment"]): v
+                for k, v in stack.prometheus.values(f'{record}{{day="current"}}').items()
+            }
+            found = {k: v for k, v in found.items() if k[0] in SPLIT_WINDOWS[record.split(":")[1]]}
+            if found.keys() != values.keys():
+                out.append(f"{record}: {sorted(found.keys() ^ values.keys())}")
+            out += [
+                f"{record} {k}: {found[k]} != {v}"
+                for k, v in values.items()
+                if abs(found.get(k, v) - v) > 1e-6
+            ]
+        return out
+
+    assert poll(differences, lambda d: not d, timeout=60, message="split equal to the reference's") == []
+    for metric, windows in SPLIT_WINDOWS.items():
+        for window in windows:
+            all_now = now.get(
+                (
+                    kpi(metric),
+                    frozenset(
+                        {"window": window, "day": "current", "dimension": "all", "segment": "all"}.items()
+                    ),
+                )
+            )
+            all_then = week_ago.get(
+                (
+                    kpi(metric),
+                    frozenset(
+                        {"window": window, "day": "current", "dimension": "all", "segment": "all"}.items()
+                    ),
+                )
+            )
+            if all_now is None or all_then is None:
+                continue
+            parts = labelled(
+                stack.prometheus.values(
+                    f"sum by (window, day, dimension) ({rate_effect(metric)} + {mix_effect(metric)})"
+                ),
+                window,
+            )
+            overlap = labelled(stack.prometheus.values(overlap_effect(metric)), window)
+            assert parts and parts.keys() == overlap.keys(), (metric, window)
+            for key, value in parts.items():
+                assert value + overlap[key] == pytest.approx(all_now - all_then, abs=1e-6), (
+                    metric,
+                    window,
+                    key,
+                )
+                if metric in ("kpimon_nps_score", "kpimon_csat_ratio"):  # every answer in one segment
+                    assert overlap[key] == pytest.approx(0, abs=1e-9), (metric, window, key)
+
+
+def nps_shares(stack: Stack) -> dict[tuple[str, str], float]:
+    """(dimension, segment) -> share of the 7d all/all NPS change, from Prometheus."""
+    return labelled(stack.prometheus.values(share("kpimon_nps_score")), "7d")
+
+
+def test_android_carries_the_nps_drop(stack: Stack) -> None:
+    """nps-drop:android: of the all/all NPS change, android's rate and mix effect carry at least 80 %
+    (ios' noise and web's chance make up the rest), and the all/all alert's `drivers` names android first,
+    with its share; so does the notification that reaches the product team."""
+    shares = poll(
+        lambda: nps_shares(stack), lambda s: DROPPED in s, timeout=60, message="android's share of the change"
+    )
+    android = shares[DROPPED]
+    print(f"android's share of the 7d all/all NPS change (nps-drop:android): {android:.4f}")
+    assert android >= 0.8, shares
+    platform = {k: v for k, v in shares.items() if k[0] == "platform"}
+    assert max(platform, key=lambda k: platform[k]) == DROPPED
+    # The reference says the same.
+    before, after = (
+        split_input(recorded_kpis(r), "kpimon_nps_score", "7d")["platform"]
+        for r in (stack.week_ago, stack.now)
+    )
+    split = decompose(before, after)
+    assert split[DROPPED[1]].total / sum(e.total for e in split.values()) == pytest.approx(android, rel=1e-6)
+
+    whole = ("all", "all")
+    name = "KpimonNpsDroppedWeekOverWeek"
+    alert = poll(
+        lambda: alerting(stack, name).get(whole, {}),
+        lambda a: a.get("state") == "firing" and "drivers" in a.get("annotations", {}),
+        timeout=90,
+        message=f"{name} firing for all/all with its drivers",
+    )
+    drivers = alert["annotations"]["drivers"]
+    print(f"drivers: {drivers}")
+    first = drivers.split("; ")[0]
+    assert first.startswith(f"platform=android {android * 100:.4g}% of the change (rate "), drivers
+    assert {part.split("=")[0] for part in drivers.split("; ")} == {"platform", "plan", "stage", "engagement"}
+    received = poll(
+        lambda: [a for _, a in arrived(stack, name, whole) if "drivers" in a["annotations"]],
+        bool,
+        timeout=120,
+        message=f"a notification of {name} for all/all with its drivers",
+    )
+    assert received[-1]["annotations"]["drivers"].startswith("platform=android "), received[-1]["annotations"]
 
 
 # --- noise: the same swing on a handful of answers ---------------------------------------------------

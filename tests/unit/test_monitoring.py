@@ -25,7 +25,16 @@ from monitoring.dashboards import PanelQuery, bands, dashboards, panel_queries, 
 from monitoring.generate import GENERATED_DIRS, PROMETHEUS_DIR, RULES_DIR, generated_files
 from monitoring.promql import metric_names, substitute_variables
 from monitoring.render import to_yaml
-from monitoring.rules import KPI_GAUGES, RecordingRule, alert_groups, alerts, kpi, recording_rules
+from monitoring.rules import (
+    KPI_GAUGES,
+    RecordingRule,
+    alert_groups,
+    alerts,
+    kpi,
+    prometheus_rule_files,
+    recording_rules,
+)
+from monitoring.shiftshare import panel_title
 from scripts.generate import ROOT
 
 TESTS_DIR = ROOT / PROMETHEUS_DIR / "tests"
@@ -324,6 +333,11 @@ def test_grafana_alerts_are_the_prometheus_alerts() -> None:
     rules = {rule["title"]: rule for group in groups for rule in group["rules"]}
     prometheus = {a.name: a for a in alerts(DEFAULT)}
     assert set(rules) == set(prometheus)
+    prometheus_annotations = {
+        a["alert"]: a["annotations"]
+        for g in prometheus_rule_files(DEFAULT)["kpimon-alerts.yaml"]["groups"]  # type: ignore[attr-defined]
+        for a in g["rules"]
+    }
     for name, alert in prometheus.items():
         rule = rules[name]
         queries = {q["refId"]: q for q in rule["data"]}
@@ -344,6 +358,17 @@ def test_grafana_alerts_are_the_prometheus_alerts() -> None:
         assert rule["annotations"]["runbook_url"] == DEFAULT.runbook_url(name)
         assert "$values.A.Value" in rule["annotations"]["description"]
         assert len(rule["uid"]) <= 40
+        # The same annotations as the Prometheus rule, read from the rule's own queries.
+        assert set(rule["annotations"]) == set(prometheus_annotations[name]), name
+        assert "$values.A.Value" in rule["annotations"]["value"]
+        assert ("target" in rule["annotations"]) == ("B" in queries)
+        assert ({"D", "E"} <= set(queries)) == bool(alert.interval_kpi) == ("interval" in rule["annotations"])
+        if alert.interval_kpi:
+            assert f'kpi="{alert.interval_kpi}"' in queries["D"]["model"]["expr"]
+            assert "kpimon_kpi_ci_low" in queries["D"]["model"]["expr"]
+            assert "kpimon_kpi_ci_high" in queries["E"]["model"]["expr"]
+        if alert.drivers:
+            assert panel_title(alert.drivers) in rule["annotations"]["drivers"]
     assert len({rule["uid"] for rule in rules.values()}) == len(rules)
     assert [g["name"] for g in groups] == [g.name for g in alert_groups(DEFAULT)]
 
