@@ -1092,7 +1092,9 @@ def test_the_nps_drop_reaches_the_product_team_with_what_it_needs(stack: Stack) 
     nps = current_values(stack.now, "nps", "7d")[DROPPED]
     low, high = current_intervals(stack.now, "nps", "7d")[DROPPED]
     assert nps is not None
-    notification, alert = wait_for_notification(stack, "KpimonNpsBelowTarget", DROPPED)
+    notification, alert = wait_for_notification(
+        stack, "KpimonNpsBelowTarget", DROPPED, lambda a: a["annotations"]["value"] == f"{nps:.1f}"
+    )
     check_notification(stack, notification, alert, "product-analytics")
     annotations = alert["annotations"]
     assert annotations["value"] == f"{nps:.1f}"
@@ -1103,10 +1105,15 @@ def test_the_nps_drop_reaches_the_product_team_with_what_it_needs(stack: Stack) 
         f"7d NPS of platform=android is {nps:.1f}, below its target of {NPS_TARGET:.1f}."
     )
 
-    notification, alert = wait_for_notification(stack, "KpimonNpsDroppedWeekOverWeek", DROPPED)
-    check_notification(stack, notification, alert, "product-analytics")
     old = current_values(stack.week_ago, "nps", "7d")[DROPPED]
     assert old is not None
+    notification, alert = wait_for_notification(
+        stack,
+        "KpimonNpsDroppedWeekOverWeek",
+        DROPPED,
+        lambda a: a["annotations"]["value"] == f"{nps - old:.1f}",
+    )
+    check_notification(stack, notification, alert, "product-analytics")
     assert alert["annotations"]["value"] == f"{nps - old:.1f}"
     assert alert["annotations"]["interval"] == f"{low:.1f} to {high:.1f}"
     assert "target" not in alert["annotations"]
