@@ -34,7 +34,7 @@ _SCRAPE_NOTE = (
 _ROUTING_NOTE = (
     "\nAlertmanager for kpimon: routes by team and severity (page / ticket / info), groups by alert and"
     "\nsegment, holds back the KPI alerts while a pipeline alert says there is no data or a worker is down."
-    "\nThe receivers are PLACEHOLDERS (webhooks that lead nowhere): replace them by your pager, ticket and"
+    "\nThe receivers are PLACEHOLDERS (webhooks that reach nobody): replace them by your pager, ticket and"
     '\nchat integrations before use (docs/alerts.md, "Replace the placeholder receivers").'
 )
 
