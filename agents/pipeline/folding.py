@@ -82,5 +82,9 @@ class SegmentFolder:
         self._count(dimension, CAP)
         return OTHER
 
+    def kept(self, dimension: str) -> frozenset[str]:
+        """The values of `dimension` kept so far (a copy): `fold` maps each of them to itself."""
+        return frozenset(self._kept.get(dimension, ()))
+
     def _count(self, dimension: str, reason: str) -> None:
         self.folded[dimension, reason] = self.folded.get((dimension, reason), 0) + 1

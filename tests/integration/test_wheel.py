@@ -117,6 +117,8 @@ def test_the_wheel_installs_one_import_package(installed: Installed, workdir: Pa
     with zipfile.ZipFile(installed.wheel) as wheel:
         top = {name.split("/")[0] for name in wheel.namelist()}
         assert "kpimon/agents/devtools/kafka/pom.xml" in wheel.namelist()  # `kafka start` needs it
+        if shutil.which("cargo"):  # optional in the build, but built wherever cargo is
+            assert any(name.startswith("kpimon/_native.") for name in wheel.namelist()), wheel.namelist()
     dist_info = {name for name in top if name.endswith(".dist-info")}
     assert len(dist_info) == 1 and dist_info.pop().startswith("kpimon-"), top
     assert top - {name for name in top if name.endswith(".dist-info")} == {"kpimon"}, top
@@ -125,9 +127,12 @@ def test_the_wheel_installs_one_import_package(installed: Installed, workdir: Pa
         "import json, importlib.metadata as m, kpimon\n"
         "files = m.files('kpimon') or []\n"
         "top = sorted({f.parts[0] for f in files if f.parts[0] != '..'})\n"
-        "print(json.dumps({'file': kpimon.__file__, 'top': top}))\n"
+        "from kpimon.agents.pipeline import core\n"
+        "print(json.dumps({'file': kpimon.__file__, 'top': top, 'core': core.selected()}))\n"
     )
     found = json.loads(run(installed.python, "-c", probe, cwd=workdir))
+    if shutil.which("cargo"):
+        assert found["core"] == "native", found  # the wheel's compiled core loads outside the checkout
     assert Path(found["file"]).is_relative_to(installed.venv), found  # not the checkout
     assert [name for name in found["top"] if not name.endswith(".dist-info")] == ["kpimon"], found
 

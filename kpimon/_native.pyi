@@ -1,0 +1,37 @@
+# The compiled batch core (native/src/lib.rs), built by setuptools-rust; the types mypy checks callers by.
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kpimon.streams.userstate import UserState
+
+Run = tuple[str, str, int, int, int]
+
+class Core:
+    def __init__(
+        self,
+        passive_types: set[str],
+        policy_lateness_days: int,
+        engine_lateness_days: int,
+        max_future_ms: int,
+        max_message_bytes: int,
+    ) -> None: ...
+    def process(
+        self,
+        kind: str,
+        records: Sequence[Any],
+        next_offset: int,
+        get_state: Callable[[bytes], UserState | None],
+        state_class: type[UserState],
+        now_ms: int,
+        partition: int,
+        kept_platforms: frozenset[str],
+        kept_plans: frozenset[str],
+    ) -> tuple[
+        list[tuple[bytes, UserState]],
+        dict[tuple[str, str], list[Run]],
+        int,
+        int,
+        list[float],
+        int | None,
+        list[int],
+    ]: ...

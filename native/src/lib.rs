@@ -1,0 +1,401 @@
+//! kpimon._native: the compiled batch core (docs/architecture.md, "The batch core").
+//!
+//! One call per partition batch: `Core.process` reads the batch's records and the states of their users
+//! (Python `UserState` objects, through the caller's `get`), applies every message it is certain of, and
+//! returns the changed states (the same objects, updated in place only at the end, so an error leaves
+//! them untouched), the batch's counter runs already collapsed, the outcome counts, the delays, and the
+//! indices of the records it left to the Python engine. A record is left to Python when the core is not
+//! certain of it (unusual JSON, anything invalid, unkeyed records, new segment values, wide bitmaps,
+//! users with surveys whose click changes their activity); once one record of a user is left, the
+//! user's later records of the batch are too, so Python sees each user's records in offset order.
+
+mod bits;
+mod engine;
+mod json;
+
+use std::collections::HashSet;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use rustc_hash::FxHashMap;
+
+use bits::U256;
+use engine::{Fact, Run, State, COUNTERS, DIMENSIONS, DIM_STAGE, HORIZON, ONBOARDING_DAYS, STATE_HORIZON};
+
+const MS_PER_DAY: i64 = 86_400_000;
+
+/// Segments of one call, interned: (dimension code, value) -> id, and the Python key of each id.
+struct Segments<'py> {
+    ids: [FxHashMap<String, u32>; 4],
+    list: Vec<(u8, String, Option<Bound<'py, PyAny>>)>,
+}
+
+impl<'py> Segments<'py> {
+    fn new() -> Self {
+        Segments { ids: Default::default(), list: Vec::new() }
+    }
+
+    fn id(&mut self, dim: u8, value: &str, key: Option<&Bound<'py, PyAny>>) -> u32 {
+        if let Some(id) = self.ids[dim as usize].get(value) {
+            return *id;
+        }
+        let id = self.list.len() as u32;
+        self.ids[dim as usize].insert(value.to_owned(), id);
+        self.list.push((dim, value.to_owned(), key.cloned()));
+        id
+    }
+
+    fn key(&mut self, py: Python<'py>, id: u32) -> PyResult<Bound<'py, PyAny>> {
+        let (dim, value, key) = &mut self.list[id as usize];
+        if let Some(key) = key {
+            return Ok(key.clone());
+        }
+        let tuple = PyTuple::new(py, [DIMENSIONS[*dim as usize], value.as_str()])?.into_any();
+        *key = Some(tuple.clone());
+        Ok(tuple)
+    }
+}
+
+struct User<'py> {
+    key: Bound<'py, PyAny>,
+    /// The state object from the table (None for a user the table does not hold yet).
+    object: Option<Bound<'py, PyAny>>,
+    state: State<Bound<'py, PyAny>>,
+    /// Whether the table holds the user (a state written in this batch counts).
+    in_table: bool,
+    delegated: bool,
+    dirty: bool,
+}
+
+fn int_u256(value: &Bound<'_, PyAny>) -> Option<U256> {
+    value.extract::<u128>().ok().map(U256::from_u128).filter(|b| b.bit_length() <= engine::MAX_STATE_BITS)
+}
+
+/// The core's view of a Python UserState; None when it cannot take it (the user goes to Python).
+fn load_state<'py>(object: &Bound<'py, PyAny>, segments: &mut Segments<'py>) -> PyResult<Option<State<Bound<'py, PyAny>>>> {
+    let py = object.py();
+    let mut state = State::new();
+    state.base = object.getattr(intern!(py, "base"))?.extract()?;
+    let stored = object.getattr(intern!(py, "segments"))?;
+    let stored = stored.downcast::<PyDict>()?;
+    for (key, bits) in stored.iter() {
+        let tuple = key.downcast::<PyTuple>()?;
+        let dim = tuple.get_item(0)?;
+        let dim = dim.downcast::<PyString>()?.to_str()?;
+        let Some(code) = DIMENSIONS.iter().position(|d| *d == dim) else { return Ok(None) };
+        let value = tuple.get_item(1)?;
+        let value = value.downcast::<PyString>()?.to_str()?;
+        let Some(bits) = int_u256(&bits) else { return Ok(None) };
+        let id = segments.id(code as u8, value, Some(&key));
+        state.segments.push((id, bits));
+    }
+    let Some(explicit_new) = int_u256(&object.getattr(intern!(py, "explicit_new"))?) else { return Ok(None) };
+    state.explicit_new = explicit_new;
+    state.first_active = object.getattr(intern!(py, "first_active"))?.extract()?;
+    state.first_active_unsigned = object.getattr(intern!(py, "first_active_unsigned"))?.extract()?;
+    state.first_seen = object.getattr(intern!(py, "first_seen"))?.extract()?;
+    state.last_seen = object.getattr(intern!(py, "last_seen"))?.extract()?;
+    state.partition = object.getattr(intern!(py, "partition"))?.extract()?;
+    let surveys = object.getattr(intern!(py, "surveys"))?;
+    let surveys = surveys.downcast::<PyDict>()?;
+    for (event_id, fact) in surveys.iter() {
+        let day: i64 = fact.get_item(0)?.extract()?;
+        state.surveys.push(Fact { key: event_id, day });
+    }
+    Ok(Some(state))
+}
+
+/// Write a changed state into its Python object (a new one for a new user).
+fn store_state<'py>(
+    py: Python<'py>,
+    user: &User<'py>,
+    state_class: &Bound<'py, PyAny>,
+    segments: &mut Segments<'py>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let object = match &user.object {
+        Some(object) => object.clone(),
+        None => state_class.call0()?,
+    };
+    let state = &user.state;
+    let to_int = |bits: U256| bits.to_u128().ok_or_else(|| PyValueError::new_err("bitmap beyond 128 bits"));
+    let stored = PyDict::new(py);
+    for (id, bits) in &state.segments {
+        stored.set_item(segments.key(py, *id)?, to_int(*bits)?)?;
+    }
+    object.setattr(intern!(py, "base"), state.base)?;
+    object.setattr(intern!(py, "segments"), stored)?;
+    object.setattr(intern!(py, "explicit_new"), to_int(state.explicit_new)?)?;
+    object.setattr(intern!(py, "first_active"), state.first_active)?;
+    object.setattr(intern!(py, "first_active_unsigned"), state.first_active_unsigned)?;
+    object.setattr(intern!(py, "first_seen"), state.first_seen)?;
+    object.setattr(intern!(py, "last_seen"), state.last_seen)?;
+    object.setattr(intern!(py, "partition"), state.partition)?;
+    if !state.removed_surveys.is_empty() {
+        let surveys = object.getattr(intern!(py, "surveys"))?;
+        for event_id in &state.removed_surveys {
+            surveys.del_item(event_id)?;
+        }
+    }
+    Ok(object)
+}
+
+/// The batch core of one worker: its settings, fixed at construction.
+#[pyclass(frozen, module = "kpimon._native")]
+struct Core {
+    passive_types: HashSet<String>,
+    policy_lateness_days: i64,
+    engine_lateness_days: i64,
+    max_future_ms: i64,
+    max_message_bytes: usize,
+    names: Vec<(Py<PyString>, Py<PyString>)>,
+}
+
+/// Per-call context of the message loop.
+struct Batch<'py> {
+    segments: Segments<'py>,
+    users: Vec<User<'py>>,
+    by_key: FxHashMap<Vec<u8>, usize>,
+    pending: FxHashMap<(u32, Run), i64>,
+    kept: [HashSet<String>; 2],
+    all: u32,
+    onboarding: u32,
+    established: u32,
+    max_day: Option<i64>,
+}
+
+impl Batch<'_> {
+    /// SegmentFolder.fold for a value the folder already decided; None when it would decide now.
+    fn fold(&mut self, dim: u8, value: Option<&str>) -> Option<u32> {
+        let value = match value {
+            None => "unknown",
+            Some(v @ ("unknown" | "other")) => v,
+            Some(v) if self.kept[dim as usize - 1].contains(v) => v,
+            Some(_) => return None,
+        };
+        Some(self.segments.id(dim, value, None))
+    }
+}
+
+impl Core {
+    /// Apply one decoded, checked click to its user; false (and nothing changed) when it goes to Python.
+    fn click(&self, batch: &mut Batch<'_>, user: usize, ev: &json::Event<'_>, day: i64, partition: i64, now_ms: i64) -> bool {
+        let signup_day = ev.signup_ms.map(|ms| ms.div_euclid(MS_PER_DAY));
+        let (Some(platform), Some(plan)) = (batch.fold(1, ev.platform), batch.fold(2, ev.plan)) else {
+            return false;
+        };
+        let passive = self.passive_types.contains(ev.typ);
+        let state = &batch.users[user].state;
+        let first_seen = state.first_seen.map_or(day, |f| f.min(day));
+        let stage =
+            if day - signup_day.unwrap_or(first_seen) < ONBOARDING_DAYS { batch.onboarding } else { batch.established };
+        let segments = [batch.all, platform, plan, stage];
+        let known = passive || state.is_known(day, signup_day, &segments);
+        if !known {
+            if !state.fits(day) {
+                return false;
+            }
+            // A click that changes the activity of a user with surveys moves survey levels and NPS groups
+            // (streams.crossed.record_click): the Python engine's.
+            let all_active = day >= state.base && state.bits_of(batch.all).test((day - state.base).min(256) as u32);
+            if !state.surveys.is_empty() && !all_active {
+                return false;
+            }
+        }
+        batch.max_day = Some(batch.max_day.map_or(day, |d| d.max(day)));
+        let Batch { users, pending, segments: segs, .. } = batch;
+        let u = &mut users[user];
+        let mut write = !u.in_table;
+        write |= u.state.note_seen(day);
+        if !known {
+            u.state.record_change(
+                day,
+                signup_day,
+                &segments,
+                |s| segs.list[s as usize].0 != DIM_STAGE,
+                |s, run| *pending.entry((s, run)).or_insert(0) += 1,
+            );
+            write = true;
+        }
+        if write {
+            let oldest = now_ms.div_euclid(MS_PER_DAY) - self.engine_lateness_days;
+            u.state.expire(oldest - STATE_HORIZON, oldest - HORIZON);
+            u.state.partition = partition;
+            u.dirty = true;
+            u.in_table = true;
+        }
+        true
+    }
+
+    /// The user index of `key`, loading its state on first sight.
+    fn user<'py>(
+        &self,
+        batch: &mut Batch<'py>,
+        key: &Bound<'py, PyAny>,
+        bytes: &[u8],
+        get_state: &Bound<'py, PyAny>,
+    ) -> PyResult<usize> {
+        if let Some(index) = batch.by_key.get(bytes) {
+            return Ok(*index);
+        }
+        let object = get_state.call1((key,))?;
+        let (object, state, delegated) = if object.is_none() {
+            (None, State::new(), false)
+        } else {
+            match load_state(&object, &mut batch.segments)? {
+                Some(state) => (Some(object), state, false),
+                None => (Some(object), State::new(), true),
+            }
+        };
+        let in_table = object.is_some();
+        batch.users.push(User { key: key.clone(), object, state, in_table, delegated, dirty: false });
+        batch.by_key.insert(bytes.to_vec(), batch.users.len() - 1);
+        Ok(batch.users.len() - 1)
+    }
+}
+
+#[pymethods]
+impl Core {
+    #[new]
+    #[pyo3(signature = (passive_types, policy_lateness_days, engine_lateness_days, max_future_ms, max_message_bytes))]
+    fn new(
+        py: Python<'_>,
+        passive_types: HashSet<String>,
+        policy_lateness_days: i64,
+        engine_lateness_days: i64,
+        max_future_ms: i64,
+        max_message_bytes: usize,
+    ) -> Self {
+        let names = COUNTERS
+            .iter()
+            .map(|(kpi, window)| (PyString::intern(py, kpi).unbind(), PyString::intern(py, window).unbind()))
+            .collect();
+        Core { passive_types, policy_lateness_days, engine_lateness_days, max_future_ms, max_message_bytes, names }
+    }
+
+    /// Process one batch of a clicks partition; see the module documentation for what it returns.
+    #[pyo3(signature = (kind, records, next_offset, get_state, state_class, now_ms, partition, kept_platforms, kept_plans))]
+    #[allow(clippy::too_many_arguments)]
+    fn process<'py>(
+        &self,
+        py: Python<'py>,
+        kind: &str,
+        records: &Bound<'py, PyAny>,
+        next_offset: i64,
+        get_state: &Bound<'py, PyAny>,
+        state_class: &Bound<'py, PyAny>,
+        now_ms: i64,
+        partition: i64,
+        kept_platforms: HashSet<String>,
+        kept_plans: HashSet<String>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let kind = match kind {
+            "clicks" => json::CLICKS,
+            "surveys" => json::SURVEYS,
+            _ => return Err(PyValueError::new_err(format!("unknown topic kind {kind:?}"))),
+        };
+        let mut segments = Segments::new();
+        let all = segments.id(0, "all", None);
+        let onboarding = segments.id(DIM_STAGE, "onboarding", None);
+        let established = segments.id(DIM_STAGE, "established", None);
+        let mut batch = Batch {
+            segments,
+            users: Vec::new(),
+            by_key: FxHashMap::default(),
+            pending: FxHashMap::default(),
+            kept: [kept_platforms, kept_plans],
+            all,
+            onboarding,
+            established,
+            max_day: None,
+        };
+        let oldest_valid = now_ms.div_euclid(MS_PER_DAY) - self.policy_lateness_days;
+        let mut delegated: Vec<usize> = Vec::new();
+        let mut delays: Vec<f64> = Vec::new();
+        let mut accepted: usize = 0;
+        for (index, record) in records.try_iter()?.enumerate() {
+            let record = record?;
+            let offset: i64 = record.getattr(intern!(py, "offset"))?.extract()?;
+            if offset < next_offset {
+                continue; // already applied (the Python engine skips it too)
+            }
+            let key = record.getattr(intern!(py, "key"))?;
+            let Ok(key_bytes) = key.downcast::<PyBytes>() else {
+                delegated.push(index); // unkeyed: re-keyed (or dead-lettered) by the Python engine
+                continue;
+            };
+            let key_bytes = key_bytes.as_bytes();
+            let user = self.user(&mut batch, &key, key_bytes, get_state)?;
+            if batch.users[user].delegated {
+                delegated.push(index);
+                continue;
+            }
+            let value = record.getattr(intern!(py, "value"))?;
+            let handled = match value.downcast::<PyBytes>() {
+                Ok(value) if value.as_bytes().len() <= self.max_message_bytes && kind == json::CLICKS => {
+                    match json::decode(kind, value.as_bytes()) {
+                        Some(ev)
+                            if ev.user_id.as_bytes() == key_bytes
+                                && ev.ts_ms <= now_ms + self.max_future_ms
+                                && ev.ts_ms.div_euclid(MS_PER_DAY) >= oldest_valid =>
+                        {
+                            let day = ev.ts_ms.div_euclid(MS_PER_DAY);
+                            let ok = self.click(&mut batch, user, &ev, day, partition, now_ms);
+                            if ok {
+                                delays.push((now_ms - ev.ts_ms) as f64 / 1000.0);
+                                accepted += 1;
+                            }
+                            ok
+                        }
+                        _ => false,
+                    }
+                }
+                _ => false,
+            };
+            if !handled {
+                batch.users[user].delegated = true;
+                delegated.push(index);
+            }
+        }
+
+        let changed = PyList::empty(py);
+        for i in 0..batch.users.len() {
+            if batch.users[i].dirty {
+                let object = store_state(py, &batch.users[i], state_class, &mut batch.segments)?;
+                changed.append((batch.users[i].key.clone(), object))?;
+            }
+        }
+        let mut by_segment: FxHashMap<u32, Vec<(u8, i64, i64, i64)>> = FxHashMap::default();
+        for ((segment, (counter, first, last, delta)), times) in batch.pending.drain() {
+            by_segment.entry(segment).or_default().push((counter, first, last, delta * times));
+        }
+        let runs = PyDict::new(py);
+        for (segment, list) in by_segment {
+            let out = PyList::empty(py);
+            for (counter, first, last, delta) in list {
+                let (kpi, window) = &self.names[counter as usize];
+                out.append((kpi.bind(py), window.bind(py), first, last, delta))?;
+            }
+            runs.set_item(batch.segments.key(py, segment)?, out)?;
+        }
+        PyTuple::new(
+            py,
+            [
+                changed.into_any(),
+                runs.into_any(),
+                accepted.into_pyobject(py)?.into_any(),
+                0usize.into_pyobject(py)?.into_any(),
+                PyList::new(py, delays)?.into_any(),
+                batch.max_day.into_pyobject(py)?.into_any(),
+                PyList::new(py, delegated)?.into_any(),
+            ],
+        )
+    }
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Core>()?;
+    Ok(())
+}
