@@ -168,7 +168,7 @@ class BatchProcessor:
         tally = _Tally()
         pending: PendingRuns = PendingRuns()
         rest: Sequence[SourceRecord] = records
-        if self._native is not None and topic_kind == "clicks" and records:
+        if self._native is not None and topic_kind is not None and records:
             delegated = self._process_native(
                 topic_kind, partition, records, cache, now_ms, next_offset, tally
             )

@@ -9,8 +9,8 @@ pub const DIMENSIONS: [&str; 4] = ["all", "platform", "plan", "stage"];
 pub const DIM_STAGE: u8 = 3;
 
 /// (kpi, window) of every counter the core produces runs for, by index: streams.engagement.COUNTERS,
-/// then streams.retention.COUNTERS.
-pub const COUNTERS: [(&str, &str); 20] = [
+/// streams.retention.COUNTERS, streams.satisfaction.COUNTERS, streams.crossed.COUNTERS and ANY_LEVEL.
+pub const COUNTERS: [(&str, &str); 56] = [
     ("active_users", "1d"),
     ("active_users", "7d"),
     ("active_users", "30d"),
@@ -31,7 +31,51 @@ pub const COUNTERS: [(&str, &str); 20] = [
     ("matured_cohort", "30d"),
     ("retained", "30d"),
     ("cohort_present", "30d"),
+    ("nps_responses", "7d"),
+    ("nps_promoters", "7d"),
+    ("nps_passives", "7d"),
+    ("nps_detractors", "7d"),
+    ("nps_shown", "7d"),
+    ("nps_dismissed", "7d"),
+    ("csat_responses", "7d"),
+    ("csat_satisfied", "7d"),
+    ("csat_score_sum", "7d"),
+    ("csat_shown", "7d"),
+    ("csat_dismissed", "7d"),
+    ("nps_responses", "30d"),
+    ("nps_promoters", "30d"),
+    ("nps_passives", "30d"),
+    ("nps_detractors", "30d"),
+    ("nps_shown", "30d"),
+    ("nps_dismissed", "30d"),
+    ("csat_responses", "30d"),
+    ("csat_satisfied", "30d"),
+    ("csat_score_sum", "30d"),
+    ("csat_shown", "30d"),
+    ("csat_dismissed", "30d"),
+    ("survey_events", "30d"),
+    ("churn_base:promoter", "7d"),
+    ("churn_base:passive", "7d"),
+    ("churn_base:detractor", "7d"),
+    ("churned:promoter", "7d"),
+    ("churned:passive", "7d"),
+    ("churned:detractor", "7d"),
+    ("churn_base:promoter", "30d"),
+    ("churn_base:passive", "30d"),
+    ("churn_base:detractor", "30d"),
+    ("churned:promoter", "30d"),
+    ("churned:passive", "30d"),
+    ("churned:detractor", "30d"),
+    ("any_level_survey_events", "30d"),
 ];
+/// First index of the satisfaction counters (11 per window, then survey_events 30d).
+const SATISFACTION: u8 = 20;
+/// First index of the NPS-group churn counters (streams.crossed.COUNTERS).
+const CHURN_GROUPS: u8 = 43;
+/// streams.crossed.ANY_LEVEL.
+const ANY_LEVEL: u8 = 55;
+/// streams.crossed.LOOKBACK.
+pub const LOOKBACK: i64 = 28;
 const ENGAGEMENT_COUNTERS: usize = 11;
 const PRESENT_DAYS: u32 = 60;
 const RETENTION_OFFSETS: [u32; 3] = [1, 7, 30];
@@ -45,10 +89,138 @@ pub const MAX_STATE_BITS: u32 = 128;
 /// A counter run: (counter index, first day, last day, delta).
 pub type Run = (u8, i64, i64, i64);
 
-/// A survey fact as far as the core reads it: its event_id (Python object) and day.
+pub const NPS: u8 = 0;
+pub const ANSWERED: u8 = 1;
+
+/// A remembered survey (streams.userstate.SurveyFact) as far as the math reads it.
 pub struct Fact<K> {
-    pub key: K,
+    /// The Python key of a fact read from the state (None: added by this batch).
+    pub key: Option<K>,
+    pub event_id: String,
     pub day: i64,
+    /// json::NPS or json::CSAT; json::SHOWN, ANSWERED or DISMISSED.
+    pub survey: u8,
+    pub action: u8,
+    /// -1: none.
+    pub score: i64,
+    pub ms: i64,
+    /// (platform, plan, stage) segment ids of a fact added by this batch.
+    pub segments: (u32, u32, u32),
+}
+
+impl<K> Fact<K> {
+    fn is_answer(&self) -> bool {
+        self.survey == NPS && self.action == ANSWERED && self.score >= 0
+    }
+
+    /// streams.crossed.fact_runs (unclipped).
+    pub fn runs(&self) -> Vec<Run> {
+        survey_runs(self.day, self.survey, self.action, if self.score < 0 { None } else { Some(self.score) })
+    }
+}
+
+/// streams.satisfaction.survey_runs.
+pub fn survey_runs(day: i64, survey: u8, action: u8, score: Option<i64>) -> Vec<Run> {
+    // Per window: indices 0..11 of satisfaction._PER_WINDOW.
+    let nps = survey == NPS;
+    let counters: Vec<(u8, i64)> = match (action, score) {
+        (0, _) => vec![(if nps { 4 } else { 9 }, 1)],
+        (2, _) => vec![(if nps { 5 } else { 10 }, 1)],
+        (_, None) => vec![],
+        (_, Some(score)) if nps => vec![(0, 1), (if score >= 9 { 1 } else if score >= 7 { 2 } else { 3 }, 1)],
+        (_, Some(score)) => {
+            let mut out = vec![(6, 1), (8, score)];
+            if score >= 4 {
+                out.push((7, 1));
+            }
+            out
+        }
+    };
+    let mut runs = Vec::with_capacity(2 * counters.len() + 1);
+    for (w, size) in [(0u8, 7i64), (1, 30)] {
+        for &(i, delta) in &counters {
+            runs.push((SATISFACTION + w * 11 + i, day, day + size - 1, delta));
+        }
+    }
+    runs.push((SATISFACTION + 22, day, day + 29, 1));
+    runs
+}
+
+/// streams.crossed.any_level_runs' run (the same in each level segment).
+pub fn any_level_run(day: i64) -> Run {
+    (ANY_LEVEL, day, day + 29, 1)
+}
+
+/// streams.crossed.level_of of the active days in [day - 27, day] (active_days_in): 0..3 for LEVELS.
+pub fn survey_level(all_bits: U256, base: i64, day: i64) -> usize {
+    let first = (day - LOOKBACK + 1 - base).max(0);
+    let last = day - base;
+    let days = if last < first {
+        0
+    } else {
+        (all_bits.shr(first.min(256) as u32) & U256::mask((last - first + 1).min(256) as u32)).count_ones()
+    };
+    match days {
+        0 => 0,
+        1..=4 => 1,
+        5..=14 => 2,
+        _ => 3,
+    }
+}
+
+/// (day, ms, score) of the answered NPS surveys, in arrival order (streams.crossed.answers_of).
+pub fn answers_of<K>(facts: &[Fact<K>]) -> Vec<(i64, i64, i64)> {
+    facts.iter().filter(|f| f.is_answer()).map(|f| (f.day, f.ms, f.score)).collect()
+}
+
+/// streams.crossed.group_masks.
+fn group_masks(answers: &[(i64, i64, i64)], base: i64, width: i64) -> [U256; 3] {
+    let mut masks = [U256::ZERO; 3];
+    let mut sorted: Vec<&(i64, i64, i64)> = answers.iter().collect();
+    sorted.sort_by_key(|a| (a.0, a.1)); // stable, as Python's sorted()
+    for &&(day, _, score) in &sorted {
+        let (first, last) = (day + width - base, day + 2 * width - 1 - base);
+        if last < 0 {
+            continue;
+        }
+        let start = first.max(0);
+        let span = U256::mask((last - start + 1) as u32).shl(start as u32);
+        let index = if score >= 9 { 0 } else if score >= 7 { 1 } else { 2 };
+        for mask in masks.iter_mut() {
+            *mask &= !span;
+        }
+        masks[index] |= span;
+    }
+    masks
+}
+
+/// streams.crossed.churn_contribution (12 bitmaps; all zero without answers).
+pub fn churn_contribution(active_all: U256, base: i64, answers: &[(i64, i64, i64)]) -> [U256; 12] {
+    let mut out = [U256::ZERO; 12];
+    if answers.is_empty() {
+        return out;
+    }
+    for (w, width) in [(0usize, 7u32), (1, 30)] {
+        let active_w = spread(active_all, width);
+        let in_base = active_w.shl(width);
+        let churned = in_base & !active_w;
+        let masks = group_masks(answers, base, width as i64);
+        for g in 0..3 {
+            out[w * 6 + g] = in_base & masks[g];
+            out[w * 6 + 3 + g] = churned & masks[g];
+        }
+    }
+    out
+}
+
+/// streams.crossed.churn_runs.
+pub fn churn_runs(before: &[U256; 12], before_base: i64, after: &[U256; 12], after_base: i64) -> Vec<Run> {
+    let base = before_base.min(after_base);
+    let was: Vec<U256> = before.iter().map(|b| b.shl((before_base - base) as u32)).collect();
+    let now: Vec<U256> = after.iter().map(|b| b.shl((after_base - base) as u32)).collect();
+    let mut out = Vec::new();
+    diff_runs(CHURN_GROUPS, &was, &now, base, &mut out);
+    out
 }
 
 /// streams.userstate.UserState, with bitmaps of at most MAX_STATE_BITS bits.
@@ -150,7 +322,7 @@ impl<K> State<K> {
             let mut kept = Vec::with_capacity(self.surveys.len());
             for fact in self.surveys.drain(..) {
                 if fact.day < survey_cutoff {
-                    self.removed_surveys.push(fact.key);
+                    self.removed_surveys.extend(fact.key);
                 } else {
                     kept.push(fact);
                 }
@@ -278,6 +450,88 @@ impl<K> State<K> {
                 emit(segment, *run);
             }
         }
+    }
+}
+
+impl<K> State<K> {
+    /// What an active click changes of the user's surveys (the rest of streams.crossed.record_click),
+    /// after `record_change`: `old_bits` and `old_base` were dimension all's bitmap and the base before.
+    pub fn click_surveys(
+        &self,
+        all: u32,
+        levels: &[u32; 4],
+        day: i64,
+        old_bits: U256,
+        old_base: i64,
+        emit: &mut impl FnMut(u32, Run),
+    ) {
+        if self.surveys.is_empty() {
+            return;
+        }
+        let (new_bits, new_base) = (self.bits_of(all), self.base);
+        let base = old_base.min(new_base);
+        if new_bits.shl((new_base - base) as u32) == old_bits.shl((old_base - base) as u32) {
+            return; // the day was active in dimension all already
+        }
+        for fact in &self.surveys {
+            if !(day <= fact.day && fact.day < day + LOOKBACK) {
+                continue;
+            }
+            let old = survey_level(old_bits, old_base, fact.day);
+            let new = survey_level(new_bits, new_base, fact.day);
+            if old == new {
+                continue;
+            }
+            for (counter, first, last, delta) in fact.runs() {
+                emit(levels[old], (counter, first, last, -delta));
+                emit(levels[new], (counter, first, last, delta));
+            }
+        }
+        let answers = answers_of(&self.surveys);
+        if !answers.is_empty() {
+            let before = churn_contribution(old_bits, old_base, &answers);
+            let after = churn_contribution(new_bits, new_base, &answers);
+            for run in churn_runs(&before, old_base, &after, new_base) {
+                emit(all, run);
+            }
+        }
+    }
+
+    /// streams.crossed.record_survey: remember a new fact, emit the runs it adds. `segments` are the
+    /// fact's own (all, platform, plan, stage).
+    pub fn record_survey(
+        &mut self,
+        fact: Fact<K>,
+        all: u32,
+        levels: &[u32; 4],
+        segments: [u32; 4],
+        emit: &mut impl FnMut(u32, Run),
+    ) {
+        let is_answer = fact.is_answer();
+        let runs = fact.runs();
+        for segment in segments {
+            for run in &runs {
+                emit(segment, *run);
+            }
+        }
+        let (all_bits, base) = (self.bits_of(all), self.base);
+        for run in &runs {
+            emit(levels[survey_level(all_bits, base, fact.day)], *run);
+        }
+        for level in levels {
+            emit(*level, any_level_run(fact.day));
+        }
+        if is_answer && !all_bits.is_zero() {
+            let answers = answers_of(&self.surveys);
+            let mut with = answers.clone();
+            with.push((fact.day, fact.ms, fact.score));
+            let before = churn_contribution(all_bits, base, &answers);
+            let after = churn_contribution(all_bits, base, &with);
+            for run in churn_runs(&before, base, &after, base) {
+                emit(all, run);
+            }
+        }
+        self.surveys.push(fact);
     }
 }
 

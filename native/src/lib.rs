@@ -24,11 +24,22 @@ use rustc_hash::FxHashMap;
 use bits::U256;
 use engine::{Fact, Run, State, COUNTERS, DIMENSIONS, DIM_STAGE, HORIZON, ONBOARDING_DAYS, STATE_HORIZON};
 
+/// Dimensions of the segments the core emits runs for: the state's DIMENSIONS, then `engagement`
+/// (streams.crossed's level segments, never stored in a state).
+const SEGMENT_DIMENSIONS: [&str; 5] = ["all", "platform", "plan", "stage", "engagement"];
+const DIM_ENGAGEMENT: u8 = 4;
+/// streams.crossed.LEVELS.
+const LEVELS: [&str; 4] = ["none", "light", "regular", "heavy"];
+const SURVEYS: [&str; 2] = ["nps", "csat"];
+const ACTIONS: [&str; 3] = ["shown", "answered", "dismissed"];
+/// streams.events.SCORE_RANGE by survey.
+const SCORE_RANGE: [(i64, i64); 2] = [(0, 10), (1, 5)];
+
 const MS_PER_DAY: i64 = 86_400_000;
 
 /// Segments of one call, interned: (dimension code, value) -> id, and the Python key of each id.
 struct Segments<'py> {
-    ids: [FxHashMap<String, u32>; 4],
+    ids: [FxHashMap<String, u32>; 5],
     list: Vec<(u8, String, Option<Bound<'py, PyAny>>)>,
 }
 
@@ -52,7 +63,7 @@ impl<'py> Segments<'py> {
         if let Some(key) = key {
             return Ok(key.clone());
         }
-        let tuple = PyTuple::new(py, [DIMENSIONS[*dim as usize], value.as_str()])?.into_any();
+        let tuple = PyTuple::new(py, [SEGMENT_DIMENSIONS[*dim as usize], value.as_str()])?.into_any();
         *key = Some(tuple.clone());
         Ok(tuple)
     }
@@ -101,8 +112,29 @@ fn load_state<'py>(object: &Bound<'py, PyAny>, segments: &mut Segments<'py>) -> 
     let surveys = object.getattr(intern!(py, "surveys"))?;
     let surveys = surveys.downcast::<PyDict>()?;
     for (event_id, fact) in surveys.iter() {
-        let day: i64 = fact.get_item(0)?.extract()?;
-        state.surveys.push(Fact { key: event_id, day });
+        let fact = fact.downcast::<PyTuple>()?;
+        if fact.len() != 8 {
+            return Ok(None);
+        }
+        let survey = fact.get_item(1)?;
+        let action = fact.get_item(2)?;
+        let (Some(survey), Some(action)) = (
+            SURVEYS.iter().position(|s| *s == survey.downcast::<PyString>().map_or("", |s| s.to_str().unwrap_or(""))),
+            ACTIONS.iter().position(|a| *a == action.downcast::<PyString>().map_or("", |s| s.to_str().unwrap_or(""))),
+        ) else {
+            return Ok(None);
+        };
+        let text: String = event_id.extract()?;
+        state.surveys.push(Fact {
+            key: Some(event_id),
+            event_id: text,
+            day: fact.get_item(0)?.extract()?,
+            survey: survey as u8,
+            action: action as u8,
+            score: fact.get_item(3)?.extract()?,
+            ms: fact.get_item(7)?.extract()?,
+            segments: (0, 0, 0),
+        });
     }
     Ok(Some(state))
 }
@@ -132,10 +164,26 @@ fn store_state<'py>(
     object.setattr(intern!(py, "first_seen"), state.first_seen)?;
     object.setattr(intern!(py, "last_seen"), state.last_seen)?;
     object.setattr(intern!(py, "partition"), state.partition)?;
-    if !state.removed_surveys.is_empty() {
+    if !state.removed_surveys.is_empty() || state.surveys.iter().any(|f| f.key.is_none()) {
+        // Expired facts first, then the batch's new ones (in arrival order): the dict's order is then
+        // the one the Python engine's inserts and deletes leave.
         let surveys = object.getattr(intern!(py, "surveys"))?;
         for event_id in &state.removed_surveys {
             surveys.del_item(event_id)?;
+        }
+        for fact in state.surveys.iter().filter(|f| f.key.is_none()) {
+            let (platform, plan, stage) = fact.segments;
+            let value = (
+                fact.day,
+                SURVEYS[fact.survey as usize],
+                ACTIONS[fact.action as usize],
+                fact.score,
+                segments.list[platform as usize].1.as_str(),
+                segments.list[plan as usize].1.as_str(),
+                segments.list[stage as usize].1.as_str(),
+                fact.ms,
+            );
+            surveys.set_item(fact.event_id.as_str(), value)?;
         }
     }
     Ok(object)
@@ -160,6 +208,7 @@ struct Batch<'py> {
     pending: FxHashMap<(u32, Run), i64>,
     kept: [HashSet<String>; 2],
     all: u32,
+    levels: [u32; 4],
     onboarding: u32,
     established: u32,
     max_day: Option<i64>,
@@ -196,36 +245,70 @@ impl Core {
             if !state.fits(day) {
                 return false;
             }
-            // A click that changes the activity of a user with surveys moves survey levels and NPS groups
-            // (streams.crossed.record_click): the Python engine's.
-            let all_active = day >= state.base && state.bits_of(batch.all).test((day - state.base).min(256) as u32);
-            if !state.surveys.is_empty() && !all_active {
-                return false;
-            }
         }
         batch.max_day = Some(batch.max_day.map_or(day, |d| d.max(day)));
-        let Batch { users, pending, segments: segs, .. } = batch;
+        let Batch { users, pending, segments: segs, all, levels, .. } = batch;
         let u = &mut users[user];
         let mut write = !u.in_table;
         write |= u.state.note_seen(day);
         if !known {
-            u.state.record_change(
-                day,
-                signup_day,
-                &segments,
-                |s| segs.list[s as usize].0 != DIM_STAGE,
-                |s, run| *pending.entry((s, run)).or_insert(0) += 1,
-            );
+            let mut emit = |s: u32, run: Run| *pending.entry((s, run)).or_insert(0) += 1;
+            let (old_bits, old_base) = (u.state.bits_of(*all), u.state.base);
+            u.state.record_change(day, signup_day, &segments, |s| segs.list[s as usize].0 != DIM_STAGE, &mut emit);
+            u.state.click_surveys(*all, levels, day, old_bits, old_base, &mut emit);
             write = true;
         }
         if write {
-            let oldest = now_ms.div_euclid(MS_PER_DAY) - self.engine_lateness_days;
-            u.state.expire(oldest - STATE_HORIZON, oldest - HORIZON);
-            u.state.partition = partition;
-            u.dirty = true;
-            u.in_table = true;
+            self.written(u, partition, now_ms);
         }
         true
+    }
+
+    /// What the engine does to a state it writes: expire old days and surveys, note the partition.
+    fn written(&self, u: &mut User<'_>, partition: i64, now_ms: i64) {
+        let oldest = now_ms.div_euclid(MS_PER_DAY) - self.engine_lateness_days;
+        u.state.expire(oldest - STATE_HORIZON, oldest - HORIZON);
+        u.state.partition = partition;
+        u.dirty = true;
+        u.in_table = true;
+    }
+
+    /// Apply one decoded survey event to its user: Some(true) accepted, Some(false) a duplicate (its
+    /// event_id was seen), None when it goes to Python (and nothing changed).
+    fn survey(&self, batch: &mut Batch<'_>, user: usize, ev: &json::Event<'_>, day: i64, partition: i64, now_ms: i64) -> Option<bool> {
+        let (low, high) = SCORE_RANGE[ev.survey as usize];
+        match (ev.action, ev.score) {
+            (json::ANSWERED, Some(score)) if low <= score && score <= high => {}
+            (json::SHOWN | json::DISMISSED, None) => {}
+            _ => return None, // score_missing, score_out_of_range, score_forbidden: Python words them
+        }
+        if batch.users[user].state.surveys.iter().any(|f| f.event_id == ev.event_id) {
+            return Some(false); // the first of an event_id wins (docs/events.md, "Duplicates")
+        }
+        let signup_day = ev.signup_ms.map(|ms| ms.div_euclid(MS_PER_DAY));
+        let platform = batch.fold(1, ev.platform)?;
+        let plan = batch.fold(2, ev.plan)?;
+        batch.max_day = Some(batch.max_day.map_or(day, |d| d.max(day)));
+        let Batch { users, pending, all, levels, onboarding, established, .. } = batch;
+        let u = &mut users[user];
+        u.state.note_seen(day);
+        let first_seen = u.state.first_seen.unwrap_or(day);
+        let stage = if day - signup_day.unwrap_or(first_seen) < ONBOARDING_DAYS { *onboarding } else { *established };
+        let answered_nps = ev.survey == json::NPS && ev.score.is_some();
+        let fact = Fact {
+            key: None,
+            event_id: ev.event_id.to_owned(),
+            day,
+            survey: ev.survey,
+            action: ev.action,
+            score: ev.score.unwrap_or(-1),
+            ms: if answered_nps { ev.ts_ms.rem_euclid(MS_PER_DAY) } else { 0 },
+            segments: (platform, plan, stage),
+        };
+        let mut emit = |s: u32, run: Run| *pending.entry((s, run)).or_insert(0) += 1;
+        u.state.record_survey(fact, *all, levels, [*all, platform, plan, stage], &mut emit);
+        self.written(u, partition, now_ms);
+        Some(true)
     }
 
     /// The user index of `key`, loading its state on first sight.
@@ -274,7 +357,7 @@ impl Core {
         Core { passive_types, policy_lateness_days, engine_lateness_days, max_future_ms, max_message_bytes, names }
     }
 
-    /// Process one batch of a clicks partition; see the module documentation for what it returns.
+    /// Process one batch of a clicks or surveys partition; see the module documentation for what it returns.
     #[pyo3(signature = (kind, records, next_offset, get_state, state_class, now_ms, partition, kept_platforms, kept_plans))]
     #[allow(clippy::too_many_arguments)]
     fn process<'py>(
@@ -297,6 +380,7 @@ impl Core {
         };
         let mut segments = Segments::new();
         let all = segments.id(0, "all", None);
+        let levels = LEVELS.map(|level| segments.id(DIM_ENGAGEMENT, level, None));
         let onboarding = segments.id(DIM_STAGE, "onboarding", None);
         let established = segments.id(DIM_STAGE, "established", None);
         let mut batch = Batch {
@@ -306,6 +390,7 @@ impl Core {
             pending: FxHashMap::default(),
             kept: [kept_platforms, kept_plans],
             all,
+            levels,
             onboarding,
             established,
             max_day: None,
@@ -314,6 +399,7 @@ impl Core {
         let mut delegated: Vec<usize> = Vec::new();
         let mut delays: Vec<f64> = Vec::new();
         let mut accepted: usize = 0;
+        let mut duplicates: usize = 0;
         for (index, record) in records.try_iter()?.enumerate() {
             let record = record?;
             let offset: i64 = record.getattr(intern!(py, "offset"))?.extract()?;
@@ -333,7 +419,7 @@ impl Core {
             }
             let value = record.getattr(intern!(py, "value"))?;
             let handled = match value.downcast::<PyBytes>() {
-                Ok(value) if value.as_bytes().len() <= self.max_message_bytes && kind == json::CLICKS => {
+                Ok(value) if value.as_bytes().len() <= self.max_message_bytes => {
                     match json::decode(kind, value.as_bytes()) {
                         Some(ev)
                             if ev.user_id.as_bytes() == key_bytes
@@ -341,12 +427,23 @@ impl Core {
                                 && ev.ts_ms.div_euclid(MS_PER_DAY) >= oldest_valid =>
                         {
                             let day = ev.ts_ms.div_euclid(MS_PER_DAY);
-                            let ok = self.click(&mut batch, user, &ev, day, partition, now_ms);
-                            if ok {
-                                delays.push((now_ms - ev.ts_ms) as f64 / 1000.0);
-                                accepted += 1;
+                            let outcome = if kind == json::CLICKS {
+                                self.click(&mut batch, user, &ev, day, partition, now_ms).then_some(true)
+                            } else {
+                                self.survey(&mut batch, user, &ev, day, partition, now_ms)
+                            };
+                            match outcome {
+                                Some(true) => {
+                                    delays.push((now_ms - ev.ts_ms) as f64 / 1000.0);
+                                    accepted += 1;
+                                    true
+                                }
+                                Some(false) => {
+                                    duplicates += 1;
+                                    true
+                                }
+                                None => false,
                             }
-                            ok
                         }
                         _ => false,
                     }
@@ -385,7 +482,7 @@ impl Core {
                 changed.into_any(),
                 runs.into_any(),
                 accepted.into_pyobject(py)?.into_any(),
-                0usize.into_pyobject(py)?.into_any(),
+                duplicates.into_pyobject(py)?.into_any(),
                 PyList::new(py, delays)?.into_any(),
                 batch.max_day.into_pyobject(py)?.into_any(),
                 PyList::new(py, delegated)?.into_any(),
