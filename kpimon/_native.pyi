@@ -2,9 +2,11 @@
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from kpimon.agents.pipeline.counters import PartitionCounters
 from kpimon.streams.userstate import UserState
 
-Run = tuple[str, str, int, int, int]
+class ApplyError(RuntimeError):
+    """The core failed while writing a batch's results (states or counters may be partly updated)."""
 
 class Core:
     def __init__(
@@ -15,6 +17,8 @@ class Core:
         max_future_ms: int,
         max_message_bytes: int,
     ) -> None: ...
+    @staticmethod
+    def counters() -> list[tuple[str, str]]: ...
     def process(
         self,
         kind: str,
@@ -22,13 +26,13 @@ class Core:
         next_offset: int,
         get_state: Callable[[bytes], UserState | None],
         state_class: type[UserState],
+        counters: PartitionCounters,
         now_ms: int,
         partition: int,
         kept_platforms: frozenset[str],
         kept_plans: frozenset[str],
     ) -> tuple[
         list[tuple[bytes, UserState]],
-        dict[tuple[str, str], list[Run]],
         int,
         int,
         list[float],

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from kpimon.agents.pipeline.core import CoreName, native_module, selected
+from kpimon.agents.pipeline.counters import COUNTER_NAMES
 from kpimon.agents.pipeline.deadletters import dead_letter_headers
 from kpimon.agents.pipeline.engine import PendingRuns, SourceEngine, UserTable
 from kpimon.agents.pipeline.metrics import PipelineMetrics
@@ -132,11 +133,11 @@ class BatchProcessor:
         policy: Policy,
         kinds: dict[str, Kind],
         labels: dict[Kind, str],
-        core: CoreName | None = None,
+        core: str | None = None,
     ) -> None:
         """`kinds` maps the input topics to their kind (others are re-keyed and carry it in a header);
         `labels` names the input topic of each kind for metrics and dead letters; `core` chooses the
-        batch core (default: `pipeline.core.selected()`, so $KPIMON_CORE)."""
+        batch core (`pipeline.core.selected`: the `core` setting; None: the compiled one when built)."""
         self.engine = engine
         self.metrics = metrics
         self.policy = policy
@@ -144,9 +145,15 @@ class BatchProcessor:
         self.labels = labels
         self.core: CoreName = selected(core)
         self._native: _native.Core | None = None
+        self._apply_error: type[Exception] = Exception
         if self.core == "native":
             module = native_module()
             assert module is not None  # selected() checked it
+            if [f"{kpi}/{window}" for kpi, window in module.Core.counters()] != list(COUNTER_NAMES):
+                raise RuntimeError(
+                    "the compiled core (kpimon._native) numbers the counters differently: rebuild it"
+                )
+            self._apply_error = module.ApplyError
             self._native = module.Core(
                 set(engine.passive_types),
                 policy.max_lateness_days,
@@ -202,28 +209,29 @@ class BatchProcessor:
         Python engine (None: the core failed, and left everything untouched)."""
         folder = self.engine.folder
         assert self._native is not None
+        counters = self.engine.counters(partition)
         try:
-            changed, runs, accepted, duplicates, delays, max_day, delegated = self._native.process(
+            changed, accepted, duplicates, delays, max_day, delegated = self._native.process(
                 kind,
                 records,
                 next_offset,
                 cache.get,
                 UserState,
+                counters,
                 now_ms,
                 partition,
                 folder.kept("platform"),
                 folder.kept("plan"),
             )
-        except Exception:  # a bug of the compiled core: the Python engine does the batch
+        except self._apply_error:
+            raise  # partly applied: the Python engine would apply part of the batch twice
+        except Exception:  # a bug of the compiled core, found before it changed anything: Python does it
             log.exception(
                 "the compiled core failed on a batch of partition %d; the Python engine takes it", partition
             )
             return None
         for key, state in changed:
             cache[key] = state
-        counters = self.engine.counters(partition)
-        for segment, segment_runs in runs.items():
-            counters.add_runs(segment, segment_runs)
         if max_day is not None:
             counters.saw_day(max_day)
         label = self.labels[kind]

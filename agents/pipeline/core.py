@@ -1,22 +1,21 @@
 """Which batch core applies the batches: the compiled one (the extension `kpimon._native`, built from
 native/ by `pip install`) or the Python engine, which is its specification and fallback.
 
-`KPIMON_CORE` chooses: `native` or `python`; unset, the compiled core when it is installed, else the
-Python engine with one warning line. The choice is made here and nowhere else (docs/architecture.md,
-"The batch core").
+The `core` setting (`KPIMON_CORE`) chooses: `native` or `python`; empty, the compiled core when it is
+installed, else the Python engine with one warning line. The choice is made here and nowhere else
+(docs/architecture.md, "The batch core").
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-import os
 from types import ModuleType
 from typing import Literal
 
 log = logging.getLogger(__name__)
 
-#: The environment variable that chooses the core.
+#: The environment variable of the `core` setting.
 ENV = "KPIMON_CORE"
 CoreName = Literal["python", "native"]
 CORES: tuple[CoreName, ...] = ("python", "native")
@@ -33,12 +32,10 @@ def native_module() -> ModuleType | None:
 
 
 def selected(value: str | None = None) -> CoreName:
-    """The core to use: `value`, else $KPIMON_CORE, else `native` when installed, else `python`.
-
-    Raises ValueError for an unknown name, and RuntimeError when `native` is asked for but not installed.
-    """
+    """The core to use: `value` (the `core` setting) when given, else `native` when installed, else
+    `python`. Raises ValueError for an unknown name, RuntimeError when `native` is not installed."""
     global _warned
-    name = (value if value is not None else os.environ.get(ENV, "")).strip().lower()
+    name = (value or "").strip().lower()
     if name == "python":
         return "python"
     if name == "native":

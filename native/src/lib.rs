@@ -2,9 +2,9 @@
 //!
 //! One call per partition batch: `Core.process` reads the batch's records and the states of their users
 //! (Python `UserState` objects, through the caller's `get`), applies every message it is certain of, and
-//! returns the changed states (the same objects, updated in place only at the end, so an error leaves
-//! them untouched), the batch's counter runs already collapsed, the outcome counts, the delays, and the
-//! indices of the records it left to the Python engine. A record is left to Python when the core is not
+//! returns the changed states (the same objects, updated in place only at the end, so an error before
+//! then leaves them untouched), the outcome counts, the delays and the indices of the records it left to
+//! the Python engine; the batch's counter runs, collapsed, go straight into the partition's counters. A record is left to Python when the core is not
 //! certain of it (unusual JSON, anything invalid, unkeyed records, new segment values, wide bitmaps,
 //! users with surveys whose click changes their activity); once one record of a user is left, the
 //! user's later records of the batch are too, so Python sees each user's records in offset order.
@@ -15,11 +15,18 @@ mod json;
 
 use std::collections::HashSet;
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
+
+pyo3::create_exception!(
+    _native,
+    ApplyError,
+    PyRuntimeError,
+    "The core failed while writing a batch's results: states or counters may be partly updated."
+);
 
 use bits::U256;
 use engine::{Fact, Run, State, COUNTERS, DIMENSIONS, DIM_STAGE, HORIZON, ONBOARDING_DAYS, STATE_HORIZON};
@@ -197,7 +204,6 @@ struct Core {
     engine_lateness_days: i64,
     max_future_ms: i64,
     max_message_bytes: usize,
-    names: Vec<(Py<PyString>, Py<PyString>)>,
 }
 
 /// Per-call context of the message loop.
@@ -343,22 +349,24 @@ impl Core {
     #[new]
     #[pyo3(signature = (passive_types, policy_lateness_days, engine_lateness_days, max_future_ms, max_message_bytes))]
     fn new(
-        py: Python<'_>,
         passive_types: HashSet<String>,
         policy_lateness_days: i64,
         engine_lateness_days: i64,
         max_future_ms: i64,
         max_message_bytes: usize,
     ) -> Self {
-        let names = COUNTERS
-            .iter()
-            .map(|(kpi, window)| (PyString::intern(py, kpi).unbind(), PyString::intern(py, window).unbind()))
-            .collect();
-        Core { passive_types, policy_lateness_days, engine_lateness_days, max_future_ms, max_message_bytes, names }
+        Core { passive_types, policy_lateness_days, engine_lateness_days, max_future_ms, max_message_bytes }
     }
 
-    /// Process one batch of a clicks or surveys partition; see the module documentation for what it returns.
-    #[pyo3(signature = (kind, records, next_offset, get_state, state_class, now_ms, partition, kept_platforms, kept_plans))]
+    /// The (kpi, window) of each counter index, as the core numbers them (PartitionCounters' order).
+    #[staticmethod]
+    fn counters() -> Vec<(&'static str, &'static str)> {
+        COUNTERS.to_vec()
+    }
+
+    /// Process one batch of a clicks or surveys partition; see the module documentation for what it
+    /// returns. The batch's runs are applied to `counters` (a PartitionCounters, through `run_target`).
+    #[pyo3(signature = (kind, records, next_offset, get_state, state_class, counters, now_ms, partition, kept_platforms, kept_plans))]
     #[allow(clippy::too_many_arguments)]
     fn process<'py>(
         &self,
@@ -368,6 +376,7 @@ impl Core {
         next_offset: i64,
         get_state: &Bound<'py, PyAny>,
         state_class: &Bound<'py, PyAny>,
+        counters: &Bound<'py, PyAny>,
         now_ms: i64,
         partition: i64,
         kept_platforms: HashSet<String>,
@@ -456,31 +465,67 @@ impl Core {
             }
         }
 
-        let changed = PyList::empty(py);
-        for i in 0..batch.users.len() {
-            if batch.users[i].dirty {
-                let object = store_state(py, &batch.users[i], state_class, &mut batch.segments)?;
-                changed.append((batch.users[i].key.clone(), object))?;
-            }
-        }
-        let mut by_segment: FxHashMap<u32, Vec<(u8, i64, i64, i64)>> = FxHashMap::default();
+        // Collapse the runs per segment into difference vectors by day (PartitionCounters' layout).
+        let mut by_segment: FxHashMap<u32, (FxHashMap<i64, [i64; COUNTERS.len()]>, FxHashSet<(i64, i64)>)> =
+            FxHashMap::default();
         for ((segment, (counter, first, last, delta)), times) in batch.pending.drain() {
-            by_segment.entry(segment).or_default().push((counter, first, last, delta * times));
+            let (days, spans) = by_segment.entry(segment).or_default();
+            days.entry(first).or_insert([0; COUNTERS.len()])[counter as usize] += delta * times;
+            days.entry(last + 1).or_insert([0; COUNTERS.len()])[counter as usize] -= delta * times;
+            spans.insert((first, last));
         }
-        let runs = PyDict::new(py);
-        for (segment, list) in by_segment {
-            let out = PyList::empty(py);
-            for (counter, first, last, delta) in list {
-                let (kpi, window) = &self.names[counter as usize];
-                out.append((kpi.bind(py), window.bind(py), first, last, delta))?;
+        for user in batch.users.iter().filter(|u| u.dirty) {
+            for (_, bits) in &user.state.segments {
+                if bits.to_u128().is_none() {
+                    return Err(PyValueError::new_err("a state bitmap beyond 128 bits")); // nothing written yet
+                }
             }
-            runs.set_item(batch.segments.key(py, segment)?, out)?;
+        }
+        // From here on, Python objects change: an error leaves the batch partly applied.
+        let changed = PyList::empty(py);
+        let applied = (|| -> PyResult<()> {
+            for i in 0..batch.users.len() {
+                if batch.users[i].dirty {
+                    let object = store_state(py, &batch.users[i], state_class, &mut batch.segments)?;
+                    changed.append((batch.users[i].key.clone(), object))?;
+                }
+            }
+            for (segment, (days, spans)) in by_segment {
+                let key = batch.segments.key(py, segment)?;
+                let target = counters.call_method1(intern!(py, "run_target"), (key,))?;
+                let diffs = target.get_item(0)?;
+                let diffs = diffs.downcast::<PyDict>()?;
+                let span_set = target.get_item(1)?;
+                let span_set = span_set.downcast::<pyo3::types::PySet>()?;
+                for (day, vector) in days {
+                    let list = match diffs.get_item(day)? {
+                        Some(list) => list.downcast_into::<PyList>()?,
+                        None => {
+                            let list = PyList::new(py, [0i64; COUNTERS.len()])?;
+                            diffs.set_item(day, &list)?;
+                            list
+                        }
+                    };
+                    for (index, delta) in vector.iter().enumerate() {
+                        if *delta != 0 {
+                            let value: i64 = list.get_item(index)?.extract()?;
+                            list.set_item(index, value + delta)?;
+                        }
+                    }
+                }
+                for span in spans {
+                    span_set.add(span)?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(err) = applied {
+            return Err(ApplyError::new_err(format!("applying a batch: {err}")));
         }
         PyTuple::new(
             py,
             [
                 changed.into_any(),
-                runs.into_any(),
                 accepted.into_pyobject(py)?.into_any(),
                 duplicates.into_pyobject(py)?.into_any(),
                 PyList::new(py, delays)?.into_any(),
@@ -494,5 +539,6 @@ impl Core {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Core>()?;
+    m.add("ApplyError", m.py().get_type::<ApplyError>())?;
     Ok(())
 }

@@ -14,8 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from kpimon.agents.config.settings import Settings
 from kpimon.agents.pipeline import core
 from kpimon.agents.pipeline.batch import KIND_HEADER, BatchProcessor
+from kpimon.agents.pipeline.counters import COUNTER_NAMES
 from kpimon.agents.pipeline.engine import SourceEngine
 from kpimon.agents.pipeline.metrics import PipelineMetrics
 from kpimon.streams.events import MS_PER_DAY
@@ -224,13 +226,18 @@ def test_the_compiled_core_equals_the_python_engine(data: list[Any], lateness: i
     assert native.samples == python.samples
 
 
-def test_the_core_is_chosen_by_kpimon_core(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(core.ENV, "python")
-    assert core.selected() == "python"
-    monkeypatch.setenv(core.ENV, "native")
-    assert core.selected() == "native"
-    monkeypatch.delenv(core.ENV)
-    assert core.selected() == "native"  # installed: the default
-    monkeypatch.setenv(core.ENV, "rust")
+def test_the_core_is_chosen_by_the_core_setting() -> None:
+    assert core.selected("python") == "python"
+    assert core.selected("native") == "native"
+    assert core.selected(None) == core.selected("") == "native"  # installed: the default
     with pytest.raises(ValueError, match="KPIMON_CORE"):
-        core.selected()
+        core.selected("rust")
+    assert Settings.from_env({"KPIMON_CORE": "python"}).core == "python"
+    with pytest.raises(ValueError, match="core must be"):
+        Settings.from_env({"KPIMON_CORE": "rust"})
+
+
+def test_the_core_numbers_the_counters_as_the_partition_counters_do() -> None:
+    module = core.native_module()
+    assert module is not None
+    assert [f"{kpi}/{window}" for kpi, window in module.Core.counters()] == list(COUNTER_NAMES)
