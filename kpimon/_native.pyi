@@ -3,6 +3,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from kpimon.agents.pipeline.counters import PartitionCounters
+from kpimon.agents.pipeline.folding import SegmentFolder
 from kpimon.streams.userstate import UserState
 
 class ApplyError(RuntimeError):
@@ -27,10 +28,9 @@ class Core:
         get_state: Callable[[bytes], UserState | None],
         state_class: type[UserState],
         counters: PartitionCounters,
+        folder: SegmentFolder,
         now_ms: int,
         partition: int,
-        kept_platforms: frozenset[str],
-        kept_plans: frozenset[str],
     ) -> tuple[
         list[tuple[bytes, UserState]],
         int,

@@ -207,7 +207,6 @@ class BatchProcessor:
     ) -> list[int] | None:
         """Let the compiled core apply what it is certain of; the indices of the records left to the
         Python engine (None: the core failed, and left everything untouched)."""
-        folder = self.engine.folder
         assert self._native is not None
         counters = self.engine.counters(partition)
         try:
@@ -218,10 +217,9 @@ class BatchProcessor:
                 cache.get,
                 UserState,
                 counters,
+                self.engine.folder,
                 now_ms,
                 partition,
-                folder.kept("platform"),
-                folder.kept("plan"),
             )
         except self._apply_error:
             raise  # partly applied: the Python engine would apply part of the batch twice

@@ -82,6 +82,10 @@ class SegmentFolder:
         self._count(dimension, CAP)
         return OTHER
 
+    def personal(self, value: str) -> bool:
+        """Whether `value` looks like personal data (it always folds into `other`); changes nothing."""
+        return self._personal(value)
+
     def kept(self, dimension: str) -> frozenset[str]:
         """The values of `dimension` kept so far (a copy): `fold` maps each of them to itself."""
         return frozenset(self._kept.get(dimension, ()))

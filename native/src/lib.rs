@@ -213,6 +213,15 @@ struct Batch<'py> {
     by_key: FxHashMap<Vec<u8>, usize>,
     pending: FxHashMap<(u32, Run), i64>,
     kept: [HashSet<String>; 2],
+    /// Per folded dimension, whether values the folder has not kept yet may be folded here: only when
+    /// the batch holds no more such values than the folder has room for, so that no value of the batch
+    /// can be folded by the cap, whatever the order (then each value's fate is the same in any order).
+    /// The value -> personal cache of SegmentFolder.personal.
+    new_values: [Option<FxHashMap<String, bool>>; 2],
+    folder: Bound<'py, PyAny>,
+    /// SegmentFolder.fold calls the Python engine would have made for new values, replayed in order
+    /// when the batch is applied (they add the value to the kept ones, or count a personal fold).
+    folds: Vec<(u8, String)>,
     all: u32,
     levels: [u32; 4],
     onboarding: u32,
@@ -221,24 +230,52 @@ struct Batch<'py> {
 }
 
 impl Batch<'_> {
-    /// SegmentFolder.fold for a value the folder already decided; None when it would decide now.
-    fn fold(&mut self, dim: u8, value: Option<&str>) -> Option<u32> {
-        let value = match value {
-            None => "unknown",
-            Some(v @ ("unknown" | "other")) => v,
-            Some(v) if self.kept[dim as usize - 1].contains(v) => v,
-            Some(_) => return None,
+    /// SegmentFolder.fold: the segment id of the value an event of `value` counts under, and whether the
+    /// folder must be told (a value it has not kept yet); None when this batch cannot decide it.
+    fn fold(&mut self, dim: u8, value: Option<&str>) -> PyResult<Option<(u32, bool)>> {
+        let (value, new) = match value {
+            None => ("unknown", false),
+            Some(v @ ("unknown" | "other")) => (v, false),
+            Some(v) if self.kept[dim as usize - 1].contains(v) => (v, false),
+            Some(v) => {
+                let Some(cache) = &mut self.new_values[dim as usize - 1] else { return Ok(None) };
+                let personal = match cache.get(v) {
+                    Some(personal) => *personal,
+                    None => {
+                        let personal: bool = self.folder.call_method1(intern!(self.folder.py(), "personal"), (v,))?.extract()?;
+                        cache.insert(v.to_owned(), personal);
+                        personal
+                    }
+                };
+                (if personal { "other" } else { v }, true)
+            }
         };
-        Some(self.segments.id(dim, value, None))
+        Ok(Some((self.segments.id(dim, value, None), new)))
+    }
+
+    fn has_new_value(&self, ev: &json::Event<'_>) -> bool {
+        [ev.platform, ev.plan].into_iter().enumerate().any(|(i, value)| {
+            value.is_some_and(|v| v != "unknown" && v != "other" && !self.kept[i].contains(v))
+        })
+    }
+
+    /// Note the folder calls of an event that is being applied (its new values, in order).
+    fn note_folds(&mut self, platform: (Option<&str>, bool), plan: (Option<&str>, bool)) {
+        for (dim, (value, new)) in [(1u8, platform), (2u8, plan)] {
+            if let (Some(value), true) = (value, new) {
+                self.folds.push((dim, value.to_owned()));
+            }
+        }
     }
 }
 
 impl Core {
     /// Apply one decoded, checked click to its user; false (and nothing changed) when it goes to Python.
-    fn click(&self, batch: &mut Batch<'_>, user: usize, ev: &json::Event<'_>, day: i64, partition: i64, now_ms: i64) -> bool {
+    fn click(&self, batch: &mut Batch<'_>, user: usize, ev: &json::Event<'_>, day: i64, partition: i64, now_ms: i64) -> PyResult<bool> {
         let signup_day = ev.signup_ms.map(|ms| ms.div_euclid(MS_PER_DAY));
-        let (Some(platform), Some(plan)) = (batch.fold(1, ev.platform), batch.fold(2, ev.plan)) else {
-            return false;
+        let (Some((platform, new_platform)), Some((plan, new_plan))) = (batch.fold(1, ev.platform)?, batch.fold(2, ev.plan)?)
+        else {
+            return Ok(false);
         };
         let passive = self.passive_types.contains(ev.typ);
         let state = &batch.users[user].state;
@@ -249,9 +286,10 @@ impl Core {
         let known = passive || state.is_known(day, signup_day, &segments);
         if !known {
             if !state.fits(day) {
-                return false;
+                return Ok(false);
             }
         }
+        batch.note_folds((ev.platform, new_platform), (ev.plan, new_plan));
         batch.max_day = Some(batch.max_day.map_or(day, |d| d.max(day)));
         let Batch { users, pending, segments: segs, all, levels, .. } = batch;
         let u = &mut users[user];
@@ -267,7 +305,7 @@ impl Core {
         if write {
             self.written(u, partition, now_ms);
         }
-        true
+        Ok(true)
     }
 
     /// What the engine does to a state it writes: expire old days and surveys, note the partition.
@@ -281,19 +319,22 @@ impl Core {
 
     /// Apply one decoded survey event to its user: Some(true) accepted, Some(false) a duplicate (its
     /// event_id was seen), None when it goes to Python (and nothing changed).
-    fn survey(&self, batch: &mut Batch<'_>, user: usize, ev: &json::Event<'_>, day: i64, partition: i64, now_ms: i64) -> Option<bool> {
+    fn survey(&self, batch: &mut Batch<'_>, user: usize, ev: &json::Event<'_>, day: i64, partition: i64, now_ms: i64) -> PyResult<Option<bool>> {
         let (low, high) = SCORE_RANGE[ev.survey as usize];
         match (ev.action, ev.score) {
             (json::ANSWERED, Some(score)) if low <= score && score <= high => {}
             (json::SHOWN | json::DISMISSED, None) => {}
-            _ => return None, // score_missing, score_out_of_range, score_forbidden: Python words them
+            _ => return Ok(None), // score_missing, score_out_of_range, score_forbidden: Python words them
         }
         if batch.users[user].state.surveys.iter().any(|f| f.event_id == ev.event_id) {
-            return Some(false); // the first of an event_id wins (docs/events.md, "Duplicates")
+            return Ok(Some(false)); // the first of an event_id wins (docs/events.md, "Duplicates")
         }
         let signup_day = ev.signup_ms.map(|ms| ms.div_euclid(MS_PER_DAY));
-        let platform = batch.fold(1, ev.platform)?;
-        let plan = batch.fold(2, ev.plan)?;
+        let (Some((platform, new_platform)), Some((plan, new_plan))) = (batch.fold(1, ev.platform)?, batch.fold(2, ev.plan)?)
+        else {
+            return Ok(None);
+        };
+        batch.note_folds((ev.platform, new_platform), (ev.plan, new_plan));
         batch.max_day = Some(batch.max_day.map_or(day, |d| d.max(day)));
         let Batch { users, pending, all, levels, onboarding, established, .. } = batch;
         let u = &mut users[user];
@@ -314,7 +355,7 @@ impl Core {
         let mut emit = |s: u32, run: Run| *pending.entry((s, run)).or_insert(0) += 1;
         u.state.record_survey(fact, *all, levels, [*all, platform, plan, stage], &mut emit);
         self.written(u, partition, now_ms);
-        Some(true)
+        Ok(Some(true))
     }
 
     /// The user index of `key`, loading its state on first sight.
@@ -344,6 +385,54 @@ impl Core {
     }
 }
 
+/// A record of the batch to process (offsets already applied are left out).
+struct Row<'py> {
+    index: usize,
+    /// The key (bytes), None when unkeyed.
+    key: Option<Bound<'py, PyAny>>,
+    value: Option<Bound<'py, PyBytes>>,
+}
+
+impl Core {
+    fn rows<'py>(&self, py: Python<'py>, records: &Bound<'py, PyAny>, next_offset: i64) -> PyResult<Vec<Row<'py>>> {
+        let mut rows = Vec::new();
+        for (index, record) in records.try_iter()?.enumerate() {
+            let record = record?;
+            let offset: i64 = record.getattr(intern!(py, "offset"))?.extract()?;
+            if offset < next_offset {
+                continue; // already applied (the Python engine skips it too)
+            }
+            let key = record.getattr(intern!(py, "key"))?;
+            let key = if key.downcast::<PyBytes>().is_ok() { Some(key) } else { None };
+            let value = record.getattr(intern!(py, "value"))?.downcast_into::<PyBytes>().ok();
+            rows.push(Row { index, key, value });
+        }
+        Ok(rows)
+    }
+
+    /// Batch.new_values: for each folded dimension, whether the batch's values the folder has not kept
+    /// fit in its room. Every keyed record counts (accepted or not: a superset of what the Python engine
+    /// would fold); a record this reader cannot decode might hold any value, so then none may be folded.
+    fn new_values(&self, kind: u8, rows: &[Row<'_>], kept: &[HashSet<String>; 2], max_values: usize) -> [Option<FxHashMap<String, bool>>; 2] {
+        let mut seen: [FxHashSet<&str>; 2] = Default::default();
+        for row in rows {
+            let (Some(_), Some(value)) = (&row.key, &row.value) else { continue };
+            if value.as_bytes().len() > self.max_message_bytes {
+                continue; // too large: rejected before anything is folded
+            }
+            let Some(ev) = json::decode(kind, value.as_bytes()) else { return [None, None] };
+            for (i, value) in [ev.platform, ev.plan].into_iter().enumerate() {
+                if let Some(v) = value {
+                    if v != "unknown" && v != "other" && !kept[i].contains(v) {
+                        seen[i].insert(v);
+                    }
+                }
+            }
+        }
+        [0, 1].map(|i| (kept[i].len() + seen[i].len() <= max_values).then(FxHashMap::default))
+    }
+}
+
 #[pymethods]
 impl Core {
     #[new]
@@ -366,7 +455,7 @@ impl Core {
 
     /// Process one batch of a clicks or surveys partition; see the module documentation for what it
     /// returns. The batch's runs are applied to `counters` (a PartitionCounters, through `run_target`).
-    #[pyo3(signature = (kind, records, next_offset, get_state, state_class, counters, now_ms, partition, kept_platforms, kept_plans))]
+    #[pyo3(signature = (kind, records, next_offset, get_state, state_class, counters, folder, now_ms, partition))]
     #[allow(clippy::too_many_arguments)]
     fn process<'py>(
         &self,
@@ -377,10 +466,9 @@ impl Core {
         get_state: &Bound<'py, PyAny>,
         state_class: &Bound<'py, PyAny>,
         counters: &Bound<'py, PyAny>,
+        folder: &Bound<'py, PyAny>,
         now_ms: i64,
         partition: i64,
-        kept_platforms: HashSet<String>,
-        kept_plans: HashSet<String>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let kind = match kind {
             "clicks" => json::CLICKS,
@@ -392,12 +480,19 @@ impl Core {
         let levels = LEVELS.map(|level| segments.id(DIM_ENGAGEMENT, level, None));
         let onboarding = segments.id(DIM_STAGE, "onboarding", None);
         let established = segments.id(DIM_STAGE, "established", None);
+        let kept: [HashSet<String>; 2] =
+            [folder.call_method1(intern!(py, "kept"), ("platform",))?.extract()?, folder.call_method1(intern!(py, "kept"), ("plan",))?.extract()?];
+        let max_values: usize = folder.getattr(intern!(py, "max_values"))?.extract()?;
+        let rows = self.rows(py, records, next_offset)?;
         let mut batch = Batch {
             segments,
             users: Vec::new(),
             by_key: FxHashMap::default(),
             pending: FxHashMap::default(),
-            kept: [kept_platforms, kept_plans],
+            kept,
+            new_values: [None, None],
+            folder: folder.clone(),
+            folds: Vec::new(),
             all,
             levels,
             onboarding,
@@ -409,26 +504,21 @@ impl Core {
         let mut delays: Vec<f64> = Vec::new();
         let mut accepted: usize = 0;
         let mut duplicates: usize = 0;
-        for (index, record) in records.try_iter()?.enumerate() {
-            let record = record?;
-            let offset: i64 = record.getattr(intern!(py, "offset"))?.extract()?;
-            if offset < next_offset {
-                continue; // already applied (the Python engine skips it too)
-            }
-            let key = record.getattr(intern!(py, "key"))?;
-            let Ok(key_bytes) = key.downcast::<PyBytes>() else {
+        let mut scanned = false;
+        for row in &rows {
+            let index = row.index;
+            let Some(key) = &row.key else {
                 delegated.push(index); // unkeyed: re-keyed (or dead-lettered) by the Python engine
                 continue;
             };
-            let key_bytes = key_bytes.as_bytes();
-            let user = self.user(&mut batch, &key, key_bytes, get_state)?;
+            let key_bytes = key.downcast::<PyBytes>()?.as_bytes();
+            let user = self.user(&mut batch, key, key_bytes, get_state)?;
             if batch.users[user].delegated {
                 delegated.push(index);
                 continue;
             }
-            let value = record.getattr(intern!(py, "value"))?;
-            let handled = match value.downcast::<PyBytes>() {
-                Ok(value) if value.as_bytes().len() <= self.max_message_bytes => {
+            let handled = match &row.value {
+                Some(value) if value.as_bytes().len() <= self.max_message_bytes => {
                     match json::decode(kind, value.as_bytes()) {
                         Some(ev)
                             if ev.user_id.as_bytes() == key_bytes
@@ -436,10 +526,15 @@ impl Core {
                                 && ev.ts_ms.div_euclid(MS_PER_DAY) >= oldest_valid =>
                         {
                             let day = ev.ts_ms.div_euclid(MS_PER_DAY);
+                            if !scanned && batch.has_new_value(&ev) {
+                                // Only now, once per batch: whether the batch's new values fit.
+                                batch.new_values = self.new_values(kind, &rows, &batch.kept, max_values);
+                                scanned = true;
+                            }
                             let outcome = if kind == json::CLICKS {
-                                self.click(&mut batch, user, &ev, day, partition, now_ms).then_some(true)
+                                self.click(&mut batch, user, &ev, day, partition, now_ms)?.then_some(true)
                             } else {
-                                self.survey(&mut batch, user, &ev, day, partition, now_ms)
+                                self.survey(&mut batch, user, &ev, day, partition, now_ms)?
                             };
                             match outcome {
                                 Some(true) => {
@@ -484,6 +579,10 @@ impl Core {
         // From here on, Python objects change: an error leaves the batch partly applied.
         let changed = PyList::empty(py);
         let applied = (|| -> PyResult<()> {
+            for (dim, value) in &batch.folds {
+                let dimension = SEGMENT_DIMENSIONS[*dim as usize];
+                batch.folder.call_method1(intern!(py, "fold"), (dimension, value.as_str()))?;
+            }
             for i in 0..batch.users.len() {
                 if batch.users[i].dirty {
                     let object = store_state(py, &batch.users[i], state_class, &mut batch.segments)?;

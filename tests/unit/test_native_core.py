@@ -65,8 +65,23 @@ def timestamps(draw: st.DrawFn, ms: int) -> Any:
     return rfc3339(ms, offset, digits, draw(st.sampled_from(["Z"] * 8 + ["z", ""])))
 
 
+#: Segment values: more than the folder keeps (max_segment_values 3 below), a personal one, the reserved
+#: ones and one too long to be valid.
 LABEL_VALUES = st.sampled_from(
-    ["ios", "android", "web", "ios", "web", "desk", "me@example.com", "unknown", "other", "ü" * 65]
+    [
+        "ios",
+        "android",
+        "web",
+        "ios",
+        "web",
+        "desk",
+        "tv",
+        "car",
+        "me@example.com",
+        "unknown",
+        "other",
+        "ü" * 65,
+    ]
 )
 
 
@@ -100,7 +115,7 @@ def events(draw: st.DrawFn, kind: Kind) -> tuple[str, dict[str, Any]]:
         signup = ms + draw(st.integers(-40, 2)) * MS_PER_DAY
         event["signup_ts"] = draw(st.one_of(st.none(), timestamps(signup)))
     for name in ("platform", "plan"):
-        if draw(st.booleans()):
+        if draw(st.integers(0, 3)):
             event[name] = draw(st.one_of(st.none(), LABEL_VALUES))
     if draw(st.integers(0, 9)) == 0:
         event["extra"] = draw(hostile.json_values)
@@ -241,3 +256,33 @@ def test_the_core_numbers_the_counters_as_the_partition_counters_do() -> None:
     module = core.native_module()
     assert module is not None
     assert [f"{kpi}/{window}" for kpi, window in module.Core.counters()] == list(COUNTER_NAMES)
+
+
+def test_new_segment_values_are_folded_as_the_python_engine_folds_them() -> None:
+    """More new values than the folder keeps, some of a user whose records go to the Python engine (the
+    first record of u0 is in the future): the cap must fold the same values whichever core applied them."""
+
+    def click(user: str, n: int, platform: str, ts: int = NOW - 1000) -> tuple[bytes, bytes]:
+        event = {"event_id": f"c{n}", "user_id": user, "ts": ts, "type": "tap", "platform": platform}
+        return user.encode(), json.dumps(event).encode()
+
+    values = ["ios", "android", "web", "desk", "tv", "car"]
+    within_room = [("clicks", 0, [click(f"u{i}", i, v) for i, v in enumerate(values[:3])], False)]
+    beyond_room = [("clicks", 0, [click(f"u{i}", i, v) for i, v in enumerate(values)], False)]
+    delegated_first = [
+        (
+            "clicks",
+            0,
+            [
+                click("u0", 8, "car", ts=NOW + MS_PER_DAY),
+                click("u0", 9, "tv"),
+                *(click(f"u{i + 1}", i, v) for i, v in enumerate(values)),
+            ],
+            False,
+        )
+    ]
+    for data in (within_room, beyond_room, delegated_first, within_room + beyond_room):
+        python, native = run("python", data, 7), run("native", data, 7)
+        assert native.states == python.states
+        assert native.partials == python.partials
+        assert native.folded == python.folded
