@@ -61,7 +61,9 @@ def run_pipeline(
                 assert proc.proc.poll() is None, proc.log_tail()
             time.sleep(2)
         assert processed(procs) == total  # every message counted exactly once across the workers
-        actual = wait_for_equality(bootstrap, prefix, tmp, history.expected, timeout=180)
+        # Publishing the backlog takes minutes on a loaded machine (single publications of 30-60 s were
+        # seen at load average 30): the bound only has to hold on such a machine, a quiet one is done sooner.
+        actual = wait_for_equality(bootstrap, prefix, tmp, history.expected, timeout=420)
         check_gauges(procs, actual)
         return actual
 
