@@ -467,7 +467,9 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
         Alert(
             "KpimonNoEvents",
             "kpimon-pipeline",
-            f"sum by (job) (increase({selector('kpimon_events_total', job)}[{pipe.no_events_window}])) == 0",
+            f"sum by (job) (increase({selector('kpimon_events_total', job)}[{pipe.no_events_window}])) == 0\n"
+            f"unless on (job)\nsum by (job) (increase({selector('kpimon_events_total', job)}"
+            f"[{pipe.no_events_window}] offset 7d)) < {pipe.no_events_min_last_week}",
             "0s",
             "critical",
             "No input events",
