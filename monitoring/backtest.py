@@ -225,11 +225,13 @@ def replay(
     metrics: set[str],
     kpi_step: int,
     scrape_step: int,
+    previous_day: bool = False,
     max_lateness_days: int = 7,
 ) -> Replay:
     """Run the simulation through the worker's source engine; one OpenMetrics file per day in `out_dir`.
 
-    Only the families in `metrics` (exported names, counters without `_total`) are written.
+    Only the families in `metrics` (exported names, counters without `_total`) are written, and the
+    series of the previous day (`day="previous"`) only with `previous_day` (when some alert reads them).
     """
     if DAY_S % kpi_step or DAY_S % scrape_step:
         raise ValueError("kpi_step and scrape_step must divide a day")
@@ -293,21 +295,26 @@ def replay(
         for _ in counters.take_dirty(current):
             pass
         counters.drop_before(engine.oldest_accepted_day(stamp * 1000))
+        shown = (current, current - 1) if previous_day else (current,)
         for (dimension, segment), days in counters.days.items():
-            if current not in days:
+            for day in shown:
+                if day in days:
+                    group_samples(dimension, segment, day, current, stamp)
+
+    def group_samples(dimension: str, segment: str, day: int, current: int, stamp: int) -> None:
+        counts = counters.counts((dimension, segment, day))
+        for record in group_records(dimension, segment, day, counts, None, targets):
+            label = gauge_day(record, current)
+            if label is None or (label == "previous" and not previous_day):
                 continue
-            counts = counters.counts((dimension, segment, current))
-            for record in group_records(dimension, segment, current, counts, None, targets):
-                if gauge_day(record, current) != "current":
+            segments.add((record.dimension, record.segment))
+            for metric, values, value in record_samples(record, label):
+                if metric not in metrics:
                     continue
-                segments.add((record.dimension, record.segment))
-                for metric, values, value in record_samples(record, "current"):
-                    if metric not in metrics:
-                        continue
-                    names = family_names.get(metric)
-                    if names is None:
-                        names = family_names[metric] = family_labels(metric)
-                    day_file.add(metric, "gauge", metric, labels_of(metric, names, values), stamp, value)
+                names = family_names.get(metric)
+                if names is None:
+                    names = family_names[metric] = family_labels(metric)
+                day_file.add(metric, "gauge", metric, labels_of(metric, names, values), stamp, value)
 
     family_names: dict[str, tuple[str, ...]] = {}
     messages = 0
@@ -600,6 +607,7 @@ def run(
         metrics=rules.raw_metrics(),
         kpi_step=kpi_step,
         scrape_step=scrape_step,
+        previous_day=any('day="previous"' in alert.expr for alert in rules.alerts),
     )
     timings["replay"] = time.monotonic() - started
     say(
