@@ -43,7 +43,7 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,9 @@ from kpimon.streams.records import group_records
 from kpimon.streams.targets import Targets, load_targets
 from kpimon.streams.userstate import UserState
 from kpimon.streams.validation import Accepted, Policy, validate
+from monitoring.config import DEFAULT, MonitoringConfig
+from monitoring.render import GENERATED, to_yaml
+from monitoring.rules import prometheus_rule_files
 
 RULES_DIR = Path("deploy/prometheus/rules")
 TARGETS_FILE = Path("deploy/targets.example.toml")
@@ -661,6 +664,13 @@ def summary(result: Result, change_s: int | None = None) -> str:
     return "\n".join(lines)
 
 
+def write_rules(config: MonitoringConfig, directory: Path) -> None:
+    """The rule files the generator writes for `config` (what `make generate` writes for DEFAULT)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, document in prometheus_rule_files(config).items():
+        (directory / name).write_text(to_yaml(document, GENERATED))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m monitoring.backtest`: back-test the generated alert rules on a simulated history."""
     parser = argparse.ArgumentParser(prog="python -m monitoring.backtest", description=__doc__.split("\n")[0])
@@ -671,7 +681,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scenario", action="append", default=[], help="as `kpimon simulate --scenario`")
     parser.add_argument("--plan-tiers", type=int, default=2, help="as `kpimon simulate --plan-tiers`")
     parser.add_argument("--kpi-step", type=int, default=3600, help="seconds between KPI snapshots")
-    parser.add_argument("--rules-dir", type=Path, default=RULES_DIR)
+    parser.add_argument("--rules-dir", type=Path, default=RULES_DIR, help="the rule files to evaluate")
+    parser.add_argument(
+        "--kpi-alert-selector",
+        help="evaluate rules generated (monitoring/generate.py) with this kpi_alert_selector instead, e.g."
+        " 'dimension=~\".+\"' for every segment",
+    )
     parser.add_argument("--targets", type=Path, default=TARGETS_FILE)
     parser.add_argument("--keep", type=Path, help="work in this directory and keep it (blocks, files)")
     parser.add_argument("--json", type=Path, help="write every episode here as JSON")
@@ -690,10 +705,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="kpimon-backtest-") as scratch:
         work = args.keep or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
+        rules_dir = args.rules_dir
+        if args.kpi_alert_selector is not None:
+            rules_dir = work / "rules"
+            write_rules(replace(DEFAULT, kpi_alert_selector=args.kpi_alert_selector), rules_dir)
         result = run(
             config,
             work,
-            rules_dir=args.rules_dir,
+            rules_dir=rules_dir,
             targets_file=args.targets,
             kpi_step=args.kpi_step,
             log=lambda text: print(text, file=sys.stderr),

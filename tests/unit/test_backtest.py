@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from monitoring.backtest import EVAL_S, RULES_DIR, AlertRule, DayFile, RuleFiles, episodes, seconds
+from monitoring.backtest import (
+    EVAL_S,
+    RULES_DIR,
+    AlertRule,
+    DayFile,
+    RuleFiles,
+    episodes,
+    seconds,
+    write_rules,
+)
+from monitoring.config import DEFAULT
 
 
 def alert(for_s: int) -> AlertRule:
@@ -69,3 +80,12 @@ def test_a_day_file_is_openmetrics_with_families_together(tmp_path: Path) -> Non
     assert (tmp_path / "d.om").read_text() == (
         '# TYPE a counter\na_total{x="1"} 2.0 10\n# TYPE b gauge\nb{x="1"} 1.0 10\nb{x="1"} NaN 20\n# EOF\n'
     )
+
+
+def test_rules_for_another_selector_come_from_the_generator(tmp_path: Path) -> None:
+    write_rules(DEFAULT, tmp_path / "default")
+    for path in sorted(RULES_DIR.glob("*.yaml")):
+        assert (tmp_path / "default" / path.name).read_text() == path.read_text()
+    write_rules(replace(DEFAULT, kpi_alert_selector='dimension=~".+"'), tmp_path / "segments")
+    alerts = RuleFiles.load(tmp_path / "segments").alerts
+    assert any('dimension=~".+"' in alert.expr for alert in alerts)
