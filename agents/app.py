@@ -171,6 +171,8 @@ def create_app(
         **web_options(settings, registry),
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # Topics Faust creates itself (kpimon creates its own first, agents/config/topics.py).
+        topic_replication_factor=settings.replication_factor or 1,
         # The user-state changelog goes out in record batches (runtime/user_store.py): bigger batches, fewer
         # produce round trips. Within Faust's default max request size (1,000,000 bytes).
         producer_max_batch_size=512 * 1024,

@@ -134,16 +134,39 @@ def bulk_topics_consumer() -> type[Any]:
     return BulkTopicsConsumer
 
 
+#: What `durable_producer` adds to the options of Faust's aiokafka producer (agents/config/topics.py's
+#: DURABLE_PRODUCER, which this layer cannot import; tests/unit/test_compat.py checks they agree).
+DURABLE_PRODUCER_OPTIONS: Mapping[str, Any] = {"acks": "all", "enable_idempotence": True}
+
+
+@functools.cache
+def durable_producer() -> type[Any]:
+    """Faust's aiokafka `Producer`, making its aiokafka producer idempotent with acks=all.
+
+    Faust turns idempotence on only for exactly-once processing (transactions), in the private
+    `Producer._settings_extra()`, the options it adds to its settings; no setting turns it on otherwise.
+    """
+    from faust.transport.drivers.aiokafka import Producer
+
+    class DurableProducer(Producer):
+        def _settings_extra(self) -> Mapping[str, Any]:
+            return {**super()._settings_extra(), **DURABLE_PRODUCER_OPTIONS}
+
+    return DurableProducer
+
+
 @functools.cache
 def bulk_topics_app() -> type[Any]:
     """A `faust.App` base class whose consumer (`bulk_topics_consumer`) leaves `bulk_topics` unfetched.
 
     The transport's consumer class is a class attribute with no setting; the private `App._new_transport`
-    is where an app gets its own transport instance, so setting it there affects only that app.
+    is where an app gets its own transport instance, so setting it there affects only that app. Its
+    producer class is set there too: `durable_producer`.
     """
     import faust
 
     consumer_class = bulk_topics_consumer()
+    producer_class = durable_producer()
 
     class _BulkTopicsApp(faust.App):
         bulk_topics: frozenset[str] = frozenset()
@@ -151,6 +174,7 @@ def bulk_topics_app() -> type[Any]:
         def _new_transport(self) -> Any:
             transport: Any = super()._new_transport()
             transport.Consumer = consumer_class
+            transport.Producer = producer_class
             return transport
 
     return _BulkTopicsApp

@@ -12,10 +12,11 @@ one thing about one segment, and a flapping segment does not hold back the other
 segment, so they group by alert.
 
 Inhibitions: while a pipeline alert says there is no data (`KpimonNoEvents`), the KPIs are frozen
-(`KpimonSnapshotStale`) or a worker is down (`KpimonWorkerDown`, its KPI groups missing until the rebalance
-ends), the KPI alerts are held back: their values describe the pipeline, not the users. A KPI alert carries
-no `job` or `instance` (the recording rules drop them), so the inhibition matches any KPI alert: run one
-Alertmanager (or one `team` naming) per kpimon deployment.
+(`KpimonSnapshotStale`), a worker is down (`KpimonWorkerDown`, its KPI groups missing until the rebalance
+ends) or reaches no Kafka broker (`KpimonKafkaUnreachable`), the KPI alerts are held back: their values
+describe the pipeline, not the users. A KPI alert carries no `job` or `instance` (the recording rules drop
+them), so the inhibition matches any KPI alert: run one Alertmanager (or one `team` naming) per kpimon
+deployment.
 
 The receivers are webhooks to `MonitoringConfig.alert_webhook_url/<receiver>`, a stand-in for the
 organisation's pager, ticket and chat integrations: replace them (pagerduty_configs, email_configs,
@@ -30,7 +31,12 @@ from monitoring.rules import Alert, alert_groups
 #: severity -> receiver suffix.
 RECEIVER_KINDS = {"critical": "page", "warning": "ticket", "info": "info"}
 #: Pipeline alerts that make the KPI alerts meaningless while they fire.
-PIPELINE_OUTAGE_ALERTS = ("KpimonNoEvents", "KpimonSnapshotStale", "KpimonWorkerDown")
+PIPELINE_OUTAGE_ALERTS = (
+    "KpimonNoEvents",
+    "KpimonSnapshotStale",
+    "KpimonWorkerDown",
+    "KpimonKafkaUnreachable",
+)
 #: Notification grouping: one alert, one segment.
 GROUP_BY = ("alertname", "dimension", "segment")
 

@@ -97,6 +97,9 @@ class PipelineAlerts:
     snapshot_max_age_seconds: int = 120
     for_snapshot: str = "1m"
     for_worker_down: str = "2m"
+    #: A worker reaching no Kafka broker (kpimon_kafka_reachable 0) this long pages: longer than a broker
+    #: restart, shorter than what the input can wait before the lag matters.
+    for_kafka_unreachable: str = "3m"
 
 
 @dataclass(frozen=True)

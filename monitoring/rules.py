@@ -527,6 +527,16 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
             "Prometheus cannot scrape worker {instance} of job {job} (up = {value}).",
             "count",
         ),
+        Alert(
+            "KpimonKafkaUnreachable",
+            "kpimon-pipeline",
+            f"{selector('kpimon_kafka_reachable', job)} == 0",
+            pipe.for_kafka_unreachable,
+            "critical",
+            "kpimon worker cannot reach Kafka",
+            "Worker {instance} of job {job} reaches no Kafka broker (kpimon_kafka_reachable = {value}).",
+            "count",
+        ),
     )
     return (
         RuleGroup("kpimon-engagement", engagement),

@@ -20,7 +20,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from kpimon.agents.config.kafka_security import aiokafka_options
 from kpimon.agents.config.preflight import check_access
 from kpimon.agents.config.settings import Settings
-from kpimon.agents.config.topics import TopicSpec, ensure_topics, key_of
+from kpimon.agents.config.topics import DURABLE_PRODUCER, TopicSpec, ensure_topics, key_of
 from kpimon.simulator.model import Counts, LiveModel, Scenario
 from kpimon.simulator.render import render
 
@@ -32,12 +32,13 @@ _TICK_S = 0.1
 
 
 def _producer(settings: Settings) -> AIOKafkaProducer:
-    # Linger and large batches for throughput; acks from all replicas so "sent" means stored.
+    # Linger and large batches for throughput; acks from all replicas so "sent" means stored, idempotent so
+    # a retry after a broker failure does not send an event twice.
     return AIOKafkaProducer(
         bootstrap_servers=settings.broker,
         **aiokafka_options(settings),
         client_id="kpimon-simulate",
-        acks="all",
+        **DURABLE_PRODUCER,
         linger_ms=20,
         max_batch_size=256 * 1024,
     )
@@ -46,7 +47,13 @@ def _producer(settings: Settings) -> AIOKafkaProducer:
 async def _ensure(settings: Settings) -> None:
     await check_access(settings)
     specs = [TopicSpec(topic, settings.partitions) for topic in (settings.clicks, settings.surveys)]
-    await ensure_topics(settings.broker, specs, options=aiokafka_options(settings))
+    await ensure_topics(
+        settings.broker,
+        specs,
+        options=aiokafka_options(settings),
+        replication_factor=settings.replication_factor,
+        min_insync_replicas=settings.min_insync_replicas,
+    )
 
 
 async def send_messages(settings: Settings, messages: Iterable[tuple[str, bytes]]) -> int:

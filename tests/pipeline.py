@@ -7,6 +7,7 @@ replayed through real Kafka (`kpimon replay`) to real `kpimon worker` processes,
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ class History:
     surveys: Path
     expected: list[KpiRecord]
     lateness: int
+    #: Lines the reference rejected: the dead letters a worker writes for this history.
+    rejected: int = 0
 
     @property
     def messages(self) -> int:
@@ -59,12 +62,15 @@ def simulate_history(out: Path, users: int, days: int, seed: int, lateness: int)
         *("--no-signup-fraction", "0", "--out-dir", str(out)),
     )
     clicks, surveys = out / "clicks.jsonl", out / "surveys.jsonl"
-    kpimon(
+    summary = kpimon(
         "reference",
         *("--clicks", str(clicks), "--surveys", str(surveys), "--now", now),
         *("--max-lateness-days", str(lateness), "--out", str(out / "reference.jsonl")),
-    )
-    return History(clicks, surveys, parse_records((out / "reference.jsonl").read_bytes()), lateness)
+    ).stderr.decode()
+    # "clicks: 12507 accepted, 48 rejected (...)", one line per file.
+    rejected = sum(int(n) for n in re.findall(r"^\w+: \d+ accepted, (\d+) rejected", summary, re.MULTILINE))
+    expected = parse_records((out / "reference.jsonl").read_bytes())
+    return History(clicks, surveys, expected, lateness, rejected)
 
 
 def replay_args(history: History, bootstrap: str, prefix: str, partitions: int) -> list[str]:

@@ -1,4 +1,4 @@
-"""`kpimon kafka start|stop|status|tools`: a local single-node Apache Kafka for development and tests."""
+"""`kpimon kafka start|stop|status|tools`: a local Apache Kafka (a broker or a cluster) for development."""
 
 from __future__ import annotations
 
@@ -10,7 +10,13 @@ from pathlib import Path
 
 import click
 
-from kpimon.agents.devtools.localkafka import DEFAULT_PORT, KafkaLauncherError, LocalKafka
+from kpimon.agents.devtools.localkafka import (
+    DEFAULT_PORT,
+    KafkaLauncherError,
+    LocalCluster,
+    LocalKafka,
+    recorded_cluster_size,
+)
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
@@ -67,11 +73,35 @@ def describe_deletion(data_dir: Path) -> str:
     )
 
 
-def _broker(port: int, run_dir: Path | None, cache_dir: Path | None = None) -> LocalKafka:
+def _default_run_dir(port: int, run_dir: Path | None) -> Path:
+    return run_dir if run_dir is not None else LocalKafka.default_run_dir(port)
+
+
+def _broker(
+    port: int, run_dir: Path | None, cache_dir: Path | None = None, brokers: int | None = None
+) -> LocalKafka | LocalCluster:
+    """The single broker or the cluster of a run dir: `brokers` nodes, else as many as it holds (1 if new)."""
+    size = brokers or recorded_cluster_size(_default_run_dir(port, run_dir)) or 1
     try:
-        return LocalKafka(port=port, home=run_dir, cache_dir=cache_dir)
+        if size == 1 and recorded_cluster_size(_default_run_dir(port, run_dir)) is None:
+            return LocalKafka(port=port, home=run_dir, cache_dir=cache_dir)
+        return LocalCluster(size=size, port=port, home=run_dir, cache_dir=cache_dir)
     except KafkaLauncherError as err:
         raise click.ClickException(str(err)) from None
+
+
+def _data_dirs(broker: LocalKafka | LocalCluster) -> list[Path]:
+    """What `--fresh` deletes: a broker's data dir, or a cluster's layout and every node's run dir."""
+    if isinstance(broker, LocalKafka):
+        return [broker.data_dir]
+    recorded = recorded_cluster_size(broker.run_dir) or 0
+    return [broker.run_dir / f"node-{n}" for n in range(1, max(recorded, broker.size) + 1)]
+
+
+def _running(broker: LocalKafka | LocalCluster) -> bool:
+    if isinstance(broker, LocalKafka):
+        return broker.status()
+    return any(pid is not None for _, pid in broker.status())
 
 
 _port_option = click.option(
@@ -92,11 +122,12 @@ _run_dir_option = click.option(
 
 @click.group(context_settings=_CONTEXT)
 def kafka() -> None:
-    """Run a local single-node Apache Kafka (KRaft) on 127.0.0.1 for development and tests.
+    """Run a local Apache Kafka (KRaft) on 127.0.0.1 for development and tests: one broker, or a cluster.
 
     Needs Java 17+ and, once per machine, Maven: the Kafka jars pinned in agents/devtools/kafka/pom.xml are
     downloaded into $KPIMON_HOME/cache the first time. The broker runs in the background; its log is
-    kafka.log in the run dir.
+    kafka.log in the run dir. `start --brokers 3` runs a three-node cluster instead (each node a broker and
+    a controller), to try replication and broker failures; stop and status then act on every node.
     """
 
 
@@ -122,22 +153,58 @@ def kafka() -> None:
     help="Start empty: delete this broker's data first (every topic, consumer group and offset), saying "
     "what is deleted. The broker must be stopped.",
 )
-def start(port: int, run_dir: Path | None, cache_dir: Path | None, timeout: float, fresh: bool) -> None:
-    """Start the broker in the background and print its bootstrap address.
+@click.option(
+    "--brokers",
+    type=click.IntRange(1, 9),
+    default=None,
+    show_default=False,
+    help="Run a cluster of this many nodes (each a broker and a KRaft controller; 3 tolerates the loss of "
+    "one): node 1 on --port, the others on free ports, kept for later starts; the printed bootstrap lists "
+    "every node. kpimon creates its topics with 3 replicas and min.insync.replicas 2 on 3 or more "
+    "[default: 1, or as many as the run dir's cluster has].",
+)
+def start(
+    port: int,
+    run_dir: Path | None,
+    cache_dir: Path | None,
+    timeout: float,
+    fresh: bool,
+    brokers: int | None,
+) -> None:
+    """Start the broker (or cluster) in the background and print its bootstrap address.
 
-    Progress goes to stderr; the last line on stdout is the bootstrap address alone, so scripts can
-    use `BROKER=$(kpimon kafka start | tail -n1)`. If the broker already runs, its address is printed.
-    A broker keeps its topics across restarts; --fresh starts from nothing.
+    Progress goes to stderr; the last line on stdout is the bootstrap address alone (a comma-separated
+    list for a cluster), so scripts can use `BROKER=$(kpimon kafka start | tail -n1)`. If the broker
+    already runs, its address is printed. A broker keeps its topics across restarts; --fresh starts from
+    nothing (and switches between a single broker and a cluster).
     """
     _show_progress()
-    broker = _broker(port, run_dir, cache_dir)
+    where = _default_run_dir(port, run_dir)
     if fresh:
-        if broker.status():
+        old = _broker(port, run_dir, cache_dir)
+        if _running(old):
             raise click.ClickException(
-                f"the broker on {broker.bootstrap} runs; stop it first: kpimon kafka stop --port {port}"
+                f"the broker on {old.bootstrap} runs; stop it first: kpimon kafka stop --port {port}"
             )
-        click.echo(describe_deletion(broker.data_dir), err=True)
-        shutil.rmtree(broker.data_dir, ignore_errors=True)
+        for data_dir in _data_dirs(old):
+            click.echo(describe_deletion(data_dir), err=True)
+            shutil.rmtree(data_dir, ignore_errors=True)
+        (where / "cluster.json").unlink(missing_ok=True)
+    else:
+        recorded = recorded_cluster_size(where)
+        held = (
+            f"cluster of {recorded} nodes"
+            if recorded
+            else "single broker"
+            if (where / "data").exists()
+            else ""
+        )
+        if brokers is not None and held and brokers != (recorded or 1):
+            raise click.ClickException(
+                f"{where} holds a {held}, not {brokers}; start it without --brokers, or with --fresh to "
+                "replace it (losing its topics)"
+            )
+    broker = _broker(port, run_dir, cache_dir, brokers)
     try:
         address = broker.start(timeout=timeout)
     except KafkaLauncherError as err:
@@ -162,20 +229,33 @@ def stop(port: int, run_dir: Path | None, timeout: float) -> None:
         was_running = broker.stop(timeout=timeout)
     except KafkaLauncherError as err:
         raise click.ClickException(str(err)) from None
-    click.echo(f"stopped {broker.bootstrap}" if was_running else f"not running on {broker.bootstrap}")
+    where = broker.bootstrap or f"127.0.0.1:{port}"
+    click.echo(f"stopped {where}" if was_running else f"not running on {where}")
 
 
 @kafka.command()
 @_port_option
 @_run_dir_option
 def status(port: int, run_dir: Path | None) -> None:
-    """Say whether the broker runs: exit code 0 if it does, 1 if not."""
+    """Say whether the broker runs: exit code 0 if it does, 1 if not.
+
+    For a cluster, one line per node; exit code 0 only if every node runs.
+    """
     broker = _broker(port, run_dir)
-    if broker.status():
-        click.echo(f"running on {broker.bootstrap}")
-    else:
+    if isinstance(broker, LocalKafka):
+        if broker.status():
+            click.echo(f"running on {broker.bootstrap}")
+            return
         click.echo("not running")
         raise SystemExit(1)
+    nodes = broker.status()
+    for node, pid in nodes:
+        state = f"running (pid {pid})" if pid is not None else "not running"
+        click.echo(f"node {node.node_id} on {node.bootstrap}: {state}")
+    if not nodes or any(pid is None for _, pid in nodes):
+        click.echo("not every node runs" if any(pid is not None for _, pid in nodes) else "not running")
+        raise SystemExit(1)
+    click.echo(f"running on {broker.bootstrap}")
 
 
 @kafka.command(
@@ -210,9 +290,11 @@ def tools(name: str | None, args: tuple[str, ...], port: int) -> None:
         return
     _show_progress()
     broker = _broker(port, None)
+    # A cluster's bootstrap lists every node; its jars are those of any node.
+    first = broker if isinstance(broker, LocalKafka) else LocalKafka(port=port)
     try:
         java = check_java()
-        libs = broker.ensure_jars()
+        libs = first.ensure_jars()
         command = tool_command(java, libs, write_log4j(libs.parent), name, args, broker.bootstrap)
     except (KafkaLauncherError, UnknownTool) as err:
         raise click.ClickException(str(err)) from None

@@ -19,7 +19,7 @@ from kpimon.agents.config.kafka_security import aiokafka_options
 from kpimon.agents.config.options import broker_option, kafka_options, setting, topic_prefix_option
 from kpimon.agents.config.preflight import KafkaAccessError, check_access
 from kpimon.agents.config.settings import Settings
-from kpimon.agents.config.topics import TopicSpec, ensure_topics, key_of
+from kpimon.agents.config.topics import DURABLE_PRODUCER, TopicSpec, ensure_topics, key_of
 from kpimon.streams.events import Timestamp, day_of, epoch_ms
 from kpimon.streams.output import day_name
 
@@ -109,16 +109,21 @@ async def send_files(
     await check_access(settings)
     security = aiokafka_options(settings)
     specs = [TopicSpec(t, settings.partitions) for t, _ in files]
-    await ensure_topics(settings.broker, specs, options=security)
+    await ensure_topics(
+        settings.broker,
+        specs,
+        options=security,
+        replication_factor=settings.replication_factor,
+        min_insync_replicas=settings.min_insync_replicas,
+    )
     total = sum(sum(1 for _ in read_lines(p)) for _, p in files) if total is None else total
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.broker,
         **security,
-        acks="all",
+        **DURABLE_PRODUCER,
         linger_ms=20,
         max_batch_size=256 * 1024,
         max_request_size=8 * 1024 * 1024,
-        enable_idempotence=True,
     )
     await producer.start()
     sent = 0

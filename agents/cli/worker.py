@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +14,14 @@ from kpimon.agents.config.kafka_security import aiokafka_options
 from kpimon.agents.config.options import broker_option, kafka_options, setting, topic_prefix_option
 from kpimon.agents.config.preflight import KafkaAccessError, check_access
 from kpimon.agents.config.settings import Settings
-from kpimon.agents.config.topics import TopicSpec, ensure_topics
+from kpimon.agents.config.topics import Replication, ReplicationError, TopicSpec, ensure_topics
 from kpimon.agents.runtime.membership import (
     InstanceInUseError,
     claim,
     instances_topic,
     register_membership,
 )
-from kpimon.agents.runtime.tables import TABLE_NAMES, changelog_topic_name
+from kpimon.agents.runtime.tables import TABLE_NAMES, changelog_topic_name, leader_topic
 from kpimon.streams.targets import Targets, TargetsError, load_targets
 
 log = logging.getLogger("kpimon.worker")
@@ -39,12 +40,15 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     compacted = {"cleanup.policy": "compact"}
     # Static membership's announcements (runtime/membership.py): one record per instance id.
     instances = [TopicSpec(instances_topic(settings.app_id), 1, compacted)] if settings.instance_id else []
+    # Faust's leader-election topic: created here so that it is replicated like the others.
+    leader = TopicSpec(leader_topic(settings.app_id), 1)
     changelogs = [
         TopicSpec(changelog_topic_name(settings.app_id, name), settings.partitions, compacted)
         for name in TABLE_NAMES
     ]
     return [
         *instances,
+        leader,
         *changelogs,
         TopicSpec(settings.clicks, settings.partitions),
         TopicSpec(settings.surveys, settings.partitions),
@@ -62,6 +66,16 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 @setting("app_id", "Faust app id: the consumer group and the prefix of its internal topics.")
 @topic_prefix_option
 @setting("partitions", "Partitions of the topics the worker creates when they are missing.", type=int)
+@setting(
+    "replication_factor",
+    "Replicas of the topics the worker creates; 0: 3 on a cluster of 3 or more live brokers, else 1.",
+    type=click.IntRange(min=0),
+)
+@setting(
+    "min_insync_replicas",
+    "min.insync.replicas of the topics the worker creates; 0: 2 with 3 replicas or more, else 1.",
+    type=click.IntRange(min=0),
+)
 @setting("data_dir", "Local state directory.", shown="~/.kpimon/state", type=click.Path(path_type=Path))
 @setting(
     "max_lateness_days",
@@ -131,17 +145,27 @@ def worker(kafka: dict[str, Any], **options: object) -> None:
     run_worker(settings)
 
 
-async def preflight(settings: Settings) -> str | None:
+async def preflight(settings: Settings) -> tuple[str | None, Replication]:
     """Check access to Kafka (one clear error), create the missing topics, claim the instance id.
 
-    Returns this run's id when the worker has an instance id (runtime/membership.py), else None.
+    Returns this run's id when the worker has an instance id (runtime/membership.py), else None, and the
+    replication the topics were created with (for the topics Faust creates itself).
     """
     await check_access(settings)
     options = aiokafka_options(settings)
-    await asyncio.wait_for(ensure_topics(settings.broker, topic_specs(settings), options=options), 60)
+    replication = await asyncio.wait_for(
+        ensure_topics(
+            settings.broker,
+            topic_specs(settings),
+            options=options,
+            replication_factor=settings.replication_factor,
+            min_insync_replicas=settings.min_insync_replicas,
+        ),
+        60,
+    )
     if not settings.instance_id:
-        return None
-    return await asyncio.wait_for(claim(settings, options), 60)
+        return None, replication
+    return await asyncio.wait_for(claim(settings, options), 60), replication
 
 
 def run_worker(settings: Settings) -> None:
@@ -170,14 +194,19 @@ def run_worker(settings: Settings) -> None:
             raise click.ClickException(f"invalid targets file: {exc}") from None
         log.info("loaded %d KPI targets from %s", len(targets), settings.targets_file)
     try:
-        run = asyncio.run(preflight(settings))
+        run, replication = asyncio.run(preflight(settings))
     except (
         KafkaAccessError,
         InstanceInUseError,
-    ) as exc:  # refused credentials, TLS trouble, no broker: one line naming the cause
+        ReplicationError,
+    ) as exc:  # refused credentials, TLS trouble, no broker, too few brokers: one line naming the cause
         raise click.ClickException(str(exc)) from None
     except Exception as exc:  # a refused request, a timeout: one clear line
         raise click.ClickException(f"cannot reach Kafka at {settings.broker}: {exc!r}") from None
+    # The resolved replication, for the topics Faust would create itself.
+    settings = replace(
+        settings, replication_factor=replication.factor, min_insync_replicas=replication.min_insync
+    )
     try:
         kpimon = create_app(settings, targets=targets)
     except ValueError as exc:  # an unreadable secret or certificate file: named, not dumped

@@ -24,23 +24,40 @@ class KafkaUnreachableError(KafkaAccessError):
     """No answer from a broker (refused, timed out): another bootstrap broker may still answer."""
 
 
+class KafkaHandshakeError(KafkaAccessError):
+    """A broker closed or reset the connection during the handshake.
+
+    Most likely the wrong security protocol (every broker would do the same), but a broker of a cluster that
+    dies at that moment does it too: the other bootstrap brokers are tried before this is final.
+    """
+
+
 async def check_access(settings: Settings, timeout: float = 20.0) -> None:
     """Connect to a bootstrap broker and ask for metadata; KafkaAccessError saying why not.
 
-    Brokers of a comma-separated `broker` are tried in turn while they do not answer; a refused handshake or
-    credential is final (every broker of a cluster would refuse it alike).
+    Brokers of a comma-separated `broker` are tried in turn while they do not answer or close the connection
+    during the handshake (a broker dying at that moment does so too); a refused credential or certificate
+    is final (every broker of a cluster would refuse it alike).
     """
     try:
         options = aiokafka_options(settings)
     except SecretFileError as exc:
         raise KafkaAccessError(str(exc)) from None
     brokers = [b.strip() for b in settings.broker.split(",") if b.strip()]
+    handshake: KafkaHandshakeError | None = None
     for index, broker in enumerate(brokers):
         try:
             await _probe(broker, settings, options, timeout)
             return
+        except KafkaHandshakeError as exc:
+            handshake = handshake or exc
+            if index == len(brokers) - 1:
+                raise handshake from None
         except KafkaUnreachableError:
             if index == len(brokers) - 1:
+                # A closed handshake names a cause (the protocol); an unreachable broker does not.
+                if handshake is not None:
+                    raise handshake from None
                 raise
 
 
@@ -81,7 +98,7 @@ async def _probe(broker: str, settings: Settings, options: dict[str, Any], timeo
                 f"{refused}: the broker refused the TLS handshake ({cause.reason or cause}); it may require "
                 "a client certificate (ssl_cert_file, ssl_key_file) signed by a CA it trusts"
             ) from None
-        raise KafkaAccessError(
+        raise KafkaHandshakeError(
             f"{refused}: the broker closed the connection during the handshake; it expects another "
             f"security protocol or credentials (check security_protocol, now {settings.security_protocol})"
         ) from None
@@ -91,7 +108,7 @@ async def _probe(broker: str, settings: Settings, options: dict[str, Any], timeo
             "(check security_protocol)"
         ) from None
     except ConnectionResetError:
-        raise KafkaAccessError(
+        raise KafkaHandshakeError(
             f"{refused}: the broker reset the connection during the handshake; {broker} may be a "
             f"listener without TLS (check security_protocol, now {settings.security_protocol})"
         ) from None

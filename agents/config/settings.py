@@ -72,6 +72,12 @@ class Settings:
     #: Static group membership (Kafka's group.instance.id): a restarted worker with the same id takes its
     #: partitions back at once. Unique per worker; empty means dynamic membership.
     instance_id: str = ""
+    #: Replication factor of the topics kpimon creates; 0: automatic, 3 on a cluster of at least 3 brokers
+    #: (as the cluster's metadata says when the topics are created), else 1 (agents/config/topics.py).
+    replication_factor: int = 0
+    #: min.insync.replicas of the topics kpimon creates; 0: automatic, 2 with a replication factor of 3 or
+    #: more, else 1. Producers use acks=all, so a write needs this many replicas.
+    min_insync_replicas: int = 0
     #: Seconds between the worker's log lines summing up the messages it rejected (none when none were).
     rejection_log_interval: float = 60.0
     log_level: str = "info"
@@ -155,6 +161,16 @@ class Settings:
         if not 6 <= self.session_timeout <= 300:
             # Kafka's default group.min/max.session.timeout.ms bounds.
             raise ValueError(f"session_timeout must be in 6..300 seconds, got {self.session_timeout}")
+        if self.replication_factor < 0 or self.min_insync_replicas < 0:
+            raise ValueError(
+                "replication_factor and min_insync_replicas must be >= 0 (0: automatic), "
+                f"got {self.replication_factor} and {self.min_insync_replicas}"
+            )
+        if self.replication_factor and self.min_insync_replicas > self.replication_factor:
+            raise ValueError(
+                f"min_insync_replicas ({self.min_insync_replicas}) must not exceed replication_factor "
+                f"({self.replication_factor}): no write could ever be acknowledged"
+            )
         if self.instance_id and not _INSTANCE_ID.fullmatch(self.instance_id):
             raise ValueError(
                 f"instance_id must be 1..249 letters, digits, '.', '_' or '-', got {self.instance_id!r}"

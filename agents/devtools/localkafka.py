@@ -1,14 +1,18 @@
-"""A real single-node Apache Kafka (KRaft: broker and controller in one JVM) on 127.0.0.1.
+"""A real Apache Kafka on 127.0.0.1 (KRaft): one node, or a cluster of several (`LocalCluster`).
 
 Used by `kpimon kafka start|stop|status` and by the integration tests. Nothing is mocked: the jars
 are the released Apache Kafka artifacts, resolved once by Maven from `agents/devtools/kafka/pom.xml` into a
-per-machine cache, and the broker is a detached `java ... kafka.Kafka server.properties` process.
+per-machine cache, and each node is a detached `java ... kafka.Kafka server.properties` process, broker and
+controller in one JVM. A cluster's nodes form a static controller quorum (`controller.quorum.voters`): it
+works while a majority of them runs, so one node of three can die.
 
 Layout (KPIMON_HOME defaults to ~/.kpimon):
 
     $KPIMON_HOME/cache/kafka-<version>/libs/   jars, shared by every run dir (fetched once)
     $KPIMON_HOME/kafka/run-<port>/             one broker: data/, server.properties, log4j2.properties,
                                                kafka.log, kafka.pid, controller.port
+    $KPIMON_HOME/kafka/run-<port>/             or a cluster: cluster.json (ports, cluster id) and one
+                                               run dir per node, node-1/ (client port <port>), node-2/, ...
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import asyncio
 import base64
 import contextlib
 import fcntl
+import functools
 import hashlib
+import json
 import logging
 import os
 import re
@@ -29,7 +35,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -254,8 +260,8 @@ def _quiet_aiokafka() -> Iterator[None]:
         logger.setLevel(previous)
 
 
-async def _answers_metadata(bootstrap: str, request_timeout: float) -> bool:
-    """Whether the broker answers a metadata request and lists at least one live broker.
+async def _answers_metadata(bootstrap: str, request_timeout: float, node_id: int | None = None) -> bool:
+    """Whether the broker answers a metadata request and lists at least one live broker (`node_id` if given).
 
     A KRaft broker only appears in metadata once it is registered and unfenced, which is the moment
     producers, consumers and Faust can use it.
@@ -266,7 +272,8 @@ async def _answers_metadata(bootstrap: str, request_timeout: float) -> bool:
     client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(request_timeout * 1000))
     try:
         await client.bootstrap()
-        return bool(client.cluster.brokers())
+        live = {broker.nodeId for broker in client.cluster.brokers()}
+        return bool(live) if node_id is None else node_id in live
     except (KafkaError, OSError, TimeoutError):
         return False
     finally:
@@ -334,13 +341,31 @@ class SecureListeners:
         return args
 
 
+@dataclass(frozen=True)
+class Quorum:
+    """The static KRaft quorum of a local cluster: its id and every node's (id, controller port)."""
+
+    cluster_id: str
+    controllers: tuple[tuple[int, int], ...]
+
+    def voters(self) -> str:
+        """`controller.quorum.voters`: `id@host:port,...`."""
+        return ",".join(f"{node}@{HOST}:{port}" for node, port in self.controllers)
+
+    def port_of(self, node_id: int) -> int:
+        """The controller port of a node."""
+        return dict(self.controllers)[node_id]
+
+
 class LocalKafka:
-    """One local single-node Kafka broker+controller, identified by its run directory.
+    """One local Kafka broker+controller, identified by its run directory: alone, or a node of a cluster.
 
     `port` is the client (PLAINTEXT) port on 127.0.0.1. `home` is the run directory (data, config,
     kafka.log, pid file); it defaults to `$KPIMON_HOME/kafka/run-<port>`. `cache_dir` holds the jars
     and defaults to `$KPIMON_HOME/cache`, shared by all run dirs so the jars are fetched once per
     machine. `properties` are extra or overriding broker settings (written to server.properties).
+    A node of a `LocalCluster` has its `node_id` and the cluster's `quorum`; alone, it is node 1 of a
+    quorum of its own.
     """
 
     def __init__(
@@ -350,18 +375,27 @@ class LocalKafka:
         cache_dir: Path | None = None,
         properties: Mapping[str, str] | None = None,
         secure: SecureListeners | None = None,
+        node_id: int = 1,
+        quorum: Quorum | None = None,
     ) -> None:
         if not 0 < port < 65536:
             raise KafkaLauncherError(f"port must be in 1..65535, got {port}")
         self.port = port
-        self.run_dir = (home if home is not None else default_home() / "kafka" / f"run-{port}").resolve()
+        self.run_dir = (home if home is not None else LocalKafka.default_run_dir(port)).resolve()
         self.cache_dir = (cache_dir if cache_dir is not None else default_home() / "cache").resolve()
         self.extra_properties = dict(properties or {})
         self.secure = secure
+        self.node_id = node_id
+        self.quorum = quorum
         self.version = kafka_version()
         self._proc: subprocess.Popen[bytes] | None = None
 
     # Paths -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def default_run_dir(port: int) -> Path:
+        """`$KPIMON_HOME/kafka/run-<port>`: the run dir of the broker (or cluster) of a client port."""
+        return default_home() / "kafka" / f"run-{port}"
 
     @property
     def bootstrap(self) -> str:
@@ -542,8 +576,17 @@ class LocalKafka:
         """The controller port of this run dir: chosen once, then reused.
 
         `format --standalone` records the controller endpoint in the KRaft voter set, so a restart
-        must listen on the same controller port as the first start.
+        must listen on the same controller port as the first start. A cluster's node has the port its
+        quorum says.
         """
+        if self.quorum is not None:
+            port = self.quorum.port_of(self.node_id)
+            if not port_is_free(port):
+                raise KafkaLauncherError(
+                    f"the controller port {port} of node {self.node_id} is in use by another program; stop "
+                    f"that program, or delete {self.run_dir.parent} to start afresh (losing the topics)"
+                )
+            return port
         try:
             port = int(self.controller_port_file.read_text().strip())
         except (OSError, ValueError):
@@ -560,7 +603,7 @@ class LocalKafka:
     def _server_properties(self, controller_port: int) -> dict[str, str]:
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
+            "node.id": str(self.node_id),
             "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{controller_port}",
             "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
             "controller.listener.names": "CONTROLLER",
@@ -579,6 +622,9 @@ class LocalKafka:
             # Matches Settings.partitions, so auto-created topics line up with kpimon's topics.
             "num.partitions": "4",
         }
+        if self.quorum is not None:
+            props.pop("controller.quorum.bootstrap.servers")
+            props.update(self._cluster_properties(self.quorum))
         if self.secure is not None:
             secure = self.secure
             props["listeners"] += f",SASL_SSL://{HOST}:{secure.sasl_ssl_port},SSL://{HOST}:{secure.ssl_port}"
@@ -589,6 +635,23 @@ class LocalKafka:
             props.update(secure.properties())
         props.update(self.extra_properties)
         return props
+
+    @staticmethod
+    def _cluster_properties(quorum: Quorum) -> dict[str, str]:
+        """A cluster node's settings: the static quorum, and Kafka's own topics replicated like kpimon's."""
+        replicas = str(min(3, len(quorum.controllers)))
+        min_isr = "2" if len(quorum.controllers) >= 3 else "1"
+        return {
+            "controller.quorum.voters": quorum.voters(),
+            "offsets.topic.replication.factor": replicas,
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": min_isr,
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": min_isr,
+            # Topics created without a factor (auto-created ones, tools) are replicated too.
+            "default.replication.factor": replicas,
+            "min.insync.replicas": min_isr,
+        }
 
     def _write_configs(self, controller_port: int) -> None:
         # Rewritten at every start so changes to this module apply to existing run dirs.
@@ -634,14 +697,15 @@ class LocalKafka:
         """Format the KRaft metadata log once; meta.properties in the data dir marks it done."""
         if (self.data_dir / "meta.properties").is_file():
             return
-        cluster_id = new_cluster_id()
+        # A cluster's nodes share its id; their static quorum needs no --standalone.
+        cluster_id = self.quorum.cluster_id if self.quorum is not None else new_cluster_id()
         log.info("formatting the storage in %s (cluster id %s)", self.data_dir, cluster_id)
         cmd = self._java_command(
             java,
             libs,
             "kafka.tools.StorageTool",
             "format",
-            "--standalone",
+            *(("--standalone",) if self.quorum is None else ()),
             "--ignore-formatted",
             "-t",
             cluster_id,
@@ -687,6 +751,24 @@ class LocalKafka:
         if not self._jars_present(self.libs_dir):
             # Fail on a missing Maven before touching anything, not after creating run dirs.
             check_maven(f"once to download the Kafka {self.version} jars into {self.libs_dir.parent}")
+        pid, launched = self._start_process(java)
+        started = time.monotonic()
+        try:
+            self._wait_ready(pid, timeout)
+        except BaseException:
+            # A broker that failed to come up (or whose start was interrupted with Ctrl-C) should not
+            # linger in the background holding the ports.
+            if launched:
+                self.stop(timeout=10)
+            raise
+        if launched:
+            log.info(
+                "Kafka %s ready on %s in %.1f s", self.version, self.bootstrap, time.monotonic() - started
+            )
+        return self.bootstrap
+
+    def _start_process(self, java: str) -> tuple[int, bool]:
+        """Launch the broker unless this run dir's runs already: (its pid, whether it was launched now)."""
         with self._locked():
             pid = self.pid()
             if pid is not None:
@@ -710,20 +792,7 @@ class LocalKafka:
                 self._format_storage(java, libs)
                 pid = self._launch(java, libs, controller_port)
                 launched = True
-        started = time.monotonic()
-        try:
-            self._wait_ready(pid, timeout)
-        except BaseException:
-            # A broker that failed to come up (or whose start was interrupted with Ctrl-C) should not
-            # linger in the background holding the ports.
-            if launched:
-                self.stop(timeout=10)
-            raise
-        if launched:
-            log.info(
-                "Kafka %s ready on %s in %.1f s", self.version, self.bootstrap, time.monotonic() - started
-            )
-        return self.bootstrap
+        return pid, launched
 
     def _launch(self, java: str, libs: Path, controller_port: int) -> int:
         self._rotate_log()
@@ -766,7 +835,7 @@ class LocalKafka:
             # A plain TCP check first: it is cheap and does not make aiokafka log connection errors.
             if _tcp_accepts(self.port):
                 with _quiet_aiokafka():
-                    if _run_sync(_answers_metadata(self.bootstrap, request_timeout=2.0)):
+                    if _run_sync(_answers_metadata(self.bootstrap, 2.0, self.node_id)):
                         return
             if time.monotonic() > deadline:
                 raise KafkaLauncherError(
@@ -799,6 +868,21 @@ class LocalKafka:
             self._proc = None
             return True
 
+    def kill(self) -> bool:
+        """SIGKILL this run dir's broker, as a crash would end it (no clean shutdown); whether one ran."""
+        with self._locked():
+            pid = self.pid()
+            if pid is None:
+                return False
+            log.info("killing the Kafka broker on %s (pid %d)", self.bootstrap, pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            if not self._wait_gone(pid, 10):
+                raise KafkaLauncherError(f"the Kafka broker (pid {pid}) survived SIGKILL")
+            self.pid_file.unlink(missing_ok=True)
+            self._proc = None
+            return True
+
     def _wait_gone(self, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while self._is_our_broker(pid):
@@ -806,3 +890,206 @@ class LocalKafka:
                 return False
             time.sleep(0.1)
         return True
+
+
+# --------------------------------------------------------------------------------------------------
+# A cluster of local nodes
+# --------------------------------------------------------------------------------------------------
+
+#: The file in a cluster's run dir that records its size, ports and id (a single broker's run dir has none).
+CLUSTER_FILE = "cluster.json"
+
+
+def recorded_cluster_size(run_dir: Path) -> int | None:
+    """The node count of the cluster of this run dir; None when it is not a cluster's (or unreadable)."""
+    try:
+        layout = json.loads((run_dir / CLUSTER_FILE).read_text())
+        return len(layout["ports"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class LocalCluster:
+    """A local Kafka cluster of `size` KRaft nodes on 127.0.0.1, each a broker and a controller.
+
+    `port` is node 1's client port and names the run dir (`$KPIMON_HOME/kafka/run-<port>`, as a single
+    broker's would be). The other nodes' client ports and every controller port are picked free at the first
+    start and recorded in the run dir's cluster.json with the cluster id, so later starts reuse them. Each
+    node is a `LocalKafka` with its own run dir (`node-<id>/`: data, config, kafka.log, pid file).
+    """
+
+    def __init__(
+        self,
+        size: int = 3,
+        port: int = DEFAULT_PORT,
+        home: Path | None = None,
+        cache_dir: Path | None = None,
+        properties: Mapping[str, str] | None = None,
+    ) -> None:
+        if size < 1:
+            raise KafkaLauncherError(f"a cluster needs at least 1 node, got {size}")
+        if not 0 < port < 65536:
+            raise KafkaLauncherError(f"port must be in 1..65535, got {port}")
+        self.size = size
+        self.port = port
+        self.run_dir = (home if home is not None else LocalKafka.default_run_dir(port)).resolve()
+        self.cache_dir = cache_dir
+        self.extra_properties = dict(properties or {})
+        self._nodes: list[LocalKafka] | None = None
+
+    @property
+    def layout_file(self) -> Path:
+        return self.run_dir / CLUSTER_FILE
+
+    @property
+    def bootstrap(self) -> str:
+        """Every node's client address, comma-separated: clients reach the cluster while any one answers."""
+        return ",".join(node.bootstrap for node in self.nodes)
+
+    @property
+    def nodes(self) -> list[LocalKafka]:
+        """The nodes, in node id order (empty before the first start has recorded the layout)."""
+        if self._nodes is None:
+            layout = self._read_layout()
+            if layout is None:
+                return []
+            self._nodes = self._make_nodes(layout)
+        return self._nodes
+
+    def node(self, node_id: int) -> LocalKafka:
+        """The node with this id (1..size)."""
+        return self.nodes[node_id - 1]
+
+    def _read_layout(self) -> dict[str, Any] | None:
+        try:
+            layout: dict[str, Any] = json.loads(self.layout_file.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            raise KafkaLauncherError(
+                f"cannot read {self.layout_file} ({err}); delete {self.run_dir} to start afresh"
+            ) from None
+        if len(layout.get("ports", ())) != self.size or layout["ports"][0] != self.port:
+            raise KafkaLauncherError(
+                f"{self.run_dir} holds a cluster of {len(layout.get('ports', ()))} nodes from port "
+                f"{layout.get('ports', [None])[0]}, not {self.size} from port {self.port}; start it as it "
+                "is, or start afresh (kpimon kafka start --fresh)"
+            )
+        return layout
+
+    def _make_nodes(self, layout: Mapping[str, Any]) -> list[LocalKafka]:
+        ids = range(1, len(layout["ports"]) + 1)
+        quorum = Quorum(layout["cluster_id"], tuple(zip(ids, layout["controller_ports"], strict=True)))
+        return [
+            LocalKafka(
+                port=port,
+                home=self.run_dir / f"node-{node_id}",
+                cache_dir=self.cache_dir,
+                properties=self.extra_properties,
+                node_id=node_id,
+                quorum=quorum,
+            )
+            for node_id, port in zip(ids, layout["ports"], strict=True)
+        ]
+
+    def _ensure_layout(self) -> list[LocalKafka]:
+        """The nodes, recording a new layout first if there is none (under a lock: one writer)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with (self.run_dir / ".lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if self._read_layout() is None:
+                    if (self.run_dir / "data").exists():
+                        raise KafkaLauncherError(
+                            f"{self.run_dir} holds a single broker's data; start it without --brokers, or "
+                            "start afresh with --fresh (deleting its topics)"
+                        )
+                    taken = {self.port}
+                    ports = [self.port]
+                    while len(ports) < 2 * self.size:
+                        free = pick_free_port()
+                        if free not in taken:
+                            taken.add(free)
+                            ports.append(free)
+                    layout = {
+                        "cluster_id": new_cluster_id(),
+                        "ports": ports[: self.size],
+                        "controller_ports": ports[self.size :],
+                    }
+                    tmp = self.layout_file.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(layout, indent=2) + "\n")
+                    tmp.replace(self.layout_file)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        self._nodes = None
+        return self.nodes
+
+    def start(self, timeout: float = 120) -> str:
+        """Start every node that is not running; return the bootstrap list once each one is a live broker.
+
+        The nodes are launched together and then waited for: a node's broker only comes up once the
+        controller quorum has a majority, which needs the others.
+        """
+        java = check_java()
+        nodes = self._ensure_layout()
+        if not nodes[0]._jars_present(nodes[0].libs_dir):
+            check_maven(f"once to download the Kafka {nodes[0].version} jars into {nodes[0].libs_dir.parent}")
+        nodes[0].ensure_jars()  # once, before the nodes need them together
+        launched: list[LocalKafka] | None = None
+        try:
+            # Each node formats its storage (a JVM of its own) and launches: side by side, as that takes
+            # seconds per node.
+            starts = _in_threads([functools.partial(node._start_process, java) for node in nodes])
+            launched = [node for node, (_, new) in zip(nodes, starts, strict=True) if new]
+            started = time.monotonic()
+            deadline = started + timeout
+            for node, (pid, _) in zip(nodes, starts, strict=True):
+                node._wait_ready(pid, max(deadline - time.monotonic(), 1.0))
+        except BaseException:
+            # Not left behind half started: the nodes launched now, or all when launching failed midway.
+            self._stop_nodes(nodes if launched is None else launched, timeout=10)
+            raise
+        if launched:
+            log.info(
+                "Kafka %s cluster of %d nodes ready on %s in %.1f s",
+                nodes[0].version,
+                len(nodes),
+                self.bootstrap,
+                time.monotonic() - started,
+            )
+        return self.bootstrap
+
+    def status(self) -> list[tuple[LocalKafka, int | None]]:
+        """Each node with the pid of its running broker, or None."""
+        return [(node, node.pid()) for node in self.nodes]
+
+    def stop(self, timeout: float = 30) -> bool:
+        """Stop every node at once (SIGTERM, SIGKILL after `timeout`); whether any was running."""
+        return self._stop_nodes(self.nodes, timeout)
+
+    @staticmethod
+    def _stop_nodes(nodes: list[LocalKafka], timeout: float) -> bool:
+        # Together, not one after the other: the last nodes of a quorum that lost its majority would wait
+        # for it in their controlled shutdown until the timeout.
+        return any(_in_threads([functools.partial(node.stop, timeout) for node in nodes]))
+
+
+def _in_threads(calls: list[Callable[[], T]]) -> list[T]:
+    """Run the calls in threads of their own, side by side; their results in order, or the first error."""
+    results: list[T | None] = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            results[index] = calls[index]()
+        except BaseException as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return [result for result in results if result is not None]

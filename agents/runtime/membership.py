@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from kpimon.agents.config.topics import DURABLE_PRODUCER
+
 if TYPE_CHECKING:
     from kpimon.agents.config.settings import Settings
 
@@ -131,7 +133,10 @@ async def claim(settings: Settings, options: Mapping[str, Any], window: float = 
     run = uuid.uuid4().hex
     # Announced at once: a second worker starting now must see this one before Faust's timer first runs.
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.broker, client_id=f"{settings.app_id}-instance-claim", **options
+        bootstrap_servers=settings.broker,
+        client_id=f"{settings.app_id}-instance-claim",
+        **options,
+        **DURABLE_PRODUCER,
     )
     await producer.start()
     try:

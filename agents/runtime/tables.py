@@ -17,6 +17,11 @@ def changelog_topic_name(app_id: str, table_name: str) -> str:
     return f"{app_id}-{table_name}-changelog"
 
 
+def leader_topic(app_id: str) -> str:
+    """The topic Faust's partition assignor of app `app_id` elects its leader on (one partition)."""
+    return f"{app_id}-__assignor-__leader"
+
+
 def raw_topic(app: faust.App, *names: str) -> Any:
     """A topic (or several read as one) whose keys and values are bytes, decoded by kpimon itself."""
     return app.topic(*names, key_serializer="raw", value_serializer="raw")

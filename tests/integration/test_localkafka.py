@@ -16,11 +16,13 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from kpimon.agents.config.settings import default_home
 from kpimon.agents.devtools.localkafka import (
     KafkaLauncherError,
+    LocalCluster,
     LocalKafka,
     SecureListeners,
     kafka_version,
     new_cluster_id,
     parse_java_version,
+    recorded_cluster_size,
 )
 from tests.helpers import KPIMON, free_port, port_is_free, wait_until
 
@@ -95,6 +97,40 @@ def test_secure_listeners_are_added_next_to_the_unchanged_plaintext_one(tmp_path
     assert secure.scram_arguments() == ["--add-scram", "SCRAM-SHA-512=[name=u,password=p-1]"]
     with pytest.raises(KafkaLauncherError, match="no secure listeners"):
         _ = LocalKafka(port=9092, home=tmp_path / "c").sasl_ssl_bootstrap
+
+
+def test_cluster_nodes_share_a_static_quorum_and_replicate_kafkas_own_topics(tmp_path: Path) -> None:
+    cluster = LocalCluster(size=3, port=9092, home=tmp_path / "c")
+    assert cluster.nodes == []  # nothing recorded before the first start
+    nodes = cluster._ensure_layout()
+    assert [node.node_id for node in nodes] == [1, 2, 3]
+    assert nodes[0].port == 9092 and len({node.port for node in nodes}) == 3
+    assert [node.run_dir for node in nodes] == [tmp_path / "c" / f"node-{n}" for n in (1, 2, 3)]
+    props = nodes[1]._server_properties(nodes[1]._controller_port())
+    assert props["node.id"] == "2" and "controller.quorum.bootstrap.servers" not in props
+    voters = props["controller.quorum.voters"].split(",")
+    assert [voter.split("@")[0] for voter in voters] == ["1", "2", "3"]
+    assert props["offsets.topic.replication.factor"] == props["default.replication.factor"] == "3"
+    assert props["min.insync.replicas"] == props["transaction.state.log.min.isr"] == "2"
+    # The layout is kept: the same ports and cluster id for every later start.
+    assert LocalCluster(size=3, port=9092, home=tmp_path / "c").bootstrap == cluster.bootstrap
+    assert recorded_cluster_size(tmp_path / "c") == 3
+    with pytest.raises(KafkaLauncherError, match="holds a cluster of 3 nodes"):
+        _ = LocalCluster(size=2, port=9092, home=tmp_path / "c").nodes
+    (tmp_path / "single" / "data").mkdir(parents=True)
+    with pytest.raises(KafkaLauncherError, match="single broker's data"):
+        LocalCluster(size=3, port=9092, home=tmp_path / "single")._ensure_layout()
+    assert recorded_cluster_size(tmp_path / "single") is None
+
+
+def test_cli_refuses_to_turn_a_broker_into_a_cluster_without_fresh(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "data").mkdir(parents=True)
+    result = kpimon("kafka", "start", "--run-dir", str(run_dir), "--brokers", "3", env=clean_env())
+    assert result.returncode != 0
+    assert "holds a single broker, not 3" in result.stderr and "--fresh" in result.stderr
+    helped = kpimon("kafka", "start", "--help", env=clean_env())
+    assert "--brokers" in helped.stdout and "min.insync.replicas" in helped.stdout
 
 
 @pytest.mark.parametrize(("name", "password"), [("u", "a,b"), ("u", "a]"), ("u", "a b"), ("u v", "p")])

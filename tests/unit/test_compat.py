@@ -62,6 +62,21 @@ def test_the_aiokafka_producer_is_behind_fausts_ensure_producer(tmp_path: Path) 
         compat.aiokafka_producer(kpimon.app)
 
 
+async def test_fausts_producer_is_idempotent_with_acks_all(tmp_path: Path) -> None:
+    """The worker's aiokafka producer (Faust's, which sends the user-store changelog batches too)."""
+    assert "_settings_extra" in vars(aiokafka_driver.Producer)
+    kpimon = create_app(Settings(app_id="t-compat", data_dir=tmp_path))
+    assert isinstance(kpimon.app.producer, compat.durable_producer())
+    producer = kpimon.app.producer._new_producer()
+    try:
+        # aiokafka keeps idempotence as a transaction manager without a transactional id, acks in its sender.
+        manager = producer._txn_manager
+        assert manager is not None and manager.transactional_id is None
+        assert producer._sender._acks == -1
+    finally:
+        await producer.stop()
+
+
 def test_fausts_consumer_commits_a_mapping_of_offsets() -> None:
     commit = aiokafka_driver.Consumer._commit
     assert inspect.iscoroutinefunction(commit)

@@ -751,8 +751,7 @@ def test_alertmanager_holds_back_every_kpi_alert_during_a_pipeline_outage() -> N
     by_team: dict[str, set[str]] = {}
     for alert in alert_rules(DEFAULT):
         by_team.setdefault(alert["labels"]["team"], set()).add(alert["alert"])
-    assert (
-        sources == {"KpimonNoEvents", "KpimonSnapshotStale", "KpimonWorkerDown"} <= by_team["data-platform"]
-    )
+    outages = {"KpimonNoEvents", "KpimonSnapshotStale", "KpimonWorkerDown", "KpimonKafkaUnreachable"}
+    assert sources == outages <= by_team["data-platform"]
     assert targets == by_team["product-analytics"], "every KPI alert, and only those"
     assert document["route"]["group_by"] == ["alertname", "dimension", "segment"]
