@@ -21,9 +21,9 @@ they are; nothing here restates an expression. The steps:
    evaluation interval: a KPI condition seen at a step holds until the next step (the gauges hold their
    values between snapshots), an alert opens once it held for `for`, an episode lasts while it holds.
 
-What it does not model: worker outages, restarts and consumer lag (a healthy worker: `KpimonSnapshotStale`,
-`KpimonWorkerDown` and `KpimonConsumerLagGrowing` cannot fire here), the `previous` day's series (no alert
-reads them), and intraday changes finer than `kpi_step`.
+What it does not model: worker outages, restarts, Kafka outages and consumer lag (a healthy worker:
+`KpimonSnapshotStale`, `KpimonKafkaUnreachable`, `KpimonWorkerDown` and `KpimonConsumerLagGrowing` cannot
+fire here), and intraday changes finer than `kpi_step`.
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ EVAL_S = 60
 #: query_range returns at most 11,000 points per series.
 _MAX_POINTS = 10_000
 JOB, INSTANCE = "kpimon", "backtest:6066"
+#: Per-worker health gauges of a healthy worker (scraped, reaching Kafka): the outages are not modelled.
+HEALTHY = {"up": 1.0, "kpimon_kafka_reachable": 1.0}
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": DAY_S, "w": 7 * DAY_S}
@@ -285,8 +287,9 @@ def replay(
         if "kpimon_last_snapshot_timestamp_seconds" in metrics:
             name = "kpimon_last_snapshot_timestamp_seconds"
             day_file.add(name, "gauge", name, _labels(base), stamp, float(stamp - 5))
-        if "up" in metrics:
-            day_file.add("up", "gauge", "up", _labels(base), stamp, 1.0)
+        for name, healthy in HEALTHY.items():
+            if name in metrics:
+                day_file.add(name, "gauge", name, _labels(base), stamp, healthy)
 
     def snapshot(stamp: int) -> None:
         engine.apply_pending(0, pending)
