@@ -13,7 +13,16 @@ import click
 
 from kpimon.agents.config.options import kafka_options
 from kpimon.agents.config.settings import Settings
-from kpimon.simulator.model import DAY_MS, BatchConfig, Counts, Outgoing, Scenario, batch_traffic
+from kpimon.simulator.model import (
+    DAY_MS,
+    BatchConfig,
+    BatchModel,
+    Counts,
+    Outgoing,
+    Population,
+    Scenario,
+    batch_traffic,
+)
 from kpimon.simulator.render import render
 
 _EPOCH_DATE = date(1970, 1, 1)
@@ -123,6 +132,20 @@ def write_files(messages: Iterable[tuple[str, bytes]], out_dir: Path) -> None:
     default=1,
     help="Batch: split each plan into N tiers, reported as plan free-1 .. free-N (more, smaller segments).",
 )
+@click.option(
+    "--thin",
+    is_flag=True,
+    help="Batch: only the messages that can change a KPI (a user's first click of each day and segment,"
+    " surveys, broken messages): the same KPIs from about a quarter of the messages, for a quick backfill.",
+)
+@click.option(
+    "--population",
+    "population_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Batch: also write the users' state at the end of the history to FILE (JSON). Live: continue"
+    " from such a FILE: the same users, who left stays gone, the last day's active users keep coming.",
+)
 @click.option("--live", is_flag=True, help="Send events happening now, until Ctrl-C or SIGTERM.")
 @click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=50.0, help="Live: events/s.")
 @click.option(
@@ -146,6 +169,8 @@ def simulate(
     no_signup_fraction: float,
     clicks_per_day: float | None,
     plan_tiers: int,
+    thin: bool,
+    population_file: Path | None,
     live: bool,
     rate: float,
     scenario_after: float,
@@ -187,10 +212,17 @@ def simulate(
         from kpimon.simulator.live import run_live
 
         settings = _settings(broker, topic_prefix, kafka)
+        population = None
+        if population_file is not None:
+            try:
+                population = Population.loads(population_file.read_text())
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise click.UsageError(f"cannot read the population {population_file}: {exc}") from None
         with _broker_errors(settings):
             run_live(
                 settings,
                 users=users,
+                population=population,
                 seed=seed,
                 rate=rate,
                 late_fraction=late_fraction,
@@ -220,12 +252,14 @@ def simulate(
         no_signup_fraction=no_signup_fraction,
         clicks_per_day=clicks_per_day,
         plan_tiers=plan_tiers,
+        thin=thin,
     )
     try:
         config.check()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    messages = encoded(batch_traffic(config), counts)
+    model = BatchModel(config)
+    messages = encoded(batch_traffic(config, model), counts)
     if out_dir is not None:
         write_files(messages, out_dir)
         target = str(out_dir)
@@ -236,6 +270,8 @@ def simulate(
         with _broker_errors(settings):
             send_all(settings, messages)
         target = f"{settings.clicks}, {settings.surveys} at {settings.broker}"
+    if population_file is not None:
+        population_file.write_text(Population.of(model).dumps())
     first = _EPOCH_DATE.toordinal() + config.first_day
     span = f"{date.fromordinal(first)}..{date.fromordinal(first + days - 1)}"
     elapsed = time.perf_counter() - started

@@ -21,7 +21,7 @@ from kpimon.agents.config.kafka_security import aiokafka_options
 from kpimon.agents.config.preflight import check_access
 from kpimon.agents.config.settings import Settings
 from kpimon.agents.config.topics import DURABLE_PRODUCER, TopicSpec, ensure_topics, key_of
-from kpimon.simulator.model import Counts, LiveModel, Scenario
+from kpimon.simulator.model import Counts, LiveModel, Population, Scenario
 from kpimon.simulator.render import render
 
 #: Unacknowledged batches before waiting for their acks: bounds memory, keeps the pipeline full.
@@ -172,8 +172,12 @@ def run_live(
     scenarios: Sequence[Scenario],
     scenario_after: float,
     counts: Counts | None = None,
+    population: Population | None = None,
 ) -> int:
-    """Live mode from the CLI: runs until SIGINT (Ctrl-C) or SIGTERM, then flushes and returns."""
+    """Live mode from the CLI: runs until SIGINT (Ctrl-C) or SIGTERM, then flushes and returns.
+
+    `population`: the users' state a history left (their traffic continues it), else `users` new ones.
+    """
     import click
 
     async def main() -> int:
@@ -192,11 +196,12 @@ def run_live(
             lateness_days=lateness_days,
             scenarios=scenarios,
             scenario_after_s=scenario_after,
+            population=population,
         )
         names = ", ".join(map(str, scenarios)) or "no scenario"
         click.echo(
-            f"simulate: live, {users} users, about {rate:g} events/s to {settings.clicks} and "
-            f"{settings.surveys} at {settings.broker}; {names}"
+            f"simulate: live, {len(model.users)} users ({len(model.active)} active today), about {rate:g} "
+            f"events/s to {settings.clicks} and {settings.surveys} at {settings.broker}; {names}"
             + (f" from {scenario_after:g} s on" if scenarios else "")
             + "; Ctrl-C stops",
             err=True,

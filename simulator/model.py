@@ -16,10 +16,11 @@ from __future__ import annotations
 import bisect
 import enum
 import heapq
+import json
 import math
 import random
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from itertools import accumulate
 from typing import Literal, TypeVar
 
@@ -462,6 +463,9 @@ class BatchConfig:
     #: Each plan split into this many price tiers, reported as plan `<plan>-1` .. `<plan>-N` (a user's tier
     #: follows from their id; behaviour follows the plan): more plan segments, each smaller. 1: plain plans.
     plan_tiers: int = 1
+    #: Only the messages that can change a KPI (`thin_clicks`): the same KPIs from about a quarter of the
+    #: messages, for a quick backfill (the demo's history).
+    thin: bool = False
 
     @property
     def first_day(self) -> int:
@@ -901,6 +905,9 @@ class BatchModel:
         self._dau = [s for s in config.scenarios if s.kind == "dau-drop"]
         self._retention_from = [s.period(end, RETENTION_DROP_DAYS, None)[0] for s in self._retention]
         self._detractors_from = [s.period(end, DETRACTOR_CHURN_DAYS, None)[0] for s in self._detractors]
+        #: The users active on the day generated last, sessions cut at `now` or not (live traffic goes on
+        #: with them: `Population`).
+        self.active: list[User] = []
 
     def day(self, day: int) -> list[Draft]:
         """Every valid event of UTC day `day`, sorted by event time."""
@@ -911,6 +918,7 @@ class BatchModel:
         waves = [s for s in self._wave if s.active(day, end, CHURN_WAVE_DAYS, None)]
         dau_drops = [s for s in self._dau if s.active(day, end, DAU_DROP_DAYS, DAU_DROP_DAYS)]
         drafts: list[Draft] = []
+        self.active = []
         for user in self.users:
             if user.churned or day < user.signup_day:
                 continue
@@ -946,6 +954,7 @@ class BatchModel:
                     chance *= DAU_DROP_FACTOR  # the same draw below: the other users' traffic is unchanged
                 if rng.random() >= chance:
                     continue
+            self.active.append(user)
             drafts.extend(self._user_day(rng, user, day, end_ms, signup_today))
         drafts.sort(key=lambda d: d.ts_ms)
         return drafts
@@ -1043,15 +1052,20 @@ def future_from_ms(now_ms: int) -> int:
     return (now_ms // DAY_MS + FUTURE_LEAD_DAYS) * DAY_MS
 
 
-def batch_traffic(config: BatchConfig) -> Iterator[Outgoing]:
+def batch_traffic(config: BatchConfig, model: BatchModel | None = None) -> Iterator[Outgoing]:
     """The whole simulation in send order, generated day by day (memory: a few days of late events).
 
     Messages are ordered by delivery time (ties: in the order they were made). After day d, everything due
     before day d + 1 is released: later days only add messages with event times, hence delivery times,
-    from day d + 1 on.
+    from day d + 1 on. `config.thin` leaves out the clicks that change no KPI (`thin_clicks`). `model`:
+    the BatchModel of `config` to run (its users' state after the history: `LiveModel.continuing`).
     """
     config.check()
-    model = BatchModel(config)
+    traffic = _batch_traffic(config, model if model is not None else BatchModel(config))
+    return thin_clicks(traffic) if config.thin else traffic
+
+
+def _batch_traffic(config: BatchConfig, model: BatchModel) -> Iterator[Outgoing]:
     delivery = Delivery(
         config.late_fraction,
         config.duplicate_fraction,
@@ -1091,6 +1105,71 @@ def batch_traffic(config: BatchConfig) -> Iterator[Outgoing]:
         yield heapq.heappop(pending)[2]
 
 
+def thin_clicks(traffic: Iterable[Outgoing]) -> Iterator[Outgoing]:
+    """The traffic without the clicks that change no KPI, in the same order (docs/definitions.md).
+
+    A click counts through its user's activity on its day in its segments (platform, plan, stage) only;
+    for a user with a signup_ts the stage follows from the day, so after the first click of a (user, day,
+    platform, plan) the others of that key change nothing, and they are left out. Kept whole: surveys,
+    broken messages, duplicates of kept clicks, and every click of users without a signup_ts (their stage
+    depends on the first day kpimon saw them, hence on arrival order). Assumes no passive click types.
+    """
+    seen: set[tuple[str, int, str | None, str | None]] = set()
+    kept: set[str] = set()
+    for out in traffic:
+        draft = out.draft
+        if draft.topic != "clicks" or out.role == "invalid" or draft.signup_ms is None:
+            yield out
+        elif out.role == "duplicate":
+            if draft.event_id in kept:
+                yield out
+        else:
+            key = (draft.user_id, draft.ts_ms // DAY_MS, draft.platform, draft.plan)
+            if key not in seen:
+                seen.add(key)
+                kept.add(draft.event_id)
+                yield out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Population state: where live traffic takes over from a history
+
+
+@dataclass(slots=True)
+class Population:
+    """The simulated users at the end of a history (who left, who is quiet, when each was last asked what)
+    and who of them is active on its last day: what live traffic continues (`LiveModel`)."""
+
+    users: list[User]
+    #: The UTC day number of the history's last day, and the ids of the users active on it.
+    day: int
+    active: list[str]
+
+    @classmethod
+    def after(cls, config: BatchConfig) -> Population:
+        """Run the history of `config` (every message generated and dropped) and return its end state."""
+        model = BatchModel(config)
+        for _ in batch_traffic(config, model):
+            pass
+        return cls.of(model)
+
+    @classmethod
+    def of(cls, model: BatchModel) -> Population:
+        """The end state of a BatchModel that has generated its history."""
+        return cls(model.users, model.config.end_day, [u.user_id for u in model.active])
+
+    def dumps(self) -> str:
+        """The state as JSON text (a few hundred bytes per user)."""
+        data = {"day": self.day, "active": self.active, "users": [asdict(u) for u in self.users]}
+        return json.dumps(data, separators=(",", ":")) + "\n"
+
+    @classmethod
+    def loads(cls, text: str) -> Population:
+        """The state `dumps` wrote."""
+        data = json.loads(text)
+        return cls([User(**u) for u in data["users"]], int(data["day"]), list(data["active"]))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Live traffic
 
@@ -1104,10 +1183,15 @@ class _LiveSession:
 class LiveModel:
     """Traffic happening now: about `rate` click events per second from overlapping sessions.
 
-    Users are simply active now (no history is simulated); a few new users sign up as time goes by.
-    Surveys follow sessions a few seconds later. Late events carry a time up to `lateness_days` back (never
-    before the user's signup); duplicates repeat a message 1 s to 5 min later; broken messages as in batch.
-    Scenarios start `scenario_after_s` seconds after `start_ms`.
+    The sessions are those of the day's active users: the users of `population` (the state a history left,
+    `Population`) active on its last day when that is today, else those drawn by their engagement, as a
+    batch day draws them (nobody who left, nobody in a quiet spell), and again at each new UTC day. The
+    rate is far above a real day's, so the day's users are all seen within minutes; drawing from all users
+    would make every user active every day (stickiness near 100 %, churn 0, the churned back). A few new
+    users sign up as time goes by. Without `population`, a population of `users` made as for a history of
+    60 days. Surveys follow sessions a few seconds later. Late events carry a time up to `lateness_days`
+    back (never before the user's signup); duplicates repeat a message 1 s to 5 min later; broken messages
+    as in batch. Scenarios start `scenario_after_s` seconds after `start_ms`.
     """
 
     def __init__(
@@ -1123,17 +1207,30 @@ class LiveModel:
         lateness_days: float = 3.0,
         scenarios: Sequence[Scenario] = (),
         scenario_after_s: float = 120.0,
+        population: Population | None = None,
     ) -> None:
         self.rng = seeded(seed, "live")
+        self.seed = seed
         self.start_ms = start_ms
         self.rate = rate
         today = self.today = start_ms // DAY_MS
+        if population is not None:
+            self.users = population.users
+        else:
+            self.users = make_population(seeded(seed, "population"), users, today - 60, start_ms - MINUTE_MS)
         # Live time is busy: every user is around every few minutes, not every few days. Survey cooldowns
         # count in "days" of about the time it takes the population to produce one event per user, so
         # surveys keep coming (at about the batch share of the traffic) however long the run.
-        self.survey_day_ms = max(1_000, int(users / rate * 1000))
-        self.users = make_population(seeded(seed, "population"), users, today - 60, start_ms - MINUTE_MS)
-        self._weights = list(accumulate(u.engagement for u in self.users))
+        self.survey_day_ms = max(1_000, int(len(self.users) / rate * 1000))
+        #: The day's active users and their cumulative weights (sessions per day) for picking.
+        self.active: list[User] = []
+        self._weights: list[float] = []
+        self.active_day = today
+        if population is not None and population.day == today:
+            by_id = {u.user_id: u for u in self.users}
+            self._set_active([by_id[i] for i in population.active if i in by_id])
+        else:
+            self._draw_active(today)
         self.behaviour = Behaviour()
         self.scenarios = tuple(scenarios)
         self.scenario_at_ms = start_ms + int(scenario_after_s * 1000)
@@ -1141,8 +1238,6 @@ class LiveModel:
             late_fraction, duplicate_fraction, invalid_fraction, lateness_days, future_from_ms(start_ms)
         )
         self.lateness_ms = int(lateness_days * DAY_MS)
-        # Enough concurrent sessions that each lasts a realistic tens of seconds at this rate.
-        self.pool_size = max(1, min(max(1, users // 2), int(rate * 3)))
         self.sessions: list[_LiveSession] = []
         self.busy: set[str] = set()
         self.silent_from: dict[str, int] = {}  # churn-wave: user_id -> when they fall silent
@@ -1155,6 +1250,9 @@ class LiveModel:
     def step(self, now_ms: int, clicks: int) -> list[Outgoing]:
         """The messages to send at `now_ms`: `clicks` click events plus whatever else is due."""
         rng = self.rng
+        if now_ms // DAY_MS != self.active_day:
+            self.active_day = now_ms // DAY_MS
+            self._draw_active(self.active_day)
         if not self.scenario_started and now_ms >= self.scenario_at_ms:
             self._start_scenarios(now_ms)
         out: list[Outgoing] = []
@@ -1243,14 +1341,45 @@ class LiveModel:
                 random_time_zone(rng),
             )
             self.users.append(user)
-            self._weights.append(self._weights[-1] + user.engagement if self._weights else user.engagement)
+            self._add_active(user)
             return user
-        user = rng.choices(self.users, cum_weights=self._weights)[0]
+        if not self.active:
+            return None
+        user = _weighted(rng, self.active, self._weights)
         if user.user_id in self.busy or self.silent_from.get(user.user_id, now_ms + 1) <= now_ms:
             return None
         if self.scenario_started and self._covered(user, "dau-drop") and rng.random() >= DAU_DROP_FACTOR:
             return None  # dau-drop: fewer of the segment's users come
         return user
+
+    def _set_active(self, users: list[User]) -> None:
+        self.active, self._weights = [], []
+        for user in users:
+            self._add_active(user)
+        # Enough concurrent sessions that each lasts a realistic tens of seconds at this rate.
+        self.pool_size = max(1, min(max(1, len(self.active) // 2), int(self.rate * 3)))
+
+    def _add_active(self, user: User) -> None:
+        # Picked in proportion to their sessions per day: power users come back more often.
+        weight = 1.0 + user.extra_sessions
+        self.active.append(user)
+        self._weights.append(self._weights[-1] + weight if self._weights else weight)
+
+    def _draw_active(self, day: int) -> None:
+        """The users active on `day`: as a batch day draws them (engagement, weekends, onboarding), among
+        those who have not left and are not in a quiet spell."""
+        rng = seeded(self.seed, "live-day", day)
+        weekend = is_weekend(day)
+        active = []
+        for user in self.users:
+            if user.churned or day < user.signup_day or day < user.quiet_until:
+                continue
+            chance = user.engagement * (WEEKEND_FACTOR[user.plan] if weekend else 1.0)
+            if day - user.signup_day < ONBOARDING_DAYS:
+                chance = min(0.98, chance * ONBOARDING_BOOST)
+            if day == user.signup_day or rng.random() < chance:
+                active.append(user)
+        self._set_active(active)
 
     def _covered(self, user: User, kind: str) -> bool:
         """Whether a scenario of `kind` covers the user's segment."""

@@ -7,15 +7,19 @@ replayed through real Kafka (`kpimon replay`) to real `kpimon worker` processes,
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
 from kpimon.agents.exporter.kpi_collector import CI_HIGH, CI_LOW, COHORT, KPI_METRICS, gauge_day
 from kpimon.reference.compare import compare, parse_records
-from kpimon.streams.output import KpiRecord, day_number
+from kpimon.streams.output import KpiRecord, day_number, decode
 from tests.helpers import KPIMON
 from tests.workers import WorkerProcess
 
@@ -171,3 +175,82 @@ def check_gauges(workers: list[WorkerProcess], records: list[KpiRecord]) -> None
     )
     wrong = {k: (seen[k][0], v) for k, v in expected.items() if abs(seen[k][0] - v) > 1e-9}
     assert not wrong, f"gauge != kpimon-kpis: {list(wrong.items())[:5]}"
+
+
+class KpisFollower:
+    """Follows kpimon-kpis in a thread from its beginning: every record with the time Kafka stamped it.
+
+    `kpimon kpis` shows the topic's content at one moment; this says when each value arrived, so a test
+    can tell how soon after an event the published values were right.
+    """
+
+    def __init__(self, bootstrap: str, prefix: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = f"{prefix}kpimon-kpis"
+        #: (Kafka timestamp in seconds, record), in arrival order per partition.
+        self.arrivals: list[tuple[float, KpiRecord]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._follow()), daemon=True)
+        self._thread.start()
+
+    async def _follow(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        )
+        await consumer.start()
+        try:
+            partitions: set[int] = set()
+            while not self._stop.is_set() and not partitions:
+                await consumer._client.force_metadata_update()
+                partitions = consumer.partitions_for_topic(self.topic) or set()
+                await asyncio.sleep(0.2)
+            consumer.assign([TopicPartition(self.topic, p) for p in partitions])
+            while not self._stop.is_set():
+                batch = await consumer.getmany(timeout_ms=200)
+                arrived = [
+                    (message.timestamp / 1000, decode(message.value))
+                    for messages in batch.values()
+                    for message in messages
+                    if message.value is not None
+                ]
+                with self._lock:
+                    self.arrivals.extend(arrived)
+        finally:
+            await consumer.stop()
+
+    def settled_at(self, expected: list[KpiRecord], days: set[str] | None = None) -> float | None:
+        """When kpimon-kpis became equal to `expected` on `days` (every day: None) for good.
+
+        The Kafka timestamp of the arrival that made the last difference disappear; None while the two
+        still differ.
+        """
+        with self._lock:
+            arrivals = [(ts, r) for ts, r in self.arrivals if days is None or r.day in days]
+        wanted = [r for r in expected if days is None or r.day in days]
+        if compare(wanted, [r for _, r in arrivals]):
+            return None
+        reference = {r.key: r for r in wanted}
+        right_since: dict[str, float] = {}  # per key: since when its latest value is right
+        for ts, record in arrivals:  # a key's records arrive in order (one partition)
+            expected_one = reference.get(record.key)
+            if compare([expected_one] if expected_one is not None else [], [record]):
+                right_since.pop(record.key, None)
+            else:
+                right_since.setdefault(record.key, ts)
+        return max(right_since.values(), default=0.0)
+
+    def republished(self, since: float, days: set[str]) -> float | None:
+        """When every key of `days` had arrived again after `since` (Kafka timestamps); None until then."""
+        with self._lock:
+            arrivals = [(ts, r.key) for ts, r in self.arrivals if r.day in days]
+        first: dict[str, float] = {}
+        for ts, key in arrivals:
+            if ts >= since:
+                first.setdefault(key, ts)
+        keys = {key for _, key in arrivals}
+        return max(first.values()) if keys and keys <= first.keys() else None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)

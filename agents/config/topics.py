@@ -111,18 +111,20 @@ async def ensure_topics(
     options: Mapping[str, Any] | None = None,
     replication_factor: int = 0,
     min_insync_replicas: int = 0,
+    leader_timeout: float = 30.0,
 ) -> Replication:
     """Create the topics of `specs` that do not exist yet; warn when one exists with other partitions.
 
     `options` are extra client options, e.g. the security ones of `kafka_security.aiokafka_options`. New
     topics get the replication `choose_replication` picks for the cluster's live brokers (0: automatic),
     which is returned; an existing topic with fewer replicas is only warned about (kpimon never moves data).
-    Retriable Kafka errors (a broker that just died) are retried for a while.
+    Retriable Kafka errors (a broker that just died) are retried for a while. Returns once every partition
+    of the topics has a leader (at most `leader_timeout` seconds later).
     """
 
     async def attempt() -> Replication:
         return await _ensure_topics(
-            bootstrap, specs, client_id, options, replication_factor, min_insync_replicas
+            bootstrap, specs, client_id, options, replication_factor, min_insync_replicas, leader_timeout
         )
 
     return await _retrying(attempt, "checking the topics")
@@ -135,6 +137,7 @@ async def _ensure_topics(
     options: Mapping[str, Any] | None,
     replication_factor: int,
     min_insync_replicas: int,
+    leader_timeout: float,
 ) -> Replication:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id=client_id, **(options or {}))
     await admin.start()
@@ -164,9 +167,34 @@ async def _ensure_topics(
             by_name = {d["topic"]: d["partitions"] for d in described}
             for spec in present:
                 _warn_on_shape(spec, by_name.get(spec.name) or [], replication)
+        await _wait_for_leaders(admin, [s.name for s in specs], leader_timeout)
         return replication
     finally:
         await admin.close()
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout: float) -> None:
+    """Wait until every partition of the topics has a leader (or `timeout` passes, then go on).
+
+    A topic just created (here or by another process) can be without leaders for a moment; a producer that
+    sends then gets NotLeaderForPartition and retries, and on a busy machine its first batches expired that
+    way: `kpimon demo`'s replay failed on a broker under a load of 25.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        described = await admin.describe_topics(names)
+        leaderless = sorted(
+            {
+                d["topic"]
+                for d in described
+                if not d["partitions"] or any(p["leader"] < 0 for p in d["partitions"])
+            }
+        )
+        if not leaderless or time.monotonic() > deadline:
+            if leaderless:
+                log.warning("topics without a leader after %.0f s: %s", timeout, ", ".join(leaderless))
+            return
+        await asyncio.sleep(0.1)
 
 
 def _warn_on_shape(spec: TopicSpec, partitions: list[Any], replication: Replication) -> None:

@@ -21,6 +21,12 @@ from kpimon.streams.targets import Targets
 
 log = logging.getLogger(__name__)
 
+
+def timestamp() -> str:
+    """Now as a record's `updated_at` (UTC, milliseconds)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 AggregateTable = MutableMapping[bytes, dict[str, Any]]
 _WATERMARK = b"__watermark__/"
 
@@ -37,6 +43,8 @@ class Aggregator:
         self.dirty: set[Group] = set()
         #: Last published value per output key, so unchanged records are not sent again.
         self._published: dict[str, tuple[Any, ...]] = {}
+        #: Groups of final days restored from the changelog and not merged since (see `recover`).
+        self.settled: set[Group] = set()
 
     def on_partial(self, table: AggregateTable, partial: Partial) -> bool:
         """Merge one partial; False when a newer one of the same source was already merged."""
@@ -53,7 +61,19 @@ class Aggregator:
         entry[source] = {"v": partial.version, "c": partial.counts}
         table[key] = entry
         self.dirty.add(partial.group)
+        self.settled.discard(partial.group)  # a source sent it again: its value is current once more
         return True
+
+    def heal(self, table: AggregateTable, partial: Partial) -> bool:
+        """Merge a partial re-read from kpimon-partials after a restore, only if newer than the entry's.
+
+        Writes nothing when the restored entry already holds it (every merge is a changelog record).
+        """
+        entry = table.get(group_name(partial.group).encode())
+        stored = None if entry is None else entry.get(str(partial.source))
+        if stored is not None and stored["v"] >= partial.version:
+            return False
+        return self.on_partial(table, partial)
 
     def on_watermark(self, table: AggregateTable, target: int, watermark: Watermark) -> None:
         """Merge a source's current day (sent to every partials partition; `target` is this one)."""
@@ -89,16 +109,28 @@ class Aggregator:
         if self.current_day is None or day > self.current_day:
             self.current_day = day
 
-    def recover(self, table: AggregateTable, owned: set[int]) -> None:
-        """After a restart or rebalance: the current day from the stored watermarks, owned groups dirty."""
+    def recover(self, table: AggregateTable, owned: set[int], final_before: int | None = None) -> None:
+        """After a restart or rebalance: the current day from the stored watermarks, owned groups dirty.
+
+        Groups of days before `final_before` (the oldest day validation accepts) are not published again
+        nor shown: no source sends such a day again to correct it, and the restored entry may lack the
+        previous owner's last merges (see engine.rebuild_counters), while kpimon-kpis already holds the
+        value of every merge whose offset was committed: a partial of such a day is published before
+        the aggregate agent takes the next one (runtime/aggregate_agent.py), so before Faust commits it.
+        """
         self._published.clear()
         self.dirty.clear()
+        self.settled.clear()
         for key, entry in list(table.items()):
             if key.startswith(_WATERMARK):
                 self._advance(int(entry["day"]))
                 continue
             group = parse_group(key.decode())
-            if partition_of(group, self.partitions) in owned:
+            if partition_of(group, self.partitions) not in owned:
+                continue
+            if final_before is not None and group[2] < final_before:
+                self.settled.add(group)
+            else:
                 self.dirty.add(group)
 
     def global_counts(self, table: AggregateTable, group: Group) -> dict[str, int]:
@@ -117,27 +149,59 @@ class Aggregator:
             dimension, segment, day, self.global_counts(table, group), updated_at, self.targets
         )
 
-    def take_publishable(self, table: AggregateTable, owned: set[int]) -> Iterator[KpiRecord]:
-        """Records of dirty groups up to the current day whose value changed since last published."""
+    def fresh_days(self) -> set[int]:
+        """The current and the previous day: published before all other days, and shown as gauges."""
+        return set() if self.current_day is None else {self.current_day, self.current_day - 1}
+
+    def publishable(self, owned: set[int], fresh: bool | None = None) -> list[Group]:
+        """The dirty groups up to the current day, newest day first; groups of other workers are dropped.
+
+        `fresh`: True, only those of `fresh_days`; False, only the others; None, all.
+        """
         if self.current_day is None:
-            return
-        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        ready = [g for g in self.dirty if g[2] <= self.current_day]
-        for group in ready:
-            self.dirty.discard(group)
+            return []
+        days = self.fresh_days()
+        ready: list[Group] = []
+        for group in list(self.dirty):
+            if group[2] > self.current_day or (fresh is not None and (group[2] in days) != fresh):
+                continue
             if partition_of(group, self.partitions) not in owned:
-                continue  # moved to another worker by a rebalance: it publishes it now
-            for record in self.records(table, group, now):
-                fingerprint = (record.value, record.numerator, record.denominator)
-                if self._published.get(record.key) != fingerprint:
-                    self._published[record.key] = fingerprint
-                    yield record
+                self.dirty.discard(group)  # moved to another worker by a rebalance: it publishes it now
+                continue
+            ready.append(group)
+        ready.sort(key=lambda group: group[2], reverse=True)
+        return ready
+
+    def take_group(self, table: AggregateTable, group: Group, updated_at: str) -> list[KpiRecord]:
+        """A group's records whose value changed since last published; the group is no longer dirty."""
+        self.dirty.discard(group)
+        changed: list[KpiRecord] = []
+        for record in self.records(table, group, updated_at):
+            fingerprint = (record.value, record.numerator, record.denominator)
+            if self._published.get(record.key) != fingerprint:
+                self._published[record.key] = fingerprint
+                changed.append(record)
+        return changed
+
+    def take_publishable(
+        self, table: AggregateTable, owned: set[int], fresh: bool | None = None
+    ) -> Iterator[KpiRecord]:
+        """Records of dirty groups up to the current day whose value changed since last published, newest
+        day first (`fresh` as in `publishable`)."""
+        now = timestamp()
+        for group in self.publishable(owned, fresh):
+            yield from self.take_group(table, group, now)
 
     def groups_on(self, table: AggregateTable, days: set[int], owned: set[int]) -> Iterator[Group]:
-        """Owned groups of the given days (the gauges show the current and the previous day)."""
+        """Owned groups of the given days (the gauges show the current and the previous day), but not the
+        settled ones (`recover`)."""
         for key in list(table.keys()):
             if key.startswith(_WATERMARK):
                 continue
             group = parse_group(key.decode())
-            if group[2] in days and partition_of(group, self.partitions) in owned:
+            if (
+                group[2] in days
+                and group not in self.settled
+                and partition_of(group, self.partitions) in owned
+            ):
                 yield group

@@ -11,7 +11,7 @@ last, so applying it costs two additions whatever its length, and a day's value 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Mapping
 
 from kpimon.agents.pipeline.partials import Group
 from kpimon.streams import crossed, engagement, satisfaction
@@ -116,31 +116,44 @@ class PartitionCounters:
         vector = self._segment_values((group[0], group[1])).get(group[2])
         return dict(zip(COUNTER_NAMES, vector or [0] * _WIDTH, strict=True))
 
-    def take_dirty(self, until_day: int | None = None) -> Iterator[tuple[Group, dict[str, int]]]:
-        """The changed groups with their absolute counters, clearing them from the dirty set.
+    def take_dirty(
+        self, until_day: int | None = None, from_day: int | None = None
+    ) -> Generator[tuple[Group, dict[str, int]], None, None]:
+        """The changed groups with their absolute counters, newest day first; no longer dirty afterwards.
 
-        With `until_day`, only the groups of that day and earlier: those of later days stay dirty and come
-        out, with their values of that time, once a later call's `until_day` reaches them.
+        With `until_day` and `from_day`, only the groups of days in that range: the others stay dirty and come
+        out, with their values of that time, from a later call. Groups not taken yet when the caller closes
+        the iterator early (a flush sent in slices) stay dirty too.
         """
         dirty, self._dirty = self.dirty, {}
-        if until_day is not None:
-            # Split before the first yield: runs added while the caller is suspended between two groups
-            # go to the new dirty set (or its spans), which must not be overwritten afterwards.
-            for key, days in dirty.items():
-                later = {day for day in days if day > until_day}
-                if later:
-                    self._dirty[key] = later
-                    days -= later
-        for (dimension, segment), days in dirty.items():
-            if not days:
-                continue
-            self.days[dimension, segment].update(days)
-            values = self._segment_values((dimension, segment))
-            if not days <= values.keys():  # cached before these days were known: compute afresh
-                del self._values[dimension, segment]
-                values = self._segment_values((dimension, segment))
-            for day in days:
-                yield (dimension, segment, day), dict(zip(COUNTER_NAMES, values[day], strict=True))
+        taken: list[tuple[SegmentKey, int]] = []
+        # Split before the first yield: runs added while the caller is suspended between two groups go to
+        # the new dirty set (or its spans), which must not be overwritten afterwards.
+        for key, days in dirty.items():
+            kept = {
+                day
+                for day in days
+                if (until_day is not None and day > until_day) or (from_day is not None and day < from_day)
+            }
+            if kept:
+                self._dirty[key] = kept
+            for day in days - kept:
+                self.days[key].add(day)
+                taken.append((key, day))
+        # The newest days first: the current day's groups are the ones everybody looks at.
+        taken.sort(key=lambda item: item[1], reverse=True)
+        done = 0
+        try:
+            for key, day in taken:
+                values = self._segment_values(key)
+                if day not in values:  # cached before this day was known: compute afresh
+                    del self._values[key]
+                    values = self._segment_values(key)
+                done += 1
+                yield (key[0], key[1], day), dict(zip(COUNTER_NAMES, values[day], strict=True))
+        finally:
+            for key, day in taken[done:]:
+                self._dirty.setdefault(key, set()).add(day)
 
     def mark_all_dirty(self) -> None:
         """Everything must be re-sent (after a rebuild, so aggregators get absolute values)."""

@@ -6,11 +6,13 @@ mapping), so the whole event path is testable without Kafka. All KPI math is in 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Generator, Iterable, Iterator, MutableMapping
 from itertools import repeat
+from typing import Literal
 
 from kpimon.agents.pipeline.counters import PartitionCounters
 from kpimon.agents.pipeline.folding import SegmentFolder
@@ -253,24 +255,53 @@ class SourceEngine:
         """
         return day_of(now_ms + self.max_future_ms) + 1
 
-    def take_partials(self, now_ms: int, generation: int = 0) -> Iterator[Partial]:
+    def fresh_days(self) -> tuple[int, int] | None:
+        """The first and last day of the groups a flush sends before all others (None: no day seen yet).
+
+        The day before the newest current day of the owned partitions, that day, and the day after it (so
+        the next day's groups are there when midnight makes it current): the days the aggregators publish
+        and show. After a rebalance every group is dirty, and up to 90 days of them would otherwise go
+        out in arbitrary order, paced, before the current day's.
+        """
+        days = [c.current_day for c in self.partitions.values() if c.current_day is not None]
+        if not days:
+            return None
+        newest = max(days)
+        return newest - 1, newest + 1
+
+    def take_partials(
+        self, now_ms: int, generation: int = 0, part: Literal["all", "fresh", "backlog"] = "all"
+    ) -> Generator[Partial, None, None]:
         """The changed groups up to `newest_flushed_day` of every owned partition as absolute partials.
 
-        Drops old flushed groups. Changed groups of later days stay dirty until a later flush.
+        Newest day first within a partition. `part`: "fresh", only the groups of `fresh_days`; "backlog",
+        only the others; "all", both. Drops old flushed groups. Changed groups of later days, of the other
+        part, or not taken because the caller stopped early stay dirty until a later flush.
         """
         final_before = self.oldest_accepted_day(now_ms)
         until_day = self.newest_flushed_day(now_ms)
+        from_day: int | None = None
+        fresh = self.fresh_days() if part != "all" else None
+        if fresh is not None and part == "fresh":
+            from_day, until_day = fresh[0], min(until_day, fresh[1])
         # A copy: the source reader may add a partition's counters while the flush is suspended.
         for partition, counters in list(self.partitions.items()):
-            for (dimension, segment, day), counts in counters.take_dirty(until_day):
-                yield Partial(
-                    source=partition,
-                    version=versioned(generation, counters.version),
-                    dimension=dimension,
-                    segment=segment,
-                    day=day,
-                    counts=counts,
-                )
+            if fresh is not None and part == "backlog":
+                # Two ranges, newest first: the days after the fresh ones, then those before.
+                ranges = [(fresh[1] + 1, until_day), (None, fresh[0] - 1)]
+            else:
+                ranges = [(from_day, until_day)]
+            for first, last in ranges:
+                with contextlib.closing(counters.take_dirty(last, first)) as taken:
+                    for (dimension, segment, day), counts in taken:
+                        yield Partial(
+                            source=partition,
+                            version=versioned(generation, counters.version),
+                            dimension=dimension,
+                            segment=segment,
+                            day=day,
+                            counts=counts,
+                        )
             # Days before the lateness bound can no longer change: their final values were just sent.
             counters.drop_before(final_before)
 

@@ -11,14 +11,16 @@ from typing import Any
 import msgspec
 from prometheus_client import Gauge
 
+from kpimon.agents import compat
 from kpimon.agents.config.settings import Settings
 from kpimon.agents.pipeline import partials
 from kpimon.agents.pipeline.aggregation import Aggregator
 from kpimon.agents.pipeline.engine import SourceEngine
 from kpimon.agents.pipeline.pacing import Turns
 from kpimon.agents.runtime.faust_app import KpimonApp
+from kpimon.agents.runtime.kafka_io import read_committed
 from kpimon.agents.runtime.ownership import Ownership
-from kpimon.agents.runtime.publishing import KpiPublisher
+from kpimon.agents.runtime.publishing import KpiPublisher, heal
 from kpimon.agents.runtime.tables import table
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,8 @@ def register_aggregate(
                     if dropped:
                         log.info("expired %d aggregate groups of partition %d", dropped, message.partition)
             else:
-                aggregator.on_partial(aggregates, decoded)
+                # A final day's partial is published before the next message (KpiPublisher.on_partial).
+                await publisher.on_partial(decoded, engine.oldest_accepted_day(int(time.time() * 1000)))
 
     app.agent(partials_topic, name="kpimon.aggregate")(aggregate)
 
@@ -94,7 +97,27 @@ def register_aggregate(
     app.timer(settings.flush_interval, name="kpimon.publish")(publish)
 
     async def on_aggregates_recovered() -> None:
-        aggregator.recover(aggregates, ownership.owned(settings.partials))
+        owned = ownership.owned(settings.partials)
+        # The groups the expiry deletes next (one day of margin, as `aggregate`'s) are settled.
+        settled_before = engine.oldest_accepted_day(int(time.time() * 1000)) - 1
+        aggregator.recover(aggregates, owned, settled_before)
+        if not owned:
+            return
+        started = time.monotonic()
+        healed = await heal(
+            aggregator,
+            aggregates,
+            read_committed(settings, settings.partials, owned),
+            settled_before,
+            lambda partition: compat.writing_partition(settings.partials, partition),
+        )
+        log.info(
+            "re-read kpimon-partials %s up to the committed offsets in %.2f s: %d newer than the restored "
+            "entries",
+            sorted(owned),
+            time.monotonic() - started,
+            healed,
+        )
 
     aggregates.on_recover(on_aggregates_recovered)
     return Aggregate(aggregates=aggregates, publisher=publisher)

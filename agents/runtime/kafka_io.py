@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -16,6 +16,36 @@ from kpimon.agents.config.settings import Settings
 from kpimon.agents.runtime.ports import FetchError, Headers
 from kpimon.agents.runtime.ports import TopicPartition as Partition
 from kpimon.agents.runtime.tables import raw_topic
+
+
+async def read_committed(
+    settings: Settings, topic: str, partitions: set[int]
+) -> AsyncIterator[tuple[int, bytes | None]]:
+    """(partition, value) of every record of `partitions` of `topic` before the consumer group's committed
+    offset: what the group's members have processed and will not read again."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.broker,
+        client_id=f"{settings.app_id}-reread",
+        group_id=settings.app_id,  # only to read the committed offsets: it never joins the group
+        enable_auto_commit=False,
+        **aiokafka_options(settings),
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        ends = {tp: await consumer.committed(tp) or 0 for tp in tps}
+        await consumer.seek_to_beginning(*tps)
+        left = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
+        while left:
+            batches = await consumer.getmany(*left, timeout_ms=500)
+            for tp, records in batches.items():
+                for record in records:
+                    if record.offset < ends[tp]:
+                        yield tp.partition, record.value
+            left = {tp for tp in left if await consumer.position(tp) < ends[tp]}
+    finally:
+        await consumer.stop()
 
 
 class KafkaFetcher:

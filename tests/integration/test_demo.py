@@ -15,8 +15,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from kpimon.agents.devtools.localkafka import LocalKafka
+from kpimon.agents.devtools.top_view import UNDEFINED
 from tests.helpers import KPIMON, free_port, poll, port_is_free
 from tests.integration.test_top import Tmux
 
@@ -53,48 +55,95 @@ def assert_nothing_left(home: Path, *ports: int) -> None:
         assert port_is_free(port)
 
 
-def test_demo_runs_traffic_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
-    """Piped stdout: `kpimon top` prints plain lines, with the pipeline's accepted count."""
+#: `make run` shows every headline KPI within this many seconds of its start (issue #20) ...
+VALUES_WITHIN_S = 60.0
+#: ... and live traffic keeps them believable: stickiness well below 100 % after this much of it.
+LIVE_CHECK_AFTER_S = 60.0
+
+
+def slowdown() -> float:
+    """How much slower than on an idle machine CPU-bound work runs now: the 1-minute load average per
+    core, at least 1. The demo is CPU-bound (two JVM start-ups, the worker's Python) and itself keeps
+    about 2 processes busy, so on an idle 2-core machine this is 1; a machine shared with other test runs
+    (this one's load reached 25-30) stretches every phase by about this factor."""
+    return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+
+
+def current_values(url: str) -> dict[tuple[str, str, str, str], float]:
+    """The current day's KPI gauges of a worker's /metrics: (metric, window, dimension, segment) -> value."""
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (loopback)
+        text = response.read().decode()
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if labels.get("day") == "current" and "survey" not in labels and "status" not in labels:
+                key = (
+                    sample.name,
+                    labels.get("window", ""),
+                    labels.get("dimension", ""),
+                    labels.get("segment", ""),
+                )
+                values[key] = sample.value
+    return values
+
+
+def test_demo_shows_every_kpi_within_a_minute_keeps_them_believable_and_stops_on_ctrl_c(
+    tmp_path: Path,
+) -> None:
+    """`make run` as a new user runs it (default users and rate; piped, so `kpimon top` prints plain
+    lines): every headline KPI has a value for today within VALUES_WITHIN_S (the figure is printed);
+    after a minute of live traffic stickiness is well below 100 % and the scenarios show by platform
+    (Android's churn wave, iOS' NPS drop); `kpimon top --svg` pictures the running demo; Ctrl-C stops all."""
     home = demo_home(tmp_path)
     kafka_port, web_port = free_port(), free_port()
     env = {**os.environ, "KPIMON_HOME": str(home)}
+    started = time.monotonic()
     demo = subprocess.Popen(
-        [
-            KPIMON,
-            "demo",
-            "--kafka-port",
-            str(kafka_port),
-            "--web-port",
-            str(web_port),
-            "--rate",
-            "20",
-            "--interval",
-            "1",
-            "--users",
-            "300",
-        ],
+        [KPIMON, "demo", "--kafka-port", str(kafka_port), "--web-port", str(web_port), "--interval", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
         text=True,
     )
     lines: list[str] = []
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    phases: dict[str, float] = {}
     try:
         assert demo.stdout is not None
-        deadline = time.monotonic() + 420
+        deadline = time.monotonic() + 600
         url = None
         while time.monotonic() < deadline:
             line = demo.stdout.readline()
             if not line:
                 break
             lines.append(line)
+            at = time.monotonic() - started
+            for phase in ("Kafka is up", "messages processed", "going live"):
+                if phase in line:
+                    phases.setdefault(phase, at)
             if "Metrics: " in line:
                 url = line.split("Metrics: ")[1].split()[0]
-            if "accepted" in line and int(line.split("accepted")[1].split()[0]) > 20:
+            kpis = line.split("|")[0]
+            if f"day {today}" in kpis and "[loading]" not in kpis and UNDEFINED not in kpis:
+                phases.setdefault("every KPI shown", at)
+            if "every KPI shown" in phases and at > phases["going live"] + LIVE_CHECK_AFTER_S:
                 break
         assert url == f"http://127.0.0.1:{web_port}/metrics", "".join(lines)
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback)
-            assert b'kpimon_events_total{outcome="accepted"' in response.read()
+        assert "every KPI shown" in phases, "".join(lines[-5:])
+        shown, factor = phases["every KPI shown"], slowdown()
+        figures = ", ".join(f"{name} {at:.0f} s" for name, at in phases.items())
+        print(f"\nmake run: every headline KPI after {shown:.0f} s ({figures}; slowdown {factor:.1f})")
+        assert shown <= VALUES_WITHIN_S * factor, (figures, factor)
+        # A minute of live traffic later (scenarios live from the start): still believable.
+        values = current_values(url)
+        stickiness = values["kpimon_stickiness_ratio", "30d", "all", "all"]
+        assert 0.05 < stickiness < 0.6, values
+        assert 0.05 < values["kpimon_churn_ratio", "7d", "all", "all"] < 0.8, values
+        churn = {p: values["kpimon_churn_ratio", "7d", "platform", p] for p in ("android", "web")}
+        nps = {p: values["kpimon_nps_score", "7d", "platform", p] for p in ("ios", "web")}
+        assert churn["android"] > 1.5 * churn["web"], churn  # churn-wave:android
+        assert nps["ios"] < nps["web"] - 20, nps  # nps-drop:ios
         # The README's picture: `kpimon top --svg` saves rich's SVG export of the view of the running demo.
         picture = tmp_path / "top.svg"
         saved = subprocess.run(

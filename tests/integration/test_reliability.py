@@ -21,9 +21,11 @@ from pathlib import Path
 import pytest
 
 from kpimon.agents.devtools.localkafka import LocalKafka
-from tests.helpers import free_port
+from kpimon.streams.output import day_name, day_number
+from tests.helpers import free_port, poll
 from tests.pipeline import (
     History,
+    KpisFollower,
     Series,
     check_gauges,
     events_total,
@@ -140,18 +142,30 @@ def test_a_worker_killed_mid_replay_loses_nothing_and_counts_nothing_twice(
     kafka_bootstrap: str, unique_prefix: str, tmp_path: Path, history: History
 ) -> None:
     state = tmp_path / "worker"
+    follower = KpisFollower(kafka_bootstrap, unique_prefix)
     with running_worker(kafka_bootstrap, unique_prefix, free_port(), state, options()) as first:
         replayer = start_replay(history, kafka_bootstrap, unique_prefix)
         third = history.messages / 3
         wait_for(lambda: processed([first]) >= third, 120, "a third processed", [first])
         # No chance to flush partials or commit offsets: the restart re-reads uncommitted input.
         assert first.stop(signal.SIGKILL) == -signal.SIGKILL
-    with running_worker(kafka_bootstrap, unique_prefix, free_port(), state, options()) as second:
-        finish_replay(replayer)
-        actual = wait_for_equality(
-            kafka_bootstrap, unique_prefix, tmp_path, history.expected, EQUALITY_TIMEOUT
-        )
-        check_gauges([second], actual)
+        killed = time.time()
+    try:
+        with running_worker(kafka_bootstrap, unique_prefix, free_port(), state, options()) as second:
+            ready = time.time() - killed
+            finish_replay(replayer)
+            replay_end = time.time()
+            actual = wait_for_equality(
+                kafka_bootstrap, unique_prefix, tmp_path, history.expected, EQUALITY_TIMEOUT
+            )
+            equal_at = poll(lambda: follower.settled_at(history.expected), lambda t: t is not None, 30)
+            print(
+                f"\nkill -9 and restart: ready {ready:.1f} s after SIGKILL; kpimon-kpis equal to the "
+                f"reference {max(0.0, equal_at - replay_end):.1f} s after the replay ended"
+            )
+            check_gauges([second], actual)
+    finally:
+        follower.stop()
 
 
 # --- 2. scaling -------------------------------------------------------------------------------------------
@@ -223,13 +237,22 @@ def scraping() -> Iterator[ScrapeMonitor]:
         thread.join(30)
 
 
+#: Issue #19: after a rebalance, the records of the current and the previous day are right in kpimon-kpis
+#: within this many seconds of their new owner being ready (measured: see the test's printed figure).
+FRESH_SECONDS = 10.0
+#: The longest wait of the source reader for a flush or publication (it is held a slice at a time).
+MAX_READER_HELD_SECONDS = 2.0
+
+
 def test_scaling_one_two_three_one_workers_mid_replay(
     kafka_bootstrap: str, unique_prefix: str, tmp_path: Path, history: History
 ) -> None:
     partitions = 6
     extra = options(partitions)
     total = history.messages
+    follower = KpisFollower(kafka_bootstrap, unique_prefix)
     with ExitStack() as stack, scraping() as monitor:
+        stack.callback(follower.stop)
         workers: list[WorkerProcess] = []
 
         def scale_to(n: int) -> None:
@@ -250,17 +273,40 @@ def test_scaling_one_two_three_one_workers_mid_replay(
         replayer = start_replay(history, kafka_bootstrap, unique_prefix, partitions)
         for n, share in ((2, 0.2), (3, 0.45), (1, 0.7)):
             wait_for(lambda s=share: processed(workers) >= s * total, 180, f"{share} processed", workers)
+            stopping = time.time()
             scale_to(n)
-        finish_replay(replayer)
-        actual = wait_for_equality(
-            kafka_bootstrap, unique_prefix, tmp_path, history.expected, EQUALITY_TIMEOUT
-        )
-        # kpimon-kpis can be complete before the last worker has taken over the groups of the stopped
-        # ones (their previous owners published them): the gauges are checked once it owns them all.
+        # The last rebalance: the remaining worker takes over every group of the two stopped ones, with
+        # about a third of the input still to read.
         last = workers[0]
         wait_for(
             owns_every_partition(last, unique_prefix, partitions), 120, "the last worker owns all", workers
         )
+        ready = time.time()
+        finish_replay(replayer)
+        actual = wait_for_equality(
+            kafka_bootstrap, unique_prefix, tmp_path, history.expected, EQUALITY_TIMEOUT
+        )
+        newest = max(day_number(r.day) for r in history.expected)
+        fresh_days = {day_name(newest), day_name(newest - 1)}
+        right = poll(lambda: follower.settled_at(history.expected, fresh_days), lambda t: t is not None, 30)
+        everything = follower.settled_at(history.expected)
+        assert right is not None and everything is not None
+        # The new owner re-publishes every group it took over (two thirds of them were the stopped
+        # workers'), whether or not the values changed: when the last record of the fresh days had.
+        fresh = poll(lambda: follower.republished(stopping, fresh_days), lambda t: t is not None, 30)
+        assert fresh is not None
+        held = last.samples()[("kpimon_reader_held_max_seconds", frozenset())]
+        print(
+            f"\nrebalance to one worker: the current and previous day re-published {fresh - ready:.1f} s "
+            f"after it was ready and right {max(0.0, right - ready):.1f} s after; every day right "
+            f"{max(0.0, everything - ready):.1f} s after; its reader waited at most {held:.2f} s for a flush "
+            "or publication"
+        )
+        assert fresh - ready <= FRESH_SECONDS, fresh - ready
+        assert right - ready <= FRESH_SECONDS, right - ready
+        assert held <= MAX_READER_HELD_SECONDS, held
+        # kpimon-kpis can be complete before the last worker has taken over the groups of the stopped
+        # ones (their previous owners published them): the gauges are checked once it owns them all.
         check_gauges(workers, actual)
         monitor.stop()
     assert monitor.rounds > 10, monitor.rounds
@@ -284,7 +330,11 @@ def test_a_broker_restart_mid_replay_is_survived(
             # The worker does not exit while the broker is away; it reconnects by itself.
             assert worker.proc.poll() is None, worker.log_tail()
             assert broker.start() == bootstrap
+            back = time.monotonic()
             actual = wait_for_equality(bootstrap, unique_prefix, tmp_path, history.expected, EQUALITY_TIMEOUT)
+            print(
+                f"\nbroker restart: kpimon-kpis equal to the reference {time.monotonic() - back:.0f} s later"
+            )
             check_gauges([worker], actual)
             assert worker.get("/live")[0] == 200
     finally:
@@ -306,7 +356,8 @@ def test_sigterm_commits_and_a_lost_state_dir_is_rebuilt_from_the_changelogs(
         wait_for_equality(kafka_bootstrap, unique_prefix, tmp_path, history.expected, EQUALITY_TIMEOUT)
         started = time.monotonic()
         assert worker.stop(signal.SIGTERM) == 0, worker.log_tail()
-        assert time.monotonic() - started < 20  # Faust's shutdown, not a kill after the timeout
+        stop_took = time.monotonic() - started
+        assert stop_took < 20  # Faust's shutdown, not a kill after the timeout
     finally:
         worker.stop(signal.SIGKILL)
 
@@ -320,12 +371,14 @@ def test_sigterm_commits_and_a_lost_state_dir_is_rebuilt_from_the_changelogs(
         wait_for(lambda: probe(again, "/live") == 200, 60, "live", [again])
         assert probe(again, "/ready") == 503
         again.wait_ready()
+        ready_at = time.monotonic()
         wait_for(
             republished_since(kafka_bootstrap, unique_prefix, tmp_path, restarted),
             120,
             "republished",
             [again],
         )
+        restart_republished = time.monotonic() - ready_at
         actual = wait_for_equality(kafka_bootstrap, unique_prefix, tmp_path, history.expected, 30)
         check_gauges([again], actual)
         assert events_total(again) == 0
@@ -334,12 +387,18 @@ def test_sigterm_commits_and_a_lost_state_dir_is_rebuilt_from_the_changelogs(
     shutil.rmtree(state / "state")
     restarted = utc_now()
     with running_worker(kafka_bootstrap, unique_prefix, free_port(), state, options()) as fresh:
+        ready_at = time.monotonic()
         # Every record published again from the restored tables (an empty table would publish nothing).
         wait_for(
             republished_since(kafka_bootstrap, unique_prefix, tmp_path, restarted),
             120,
             "republished",
             [fresh],
+        )
+        print(
+            f"\nSIGTERM: stopped in {stop_took:.1f} s; restarted: every record re-published "
+            f"{restart_republished:.0f} s after ready; without its state dir: "
+            f"{time.monotonic() - ready_at:.0f} s after ready"
         )
         rebuilt = wait_for_equality(kafka_bootstrap, unique_prefix, tmp_path, history.expected, 30)
         assert {r.key: r.value for r in rebuilt} == {r.key: r.value for r in actual}
@@ -352,9 +411,10 @@ def test_sigterm_commits_and_a_lost_state_dir_is_rebuilt_from_the_changelogs(
 
 #: Longer than a restart, so a partition that moved could only have moved by a rebalance.
 STATIC_SESSION_TIMEOUT = "45"
-#: kpimon-kpis equals the reference this soon after the replay ends. Issue #19 asks for 20 s: measured 10 to
-#: 16 s on the shared 2-core machine, 20 to 21 s while another test suite ran beside it; the bound leaves
-#: that margin and still fails a restart that waits for the session timeout (45 s) or a rebalance.
+#: kpimon-kpis equals the reference this soon after the replay ends, timed by the Kafka timestamps of
+#: kpimon-kpis (tests/pipeline.py, KpisFollower), not by polling. Issue #19 asks for 20 s: measured 17.7 to
+#: 19.0 s up to a load average of 12 on 2 cores, 21.7 to 36.9 s above it (the restart alone 10 to 19 s); a
+#: restart that waited for the session timeout (45 s) or a rebalance could not make 30 s.
 STATIC_SETTLE_SECONDS = 30
 
 
@@ -419,6 +479,8 @@ def test_a_static_member_killed_and_restarted_at_once_keeps_its_partitions(
         before, kept = assignment(first), assignment(other)
         assert before and kept and not before & kept, (before, kept)
         watch = AssignmentWatch(other)
+        follower = KpisFollower(kafka_bootstrap, unique_prefix)
+        stack.callback(follower.stop)
         replayer = start_replay(history, kafka_bootstrap, unique_prefix)
         wait_for(lambda: processed(workers) >= history.messages / 3, 120, "a third processed", workers)
         killed = time.monotonic()
@@ -435,11 +497,13 @@ def test_a_static_member_killed_and_restarted_at_once_keeps_its_partitions(
         restart_gap = time.monotonic() - killed
         assert restart_gap < 5, restart_gap
         finish_replay(replayer)
-        replay_end = time.monotonic()
+        replay_end = time.time()
         restarted.wait_ready()
         ready_after = time.monotonic() - killed
         actual = wait_for_equality(kafka_bootstrap, unique_prefix, tmp_path, history.expected, 120)
-        settled = time.monotonic() - replay_end
+        equal_at = poll(lambda: follower.settled_at(history.expected), lambda t: t is not None, 30)
+        assert equal_at is not None
+        settled = equal_at - replay_end
         seen = watch.stop()
         print(
             f"\nstatic membership: restarted {restart_gap:.1f} s after SIGKILL, ready {ready_after:.1f} s "

@@ -124,3 +124,14 @@ def test_groups_after_the_until_day_stay_dirty_until_a_flush_reaches_them() -> N
     assert taken[("all", "all", 110)]["active_users/30d"] == 2
     assert sorted(day for (_, _, day), _ in counters.take_dirty()) == list(range(121, 140))
     assert counters.groups() == {("all", "all", day) for day in range(100, 140)}
+
+
+def test_dirty_groups_come_newest_first_and_those_not_taken_stay_dirty() -> None:
+    counters = PartitionCounters(0)
+    counters.add_runs(("all", "all"), [("active_users", "30d", 100, 129, 1)])
+    flush = counters.take_dirty(from_day=105, until_day=120)
+    first = [next(flush)[0][2] for _ in range(3)]
+    assert first == [120, 119, 118]  # the newest days first
+    flush.close()  # a flush sent in slices stops early: what it did not take is sent by the next one
+    taken = [day for (_, _, day), _ in counters.take_dirty()]
+    assert taken == sorted(set(range(100, 130)) - {118, 119, 120}, reverse=True)

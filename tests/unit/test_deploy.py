@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import base64
 import functools
+import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import tomllib
+import urllib.parse
+import urllib.request
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +41,7 @@ from monitoring.config import DEFAULT, MonitoringConfig
 from monitoring.generate import generated_files
 from monitoring.prometheus import prometheus_config
 from monitoring.rules import prometheus_rule_files
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -433,6 +439,55 @@ def test_compose_alertmanager_runs_the_generated_config() -> None:
         == generated_files(DEFAULT)[Path("deploy/alertmanager/alertmanager.yml")]
     )
     assert any(a.startswith("--storage.path=") for a in alertmanager["command"])
+
+
+def test_compose_alerts_reach_the_placeholder_receiver_which_logs_them() -> None:
+    """The generated receivers post to alert_webhook_url on Alertmanager's loopback; in compose that is the
+    alert-receiver service (Alertmanager's network namespace), which runs the placeholder script: run here,
+    it logs each notification it is sent, with the receiver and the alert names, and says to replace it."""
+    receiver = SERVICES["alert-receiver"]
+    assert receiver["network_mode"] == "service:alertmanager"
+    mounts = {target: bind_source(source) for source, target in volume_mounts(receiver)}
+    script = mounts[receiver["command"][-1]]
+    assert script == DEPLOY / "placeholder_alert_receiver.py"
+    webhook = urllib.parse.urlsplit(DEFAULT.alert_webhook_url)
+    assert (webhook.hostname, webhook.port) == ("127.0.0.1", 9095)
+    assert f"DEFAULT_PORT = {webhook.port}" in script.read_text()
+    urls = {
+        c["url"]
+        for r in yaml.safe_load(ALERTMANAGER_CONFIG.read_text())["receivers"]
+        for c in r["webhook_configs"]
+    }
+    assert all(url.startswith(DEFAULT.alert_webhook_url + "/") for url in urls)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        env={"PORT": str(port), "PATH": os.environ.get("PATH", "")},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert "replace it" in proc.stdout.readline()
+        notification = {
+            "status": "firing",
+            "receiver": "product-analytics-ticket",
+            "alerts": [{"labels": {"alertname": "KpimonNpsBelowTarget", "segment": "ios"}}],
+        }
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/alerts/product-analytics-ticket",
+            data=json.dumps(notification).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
+            assert response.status == 200
+        line = proc.stdout.readline()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert "PLACEHOLDER receiver product-analytics-ticket: firing, 1 alert(s): KpimonNpsBelowTarget" in line
+    assert "replace this receiver" in line
 
 
 def test_compose_grafana_loads_the_generated_provisioning_and_reaches_prometheus() -> None:

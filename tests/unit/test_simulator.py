@@ -22,6 +22,8 @@ import pytest
 from click.testing import CliRunner
 
 from kpimon.agents.config.topics import key_of
+from kpimon.reference.compare import compare
+from kpimon.reference.compute import run_reference
 from kpimon.simulator.cli import parse_now, simulate
 from kpimon.simulator.model import (
     CHURN_WAVE_DAYS,
@@ -34,9 +36,12 @@ from kpimon.simulator.model import (
     NPS_NOISE_ANSWERS,
     SURVEY_KINDS,
     BatchConfig,
+    BatchModel,
+    Draft,
     InvalidKind,
     LiveModel,
     Outgoing,
+    Population,
     Scenario,
     batch_traffic,
     is_weekend,
@@ -722,3 +727,105 @@ def test_clicks_per_day_gives_traffic_where_most_clicks_change_state(base: list[
         "0.5",
     )
     assert code != 0
+
+
+def test_thin_traffic_gives_exactly_the_kpis_of_the_full_traffic(tmp_path: Path) -> None:
+    """`--thin` (the demo's backfill) leaves out only clicks that change no KPI, a good part of them: the
+    reference agrees on every record (late events, duplicates, broken messages, users without signup_ts
+    and scenarios included)."""
+    days = 35
+    results = {}
+    for thin in (False, True):
+        out_dir = tmp_path / str(thin)
+        code, message = cli(
+            *("--users", "400", "--days", str(days), "--seed", "3"),
+            *("--now", NOW, "--late-fraction", "0.1", "--duplicate-fraction", "0.05"),
+            *("--no-signup-fraction", "0.1", "--scenario", "churn-wave:android"),
+            *("--scenario", "nps-drop:web"),
+            *("--out-dir", str(out_dir), *(["--thin"] if thin else [])),
+        )
+        assert code == 0, message
+        results[thin] = run_reference(
+            out_dir / "clicks.jsonl",
+            out_dir / "surveys.jsonl",
+            NOW_MS,
+            Policy(max_lateness_days=days + 5),
+            updated_at="2026-01-01T00:00:00Z",
+        )
+    full, thinned = results[False], results[True]
+    assert len(full.records) > 5000
+    assert compare(full.records, thinned.records) == []
+    assert full.stats.rejected == thinned.stats.rejected  # every broken message is still there
+    full_clicks, thin_clicks = full.stats.accepted["clicks"], thinned.stats.accepted["clicks"]
+    assert thin_clicks < 0.4 * full_clicks, (thin_clicks, full_clicks)
+    assert thinned.stats.accepted["surveys"] == full.stats.accepted["surveys"]
+
+
+def _kpis_today(drafts: Iterable[Draft], today: int, platform: str | None = None) -> dict[str, float | None]:
+    """A few KPIs of `today` from valid drafts, by docs/definitions.md (segment: the event's platform)."""
+    active: dict[int, set[str]] = defaultdict(set)
+    nps: dict[str, int] = {}
+    csat: dict[str, int] = {}
+    for d in drafts:
+        if platform is not None and (d.platform or "unknown") != platform:
+            continue
+        day = d.ts_ms // DAY_MS
+        if d.topic == "clicks":
+            active[day].add(d.user_id)
+        elif d.action == "answered" and today - 6 <= day <= today and d.score is not None:
+            (nps if d.survey == "nps" else csat)[d.event_id] = d.score
+
+    def users(first: int, last: int) -> set[str]:
+        return set().union(*(active[day] for day in range(first, last + 1)))
+
+    mau, dau = users(today - 29, today), active[today]
+    base = users(today - 13, today - 7)
+    churned = base - users(today - 6, today)
+    scores = list(nps.values())
+    return {
+        "dau": len(dau),
+        "mau": len(mau),
+        "stickiness": len(dau) / len(mau) if mau else None,
+        "churn_7d": len(churned) / len(base) if base else None,
+        "nps_7d": 100 * (sum(s >= 9 for s in scores) - sum(s <= 6 for s in scores)) / len(scores)
+        if scores
+        else None,
+        "nps_answers": len(scores),
+        "csat_7d": sum(s >= 4 for s in csat.values()) / len(csat) if csat else None,
+    }
+
+
+def test_live_traffic_continues_the_history_and_keeps_the_kpis_realistic() -> None:
+    """The demo's live phase: 10 minutes at 50 clicks/s after 61 days of history keep stickiness, churn,
+    NPS and CSAT where the history had them (no longer stickiness 100 %, churn 0), and the scenarios show
+    by platform (the demo's): Android's churn wave and iOS' NPS drop."""
+    scenarios = (Scenario.parse("churn-wave:android"), Scenario.parse("nps-drop:ios"))
+    config = BatchConfig(users=1000, days=61, end_day=END_DAY, now_ms=NOW_MS, seed=4, scenarios=scenarios)
+    model = BatchModel(config)
+    history = [o.draft for o in batch_traffic(config, model) if o.role != "invalid"]
+    population = Population.loads(Population.of(model).dumps())  # as the demo hands it over: a file
+    assert len(population.users) == 1000 and 0 < len(population.active) < 500
+    platforms = (None, "android", "ios", "web")
+    before = {p: _kpis_today(history, END_DAY, p) for p in platforms}
+    live = LiveModel(1000, 4, NOW_MS, rate=50, scenarios=scenarios, scenario_after_s=0, population=population)
+    drafts: list[Draft] = []
+    checkpoints = {}
+    for second in range(1, 601):
+        drafts.extend(o.draft for o in live.step(NOW_MS + second * 1000, 50) if o.role != "invalid")
+        if second in (60, 300, 600):
+            checkpoints[second] = {p: _kpis_today(history + drafts, END_DAY, p) for p in platforms}
+    assert len(drafts) > 25_000
+    for second, kpis in checkpoints.items():
+        everyone, android, ios, web = kpis[None], kpis["android"], kpis["ios"], kpis["web"]
+        message = f"after {second} s of live traffic: {kpis}, before: {before}"
+        stickiness, churn, nps, csat = (everyone[k] for k in ("stickiness", "churn_7d", "nps_7d", "csat_7d"))
+        assert stickiness is not None and 0.1 < stickiness < 0.6, message
+        assert churn is not None and 0.1 < churn < 0.7, message
+        assert nps is not None and -50 < nps < 60 and csat is not None and 0.5 < csat < 0.95, message
+        # The scenarios, by platform: most of Android is gone, iOS' NPS has dropped below web's.
+        assert android["churn_7d"] > 2 * web["churn_7d"], message  # type: ignore[operator]
+        assert android["stickiness"] < web["stickiness"], message  # type: ignore[operator]
+        assert ios["nps_answers"] >= 10 and web["nps_answers"] >= 10, message  # type: ignore[operator]
+        assert ios["nps_7d"] < web["nps_7d"] - 30, message  # type: ignore[operator]
+    # Live traffic is today's users: the day's DAU grows to about a full day's, far from everybody.
+    assert before[None]["dau"] < checkpoints[600][None]["dau"] < 0.6 * checkpoints[600][None]["mau"]  # type: ignore[operator]
