@@ -8,6 +8,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 # `make run` needs kpimon alone, not the dev tools: its own stamp (satisfied by a full `make setup` too).
 RUN_STAMP := $(VENV)/.installed-run-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# The compiled batch core: `pip install -e .` builds it (setuptools-rust), so a change of its sources installs again.
+NATIVE := native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 BUDGET_ARGS ?=
@@ -24,7 +26,7 @@ system-deps:  ## install Java 17+, Maven, Prometheus (promtool), Alertmanager (a
 demo-deps:  ## install only what `make run` needs (Java 17+ and Maven) when missing
 	@./deploy/system-deps.sh demo
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(NATIVE)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "kpimon needs Python 3.11+; set PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -41,7 +43,7 @@ $(BENCH_STAMP): $(STAMP)
 	@rm -f $(VENV)/.bench-*
 	@touch $@
 
-$(RUN_STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml $(NATIVE)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "kpimon needs Python 3.11+; set PYTHON=python3.11")'
 	@if [ -f $(STAMP) ]; then touch $@; else \
 	  $(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet --upgrade pip && \

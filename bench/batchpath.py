@@ -6,6 +6,8 @@ murmur2 partitioner, and handed over in per-partition batches in send order, as 
 Only the `process` calls are timed (`time.process_time`), so the figure is messages per CPU second of
 the batch path, robust to a busy machine. The digest of the result (every user state's bytes, every
 counter group, the dead-letter reasons) lets two runs, or two cores, be compared for identical results.
+Each mix runs through both batch cores (the Python engine and, when built, the compiled one), side by side
+in the same run: their ratio and whether their digests are equal.
 
 `python -m bench.batchpath --help` runs it alone (a few seconds to a minute); `python -m bench --only batch`
 runs it as a stage of the suite.
@@ -26,6 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from bench import fill
 from bench.stats import StageResult
+from kpimon.agents.pipeline import core
 from kpimon.agents.pipeline.batch import BatchProcessor
 from kpimon.agents.pipeline.engine import SourceEngine
 from kpimon.agents.pipeline.metrics import PipelineMetrics
@@ -102,20 +105,25 @@ class Run:
         return self.messages / self.cpu_seconds if self.cpu_seconds > 0 else 0.0
 
 
-def processor(max_lateness_days: int = 90) -> BatchProcessor:
+def processor(max_lateness_days: int = 90, core_name: core.CoreName | None = None) -> BatchProcessor:
     """A batch processor as the worker builds it (own metrics registry), with a lateness bound that keeps
-    the bench's whole history."""
+    the bench's whole history; `core_name` chooses the batch core (default: as the worker chooses)."""
     policy = Policy(max_lateness_days=max_lateness_days)
     engine = SourceEngine(max_lateness_days, max_future_ms=policy.max_future_ms)
     metrics = PipelineMetrics(CollectorRegistry(), topics=tuple(TOPICS.values()))
     kinds: dict[str, Kind] = {TOPICS["clicks"]: "clicks", TOPICS["surveys"]: "surveys"}
     labels: dict[Kind, str] = {"clicks": TOPICS["clicks"], "surveys": TOPICS["surveys"]}
-    return BatchProcessor(engine, metrics, policy, kinds, labels)
+    return BatchProcessor(engine, metrics, policy, kinds, labels, core=core_name)
 
 
-def run_once(data: Batches) -> Run:
+def cores() -> tuple[core.CoreName, ...]:
+    """The batch cores this installation has: the Python engine, and the compiled core when built."""
+    return ("python", "native") if core.native_module() is not None else ("python",)
+
+
+def run_once(data: Batches, core_name: core.CoreName | None = None) -> Run:
     """Process every batch with a fresh engine and user table; time the `process` calls only."""
-    proc = processor()
+    proc = processor(core_name=core_name)
     users: dict[bytes, Any] = {}
     cpu = wall = 0.0
     accepted = dead = 0
@@ -162,34 +170,73 @@ def mixes(events: int, days: int, seed: int, now_ms: int) -> dict[str, Iterator[
 
 
 def run(events: int, days: int, seed: int, repeats: int = 3, size: int = 2000) -> StageResult:
-    """The batch stage: each mix, `repeats` passes; the best pass's messages per CPU second per mix."""
+    """The batch stage: each mix through each core, `repeats` passes; the best pass's messages per CPU
+    second per mix and core, the compiled core's ratio to the Python engine, and whether they agree."""
     now_ms = fill.now_ms()
     now_ms -= now_ms % 3_600_000  # the same data and digests for every run within the hour
     figures: dict[str, Any] = {}
     total = 0
     seconds = 0.0
+    chosen = core.selected()
     for name, messages in mixes(events, days, seed, now_ms).items():
         data = batches_of(messages, now_ms, size)
-        runs = [run_once(data) for _ in range(repeats)]
-        best = min(runs, key=lambda r: r.cpu_seconds)
-        digests = {r.digest for r in runs}
+        per_core: dict[str, Any] = {}
+        for core_name in cores():
+            runs = [run_once(data, core_name) for _ in range(repeats)]
+            best = min(runs, key=lambda r: r.cpu_seconds)
+            per_core[core_name] = {
+                "cpu_seconds": best.cpu_seconds,
+                "per_cpu_second": best.per_cpu_second,
+                "us_per_message": 1e6 * best.cpu_seconds / max(1, data.messages),
+                "accepted": best.accepted,
+                "dead_letters": best.dead_letters,
+                "digest": best.digest,
+                "identical": len({r.digest for r in runs}) == 1,
+            }
+        python, native = per_core["python"], per_core.get("native")
         figures[name] = {
             "messages": data.messages,
             "clicks": data.clicks,
             "users": data.users,
-            "cpu_seconds": best.cpu_seconds,
-            "per_cpu_second": best.per_cpu_second,
-            "us_per_message": 1e6 * best.cpu_seconds / max(1, data.messages),
-            "accepted": best.accepted,
-            "dead_letters": best.dead_letters,
-            "digest": best.digest,
-            "identical": len(digests) == 1,
+            "cores": per_core,
+            # The compiled core over the Python engine, in messages per CPU second (None: not built).
+            "ratio": native["per_cpu_second"] / python["per_cpu_second"] if native else None,
+            "digests_equal": len({f["digest"] for f in per_core.values()}) == 1,
+            "identical": all(f["identical"] for f in per_core.values()),
         }
         total += data.messages
-        seconds += best.cpu_seconds
-    result = StageResult.from_count("batch", total, seconds, note="CPU seconds of process() only")
+        seconds += per_core[chosen]["cpu_seconds"]
+    result = StageResult.from_count(
+        "batch", total, seconds, note=f"CPU seconds of process() only, {chosen} core"
+    )
     result.figures = figures
     return result
+
+
+def describe(figures: dict[str, Any]) -> list[str]:
+    """One line per mix and core, then the cores' ratio and agreement (the stage's printed report)."""
+    out = []
+    for name, f in figures.items():
+        out.append(f"{name}: {f['messages']:,} messages ({f['clicks']:,} clicks, {f['users']:,} users)")
+        for core_name, c in f["cores"].items():
+            out.append(
+                f"  {core_name:>6}: {c['per_cpu_second']:,.0f} messages/CPU-s ({c['us_per_message']:.2f} us "
+                f"each), accepted {c['accepted']:,}, dead letters {c['dead_letters']:,}, digest "
+                f"{c['digest']}{'' if c['identical'] else ' (passes differ!)'}"
+            )
+        if f["ratio"] is not None:
+            out.append(
+                f"  native/python: {f['ratio']:.2f}x (target >= {TARGET_RATIO:g}x: "
+                f"{'met' if f['ratio'] >= TARGET_RATIO else 'NOT met'}), digests equal: "
+                f"{'yes' if f['digests_equal'] else 'NO'}"
+            )
+        else:
+            out.append("  native: not built (the Python engine only)")
+    return out
+
+
+#: Issue #16: the compiled core does the batch path at least this many times faster than the Python engine.
+TARGET_RATIO = 6.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,13 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=2000, help="records per partition batch")
     args = parser.parse_args(argv)
     result = run(args.events, args.days, args.seed, args.repeats, args.batch)
-    for name, f in result.figures.items():
-        print(
-            f"{name}: {f['messages']:,} messages ({f['clicks']:,} clicks, {f['users']:,} users): "
-            f"{f['per_cpu_second']:,.0f} messages/CPU-s ({f['us_per_message']:.2f} us each), "
-            f"accepted {f['accepted']:,}, dead letters {f['dead_letters']:,}, digest {f['digest']}"
-            f"{'' if f['identical'] else ' (passes differ!)'}"
-        )
+    for line in describe(result.figures):
+        print(line)
     return 0
 
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from bench import batchpath
 from bench.stats import StageResult, Target, extrapolate, rate, ratio, time_split
 
 #: Stage key -> label in the table, in display order.
@@ -245,12 +246,30 @@ def targets(results: Mapping[str, StageResult]) -> list[Target]:
         ),
         Target("p99 end-to-end delay (s)", p99, 2.0, at_least=False),
         Target(
+            "batch path: compiled core / Python engine, the slower mix (identical results)",
+            batch_ratio(results.get("batch")),
+            batchpath.TARGET_RATIO,
+        ),
+        Target(
             "longest wait of the input for flush/publish, both mixes (s)",
             longest_held(results),
             0.1,
             at_least=False,
         ),
     ]
+
+
+def batch_ratio(batch: StageResult | None) -> float | None:
+    """The compiled core's ratio to the Python engine on the batch path, the lower of the mixes; 0 when a
+    mix's digests differ (speed without identical results does not count); None when not measured."""
+    if batch is None:
+        return None
+    figures = list(batch.figures.values())
+    if not figures or any(f.get("ratio") is None for f in figures):
+        return None
+    if not all(f["digests_equal"] for f in figures):
+        return 0.0
+    return float(min(f["ratio"] for f in figures))
 
 
 def number(value: float | None, digits: int = 0) -> str:
@@ -275,12 +294,7 @@ def render_batch(batch: StageResult | None) -> list[str]:
     if batch is None:
         return []
     out = ["batch path alone (no Kafka; CPU seconds of BatchProcessor.process, fastest of the passes):"]
-    for mix, f in batch.figures.items():
-        out.append(
-            f"  {mix}: {f['messages']:,} messages ({f['clicks']:,} clicks, {f['users']:,} users): "
-            f"{number(f['per_cpu_second'])} messages/CPU-s ({f['us_per_message']:.2f} us each), "
-            f"result digest {f['digest']}{'' if f['identical'] else ' (PASSES DIFFER)'}"
-        )
+    out.extend(f"  {line}" for line in batchpath.describe(batch.figures))
     return out
 
 

@@ -78,8 +78,9 @@ class RunTopics:
         return [TopicSpec(f"{self.app_id}-{table}-changelog", partitions, compacted) for table in _TABLES]
 
     def env(self) -> dict[str, str]:
-        """The environment of a worker of this run (no other KPIMON_* variable leaks in)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KPIMON_")}
+        """The environment of a worker of this run (no other KPIMON_* variable leaks in but KPIMON_CORE,
+        so that `KPIMON_CORE=python python -m bench ...` measures the workers with the Python engine)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KPIMON_") or k == "KPIMON_CORE"}
         env.update(
             KPIMON_CLICKS_TOPIC=self.clicks,
             KPIMON_SURVEYS_TOPIC=self.surveys,

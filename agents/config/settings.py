@@ -80,6 +80,9 @@ class Settings:
     min_insync_replicas: int = 0
     #: Seconds between the worker's log lines summing up the messages it rejected (none when none were).
     rejection_log_interval: float = 60.0
+    #: The batch core: "native" (the compiled kpimon._native), "python" (the Python engine, its
+    #: specification), or empty: native when installed, else python with a warning (pipeline/core.py).
+    core: str = ""
     log_level: str = "info"
     #: TOML file of settings (`name = value`, names as below); flags and environment win over it.
     config_file: str = ""
@@ -150,6 +153,10 @@ class Settings:
             raise ValueError(f"flush_interval must be > 0, got {self.flush_interval}")
         if self.store not in ("memory", "rocksdb"):
             raise ValueError(f"store must be memory or rocksdb, got {self.store!r}")
+        if self.core not in ("", "python", "native"):
+            raise ValueError(
+                f"core must be python or native (or empty: native when installed), got {self.core!r}"
+            )
         if self.batch_max_messages < 1:
             raise ValueError(f"batch_max_messages must be >= 1, got {self.batch_max_messages}")
         if not 0 < self.web_timeout <= 3600:

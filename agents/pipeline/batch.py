@@ -11,13 +11,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from kpimon.agents.pipeline.core import CoreName, native_module, selected
+from kpimon.agents.pipeline.counters import COUNTER_NAMES
 from kpimon.agents.pipeline.deadletters import dead_letter_headers
 from kpimon.agents.pipeline.engine import PendingRuns, SourceEngine, UserTable
 from kpimon.agents.pipeline.metrics import PipelineMetrics
 from kpimon.streams.userstate import UserState
 from kpimon.streams.validation import Accepted, Kind, Policy, Reason, Rejected, validate
+
+if TYPE_CHECKING:
+    from kpimon import _native
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +114,15 @@ class StateCache(MutableMapping[bytes, UserState]):
         return written
 
 
+@dataclass
+class _Tally:
+    """A batch's outcome counts and delays per input topic label."""
+
+    accepted: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)
+    delays: dict[str, list[float]] = field(default_factory=dict)
+
+
 class BatchProcessor:
     """Apply batches of one worker's source partitions to its engine, metrics and user states."""
 
@@ -119,29 +133,129 @@ class BatchProcessor:
         policy: Policy,
         kinds: dict[str, Kind],
         labels: dict[Kind, str],
+        core: str | None = None,
     ) -> None:
         """`kinds` maps the input topics to their kind (others are re-keyed and carry it in a header);
-        `labels` names the input topic of each kind for metrics and dead letters."""
+        `labels` names the input topic of each kind for metrics and dead letters; `core` chooses the
+        batch core (`pipeline.core.selected`: the `core` setting; None: the compiled one when built)."""
         self.engine = engine
         self.metrics = metrics
         self.policy = policy
         self.kinds = kinds
         self.labels = labels
+        self.core: CoreName = selected(core)
+        self._native: _native.Core | None = None
+        self._apply_error: type[Exception] = Exception
+        if self.core == "native":
+            module = native_module()
+            assert module is not None  # selected() checked it
+            if [f"{kpi}/{window}" for kpi, window in module.Core.counters()] != list(COUNTER_NAMES):
+                raise RuntimeError(
+                    "the compiled core (kpimon._native) numbers the counters differently: rebuild it"
+                )
+            self._apply_error = module.ApplyError
+            self._native = module.Core(
+                set(engine.passive_types),
+                policy.max_lateness_days,
+                engine.max_lateness_days,
+                policy.max_future_ms,
+                policy.max_message_bytes,
+            )
 
     def process(
         self, topic: str, partition: int, records: Sequence[SourceRecord], users: UserTable, now_ms: int
     ) -> BatchResult:
         """Process `records` of topic/partition in offset order; skip offsets already processed."""
-        engine, metrics, policy = self.engine, self.metrics, self.policy
+        engine = self.engine
         result = BatchResult()
         cache = StateCache(users)
         topic_kind = self.kinds.get(topic)
         next_offset = engine.positions.get((topic, partition), 0)
         # Counted per batch: a prometheus_client call per event costs as much as validating it.
-        accepted: dict[str, int] = {}
-        duplicates: dict[str, int] = {}
-        delays: dict[str, list[float]] = {}
+        tally = _Tally()
         pending: PendingRuns = PendingRuns()
+        rest: Sequence[SourceRecord] = records
+        if self._native is not None and topic_kind is not None and records:
+            delegated = self._process_native(
+                topic_kind, partition, records, cache, now_ms, next_offset, tally
+            )
+            if delegated is not None:
+                rest = [records[i] for i in delegated]
+        self._process_python(
+            topic, topic_kind, partition, rest, cache, now_ms, next_offset, tally, pending, result
+        )
+        engine.apply_pending(partition, pending)
+        if records:
+            engine.processed(topic, partition, records[-1].offset)
+        cache.write_back()
+        for label, count in tally.accepted.items():
+            self.metrics.accepted_many(label, tally.delays[label])
+            result.accepted += count
+        for label, count in tally.duplicates.items():
+            self.metrics.duplicate(label, count)
+        return result
+
+    def _process_native(
+        self,
+        kind: Kind,
+        partition: int,
+        records: Sequence[SourceRecord],
+        cache: StateCache,
+        now_ms: int,
+        next_offset: int,
+        tally: _Tally,
+    ) -> list[int] | None:
+        """Let the compiled core apply what it is certain of; the indices of the records left to the
+        Python engine (None: the core failed, and left everything untouched)."""
+        assert self._native is not None
+        counters = self.engine.counters(partition)
+        try:
+            changed, accepted, duplicates, delays, max_day, delegated = self._native.process(
+                kind,
+                records,
+                next_offset,
+                cache.get,
+                UserState,
+                counters,
+                self.engine.folder,
+                now_ms,
+                partition,
+            )
+        except self._apply_error:
+            raise  # partly applied: the Python engine would apply part of the batch twice
+        except Exception:  # a bug of the compiled core, found before it changed anything: Python does it
+            log.exception(
+                "the compiled core failed on a batch of partition %d; the Python engine takes it", partition
+            )
+            return None
+        for key, state in changed:
+            cache[key] = state
+        if max_day is not None:
+            counters.saw_day(max_day)
+        label = self.labels[kind]
+        if accepted:
+            tally.accepted[label] = tally.accepted.get(label, 0) + accepted
+            tally.delays.setdefault(label, []).extend(delays)
+        if duplicates:
+            tally.duplicates[label] = tally.duplicates.get(label, 0) + duplicates
+        return delegated
+
+    def _process_python(
+        self,
+        topic: str,
+        topic_kind: Kind | None,
+        partition: int,
+        records: Sequence[SourceRecord],
+        cache: StateCache,
+        now_ms: int,
+        next_offset: int,
+        tally: _Tally,
+        pending: PendingRuns,
+        result: BatchResult,
+    ) -> None:
+        """The Python engine: every record in offset order (the specification of the compiled core)."""
+        engine, metrics, policy = self.engine, self.metrics, self.policy
+        accepted, duplicates, delays = tally.accepted, tally.duplicates, tally.delays
         for record in records:
             offset = record.offset
             if offset < next_offset:
@@ -171,16 +285,6 @@ class BatchProcessor:
                 # is counted when it comes back from the re-key topic, keyed.
                 user_key = verdict.event.user_id.encode()
                 result.rekeyed.append(Outgoing(user_key, record.value, [(KIND_HEADER, kind.encode())]))
-        engine.apply_pending(partition, pending)
-        if records:
-            engine.processed(topic, partition, records[-1].offset)
-        cache.write_back()
-        for label, count in accepted.items():
-            metrics.accepted_many(label, delays[label])
-            result.accepted += count
-        for label, count in duplicates.items():
-            metrics.duplicate(label, count)
-        return result
 
     def sweep(self, users: UserTable, partition: int, now_ms: int) -> None:
         """Expire old days from a slice of `partition`'s idle users (`SourceEngine.sweep`)."""

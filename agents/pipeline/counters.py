@@ -43,8 +43,14 @@ class PartitionCounters:
         #: Processed input offsets (clicks + surveys + rekeyed) of this partition: its partials' version.
         self.version = 0
 
-    def add_runs(self, segment: SegmentKey, runs: Iterable[tuple[str, str, int, int, int]]) -> None:
-        """Apply runs (kpi, window, first_day, last_day, delta) of one segment."""
+    def run_target(self, segment: SegmentKey) -> tuple[dict[int, list[int]], set[tuple[int, int]]]:
+        """Where runs of `segment` go: its difference vectors by day (indexed like COUNTER_NAMES) and its
+        set of (first, last) spans, created when new; its cached values are dropped.
+
+        A run (index, first, last, delta) adds delta to the vector of day `first` and subtracts it from
+        the vector of day `last + 1` (each created as zeros when absent), and adds its span: `add_runs`
+        does so, and so does the compiled batch core (kpimon._native) with its batch's collapsed runs.
+        """
         diffs = self.diffs.get(segment)
         if diffs is None:
             diffs = self.diffs[segment] = {}
@@ -53,6 +59,11 @@ class PartitionCounters:
         if spans is None:
             spans = self._spans[segment] = set()
         self._values.pop(segment, None)
+        return diffs, spans
+
+    def add_runs(self, segment: SegmentKey, runs: Iterable[tuple[str, str, int, int, int]]) -> None:
+        """Apply runs (kpi, window, first_day, last_day, delta) of one segment."""
+        diffs, spans = self.run_target(segment)
         for kpi, window, first, last, delta in runs:
             index = _INDEX[kpi, window]
             vector = diffs.get(first)

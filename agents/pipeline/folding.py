@@ -82,5 +82,13 @@ class SegmentFolder:
         self._count(dimension, CAP)
         return OTHER
 
+    def personal(self, value: str) -> bool:
+        """Whether `value` looks like personal data (it always folds into `other`); changes nothing."""
+        return self._personal(value)
+
+    def kept(self, dimension: str) -> frozenset[str]:
+        """The values of `dimension` kept so far (a copy): `fold` maps each of them to itself."""
+        return frozenset(self._kept.get(dimension, ()))
+
     def _count(self, dimension: str, reason: str) -> None:
         self.folded[dimension, reason] = self.folded.get((dimension, reason), 0) + 1

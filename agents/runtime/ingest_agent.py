@@ -82,7 +82,7 @@ def register_ingest(
     # Every user-state write goes through this one store: changelog records in batches (user_store.py).
     store = UserStore(users)
     store.on_send_error = metrics.produce_error
-    processor = BatchProcessor(engine, metrics, settings.policy, kinds, labels)
+    processor = BatchProcessor(engine, metrics, settings.policy, kinds, labels, core=settings.core or None)
     redactor = (
         Redactor(read_secret("dead_letter_redact_key_file", settings.dead_letter_redact_key_file).encode())
         if settings.dead_letter_redact

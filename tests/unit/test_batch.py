@@ -9,6 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from kpimon.agents.pipeline.batch import KIND_HEADER, BatchProcessor, StateCache
+from kpimon.agents.pipeline.core import CoreName, native_module
 from kpimon.agents.pipeline.engine import SourceEngine
 from kpimon.agents.pipeline.metrics import PipelineMetrics
 from kpimon.streams.events import MS_PER_DAY
@@ -45,13 +46,13 @@ def click(user: str, n: int, days_ago: int = 0) -> bytes:
     return events.message(events.click(user_id=user, ts=ts, event_id=f"c-{user}-{n}", type="tap"))
 
 
-def processor() -> tuple[BatchProcessor, SourceEngine, CollectorRegistry]:
+def processor(core: CoreName | None = None) -> tuple[BatchProcessor, SourceEngine, CollectorRegistry]:
     registry = CollectorRegistry()
     engine = SourceEngine(90)
     metrics = PipelineMetrics(registry, topics=("clicks", "surveys"))
     kinds: Any = {"clicks": "clicks", "surveys": "surveys"}
     labels: Any = {"clicks": "clicks", "surveys": "surveys"}
-    return BatchProcessor(engine, metrics, POLICY, kinds, labels), engine, registry
+    return BatchProcessor(engine, metrics, POLICY, kinds, labels, core=core), engine, registry
 
 
 def sample(registry: CollectorRegistry, outcome: str, topic: str = "clicks") -> float:
@@ -114,7 +115,7 @@ def test_a_rekeyed_survey_is_read_as_a_survey() -> None:
 
 
 def test_a_bug_dead_letters_the_event_instead_of_raising() -> None:
-    batch, engine, registry = processor()
+    batch, engine, registry = processor("python")
 
     def broken(*_: Any) -> str:
         raise RuntimeError("boom")
@@ -125,6 +126,33 @@ def test_a_bug_dead_letters_the_event_instead_of_raising() -> None:
     assert headers["kpimon-reason"] == b"internal_error"
     assert b"boom" in headers["kpimon-detail"]
     assert sample(registry, "rejected") == 1
+
+
+class FailingCore:
+    """A compiled core with a bug: it raises `error` (before or while applying the batch)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def process(self, *_: Any) -> Any:
+        raise self.error
+
+
+@pytest.mark.skipif(native_module() is None, reason="the compiled core is not built")
+def test_a_bug_of_the_compiled_core_leaves_the_batch_to_the_python_engine() -> None:
+    batch, _, registry = processor("native")
+    batch._native = FailingCore(ValueError("boom"))  # type: ignore[assignment]
+    table = CountingTable()
+    result = batch.process(
+        "clicks", 0, [Record(0, b"u1", click("u1", 0)), Record(1, b"u1", click("u1", 1))], table, NOW
+    )
+    assert result.accepted == 2 and not result.dead_letters
+    assert table[b"u1"].first_seen == NOW // MS_PER_DAY
+    assert sample(registry, "accepted") == 2
+    # Failing after it changed states or counters: retrying in Python would count the batch twice.
+    batch._native = FailingCore(batch._apply_error("half done"))  # type: ignore[assignment]
+    with pytest.raises(batch._apply_error):
+        batch.process("clicks", 0, [Record(2, b"u1", click("u1", 2))], table, NOW)
 
 
 def test_the_state_cache_reads_each_user_once_and_writes_back_only_changes() -> None:

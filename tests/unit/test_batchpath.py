@@ -35,6 +35,8 @@ def test_the_stage_reports_both_mixes() -> None:
     result = batchpath.run(3000, 10, 1, repeats=2, size=500)
     assert set(result.figures) == {"repeat", "changing"}
     for figures in result.figures.values():
-        assert figures["identical"] and figures["per_cpu_second"] > 0
+        assert figures["identical"] and figures["digests_equal"]
+        assert set(figures["cores"]) == set(batchpath.cores())
+        assert all(c["per_cpu_second"] > 0 for c in figures["cores"].values())
     lines = render_batch(result)
     assert any(line.strip().startswith("changing:") for line in lines)

@@ -133,6 +133,7 @@ def test_report_shows_rates_ratios_and_targets() -> None:
         "state-changing mix: kpimon events/s per worker process": "MET",
         "peak RSS, many users (MB)": "MET",
         "p99 end-to-end delay (s)": "NOT MET",
+        "batch path: compiled core / Python engine, the slower mix (identical results)": "UNKNOWN",
         "longest wait of the input for flush/publish, both mixes (s)": "NOT MET",
     }
     text = report.render(results, {"when": "today", "machine": "m", "data_sets": {}})
@@ -254,3 +255,16 @@ def test_the_quix_peer_writes_its_progress_and_stops_counting_at_the_expected(tm
         tick({})
     status = read_status(tmp_path / "status.json")
     assert status["count"] == 3 and status["done"]
+
+
+def test_the_batch_target_takes_the_slower_mix_and_needs_identical_results() -> None:
+    batch = StageResult("batch", 10, 1.0)
+    batch.figures = {
+        "repeat": {"ratio": 7.5, "digests_equal": True},
+        "changing": {"ratio": 6.5, "digests_equal": True},
+    }
+    assert report.batch_ratio(batch) == 6.5
+    batch.figures["changing"]["digests_equal"] = False
+    assert report.batch_ratio(batch) == 0.0
+    batch.figures["changing"]["ratio"] = None
+    assert report.batch_ratio(batch) is None

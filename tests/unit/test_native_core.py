@@ -1,0 +1,288 @@
+"""The compiled batch core equals the Python engine, its specification: byte-equal user states, equal
+counters, equal dead letters, re-keyed messages and outcome counts, on batches of valid and hostile
+messages mixed (a differential property test), and on the bench's simulated traffic."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from kpimon.agents.config.settings import Settings
+from kpimon.agents.pipeline import core
+from kpimon.agents.pipeline.batch import KIND_HEADER, BatchProcessor
+from kpimon.agents.pipeline.counters import COUNTER_NAMES
+from kpimon.agents.pipeline.engine import SourceEngine
+from kpimon.agents.pipeline.metrics import PipelineMetrics
+from kpimon.streams.events import MS_PER_DAY
+from kpimon.streams.userstate import UserState
+from kpimon.streams.validation import Kind, Policy
+from tests import hostile
+
+pytestmark = pytest.mark.skipif(core.native_module() is None, reason="the compiled core is not built")
+
+NOW = hostile.NOW_MS
+USERS = tuple(f"u{i}" for i in range(10))
+KINDS: dict[str, Kind] = {"clicks": "clicks", "surveys": "surveys"}
+LABELS: dict[Kind, str] = {"clicks": "clicks", "surveys": "surveys"}
+
+
+@dataclass
+class Record:
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int | None = NOW
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
+
+
+def rfc3339(ms: int, offset_minutes: int, digits: int, zulu: str) -> str:
+    """`ms` as RFC 3339 in a time zone `offset_minutes` east of UTC, with `digits` fraction digits."""
+    moment = datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=(ms % 1000) * 1000 + ms % 7)
+    local = moment.astimezone(timezone(timedelta(minutes=offset_minutes)))
+    text = local.strftime("%Y-%m-%dT%H:%M:%S")
+    if digits:
+        text += "." + f"{local.microsecond:06d}"[:digits]
+    if offset_minutes == 0 and zulu:
+        return text + zulu
+    sign = "-" if offset_minutes < 0 else "+"
+    return text + f"{sign}{abs(offset_minutes) // 60:02d}:{abs(offset_minutes) % 60:02d}"
+
+
+@st.composite
+def timestamps(draw: st.DrawFn, ms: int) -> Any:
+    """`ms` as integer epoch milliseconds or as one of RFC 3339's spellings (some only msgspec reads)."""
+    if draw(st.booleans()):
+        return ms
+    offset = draw(st.sampled_from([0, 0, 0, 60, -360, 330, -59]))
+    digits = draw(st.sampled_from([0, 3, 3, 6, 7]))
+    return rfc3339(ms, offset, digits, draw(st.sampled_from(["Z"] * 8 + ["z", ""])))
+
+
+#: Segment values: more than the folder keeps (max_segment_values 3 below), a personal one, the reserved
+#: ones and one too long to be valid.
+LABEL_VALUES = st.sampled_from(
+    [
+        "ios",
+        "android",
+        "web",
+        "ios",
+        "web",
+        "desk",
+        "tv",
+        "car",
+        "me@example.com",
+        "unknown",
+        "other",
+        "ü" * 65,
+    ]
+)
+
+
+@st.composite
+def events(draw: st.DrawFn, kind: Kind) -> tuple[str, dict[str, Any]]:
+    """A valid-looking event of `kind` (some are too late, in the future or otherwise off) and its user."""
+    user = draw(st.sampled_from(USERS))
+    days_ago = draw(st.one_of(st.integers(0, 6), st.integers(0, 6), st.integers(0, 100)))
+    ms = NOW - days_ago * MS_PER_DAY + draw(st.integers(-MS_PER_DAY, 600_000))
+    event: dict[str, Any] = {"user_id": user, "ts": draw(timestamps(ms))}
+    if kind == "clicks":
+        event["event_id"] = f"c{draw(st.integers(0, 10**6))}"
+        event["type"] = draw(st.sampled_from(["page_view", "tap", "tap", "push_received"]))
+        if draw(st.booleans()):
+            event["session_id"] = draw(st.sampled_from([None, "s1", "", "a\\nb", "\u00e9"]))
+        if draw(st.booleans()):
+            event["properties"] = draw(
+                st.one_of(
+                    st.none(), st.just({"a": [1, 2.5, "x\n", True, None], "b": {}}), hostile.json_values
+                )
+            )
+    else:
+        event["event_id"] = f"s{draw(st.integers(0, 12))}"  # repeated ids: duplicates
+        event["survey"] = draw(st.sampled_from(["nps", "csat", "nps", "csat", "ces"]))
+        event["action"] = draw(st.sampled_from(["shown", "answered", "answered", "dismissed"]))
+        if event["action"] == "answered" or draw(st.integers(0, 9)) == 0:
+            event["score"] = draw(st.integers(-1, 11))
+        if draw(st.integers(0, 4)) == 0:
+            event["comment"] = draw(st.sampled_from([None, "fine", "x" * 2001]))
+    if draw(st.booleans()):
+        signup = ms + draw(st.integers(-40, 2)) * MS_PER_DAY
+        event["signup_ts"] = draw(st.one_of(st.none(), timestamps(signup)))
+    for name in ("platform", "plan"):
+        if draw(st.integers(0, 3)):
+            event[name] = draw(st.one_of(st.none(), LABEL_VALUES))
+    if draw(st.integers(0, 9)) == 0:
+        event["extra"] = draw(hostile.json_values)
+    return user, event
+
+
+@st.composite
+def messages(draw: st.DrawFn, kind: Kind) -> tuple[bytes | None, bytes | None]:
+    """A message of a topic of `kind`: mostly valid events keyed by their user, some hostile."""
+    choice = draw(st.integers(0, 19))
+    if choice == 0:
+        return draw(st.sampled_from([u.encode() for u in USERS])), draw(hostile.hostile_values(kind, NOW))
+    user, event = draw(events(kind))
+    order = list(event.items())
+    if draw(st.booleans()):
+        order.reverse()
+    spaced = draw(st.booleans())
+    value = json.dumps(dict(order), separators=(", ", ": ") if spaced else (",", ":")).encode()
+    key: bytes | None = user.encode()
+    if choice == 1:
+        key = None  # unkeyed: re-keyed
+    elif choice == 2:
+        key = draw(st.sampled_from([b"u9", b"\xff", user.encode() + b" "]))
+    return key, value
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> list[tuple[str, int, list[tuple[bytes | None, bytes | None]], bool]]:
+    """Batches of the clicks, surveys and re-key topics: (topic, partition, messages, read again)."""
+    out = []
+    for _ in range(draw(st.integers(1, 6))):
+        topic = draw(st.sampled_from(["clicks", "clicks", "surveys", "rekey"]))
+        kind: Kind = "surveys" if topic == "surveys" else "clicks"
+        size = draw(st.integers(1, 25))
+        out.append(
+            (
+                topic,
+                draw(st.integers(0, 1)),
+                draw(st.lists(messages(kind), min_size=1, max_size=size)),
+                draw(st.integers(0, 5)) == 0,
+            )
+        )
+    return out
+
+
+@dataclass
+class Outcome:
+    """What one core made of the batches."""
+
+    results: list[Any]
+    states: dict[bytes, bytes]
+    partials: list[Any]
+    folded: dict[tuple[str, str], int]
+    rejections: dict[tuple[str, str], int]
+    samples: dict[tuple[str, str], float]
+
+
+def run(name: core.CoreName, data: list[Any], lateness: int) -> Outcome:
+    engine = SourceEngine(lateness, passive_types=("push_received",), max_segment_values=3)
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry, topics=("clicks", "surveys"))
+    processor = BatchProcessor(engine, metrics, Policy(max_lateness_days=lateness), KINDS, LABELS, core=name)
+    assert processor.core == name
+    users: dict[bytes, UserState] = {}
+    offsets: dict[tuple[str, int], int] = {}
+    results = []
+    for topic, partition, batch, again in data:
+        first = offsets.get((topic, partition), 0)
+        records = [
+            Record(first + i, key, value, headers=[(KIND_HEADER, b"surveys" if i % 3 == 0 else b"clicks")])
+            for i, (key, value) in enumerate(batch)
+        ]
+        offsets[topic, partition] = first + len(records)
+        for attempt in range(2 if again else 1):
+            # Read again: from an older offset after a seek (the first part is skipped).
+            chunk = (
+                records
+                if attempt == 0
+                else [*records[len(records) // 2 :], Record(offsets[topic, partition], b"u0", batch[0][1])]
+            )
+            if attempt:
+                offsets[topic, partition] += 1
+            result = processor.process(topic, partition, chunk, users, NOW)
+            results.append(
+                (
+                    [(o.key, o.value, o.headers) for o in result.dead_letters],
+                    [(o.key, o.value, o.headers) for o in result.rekeyed],
+                    result.accepted,
+                )
+            )
+    partials = sorted(
+        (p.source, p.version, p.dimension, p.segment, p.day, sorted(p.counts.items()))
+        for p in engine.take_partials(NOW + 400 * MS_PER_DAY)
+    )
+    samples = {
+        (s.labels["topic"], s.labels["outcome"]): s.value
+        for metric in registry.collect()
+        if metric.name == "kpimon_events"
+        for s in metric.samples
+        if s.name == "kpimon_events_total"
+    }
+    return Outcome(
+        results,
+        {key: state.to_bytes() for key, state in users.items()},
+        partials,
+        dict(engine.folder.folded),
+        dict(metrics.rejections),
+        samples,
+    )
+
+
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+@given(data=batches(), lateness=st.sampled_from([7, 90]))
+def test_the_compiled_core_equals_the_python_engine(data: list[Any], lateness: int) -> None:
+    python, native = run("python", data, lateness), run("native", data, lateness)
+    assert native.results == python.results  # dead letters (reasons, details), re-keyed, accepted
+    assert native.states == python.states  # byte-equal user states
+    assert native.partials == python.partials  # equal counters (every group, every day)
+    assert native.folded == python.folded
+    assert native.rejections == python.rejections
+    assert native.samples == python.samples
+
+
+def test_the_core_is_chosen_by_the_core_setting() -> None:
+    assert core.selected("python") == "python"
+    assert core.selected("native") == "native"
+    assert core.selected(None) == core.selected("") == "native"  # installed: the default
+    with pytest.raises(ValueError, match="KPIMON_CORE"):
+        core.selected("rust")
+    assert Settings.from_env({"KPIMON_CORE": "python"}).core == "python"
+    with pytest.raises(ValueError, match="core must be"):
+        Settings.from_env({"KPIMON_CORE": "rust"})
+
+
+def test_the_core_numbers_the_counters_as_the_partition_counters_do() -> None:
+    module = core.native_module()
+    assert module is not None
+    assert [f"{kpi}/{window}" for kpi, window in module.Core.counters()] == list(COUNTER_NAMES)
+
+
+def test_new_segment_values_are_folded_as_the_python_engine_folds_them() -> None:
+    """More new values than the folder keeps, some of a user whose records go to the Python engine (the
+    first record of u0 is in the future): the cap must fold the same values whichever core applied them."""
+
+    def click(user: str, n: int, platform: str, ts: int = NOW - 1000) -> tuple[bytes, bytes]:
+        event = {"event_id": f"c{n}", "user_id": user, "ts": ts, "type": "tap", "platform": platform}
+        return user.encode(), json.dumps(event).encode()
+
+    values = ["ios", "android", "web", "desk", "tv", "car"]
+    within_room = [("clicks", 0, [click(f"u{i}", i, v) for i, v in enumerate(values[:3])], False)]
+    beyond_room = [("clicks", 0, [click(f"u{i}", i, v) for i, v in enumerate(values)], False)]
+    delegated_first = [
+        (
+            "clicks",
+            0,
+            [
+                click("u0", 8, "car", ts=NOW + MS_PER_DAY),
+                click("u0", 9, "tv"),
+                *(click(f"u{i + 1}", i, v) for i, v in enumerate(values)),
+            ],
+            False,
+        )
+    ]
+    for data in (within_room, beyond_room, delegated_first, within_room + beyond_room):
+        python, native = run("python", data, 7), run("native", data, 7)
+        assert native.states == python.states
+        assert native.partials == python.partials
+        assert native.folded == python.folded
