@@ -18,14 +18,17 @@ describe the pipeline, not the users. A KPI alert carries no `job` or `instance`
 them), so the inhibition matches any KPI alert: run one Alertmanager (or one `team` naming) per kpimon
 deployment.
 
-The receivers are webhooks to `MonitoringConfig.alert_webhook_url/<receiver>`, a stand-in for the
-organisation's pager, ticket and chat integrations: replace them (pagerduty_configs, email_configs,
-slack_configs, ...) keeping the receiver names, and the routing stays as tested.
+The receivers are webhooks to `MonitoringConfig.alert_webhook_url/<receiver>`: placeholders for the
+organisation's pager, ticket and chat integrations, marked `PLACEHOLDER` in the generated file
+(`alertmanager_yaml`) and in docs/alerts.md ("Replace the placeholder receivers"). Replace them
+(pagerduty_configs, email_configs, slack_configs, ...) keeping the receiver names, and the routing stays as
+tested.
 """
 
 from __future__ import annotations
 
 from monitoring.config import MonitoringConfig
+from monitoring.render import to_yaml
 from monitoring.rules import Alert, alert_groups
 
 #: severity -> receiver suffix.
@@ -37,6 +40,13 @@ PIPELINE_OUTAGE_ALERTS = (
     "KpimonWorkerDown",
     "KpimonKafkaUnreachable",
 )
+#: What each kind of receiver should become: the comment above each placeholder receiver.
+REPLACE_BY = {
+    "page": "a pager that wakes someone (pagerduty_configs, opsgenie_configs, ...)",
+    "ticket": "a ticket queue read the next working day (webhook_configs to its API, email_configs, ...)",
+    "info": "a chat channel read in the weekly review (slack_configs, msteams_configs, ...)",
+}
+PLACEHOLDER = "PLACEHOLDER"
 #: Notification grouping: one alert, one segment.
 GROUP_BY = ("alertname", "dimension", "segment")
 
@@ -108,3 +118,25 @@ def alertmanager_config(config: MonitoringConfig) -> dict[str, object]:
             for name in names
         ],
     }
+
+
+def alertmanager_yaml(config: MonitoringConfig, header: str = "") -> str:
+    """The configuration as YAML text, each receiver preceded by a comment that marks it as a placeholder and
+    says what to replace it with (the webhook URL leads nowhere outside the end-to-end test)."""
+    text = to_yaml(alertmanager_config(config), header)
+    names = {
+        receiver(team, severity): kind for team in teams(config) for severity, kind in RECEIVER_KINDS.items()
+    }
+    out: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if line == "receivers:\n":
+            out.append(
+                f"# {PLACEHOLDER} receivers: webhooks to {config.alert_webhook_url}/<receiver>, stand-ins."
+                " Replace each by\n# your integration, keeping its name (the routes above name it);"
+                ' docs/alerts.md, "Replace the placeholder receivers".\n'
+            )
+        name = line.removeprefix("  - name: ").rstrip("\n")
+        if line.startswith("  - name: ") and name in names:
+            out.append(f"  # {PLACEHOLDER}: replace by {REPLACE_BY[names[name]]}.\n")
+        out.append(line)
+    return "".join(out)

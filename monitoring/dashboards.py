@@ -33,6 +33,7 @@ from grafana_foundation_sdk.models import dashboard as models
 
 from monitoring.config import MonitoringConfig
 from monitoring.rules import CI_GAUGES, TARGET, kpi
+from monitoring.shiftshare import NAMES, mix_effect, overlap_effect, panel_title, rate_effect
 
 DATASOURCE = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
 #: The segment selector of KPI panels (segment is multi-valued with All = ".*").
@@ -284,6 +285,30 @@ def _bars(
     return panel
 
 
+def _shift_share(
+    metric: str, window: str, alert: str, *, unit: str = "short", decimals: int = 1
+) -> bargauge.Panel:
+    """The split of the all/all week-over-week change of `metric` (monitoring/shiftshare.py): each segment's
+    rate and mix effect, every dimension, and each dimension's overlap."""
+    where = f'{window}, day="current"'
+    return _bars(
+        panel_title(metric),
+        [
+            (f"{rate_effect(metric)}{{{where}}}", "{{dimension}}={{segment}} rate"),
+            (f"{mix_effect(metric)}{{{where}}}", "{{dimension}}={{segment}} mix"),
+            (f"{overlap_effect(metric)}{{{where}}}", "{{dimension}} overlap"),
+        ],
+        unit=unit,
+        decimals=decimals,
+        description=f"The all/all {NAMES[metric]} change since the same day last week, split within "
+        "each dimension: rate = the segment's own change x its mean weight of both weeks, mix = the change "
+        "of its weight x its mean value (a count such as DAU has no mix). Within a dimension the segments' "
+        "rate and mix plus the overlap (units counted in several segments; 0 when every unit is in one "
+        "segment) add up to the all/all change exactly. A segment's share of the change, named by "
+        f"{alert}'s `drivers` annotation, is its rate + mix over that change (docs/alerts.md, Shift-share).",
+    )
+
+
 def _datasource_variable() -> dashboard_builders.DatasourceVariable:
     return dashboard_builders.DatasourceVariable("datasource").label("Data source").type("prometheus")
 
@@ -406,6 +431,9 @@ def engagement(config: MonitoringConfig) -> dashboard_builders.Dashboard:
                 "the alert threshold of the second (KpimonDauDroppedWeekOverWeek).",
             )
         )
+        .with_panel(
+            _shift_share("kpimon_active_users", 'window="1d"', "KpimonDauDroppedWeekOverWeek", decimals=0)
+        )
         .with_row(dashboard_builders.Row("Stickiness and lifecycle"))
         .with_panel(
             _series(
@@ -496,6 +524,15 @@ def engagement(config: MonitoringConfig) -> dashboard_builders.Dashboard:
                 unit="percentunit",
                 threshold=config.churn.max_rise_week_over_week,
                 description="Churn rate minus the churn rate of the same day last week (ratio points).",
+            )
+        )
+        .with_panel(
+            _shift_share(
+                "kpimon_churn_ratio",
+                f'window="{config.churn.window}"',
+                "KpimonChurnRoseWeekOverWeek",
+                unit="percentunit",
+                decimals=2,
             )
         )
         .with_panel(
@@ -658,6 +695,7 @@ def satisfaction(config: MonitoringConfig) -> dashboard_builders.Dashboard:
                 "alert threshold (KpimonNpsDroppedWeekOverWeek).",
             )
         )
+        .with_panel(_shift_share("kpimon_nps_score", w, "KpimonNpsDroppedWeekOverWeek"))
         .with_panel(
             _series(
                 "NPS by stage",
@@ -698,6 +736,15 @@ def satisfaction(config: MonitoringConfig) -> dashboard_builders.Dashboard:
                 unit="percentunit",
                 threshold=-sat.csat_max_drop_week_over_week,
                 description="CSAT minus CSAT of the same day last week (ratio points).",
+            )
+        )
+        .with_panel(
+            _shift_share(
+                "kpimon_csat_ratio",
+                w,
+                "KpimonCsatDroppedWeekOverWeek",
+                unit="percentunit",
+                decimals=2,
             )
         )
         .with_panel(

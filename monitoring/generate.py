@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from monitoring import grafana
-from monitoring.alertmanager import alertmanager_config
+from monitoring.alertmanager import alertmanager_yaml
 from monitoring.config import DEFAULT, MonitoringConfig
 from monitoring.dashboards import dashboards
 from monitoring.kubernetes import prometheus_rule, service_monitor
@@ -34,7 +34,8 @@ _SCRAPE_NOTE = (
 _ROUTING_NOTE = (
     "\nAlertmanager for kpimon: routes by team and severity (page / ticket / info), groups by alert and"
     "\nsegment, holds back the KPI alerts while a pipeline alert says there is no data or a worker is down."
-    "\nThe webhook receivers stand in for your pager, ticket and chat integrations (docs/alerts.md)."
+    "\nThe receivers are PLACEHOLDERS (webhooks that reach nobody): replace them by your pager, ticket and"
+    '\nchat integrations before use (docs/alerts.md, "Replace the placeholder receivers").'
 )
 
 
@@ -43,9 +44,7 @@ def generated_files(config: MonitoringConfig = DEFAULT) -> dict[Path, str]:
     files: dict[Path, str] = {
         PROMETHEUS_DIR / "prometheus.yml": to_yaml(prometheus_config(config), GENERATED + _SCRAPE_NOTE)
     }
-    files[ALERTMANAGER_DIR / "alertmanager.yml"] = to_yaml(
-        alertmanager_config(config), GENERATED + _ROUTING_NOTE
-    )
+    files[ALERTMANAGER_DIR / "alertmanager.yml"] = alertmanager_yaml(config, GENERATED + _ROUTING_NOTE)
     for name, document in prometheus_rule_files(config).items():
         files[RULES_DIR / name] = to_yaml(document, GENERATED)
     for name, board in dashboards(config).items():

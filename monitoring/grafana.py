@@ -5,9 +5,12 @@ of Prometheus + Alertmanager (use one or the other, or every alert notifies twic
   A: the Prometheus alert expression as an instant query, `max without ()` so that `__name__` is dropped
      like Prometheus drops it from alert labels (the labels are then the same as Prometheus' alerts);
   B: (KPI-vs-target alerts only) the target aligned to A's labels, read by the description;
-  C: the condition `$A == $A`: every series A returns fires (A returns only breaching series).
-`for`, labels and annotations are the Prometheus rule's; no data means OK (no breaching series), like an
-empty Prometheus alert expression. They need the recording rules loaded in the Prometheus they query.
+  C: the condition `$A == $A`: every series A returns fires (A returns only breaching series);
+  D, E: (alerts with an interval only) the KPI's 95 % interval bounds with A's labels, read by `interval`.
+`for`, labels and annotations are the Prometheus rule's (`value`, `target`, `interval` from the queries
+above; `drivers` names the dashboard panel of the split: Grafana's templates cannot query); no data means
+OK (no breaching series), like an empty Prometheus alert expression. They need the recording rules loaded
+in the Prometheus they query.
 """
 
 from __future__ import annotations
@@ -20,7 +23,15 @@ from grafana_foundation_sdk.models import alerting as alerting_models
 from grafana_foundation_sdk.models import dashboard as dashboard_models
 
 from monitoring.config import MonitoringConfig
-from monitoring.rules import Alert, alert_annotations, alert_groups, alert_labels, grafana_description
+from monitoring.rules import (
+    Alert,
+    alert_annotations,
+    alert_groups,
+    alert_labels,
+    grafana_description,
+    grafana_interval_exprs,
+    grafana_values,
+)
 
 #: Grafana's uid of server-side expressions.
 EXPRESSION_UID = "__expr__"
@@ -105,7 +116,9 @@ def grafana_rule(alert: Alert, config: MonitoringConfig) -> dict[str, object]:
         .condition("C")
         .for_val(alert.for_)
         .labels(alert_labels(alert, config))
-        .annotations(alert_annotations(alert, config, grafana_description(alert)))
+        .annotations(
+            {**alert_annotations(alert, config, grafana_description(alert)), **grafana_values(alert, config)}
+        )
         .no_data_state("OK")
         .exec_err_state("Error")
         .is_paused(False)
@@ -115,6 +128,9 @@ def grafana_rule(alert: Alert, config: MonitoringConfig) -> dict[str, object]:
         rule = rule.with_query(instant("B", alert.target_expr))
     condition = expr.TypeMath().expression("$A == $A").ref_id("C").datasource(expressions)
     rule = rule.with_query(alerting.Query("C").datasource_uid(EXPRESSION_UID).model(condition))
+    if alert.interval_kpi:
+        low, high = grafana_interval_exprs(alert)
+        rule = rule.with_query(instant("D", low)).with_query(instant("E", high))
     document: dict[str, object] = json.loads(json.dumps(rule.build(), cls=JSONEncoder))
     for key in _API_ONLY:
         document.pop(key, None)

@@ -24,6 +24,8 @@ from typing import Literal
 from kpimon.streams import catalogue
 from monitoring.config import MonitoringConfig
 from monitoring.promql import number, selector
+from monitoring.shiftshare import drivers_template, panel_title
+from monitoring.shiftshare import recording_rules as shift_share_rules
 
 #: How an alert's value (and target) read in its description.
 ValueFormat = Literal["percent", "decimal", "count", "duration"]
@@ -47,6 +49,9 @@ NO_WEEKLY_CHANGE = frozenset({"kpimon_retention_ratio"})
 #: Joins between two KPIs of the same segment (never on `day`: a selector fixes it on both sides).
 SEGMENT_JOIN = "on (window, dimension, segment)"
 TARGET = "kpi_window:kpimon_kpi_target:max"
+#: The recording rules of monitoring/shiftshare.py, in their own file (`SHIFT_SHARE_FILE`).
+SHIFT_SHARE_GROUP = "kpimon-shiftshare.rules"
+SHIFT_SHARE_FILE = "kpimon-shiftshare.yaml"
 #: DAU of the same weekday, median of the previous 4 weeks at the same time of day.
 DAU_MEDIAN_4W = "dimension_segment:kpimon_active_users:median4w"
 
@@ -91,6 +96,9 @@ class Alert:
     target_expr: str = ""
     #: The `kpi` label of the 95 % interval to show beside the alert (the KPI's interval now), or "".
     interval_kpi: str = ""
+    #: The KPI gauge whose all/all week-over-week change the `drivers` annotation splits by segment
+    #: (monitoring/shiftshare.py), or "".
+    drivers: str = ""
 
 
 @dataclass(frozen=True)
@@ -171,7 +179,14 @@ def recording_rules(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
             f"max by (job) ({selector('kpimon_last_snapshot_timestamp_seconds', job)})",
         ),
     )
-    return (RuleGroup("kpimon-kpis.rules", tuple(kpis)), RuleGroup("kpimon-pipeline.rules", pipeline))
+    # Shift-share in a group (and file) of its own: many expressions, needed by no alert condition (only by
+    # the `drivers` annotation), so the promtool tests of the alerts need not evaluate them at every step.
+    shift_share = tuple(RecordingRule(record, expr) for record, expr in shift_share_rules())
+    return (
+        RuleGroup("kpimon-kpis.rules", tuple(kpis)),
+        RuleGroup(SHIFT_SHARE_GROUP, shift_share),
+        RuleGroup("kpimon-pipeline.rules", pipeline),
+    )
 
 
 class _Kpis:
@@ -274,6 +289,7 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
             "DAU of {dimension}={segment} changed by {value} against the median of the same time of the same"
             f" weekday in the previous 4 weeks (alert below -{number(eng.dau_max_drop_ratio * 100)}%).",
             "percent",
+            drivers="kpimon_active_users",
         ),
         Alert(
             "KpimonStickinessBelowTarget",
@@ -316,6 +332,7 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
             " intervals).",
             "percent",
             interval_kpi="churn_rate",
+            drivers="kpimon_churn_ratio",
         ),
     )
 
@@ -400,6 +417,7 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
             f" (alert below -{number(sat.nps_max_drop_week_over_week)} and beyond the two 95 % intervals).",
             "decimal",
             interval_kpi="nps",
+            drivers="kpimon_nps_score",
         ),
         Alert(
             "KpimonCsatBelowTarget",
@@ -427,6 +445,7 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
             " two 95 % intervals).",
             "percent",
             interval_kpi="csat",
+            drivers="kpimon_csat_ratio",
         ),
         Alert(
             "KpimonCsatBelowTargetNpsOnTarget",
@@ -618,6 +637,40 @@ def grafana_description(alert: Alert) -> str:
     return _labels(alert.description, value, target)
 
 
+def grafana_interval_exprs(alert: Alert) -> tuple[str, str]:
+    """Queries D and E of a Grafana rule: the 95 % interval bounds of the alert's KPI with the labels of the
+    alerting series (window, day, dimension, segment; `kpi` aggregated away), matched to it by Grafana."""
+    low, high = (
+        f"max without (kpi) ({selector(kpi(m), kpi=alert.interval_kpi, day='current')})" for m in CI_GAUGES
+    )
+    return low, high
+
+
+def grafana_values(alert: Alert, config: MonitoringConfig) -> dict[str, str]:
+    """value, target, interval and drivers of a Grafana-managed rule: the Prometheus annotations' content,
+    read from the rule's own queries (A the alert, B the target, D and E the interval bounds).
+
+    Grafana's templates cannot run a query, and no value can carry a segment's name, so `drivers` names the
+    dashboard panel with the split instead of the segments.
+    """
+    fmt = _PROMETHEUS_VALUE[alert.value_format]
+    out = {"value": f"{{{{ {fmt} $values.A.Value }}}}"}
+    if alert.target_expr:
+        out["target"] = f'{{{{ with index $values "B" }}}}{{{{ {fmt} .Value }}}}{{{{ end }}}}'
+    if alert.interval_kpi:
+        kpi_fmt = _PROMETHEUS_VALUE[_KPI_FORMAT[alert.interval_kpi]]
+        out["interval"] = (
+            '{{ with index $values "D" }}{{ $low := .Value }}{{ with index $values "E" }}'
+            f"{{{{ {kpi_fmt} $low }}}} to {{{{ {kpi_fmt} .Value }}}}{{{{ end }}}}{{{{ end }}}}"
+        )
+    if alert.drivers:
+        out["drivers"] = (
+            '{{ if eq $labels.dimension "all" }}Which segments drove the change, split into rate and mix:'
+            f' the panel "{panel_title(alert.drivers)}" on {dashboard_url(alert, config)}{{{{ end }}}}'
+        )
+    return out
+
+
 def dashboard_url(alert: Alert, config: MonitoringConfig) -> str:
     """The alert's dashboard (its group's name is the dashboard's uid), opened on the alert's segment.
 
@@ -652,22 +705,28 @@ def prometheus_values(alert: Alert) -> dict[str, str]:
         out["target"] = prometheus_target(alert)
     if alert.interval_kpi:
         out["interval"] = prometheus_interval(alert)
+    if alert.drivers:
+        out["drivers"] = drivers_template(alert.drivers)
     return out
 
 
 def prometheus_rule_files(config: MonitoringConfig) -> dict[str, dict[str, object]]:
     """File name under deploy/prometheus/rules/ -> its document."""
-    recording: dict[str, object] = {
-        "groups": [
-            {
-                "name": g.name,
-                "rules": [
-                    {"record": r.record, "expr": r.expr} for r in g.rules if isinstance(r, RecordingRule)
-                ],
-            }
-            for g in recording_rules(config)
-        ]
-    }
+
+    def recording(groups: list[RuleGroup]) -> dict[str, object]:
+        return {
+            "groups": [
+                {
+                    "name": g.name,
+                    "rules": [
+                        {"record": r.record, "expr": r.expr} for r in g.rules if isinstance(r, RecordingRule)
+                    ],
+                }
+                for g in groups
+            ]
+        }
+
+    groups = recording_rules(config)
     alerting: dict[str, object] = {
         "groups": [
             {
@@ -690,4 +749,8 @@ def prometheus_rule_files(config: MonitoringConfig) -> dict[str, dict[str, objec
             for g in alert_groups(config)
         ]
     }
-    return {"kpimon-recording.yaml": recording, "kpimon-alerts.yaml": alerting}
+    return {
+        "kpimon-recording.yaml": recording([g for g in groups if g.name != SHIFT_SHARE_GROUP]),
+        SHIFT_SHARE_FILE: recording([g for g in groups if g.name == SHIFT_SHARE_GROUP]),
+        "kpimon-alerts.yaml": alerting,
+    }

@@ -25,7 +25,17 @@ from monitoring.dashboards import PanelQuery, bands, dashboards, panel_queries, 
 from monitoring.generate import GENERATED_DIRS, PROMETHEUS_DIR, RULES_DIR, generated_files
 from monitoring.promql import metric_names, substitute_variables
 from monitoring.render import to_yaml
-from monitoring.rules import KPI_GAUGES, RecordingRule, alert_groups, alerts, kpi, recording_rules
+from monitoring.rules import (
+    KPI_GAUGES,
+    RecordingRule,
+    alert_groups,
+    alerts,
+    kpi,
+    prometheus_rule_files,
+    prometheus_values,
+    recording_rules,
+)
+from monitoring.shiftshare import panel_title
 from scripts.generate import ROOT
 
 TESTS_DIR = ROOT / PROMETHEUS_DIR / "tests"
@@ -231,6 +241,9 @@ def test_every_exported_metric_is_documented_and_every_documented_one_exported(t
 def test_every_recorded_series_is_used() -> None:
     recorded = {r.record for g in recording_rules(DEFAULT) for r in g.rules if isinstance(r, RecordingRule)}
     used = {name for _, expr in all_expressions() for name in metric_names(expr)}
+    # ... or by the queries of an annotation template (the `drivers` annotation reads the shares).
+    templates = [t for a in alerts(DEFAULT) for t in prometheus_values(a).values()]
+    used |= {name for t in templates for query in re.findall(r"`([^`]*)`", t) for name in metric_names(query)}
     assert recorded - used == set()
 
 
@@ -324,6 +337,11 @@ def test_grafana_alerts_are_the_prometheus_alerts() -> None:
     rules = {rule["title"]: rule for group in groups for rule in group["rules"]}
     prometheus = {a.name: a for a in alerts(DEFAULT)}
     assert set(rules) == set(prometheus)
+    prometheus_annotations = {
+        a["alert"]: a["annotations"]
+        for g in prometheus_rule_files(DEFAULT)["kpimon-alerts.yaml"]["groups"]  # type: ignore[attr-defined]
+        for a in g["rules"]
+    }
     for name, alert in prometheus.items():
         rule = rules[name]
         queries = {q["refId"]: q for q in rule["data"]}
@@ -344,6 +362,17 @@ def test_grafana_alerts_are_the_prometheus_alerts() -> None:
         assert rule["annotations"]["runbook_url"] == DEFAULT.runbook_url(name)
         assert "$values.A.Value" in rule["annotations"]["description"]
         assert len(rule["uid"]) <= 40
+        # The same annotations as the Prometheus rule, read from the rule's own queries.
+        assert set(rule["annotations"]) == set(prometheus_annotations[name]), name
+        assert "$values.A.Value" in rule["annotations"]["value"]
+        assert ("target" in rule["annotations"]) == ("B" in queries)
+        assert ({"D", "E"} <= set(queries)) == bool(alert.interval_kpi) == ("interval" in rule["annotations"])
+        if alert.interval_kpi:
+            assert f'kpi="{alert.interval_kpi}"' in queries["D"]["model"]["expr"]
+            assert "kpimon_kpi_ci_low" in queries["D"]["model"]["expr"]
+            assert "kpimon_kpi_ci_high" in queries["E"]["model"]["expr"]
+        if alert.drivers:
+            assert panel_title(alert.drivers) in rule["annotations"]["drivers"]
     assert len({rule["uid"] for rule in rules.values()}) == len(rules)
     assert [g["name"] for g in groups] == [g.name for g in alert_groups(DEFAULT)]
 
@@ -373,7 +402,9 @@ def test_kpi_panels_follow_the_selected_segment() -> None:
     for query in panel_queries(DEFAULT):
         # stage, engagement (of respondents) and nps_group (of churn base users) panels fix their dimension
         fixed = ('dimension="stage"', 'dimension="engagement"', 'dimension="nps_group"')
-        if "dimension_segment:" in query.expr and not any(d in query.expr for d in fixed):
+        # The shift-share panels split the all/all change into every dimension's segments at once.
+        split = any(part in query.expr for part in (":rate_effect7d", ":mix_effect7d", ":overlap_effect7d"))
+        if "dimension_segment:" in query.expr and not any(d in query.expr for d in fixed) and not split:
             assert 'dimension="$dimension"' in query.expr, query
 
 
