@@ -155,6 +155,18 @@ class RuleFiles:
             out[level[rule["record"]]].append(rule)
         return out
 
+    def needed_records(self) -> set[str]:
+        """The recorded series the alert expressions read, directly or through other records."""
+        by_record = {rule["record"]: rule["expr"] for rules in self.recording.values() for rule in rules}
+        needed: set[str] = set()
+        todo = [name for alert in self.alerts for name in _NAME.findall(alert.expr)]
+        while todo:
+            name = todo.pop()
+            if name in by_record and name not in needed:
+                needed.add(name)
+                todo.extend(_NAME.findall(by_record[name]))
+        return needed
+
     def raw_metrics(self) -> set[str]:
         """The exported metric names the alerts read, directly or through recording rules."""
         by_record = {rule["record"]: rule["expr"] for rules in self.recording.values() for rule in rules}
@@ -476,12 +488,14 @@ def backfill_rules(
     before the next level, whose rules read these records. (`promtool tsdb create-blocks-from rules` does
     the same, a 2-hour block at a time: slower by far over months.)
     """
+    # Only what the alerts read: records read by annotations alone (shift-share) change no episode.
+    needed = rules.needed_records()
     levels: list[list[tuple[str, dict[str, str]]]] = []
     for group in steps:
         for n, group_level in enumerate(rules.levels(group)):
             while len(levels) <= n:
                 levels.append([])
-            levels[n].extend((group, rule) for rule in group_level)
+            levels[n].extend((group, rule) for rule in group_level if rule["record"] in needed)
     samples = 0
     for n, level in enumerate(levels):
         days: dict[int, DayFile] = {}
@@ -629,7 +643,8 @@ def run(
     prometheus.start()
     try:
         started = time.monotonic()
-        steps = {group: kpi_step if "kpis" in group else EVAL_S for group in rules.recording}
+        # The pipeline's rules read counters scraped every minute; the others, KPI gauges.
+        steps = {group: EVAL_S if "pipeline" in group else kpi_step for group in rules.recording}
         backfill_rules(prometheus, rules, work, history.first_s, history.end_s, steps)
         timings["recording rules"] = time.monotonic() - started
         say(f"recording rules backfilled ({timings['recording rules']:.0f} s)")

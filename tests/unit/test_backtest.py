@@ -69,6 +69,9 @@ def test_only_the_metrics_the_alerts_read_are_exported() -> None:
     raw = RuleFiles.load(RULES_DIR).raw_metrics()
     assert {"kpimon_nps_score", "kpimon_kpi_target", "kpimon_events", "kpimon_active_users"} <= raw
     assert "kpimon_lifecycle_users" not in raw  # recorded, but no alert reads it
+    needed = RuleFiles.load(RULES_DIR).needed_records()
+    assert "dimension_segment:kpimon_nps_score:delta7d" in needed
+    assert "dimension_segment:kpimon_lifecycle_users:max" not in needed
 
 
 def test_a_day_file_is_openmetrics_with_families_together(tmp_path: Path) -> None:
