@@ -12,9 +12,10 @@ RUN_STAMP := $(VENV)/.installed-run-$(shell cksum pyproject.toml | cut -d' ' -f1
 NATIVE := native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs)
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+BUDGET_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-deps demo-deps run test lint typecheck format unit bench bench-quick kafka-start kafka-stop clean generate
+.PHONY: help setup system-deps demo-deps run test lint typecheck format unit bench bench-quick kafka-start kafka-stop clean generate alert-budget
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -84,6 +85,9 @@ kafka-stop: setup  ## stop the local Kafka
 
 clean:  ## remove the virtualenv and caches (not ~/.kpimon)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+alert-budget: setup  ## back-test the alert rules on a simulated history (BUDGET_ARGS=--help; ~1 h for the default 90 days)
+	$(BIN)/python -m monitoring.backtest $(BUDGET_ARGS)
 
 generate: setup  ## regenerate committed generated files (JSON Schemas, ...)
 	$(BIN)/python -m scripts.generate

@@ -78,8 +78,12 @@ class EngagementAlerts:
 class PipelineAlerts:
     """Health of the workers and their input."""
 
-    #: No input message at all (any topic, any outcome) for this long.
+    #: No input message at all (any topic, any outcome) for this long ...
     no_events_window: str = "10m"
+    #: ... unless the same window a week ago held fewer messages than this: a quiet hour (a small product at
+    #: night) has silent 10-minute spells that are no outage (the alert back-test, docs/alerts.md). With no
+    #: data a week ago (a new deployment) the alert fires on silence alone.
+    no_events_min_last_week: int = 60
     #: Share of input messages dead-lettered, per topic, over `rate_window`.
     dead_letter_max_ratio: float = 0.01
     rate_window: str = "5m"

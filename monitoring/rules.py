@@ -195,10 +195,12 @@ class _Kpis:
     def __init__(self, config: MonitoringConfig) -> None:
         self.config = config
 
-    def current(self, metric: str, window: str, *, alerting: bool = True, **labels: str) -> str:
-        """The current-day recorded series of a KPI; `alerting` adds the configured segment selector."""
+    def current(
+        self, metric: str, window: str, *, alerting: bool = True, day: str = "current", **labels: str
+    ) -> str:
+        """The current-day (or `day`) recorded series of a KPI; `alerting` adds the segment selector."""
         extra = self.config.kpi_alert_selector if alerting else ""
-        return selector(kpi(metric), extra, **labels, window=window, day="current")
+        return selector(kpi(metric), extra, **labels, window=window, day=day)
 
     def recorded(self, record: str, window: str) -> str:
         """A derived per-segment series (delta7d, relchange7d) of the current day, alerting segments only."""
@@ -209,7 +211,7 @@ class _Kpis:
         """The normalised target series of a KPI."""
         return selector(TARGET, kpi=kpi_name, direction=direction)
 
-    def breach(self, metric: str, kpi_name: str, window: str, direction: str) -> str:
+    def breach(self, metric: str, kpi_name: str, window: str, direction: str, day: str = "current") -> str:
         """The KPI's current value where it is on the wrong side of its target (nothing without a target).
 
         For a KPI with a 95 % interval (`CI_KPIS`) the whole interval must be on the wrong side: its upper
@@ -218,7 +220,7 @@ class _Kpis:
         op = "<" if direction == "min" else ">"
         target = self.target(kpi_name, direction)
         if metric not in CI_KPIS:
-            return f"{self.current(metric, window)} {op} on (window) group_left {target}"
+            return f"{self.current(metric, window, day=day)} {op} on (window) group_left {target}"
         bound = "kpimon_kpi_ci_high" if direction == "min" else "kpimon_kpi_ci_low"
         interval = self.current(bound, window, kpi=kpi_name)
         return (
@@ -244,11 +246,12 @@ class _Kpis:
             f"{self.current(metric, window)} {op} on (window) group_left {self.target(kpi_name, direction)}"
         )
 
-    def aligned_target(self, metric: str, kpi_name: str, window: str, direction: str) -> str:
+    def aligned_target(
+        self, metric: str, kpi_name: str, window: str, direction: str, day: str = "current"
+    ) -> str:
         """The target with the KPI series' labels (for Grafana's description)."""
-        return (
-            f"{self.current(metric, window)} * 0 + on (window) group_left {self.target(kpi_name, direction)}"
-        )
+        series = self.current(metric, window, day=day)
+        return f"{series} * 0 + on (window) group_left {self.target(kpi_name, direction)}"
 
     @staticmethod
     def target_query(kpi_name: str, direction: str) -> str:
@@ -274,7 +277,9 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
     churn_base = (
         f"({k.current('kpimon_churn_base_users', churn.window, alerting=False)} >= {churn.min_base_users})"
     )
-    mau = k.current("kpimon_active_users", "30d", alerting=False)
+    # Stickiness of the previous, whole day: the current day's DAU grows from 0 at midnight, so its
+    # DAU / MAU was below any sensible target every night (the alert back-test: a ticket a day).
+    mau = k.current("kpimon_active_users", "30d", alerting=False, day="previous")
     dau_median = k.recorded(DAU_MEDIAN_4W, "1d")
     engagement: tuple[Alert, ...] = (
         Alert(
@@ -294,7 +299,7 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
         Alert(
             "KpimonStickinessBelowTarget",
             "kpimon-engagement",
-            f"({k.breach('kpimon_stickiness_ratio', 'stickiness', '30d', 'min')})\n"
+            f"({k.breach('kpimon_stickiness_ratio', 'stickiness', '30d', 'min', day='previous')})\n"
             f"and {SEGMENT_JOIN}\n({mau} >= {eng.stickiness_min_mau})",
             eng.for_stickiness,
             "warning",
@@ -302,7 +307,7 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
             where.replace("{kpi}", "stickiness") + " is {value}, below its target of {target}.",
             "percent",
             k.target_query("stickiness", "min"),
-            k.aligned_target("kpimon_stickiness_ratio", "stickiness", "30d", "min"),
+            k.aligned_target("kpimon_stickiness_ratio", "stickiness", "30d", "min", day="previous"),
         ),
         Alert(
             "KpimonChurnAboveTarget",
@@ -486,7 +491,9 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
         Alert(
             "KpimonNoEvents",
             "kpimon-pipeline",
-            f"sum by (job) (increase({selector('kpimon_events_total', job)}[{pipe.no_events_window}])) == 0",
+            f"sum by (job) (increase({selector('kpimon_events_total', job)}[{pipe.no_events_window}])) == 0\n"
+            f"unless on (job)\nsum by (job) (increase({selector('kpimon_events_total', job)}"
+            f"[{pipe.no_events_window}] offset 7d)) < {pipe.no_events_min_last_week}",
             "0s",
             "critical",
             "No input events",

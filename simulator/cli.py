@@ -109,7 +109,9 @@ def write_files(messages: Iterable[tuple[str, bytes]], out_dir: Path) -> None:
     multiple=True,
     metavar="KIND:SEGMENT",
     help="nps-drop:SEGMENT (a true NPS drop), nps-noise:SEGMENT (the same drop on only 5 answers: noise"
-    " an alert must ignore) or churn-wave:SEGMENT; SEGMENT a platform or plan (android, team, plan=pro).",
+    " an alert must ignore), churn-wave:SEGMENT, retention-drop:SEGMENT, detractor-churn:SEGMENT or"
+    " dau-drop:SEGMENT (the segment's users come on 40 % fewer days); SEGMENT a platform or plan (android,"
+    " team, plan=pro) or all. Batch: KIND:SEGMENT@N starts it N days before the end.",
 )
 @click.option(
     "--no-signup-fraction",
@@ -123,6 +125,12 @@ def write_files(messages: Iterable[tuple[str, bytes]], out_dir: Path) -> None:
     default=None,
     help="Batch: mean clicks per active user-day, in one session a day (default: the model's sessions,"
     " about 6). Low values give traffic where most clicks turn a new (user, day) active.",
+)
+@click.option(
+    "--plan-tiers",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Batch: split each plan into N tiers, reported as plan free-1 .. free-N (more, smaller segments).",
 )
 @click.option(
     "--thin",
@@ -160,6 +168,7 @@ def simulate(
     scenario_texts: tuple[str, ...],
     no_signup_fraction: float,
     clicks_per_day: float | None,
+    plan_tiers: int,
     thin: bool,
     population_file: Path | None,
     live: bool,
@@ -181,6 +190,8 @@ def simulate(
     shows that the NPS alerts tell a real change from noise):
       --scenario nps-drop:android   android's NPS answers drop by about 100 points on ~30 answers a week
       --scenario nps-noise:ios      ios' NPS swings as much, but on 5 answers (its other prompts dismissed)
+      --scenario dau-drop:all       DAU about 40 % lower for 7 days
+      --scenario churn-wave:plan=team@40   team users leave from 40 days before the end on
 
     The traffic has a daily and weekly rhythm, ios/android/web and free/pro/team segments, signups, quiet
     spells and churn, NPS and CSAT surveys with segment-specific satisfaction, and deliberate noise: late
@@ -240,6 +251,7 @@ def simulate(
         scenarios=scenarios,
         no_signup_fraction=no_signup_fraction,
         clicks_per_day=clicks_per_day,
+        plan_tiers=plan_tiers,
         thin=thin,
     )
     try:

@@ -175,6 +175,10 @@ LIVE_CHURN_WAVE_SHARE = 0.85
 #: falls to a few percent and D7 to about nothing (from about 20 % each).
 RETENTION_DROP_DAYS = 14
 RETENTION_DROP_HAZARD = 0.95
+#: dau-drop: the segment's users are active on fewer days, their daily chance to come back times 0.6 (DAU of
+#: the segment about 40 % lower; batch: the last 7 days, live: after the delay).
+DAU_DROP_DAYS = 7
+DAU_DROP_FACTOR = 0.6
 #: detractor-churn: in the last 14 days of a batch (live: after the delay), a user of the segment whose
 #: latest NPS answer, given in that period, is a detractor's leaves with a daily hazard of 0.5.
 DETRACTOR_CHURN_DAYS = 14
@@ -225,7 +229,7 @@ SURVEY_KINDS = tuple(InvalidKind)
 # ---------------------------------------------------------------------------------------------------------
 # Scenarios
 
-SCENARIO_KINDS = ("nps-drop", "nps-noise", "churn-wave", "retention-drop", "detractor-churn")
+SCENARIO_KINDS = ("nps-drop", "nps-noise", "churn-wave", "retention-drop", "detractor-churn", "dau-drop")
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,34 +245,61 @@ class Scenario:
     users who sign up after the delay).
     `detractor-churn`: the segment's detractors leave (batch: those who answered 0..6 in the last 14 days;
     live: after the delay). Its segment may be `all`.
+    `dau-drop`: the segment's users come on fewer days (batch: the last 7 days; live: after the delay).
+
+    Batch: `KIND:SEGMENT@N` starts the scenario N days before the end instead (day end - N + 1) and keeps
+    its usual length (nps-drop, nps-noise and dau-drop: 7 days; the others: to the end), so several
+    scenarios can follow one another in one history (the alert back-test measures detection that way).
     """
 
-    kind: Literal["nps-drop", "nps-noise", "churn-wave", "retention-drop", "detractor-churn"]
+    kind: Literal["nps-drop", "nps-noise", "churn-wave", "retention-drop", "detractor-churn", "dau-drop"]
     dimension: Literal["platform", "plan", "all"]
     value: str
+    #: Batch: days before the end the scenario starts (None: its default period at the end).
+    start_days_before_end: int | None = None
 
     @classmethod
     def parse(cls, text: str) -> Scenario:
-        """`KIND:SEGMENT` with SEGMENT a platform or plan value (`android`) or `DIMENSION=VALUE`."""
+        """`KIND:SEGMENT[@N]` with SEGMENT a platform or plan value (`android`) or `DIMENSION=VALUE`."""
+        text, at, start = text.partition("@")
+        days = None
+        if at:
+            if not start.isdigit() or int(start) < 1:
+                raise ValueError(f"@N must be a number of days >= 1, got {start!r}")
+            days = int(start)
         kind, sep, segment = text.partition(":")
         if not sep or kind not in SCENARIO_KINDS:
             kinds = ", ".join(f"{k}:SEGMENT" for k in SCENARIO_KINDS)
             raise ValueError(f"scenario must be one of {kinds}, got {text!r}")
         if segment == "all":
-            return cls(kind, "all", "all")  # type: ignore[arg-type]
+            return cls(kind, "all", "all", days)  # type: ignore[arg-type]
         dimension, eq, value = segment.partition("=")
         if not eq:
             value = dimension
             dimension = "platform" if value in PLATFORMS else "plan"
         if dimension == "platform" and value in PLATFORMS:
-            return cls(kind, "platform", value)  # type: ignore[arg-type]
+            return cls(kind, "platform", value, days)  # type: ignore[arg-type]
         if dimension == "plan" and value in PLANS:
-            return cls(kind, "plan", value)  # type: ignore[arg-type]
+            return cls(kind, "plan", value, days)  # type: ignore[arg-type]
         known = ", ".join([*PLATFORMS, *PLANS])
         raise ValueError(f"unknown scenario segment {segment!r} (one of {known}, or platform=/plan=VALUE)")
 
     def __str__(self) -> str:
-        return f"{self.kind}:{self.dimension}={self.value}"
+        at = "" if self.start_days_before_end is None else f"@{self.start_days_before_end}"
+        return f"{self.kind}:{self.dimension}={self.value}{at}"
+
+    def period(self, end_day: int, default_days: int, length: int | None) -> tuple[int, int]:
+        """Batch: the scenario's first and last day, given the default period (the last `default_days`
+        days) and its length when moved with @N (None: to the end)."""
+        if self.start_days_before_end is None:
+            return end_day - default_days + 1, end_day
+        first = end_day - self.start_days_before_end + 1
+        return first, end_day if length is None else first + length - 1
+
+    def active(self, day: int, end_day: int, default_days: int, length: int | None) -> bool:
+        """Batch: whether the scenario is in force on `day`."""
+        first, last = self.period(end_day, default_days, length)
+        return first <= day <= last
 
     def covers(self, platform: str, plan: str) -> bool:
         """Whether a session on `platform` by a user on `plan` is in the scenario's segment."""
@@ -429,6 +460,9 @@ class BatchConfig:
     #: model's own sessions (several a day of a few clicks each, about 6 clicks per active user-day).
     #: A low value gives traffic where most clicks turn a new (user, day) active.
     clicks_per_day: float | None = None
+    #: Each plan split into this many price tiers, reported as plan `<plan>-1` .. `<plan>-N` (a user's tier
+    #: follows from their id; behaviour follows the plan): more plan segments, each smaller. 1: plain plans.
+    plan_tiers: int = 1
     #: Only the messages that can change a KPI (`thin_clicks`): the same KPIs from about a quarter of the
     #: messages, for a quick backfill (the demo's history).
     thin: bool = False
@@ -457,6 +491,8 @@ class BatchConfig:
             raise ValueError("lateness_days must allow at least 5 minutes")
         if self.clicks_per_day is not None and self.clicks_per_day < 1:
             raise ValueError("clicks_per_day must be at least 1")
+        if self.plan_tiers < 1:
+            raise ValueError("plan_tiers must be at least 1")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -866,10 +902,9 @@ class BatchModel:
         self._wave = [s for s in config.scenarios if s.kind == "churn-wave"]
         self._retention = [s for s in config.scenarios if s.kind == "retention-drop"]
         self._detractors = [s for s in config.scenarios if s.kind == "detractor-churn"]
-        self._drop_from = end - NPS_DROP_DAYS + 1
-        self._wave_from = end - CHURN_WAVE_DAYS + 1
-        self._retention_from = end - RETENTION_DROP_DAYS + 1
-        self._detractors_from = end - DETRACTOR_CHURN_DAYS + 1
+        self._dau = [s for s in config.scenarios if s.kind == "dau-drop"]
+        self._retention_from = [s.period(end, RETENTION_DROP_DAYS, None)[0] for s in self._retention]
+        self._detractors_from = [s.period(end, DETRACTOR_CHURN_DAYS, None)[0] for s in self._detractors]
         #: The users active on the day generated last, sessions cut at `now` or not (live traffic goes on
         #: with them: `Population`).
         self.active: list[User] = []
@@ -879,6 +914,9 @@ class BatchModel:
         rng = seeded(self.config.seed, "day", day)
         end_ms = min((day + 1) * DAY_MS - 1, self.config.cap_ms)
         weekend = is_weekend(day)
+        end = self.config.end_day
+        waves = [s for s in self._wave if s.active(day, end, CHURN_WAVE_DAYS, None)]
+        dau_drops = [s for s in self._dau if s.active(day, end, DAU_DROP_DAYS, DAU_DROP_DAYS)]
         drafts: list[Draft] = []
         self.active = []
         for user in self.users:
@@ -890,14 +928,16 @@ class BatchModel:
                     continue
                 onboarding = day - user.signup_day < ONBOARDING_DAYS
                 hazard = (ONBOARDING_CHURN if onboarding else ESTABLISHED_CHURN) * user.churn_factor()
-                if day >= self._wave_from and any(user.in_segment(s) for s in self._wave):
+                if waves and any(user.in_segment(s) for s in waves):
                     hazard = max(hazard, CHURN_WAVE_HAZARD)
-                if user.signup_day >= self._retention_from and any(
-                    user.in_segment(s) for s in self._retention
+                if any(
+                    user.signup_day >= first and user.in_segment(s)
+                    for s, first in zip(self._retention, self._retention_from, strict=True)
                 ):
                     hazard = max(hazard, RETENTION_DROP_HAZARD)
-                if user.recent_detractor(self._detractors_from) and any(
-                    user.in_segment(s) for s in self._detractors
+                if any(
+                    user.recent_detractor(first) and user.in_segment(s)
+                    for s, first in zip(self._detractors, self._detractors_from, strict=True)
                 ):
                     hazard = max(hazard, DETRACTOR_CHURN_HAZARD)
                 r = rng.random()
@@ -910,6 +950,8 @@ class BatchModel:
                 chance = user.engagement * (WEEKEND_FACTOR[user.plan] if weekend else 1.0)
                 if onboarding:
                     chance = min(0.98, chance * ONBOARDING_BOOST)
+                if dau_drops and any(user.in_segment(s) for s in dau_drops):
+                    chance *= DAU_DROP_FACTOR  # the same draw below: the other users' traffic is unchanged
                 if rng.random() >= chance:
                     continue
             self.active.append(user)
@@ -929,8 +971,9 @@ class BatchModel:
             # The first session is the signup itself; nothing happens before it.
             starts = [user.signup_ms] + [s for s in starts[1:] if s > user.signup_ms]
         starts.sort()
-        drops = self._drop if day >= self._drop_from else ()
-        noise = self._noise if day >= self._drop_from else ()
+        end = self.config.end_day
+        drops = [s for s in self._drop if s.active(day, end, NPS_DROP_DAYS, NPS_DROP_DAYS)]
+        noise = [n for n in self._noise if n.scenario.active(day, end, NPS_DROP_DAYS, NPS_DROP_DAYS)]
         out: list[Draft] = []
         for i, start in enumerate(starts):
             if start > end_ms:
@@ -941,6 +984,12 @@ class BatchModel:
                     rng, user, start, end_ms, first, drops, nps_noise=noise, extra_events=extra_events
                 )
             )
+        tiers = self.config.plan_tiers
+        if tiers > 1:
+            tier = int(user.user_id[-6:], 16) % tiers + 1
+            for draft in out:
+                if draft.plan is not None:
+                    draft.plan = f"{draft.plan}-{tier}"
         return out
 
 
@@ -1299,6 +1348,8 @@ class LiveModel:
         user = _weighted(rng, self.active, self._weights)
         if user.user_id in self.busy or self.silent_from.get(user.user_id, now_ms + 1) <= now_ms:
             return None
+        if self.scenario_started and self._covered(user, "dau-drop") and rng.random() >= DAU_DROP_FACTOR:
+            return None  # dau-drop: fewer of the segment's users come
         return user
 
     def _set_active(self, users: list[User]) -> None:

@@ -583,7 +583,11 @@ fn changes(base: i64, old: U256, new: U256, off: u32, nb: U256, na: U256, with_r
     let mut after = Vec::with_capacity(COUNTERS.len());
     contribution(old, old7, old30, nb, old_present, &mut before);
     contribution(new, new7, new30, na, new_present, &mut after);
-    debug_assert!(before.len() == ENGAGEMENT_COUNTERS || before.len() == COUNTERS.len());
+    // Engagement counters, then (with retention) three per retention offset: the numbering diff_runs uses.
+    debug_assert!(
+        before.len() == after.len()
+            && (before.len() == ENGAGEMENT_COUNTERS || before.len() == ENGAGEMENT_COUNTERS + 3 * RETENTION_OFFSETS.len())
+    );
     let mut out = Vec::new();
     diff_runs(0, &before, &after, base, &mut out);
     out

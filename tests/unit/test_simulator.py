@@ -28,6 +28,7 @@ from kpimon.simulator.cli import parse_now, simulate
 from kpimon.simulator.model import (
     CHURN_WAVE_DAYS,
     CLICK_KINDS,
+    DAU_DROP_DAYS,
     DAY_MS,
     EXPECTED_PLAN_SHARES,
     EXPECTED_PLATFORM_SHARES,
@@ -203,6 +204,13 @@ def test_scenario_segments() -> None:
     assert Scenario.parse("nps-noise:ios") == Scenario("nps-noise", "platform", "ios")
     with pytest.raises(ValueError, match="unknown scenario segment"):
         Scenario.parse("nps-drop:platform=team")
+    moved = Scenario.parse("dau-drop:all@30")
+    assert moved == Scenario("dau-drop", "all", "all", 30) and str(moved) == "dau-drop:all=all@30"
+    assert moved.period(100, 7, 7) == (71, 77)  # starts 30 days before the end, lasts its 7 days
+    assert Scenario.parse("churn-wave:team@40").period(100, 10, None) == (61, 100)  # to the end
+    assert Scenario.parse("dau-drop:ios").period(100, 7, 7) == (94, 100)  # the default: the last 7 days
+    with pytest.raises(ValueError, match="@N"):
+        Scenario.parse("dau-drop:ios@0")
 
 
 # --- validity ------------------------------------------------------------------------------------------
@@ -586,6 +594,38 @@ def test_churn_wave_quiets_the_segment_in_the_last_ten_days(small: list[Line]) -
     early = range(wave_from - 7, wave_from)
     assert team_active(wave, early) == team_active(small, early)
     assert by_event_day(small, wave_from) == by_event_day(wave, wave_from)
+
+
+def test_dau_drop_makes_the_segment_come_on_fewer_days_for_a_week(small: list[Line]) -> None:
+    dropped = run(replace(SMALL, scenarios=(Scenario.parse("dau-drop:ios@14"),)))
+    drop_from = END_DAY - 14 + 1
+    week = range(drop_from, drop_from + DAU_DROP_DAYS)
+
+    def ios_user_days(lines: list[Line], days: range) -> int:
+        return len(
+            {
+                (a.event.user_id, a.day)
+                for a in accepted(lines, "clicks")
+                if a.day in days and a.event.platform == "ios"
+            }
+        )
+
+    ratio = ios_user_days(dropped, week) / ios_user_days(small, week)
+    assert 0.45 < ratio < 0.75  # about DAU_DROP_FACTOR (second-platform sessions and onboarding aside)
+    assert by_event_day(small, drop_from) == by_event_day(dropped, drop_from)  # nothing changes before
+
+
+def test_plan_tiers_split_each_plan_and_change_nothing_else(small: list[Line]) -> None:
+    tiered = run(replace(SMALL, plan_tiers=2))
+    plans = Counter(a.event.plan for a in accepted(tiered, "clicks"))
+    assert {p for p in plans if p is not None} == {
+        f"{p}-{t}" for p in ("free", "pro", "team") for t in (1, 2)
+    }
+    untiered = [
+        (a.event.user_id, a.ts_ms, (a.event.plan or "").rpartition("-")[0] or None)
+        for a in accepted(tiered, "clicks")
+    ]
+    assert untiered == [(a.event.user_id, a.ts_ms, a.event.plan) for a in accepted(small, "clicks")]
 
 
 # --- live ------------------------------------------------------------------------------------------------
