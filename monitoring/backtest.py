@@ -46,7 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
@@ -70,9 +70,18 @@ DAY_S = 86_400
 EVAL_S = 60
 #: query_range returns at most 11,000 points per series.
 _MAX_POINTS = 10_000
+#: Days per TSDB block written by promtool (at most: blocks are aligned to multiples of it).
+BLOCK_DAYS = 365
+EOF = "# EOF\n"
 JOB, INSTANCE = "kpimon", "backtest:6066"
-#: Per-worker health gauges of a healthy worker (scraped, reaching Kafka): the outages are not modelled.
-HEALTHY = {"up": 1.0, "kpimon_kafka_reachable": 1.0}
+#: The alerts of what is not modelled (worker outages, restarts, Kafka outages, consumer lag): a healthy
+#: worker's series (`up` 1, Kafka reachable, a snapshot every few seconds, no lag) cannot make them fire, so
+#: their series are not exported and they are reported as not modelled, not as quiet.
+NOT_MODELLED = frozenset(
+    {"KpimonSnapshotStale", "KpimonKafkaUnreachable", "KpimonWorkerDown", "KpimonConsumerLagGrowing"}
+)
+#: The `reason` label of the dead-letter counters, summed over reasons.
+DEAD_LETTER_REASON = "all"
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": DAY_S, "w": 7 * DAY_S}
@@ -99,6 +108,8 @@ class AlertRule:
     expr: str
     for_s: int
     severity: str
+    #: `keep_firing_for` in seconds (0: none).
+    keep_s: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,7 @@ class RuleFiles:
                                 rule["expr"],
                                 seconds(rule.get("for", "0s")),
                                 rule["labels"]["severity"],
+                                seconds(rule.get("keep_firing_for", "0s")),
                             )
                         )
         return cls(recording, alerts)
@@ -155,11 +167,46 @@ class RuleFiles:
             out[level[rule["record"]]].append(rule)
         return out
 
+    def modelled(self) -> list[AlertRule]:
+        """The alerts the back-test evaluates: all but those of outages it does not model."""
+        return [alert for alert in self.alerts if alert.name not in NOT_MODELLED]
+
+    def inlined(self, groups: set[str]) -> RuleFiles:
+        """These rules with the records of the recording `groups` written into the alerts that read them.
+
+        For alerts evaluated at the step of those records (the pipeline's, every minute) a record read as a
+        plain instant vector (no matchers, range or offset) is exactly its expression at the same times, so
+        nothing need be recorded: months of per-minute records are the slowest part of a back-test
+        otherwise. A record read otherwise stays a record (backfilled).
+        """
+        by_record = {rule["record"]: rule["expr"] for g in groups for rule in self.recording.get(g, [])}
+
+        def inline(expr: str) -> str | None:
+            for name in set(_NAME.findall(expr)) & set(by_record):
+                reference = re.compile(rf"(?<![\w:]){re.escape(name)}(?![\w:])")
+                for match in reference.finditer(expr):
+                    after = expr[match.end() :].lstrip()
+                    if after.startswith(("{", "[", "offset", "@")):
+                        return None
+                inner = inline(by_record[name])
+                if inner is None:
+                    return None
+                expr = reference.sub(f"({inner})".replace("\\", r"\\"), expr)
+            return expr
+
+        alerts = [
+            replace(alert, expr=inline(alert.expr) or alert.expr)
+            if alert.group.endswith("pipeline")
+            else alert
+            for alert in self.alerts
+        ]
+        return RuleFiles(self.recording, alerts)
+
     def needed_records(self) -> set[str]:
-        """The recorded series the alert expressions read, directly or through other records."""
+        """The recorded series the modelled alerts read, directly or through other records."""
         by_record = {rule["record"]: rule["expr"] for rules in self.recording.values() for rule in rules}
         needed: set[str] = set()
-        todo = [name for alert in self.alerts for name in _NAME.findall(alert.expr)]
+        todo = [name for alert in self.modelled() for name in _NAME.findall(alert.expr)]
         while todo:
             name = todo.pop()
             if name in by_record and name not in needed:
@@ -168,10 +215,10 @@ class RuleFiles:
         return needed
 
     def raw_metrics(self) -> set[str]:
-        """The exported metric names the alerts read, directly or through recording rules."""
+        """The exported metric names the modelled alerts read, directly or through recording rules."""
         by_record = {rule["record"]: rule["expr"] for rules in self.recording.values() for rule in rules}
         seen: set[str] = set()
-        todo = [name for alert in self.alerts for name in _NAME.findall(alert.expr)]
+        todo = [name for alert in self.modelled() for name in _NAME.findall(alert.expr)]
         raw: set[str] = set()
         while todo:
             name = todo.pop()
@@ -206,17 +253,28 @@ class DayFile:
 
     def write(self, path: Path) -> int:
         """Write the file; the number of samples."""
-        count = 0
         with path.open("w", encoding="utf-8") as out:
-            for family in sorted(self.families):
-                kind, series = self.families[family]
-                out.write(f"# TYPE {family} {kind}\n")
-                for name, samples in sorted(series.items()):
-                    for stamp, value in samples:
-                        text = value if isinstance(value, str) else repr(value)
-                        out.write(f"{name} {text} {stamp}\n")
-                    count += len(samples)
-            out.write("# EOF\n")
+            count = self.append_to(out)
+            out.write(EOF)
+        return count
+
+    def append_to(self, out: TextIO) -> int:
+        """Append the samples to an OpenMetrics stream (without its `# EOF`); the number of samples.
+
+        Days appended one after the other make one file of the whole history: a family's TYPE line then
+        repeats once a day, which promtool's parser takes, and one import makes a few large blocks instead
+        of twelve 2-hour blocks a day (130 promtool runs and 1,500 blocks for 130 days: 5 times slower).
+        """
+        count = 0
+        for family in sorted(self.families):
+            kind, series = self.families[family]
+            out.write(f"# TYPE {family} {kind}\n")
+            for name, samples in sorted(series.items()):
+                out.writelines(
+                    f"{name} {value if isinstance(value, str) else repr(value)} {stamp}\n"
+                    for stamp, value in samples
+                )
+                count += len(samples)
         return count
 
 
@@ -260,7 +318,7 @@ def replay(
     pending: PendingRuns = Counter()
     counters = engine.counters(0)
     events: Counter[tuple[str, str]] = Counter({(t, o): 0 for t in ("clicks", "surveys") for o in _OUTCOMES})
-    dead: Counter[tuple[str, str]] = Counter()
+    dead: Counter[str] = Counter()
     base = (("instance", INSTANCE), ("job", JOB))
     first_s = config.first_day * DAY_S
     next_kpi = next_scrape = first_s
@@ -270,11 +328,13 @@ def replay(
     segments: set[tuple[str, str]] = set()
     clock_ms = first_s * 1000
 
+    history = out_dir / "history.om"
+    stream = history.open("w", encoding="utf-8")
+    files.append(history)
+
     def flush_day(day: int) -> None:
         nonlocal day_file, samples
-        path = out_dir / f"{day}.om"
-        samples += day_file.write(path)
-        files.append(path)
+        samples += day_file.append_to(stream)
         day_file = DayFile()
 
     label_text: dict[tuple[str, tuple[str, ...]], str] = {}
@@ -285,23 +345,24 @@ def replay(
             text = label_text[metric, values] = _labels((*base, *zip(names, values, strict=True)))
         return text
 
+    # The pipeline counters, scraped every minute: the bulk of the samples, so their label texts are made
+    # once. Dead letters are summed over their reasons (one series per topic, `reason="all"`): the rules
+    # the alerts read sum them by topic anyway, and 15 series a minute become 2.
+    counter_labels = {key: labels_of("kpimon_events", ("topic", "outcome"), key) for key in sorted(events)}
+    dead_labels = {
+        topic: labels_of("kpimon_dead_letters", ("topic", "reason"), (topic, DEAD_LETTER_REASON))
+        for topic in ("clicks", "surveys")
+    }
+    export_dead = "kpimon_dead_letters" in metrics
+
     def scrape(stamp: int) -> None:
-        for (topic, outcome), value in sorted(events.items()):
-            labels = labels_of("kpimon_events", ("topic", "outcome"), (topic, outcome))
-            day_file.add("kpimon_events", "counter", "kpimon_events_total", labels, stamp, value)
-        if "kpimon_dead_letters" in metrics:
-            for (topic, reason), value in sorted(dead.items()):
-                labels = labels_of("kpimon_dead_letters", ("topic", "reason"), (topic, reason))
+        for key, labels in counter_labels.items():
+            day_file.add("kpimon_events", "counter", "kpimon_events_total", labels, stamp, events[key])
+        if export_dead:
+            for topic, labels in dead_labels.items():
                 day_file.add(
-                    "kpimon_dead_letters", "counter", "kpimon_dead_letters_total", labels, stamp, value
+                    "kpimon_dead_letters", "counter", "kpimon_dead_letters_total", labels, stamp, dead[topic]
                 )
-        # A healthy worker publishes every few seconds and is always scraped.
-        if "kpimon_last_snapshot_timestamp_seconds" in metrics:
-            name = "kpimon_last_snapshot_timestamp_seconds"
-            day_file.add(name, "gauge", name, _labels(base), stamp, float(stamp - 5))
-        for name, healthy in HEALTHY.items():
-            if name in metrics:
-                day_file.add(name, "gauge", name, _labels(base), stamp, healthy)
 
     def snapshot(stamp: int) -> None:
         engine.apply_pending(0, pending)
@@ -363,8 +424,10 @@ def replay(
             events[topic, "accepted"] += 1  # unkeyed: rekeyed by the worker, the same KPIs
         else:
             events[topic, "rejected"] += 1
-            dead[topic, verdict.reason.value] += 1
+            dead[topic] += 1
     flush_day(day_of_file)
+    stream.write(EOF)
+    stream.close()
     outcomes = Counter({f"{t}/{o}": n for (t, o), n in events.items()})
     return Replay(files, first_s, next_kpi - kpi_step, messages, outcomes, samples, segments)
 
@@ -422,6 +485,9 @@ class Prometheus:
                     "--storage.tsdb.retention.time=100y",
                     f"--web.listen-address=127.0.0.1:{port}",
                     "--query.max-samples=200000000",
+                    # A query of months at a 1-minute step on a loaded machine takes minutes (the default
+                    # 2-minute limit answered 503).
+                    "--query.timeout=30m",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -507,15 +573,13 @@ def backfill_rules(
                     if day is None:
                         day = days[stamp // DAY_S] = DayFile()
                     day.add(rule["record"], "gauge", rule["record"], labels, stamp, value)
-        directory = work / f"rules-{n}"
-        directory.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for number, day_file in sorted(days.items()):
-            path = directory / f"{number}.om"
-            samples += day_file.write(path)
-            paths.append(path)
+        path = work / f"rules-{n}.om"
+        with path.open("w", encoding="utf-8") as out:
+            for _, day_file in sorted(days.items()):
+                samples += day_file.append_to(out)
+            out.write(EOF)
         prometheus.stop()
-        import_blocks(paths, prometheus.data_dir)
+        import_blocks([path], prometheus.data_dir)
         prometheus.start()
     return samples
 
@@ -524,6 +588,9 @@ def import_blocks(paths: Sequence[Path], data_dir: Path) -> None:
     """`promtool tsdb create-blocks-from openmetrics` for each file, into `data_dir`."""
     for path in paths:
         command = [binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", "--quiet"]
+        # Large blocks: the default is 2 hours, hundreds of blocks for Prometheus to open and merge at each
+        # query; and promtool parses the whole file once per block (it holds the file in memory either way).
+        command.append(f"--max-block-duration={BLOCK_DAYS * 24}h")
         _run([*command, str(path), str(data_dir)], timeout=1800)
 
 
@@ -548,19 +615,32 @@ def episodes(alert: AlertRule, series: dict[str, list[int]], step: int) -> list[
     A value seen at t holds until t + step (the inputs hold between samples); Prometheus, evaluating every
     `EVAL_S`, sees a run of consecutive steps t_a .. t_b hold from t_a to its last evaluation before
     t_b + step, and opens the alert once it held `for`: at t_a + for, if t_b + step - EVAL_S >= t_a + for.
+    With `keep_firing_for`, a firing alert whose condition stops holding keeps firing until that long after
+    the first evaluation without it; a run that starts before then continues the same episode (however
+    short: the alert is firing, no `for` counts).
     """
     out: list[Episode] = []
     for name, stamps in series.items():
         stamps = sorted(set(stamps))
+        firing: Episode | None = None
         i = 0
         while i < len(stamps):
             j = i
             while j + 1 < len(stamps) and stamps[j + 1] - stamps[j] == step:
                 j += 1
             first, last = stamps[i], stamps[j] + step - EVAL_S
-            if last - first >= alert.for_s:
-                out.append(Episode(alert.name, alert.severity, name, first + alert.for_s, last + EVAL_S))
+            if firing is not None and first - firing.end < alert.keep_s:
+                # firing.end is the first evaluation without the condition (the last one with it + EVAL_S).
+                firing = replace(firing, end=last + EVAL_S)
+            else:
+                if firing is not None:
+                    out.append(replace(firing, end=firing.end + alert.keep_s))
+                firing = None
+                if last - first >= alert.for_s:
+                    firing = Episode(alert.name, alert.severity, name, first + alert.for_s, last + EVAL_S)
             i = j + 1
+        if firing is not None:
+            out.append(replace(firing, end=firing.end + alert.keep_s))
     return out
 
 
@@ -619,7 +699,10 @@ def run(
     say = log or (lambda text: None)
     timings: dict[str, float] = {}
     started = time.monotonic()
-    rules = RuleFiles.load(rules_dir)
+    # The pipeline's rules read counters scraped every minute; the others, KPI gauges.
+    loaded = RuleFiles.load(rules_dir)
+    steps = {group: EVAL_S if "pipeline" in group else kpi_step for group in loaded.recording}
+    rules = loaded.inlined({group for group, step in steps.items() if step == EVAL_S})
     history = replay(
         config,
         work / "openmetrics",
@@ -638,28 +721,26 @@ def run(
     started = time.monotonic()
     import_blocks(history.files, data)
     timings["blocks"] = time.monotonic() - started
-    say(f"promtool: {len(history.files)} days into blocks ({timings['blocks']:.0f} s)")
+    say(f"promtool: {history.samples:,} samples into blocks ({timings['blocks']:.0f} s)")
     prometheus = Prometheus(data, work)
     prometheus.start()
     try:
         started = time.monotonic()
-        # The pipeline's rules read counters scraped every minute; the others, KPI gauges.
-        steps = {group: EVAL_S if "pipeline" in group else kpi_step for group in rules.recording}
         backfill_rules(prometheus, rules, work, history.first_s, history.end_s, steps)
         timings["recording rules"] = time.monotonic() - started
         say(f"recording rules backfilled ({timings['recording rules']:.0f} s)")
         started = time.monotonic()
         found: list[Episode] = []
-        for alert in rules.alerts:
+        for alert in rules.modelled():
             step = EVAL_S if alert.group.endswith("pipeline") else kpi_step
             series = prometheus.query_range(alert.expr, history.first_s, history.end_s, step)
             stamps = {name: [stamp for stamp, _ in values] for name, values in series.items()}
             found.extend(episodes(alert, stamps, step))
         timings["alerts"] = time.monotonic() - started
-        say(f"{len(rules.alerts)} alerts evaluated ({timings['alerts']:.0f} s)")
+        say(f"{len(rules.modelled())} alerts evaluated ({timings['alerts']:.0f} s)")
     finally:
         prometheus.stop()
-    return Result(history, found, rules.alerts, timings)
+    return Result(history, found, loaded.alerts, timings)
 
 
 def summary(result: Result, change_s: int | None = None) -> str:
@@ -671,6 +752,9 @@ def summary(result: Result, change_s: int | None = None) -> str:
         f"{'alert':42} {'severity':9} {'episodes':>8} {'per 30 d':>8}",
     ]
     for alert in result.alerts:
+        if alert.name in NOT_MODELLED:
+            lines.append(f"{alert.name:42} {alert.severity:9} {'not modelled':>17}")
+            continue
         n = by_alert.get(alert.name, 0)
         lines.append(f"{alert.name:42} {alert.severity:9} {n:8d} {result.per_30_days(n):8.2f}")
     if change_s is not None:
@@ -682,6 +766,152 @@ def summary(result: Result, change_s: int | None = None) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The false-page budget (issue #18): days with no true change, then true changes
+
+
+#: Days with no true change at the start of the budget's history (the issue: 90).
+NO_CHANGE_DAYS = 90
+#: Days of true changes after them: the churn wave needs 30 days to reach a 30-day churn rate.
+CHANGE_DAYS = 40
+#: Page-severity episodes per 30 days without a true change, at most (the issue's budget).
+PAGE_BUDGET = 1.0
+#: Ticket-level KPI episodes (`warning`, engagement and satisfaction) per 30 days without a true change, at
+#: most: one a fortnight, what a product team reads and acts on without learning to ignore it.
+TICKET_BUDGET = 2.0
+#: The rule groups of the KPI alerts (what product people get).
+KPI_GROUPS = ("kpimon-engagement", "kpimon-satisfaction")
+_HOUR = 3600
+
+
+@dataclass(frozen=True)
+class Change:
+    """A true change of the budget's history and the alerts that must see it, each within its bound.
+
+    `bounds`: alert -> seconds from the change's start (00:00 UTC of its first day) within which it must
+    open on the whole population (`dimension="all"`); None: reported, not required.
+    """
+
+    scenario: str
+    bounds: dict[str, int | None]
+
+
+#: The changes, after the quiet days, on the whole population (a 10 % plan for the churn wave). Why these
+#: bounds (docs/alerts.md, "The false-page budget"): one day of an NPS drop moves the 7-day NPS by a seventh
+#: of it, within its interval, so NPS needs one to two days; DAU is the partial day against the 4-week median
+#: (the median's 100-user guard passes once the morning's traffic is in); a user counts as churned after 30
+#: days without activity (the 30d window), so no churn alert can open before 30 days, and the 30-day churn of
+#: all users stays within the interval of its 5 % target when 10 % of them leave (ChurnAboveTarget: not
+#: required).
+CHANGES = (
+    Change(
+        f"nps-drop:all@{CHANGE_DAYS}",
+        {"KpimonNpsBelowTarget": 48 * _HOUR, "KpimonNpsDroppedWeekOverWeek": 72 * _HOUR},
+    ),
+    Change(f"dau-drop:all@{CHANGE_DAYS - 10}", {"KpimonDauDroppedWeekOverWeek": 24 * _HOUR}),
+    Change(
+        f"churn-wave:plan=team@{CHANGE_DAYS}",
+        {"KpimonChurnRoseWeekOverWeek": 36 * DAY_S, "KpimonChurnAboveTarget": None},
+    ),
+)
+
+
+def budget_config(
+    *, users: int, seed: int, end_day: int, no_change_days: int = NO_CHANGE_DAYS, plan_tiers: int = 2
+) -> BatchConfig:
+    """The budget's history: `no_change_days` days with no true change, then `CHANGES` over `CHANGE_DAYS`.
+
+    Two price tiers per plan (`plan_tiers`) give 22 segments (dimension/segment pairs) instead of 19.
+    """
+    config = BatchConfig(
+        users=users,
+        days=no_change_days + CHANGE_DAYS,
+        end_day=end_day,
+        now_ms=(end_day + 1) * DAY_MS,
+        seed=seed,
+        scenarios=tuple(Scenario.parse(change.scenario) for change in CHANGES),
+        plan_tiers=plan_tiers,
+    )
+    config.check()
+    return config
+
+
+def change_start(scenario: str, end_day: int) -> int:
+    """The Unix time a scenario of the history starts (00:00 UTC of its first day)."""
+    first, _ = Scenario.parse(scenario).period(end_day, 0, None)
+    return first * DAY_S
+
+
+@dataclass
+class Budget:
+    """The budget's figures of one back-test: episodes without a true change, detection times."""
+
+    no_change_days: int
+    #: Page-severity (`critical`) episodes opened in the days without a true change.
+    pages: list[Episode]
+    #: Ticket-level KPI episodes (`warning`, `KPI_GROUPS`) opened in those days.
+    tickets: list[Episode]
+    #: scenario -> alert -> seconds from the change's start to the alert's first opening on all/all, or None.
+    detection: dict[str, dict[str, int | None]]
+
+    def rate(self, episodes: list[Episode]) -> float:
+        """Episodes per 30 days of the days without a true change."""
+        return len(episodes) * 30 / self.no_change_days
+
+    def misses(self) -> list[str]:
+        """What is not met: the page budget, and each required alert not opening within its bound."""
+        out = []
+        if self.rate(self.pages) > PAGE_BUDGET:
+            out.append(f"{self.rate(self.pages):.2f} pages per 30 days (budget {PAGE_BUDGET:g})")
+        for change in CHANGES:
+            for alert, bound in change.bounds.items():
+                opened = self.detection[change.scenario][alert]
+                if bound is not None and (opened is None or opened > bound):
+                    shown = "never" if opened is None else f"after {opened / _HOUR:.1f} h"
+                    out.append(f"{change.scenario}: {alert} opened {shown} (bound {bound / _HOUR:g} h)")
+        return out
+
+
+def measure(result: Result, end_day: int, no_change_days: int = NO_CHANGE_DAYS) -> Budget:
+    """The budget's figures of a back-test of `budget_config`'s history."""
+    quiet_end = result.replay.first_s + no_change_days * DAY_S
+    groups = {alert.name: alert.group for alert in result.alerts}
+    before = [e for e in result.episodes if e.start < quiet_end]
+    detection: dict[str, dict[str, int | None]] = {}
+    for change in CHANGES:
+        start = change_start(change.scenario, end_day)
+        opened = {alert: result.first_opened(alert, start, 'dimension="all"') for alert in change.bounds}
+        detection[change.scenario] = {a: None if t is None else t - start for a, t in opened.items()}
+    return Budget(
+        no_change_days,
+        [e for e in before if e.severity == "critical"],
+        [e for e in before if e.severity == "warning" and groups[e.alert] in KPI_GROUPS],
+        detection,
+    )
+
+
+def budget_report(budget: Budget) -> str:
+    """The budget's figures as the test and `make alert-budget` print them."""
+    pages, tickets = Counter(e.alert for e in budget.pages), Counter(e.alert for e in budget.tickets)
+    lines = [
+        f"no true change, {budget.no_change_days} days:",
+        f"  pages (critical): {len(budget.pages)} episodes, {budget.rate(budget.pages):.2f} per 30 days"
+        f" (budget {PAGE_BUDGET:g}) {dict(pages)}",
+        f"  KPI tickets (warning): {len(budget.tickets)} episodes, {budget.rate(budget.tickets):.2f} per 30"
+        f" days (budget {TICKET_BUDGET:g}) {dict(tickets)}",
+        "true changes, first opening on all/all after the change's start:",
+    ]
+    for change in CHANGES:
+        for alert, bound in change.bounds.items():
+            opened = budget.detection[change.scenario][alert]
+            shown = "never" if opened is None else f"{opened / _HOUR:.1f} h"
+            limit = "not required" if bound is None else f"bound {bound / _HOUR:g} h"
+            lines.append(f"  {change.scenario:28} {alert:30} {shown:>8} ({limit})")
+    misses = budget.misses()
+    lines.append("budget met, every change in time" if not misses else "NOT MET: " + "; ".join(misses))
+    return "\n".join(lines)
+
+
 def write_rules(config: MonitoringConfig, directory: Path) -> None:
     """The rule files the generator writes for `config` (what `make generate` writes for DEFAULT)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -690,10 +920,20 @@ def write_rules(config: MonitoringConfig, directory: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m monitoring.backtest`: back-test the generated alert rules on a simulated history."""
+    """`python -m monitoring.backtest`: back-test the generated alert rules on a simulated history.
+
+    Without `--scenario`, the budget's history (`budget_config`): `--days` days with no true change, then the
+    true changes (`CHANGES`); it prints the budget's figures and exits 1 when the budget or a detection bound
+    is not met. With `--scenario`, `--days` days with those scenarios, and the episodes only.
+    """
     parser = argparse.ArgumentParser(prog="python -m monitoring.backtest", description=__doc__.split("\n")[0])
     parser.add_argument("--users", type=int, default=3000)
-    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument(
+        "--days",
+        type=int,
+        default=NO_CHANGE_DAYS,
+        help=f"days with no true change (then {CHANGE_DAYS} days of true changes); with --scenario, all days",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--end-day", default="2026-11-29", help="last simulated day, YYYY-MM-DD")
     parser.add_argument("--scenario", action="append", default=[], help="as `kpimon simulate --scenario`")
@@ -710,16 +950,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write every episode here as JSON")
     args = parser.parse_args(argv)
     end_day = (date.fromisoformat(args.end_day) - date(1970, 1, 1)).days
-    config = BatchConfig(
-        users=args.users,
-        days=args.days,
-        end_day=end_day,
-        now_ms=(end_day + 1) * DAY_MS,
-        seed=args.seed,
-        scenarios=tuple(Scenario.parse(s) for s in args.scenario),
-        plan_tiers=args.plan_tiers,
-    )
-    config.check()
+    if args.scenario:
+        config = BatchConfig(
+            users=args.users,
+            days=args.days,
+            end_day=end_day,
+            now_ms=(end_day + 1) * DAY_MS,
+            seed=args.seed,
+            scenarios=tuple(Scenario.parse(s) for s in args.scenario),
+            plan_tiers=args.plan_tiers,
+        )
+        config.check()
+    else:
+        config = budget_config(
+            users=args.users,
+            seed=args.seed,
+            end_day=end_day,
+            no_change_days=args.days,
+            plan_tiers=args.plan_tiers,
+        )
     with tempfile.TemporaryDirectory(prefix="kpimon-backtest-") as scratch:
         work = args.keep or Path(scratch)
         work.mkdir(parents=True, exist_ok=True)
@@ -738,7 +987,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary(result))
     if args.json:
         args.json.write_text(json.dumps([e.__dict__ for e in result.episodes], indent=1))
-    return 0
+    if args.scenario:
+        return 0
+    budget = measure(result, end_day, args.days)
+    print(budget_report(budget))
+    return 1 if budget.misses() else 0
 
 
 if __name__ == "__main__":

@@ -56,6 +56,12 @@ class SatisfactionAlerts:
     for_below_target: str = "1h"
     for_drop: str = "1h"
     for_divergence: str = "3h"
+    #: Hysteresis of the below-target and week-over-week alerts (Prometheus' `keep_firing_for`): once
+    #: firing, an alert stays firing this long after its condition last held, so a 7-day KPI whose interval
+    #: touches its target for a few hours does not resolve and open a new ticket (the alert back-test,
+    #: docs/alerts.md: 30 episodes in 90 days without a change became 12). It delays the resolution only,
+    #: never the opening.
+    keep_firing_for: str = "2d"
 
 
 @dataclass(frozen=True)
@@ -80,9 +86,9 @@ class PipelineAlerts:
 
     #: No input message at all (any topic, any outcome) for this long ...
     no_events_window: str = "10m"
-    #: ... unless the same window a week ago held fewer messages than this: a quiet hour (a small product at
-    #: night) has silent 10-minute spells that are no outage (the alert back-test, docs/alerts.md). With no
-    #: data a week ago (a new deployment) the alert fires on silence alone.
+    #: ... where the same window a week ago held at least this many messages: a quiet hour (a small product
+    #: at night) has silent 10-minute spells that are no outage (the alert back-test, docs/alerts.md). With
+    #: no data a week ago (a new deployment, its first week) it does not fire: silence alone never pages.
     no_events_min_last_week: int = 60
     #: Share of input messages dead-lettered, per topic, over `rate_window`.
     dead_letter_max_ratio: float = 0.01

@@ -99,6 +99,8 @@ class Alert:
     #: The KPI gauge whose all/all week-over-week change the `drivers` annotation splits by segment
     #: (monitoring/shiftshare.py), or "".
     drivers: str = ""
+    #: Prometheus' `keep_firing_for` (hysteresis: firing that long after the condition last held), or "".
+    keep_firing_for: str = ""
 
 
 @dataclass(frozen=True)
@@ -409,6 +411,7 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
             k.target_query("nps", "min"),
             k.aligned_target("kpimon_nps_score", "nps", w, "min"),
             interval_kpi="nps",
+            keep_firing_for=sat.keep_firing_for,
         ),
         Alert(
             "KpimonNpsDroppedWeekOverWeek",
@@ -423,6 +426,7 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
             "decimal",
             interval_kpi="nps",
             drivers="kpimon_nps_score",
+            keep_firing_for=sat.keep_firing_for,
         ),
         Alert(
             "KpimonCsatBelowTarget",
@@ -436,6 +440,7 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
             k.target_query("csat", "min"),
             k.aligned_target("kpimon_csat_ratio", "csat", w, "min"),
             interval_kpi="csat",
+            keep_firing_for=sat.keep_firing_for,
         ),
         Alert(
             "KpimonCsatDroppedWeekOverWeek",
@@ -451,6 +456,7 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
             "percent",
             interval_kpi="csat",
             drivers="kpimon_csat_ratio",
+            keep_firing_for=sat.keep_firing_for,
         ),
         Alert(
             "KpimonCsatBelowTargetNpsOnTarget",
@@ -491,9 +497,12 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
         Alert(
             "KpimonNoEvents",
             "kpimon-pipeline",
+            # Silence where the same window a week ago carried traffic: `and`, not `unless` on a quiet
+            # week, so that without a week of history (a new deployment, or a gap a week ago) silence
+            # alone does not page (the alert back-test: 5 pages in the first 3 nights of a small product).
             f"sum by (job) (increase({selector('kpimon_events_total', job)}[{pipe.no_events_window}])) == 0\n"
-            f"unless on (job)\nsum by (job) (increase({selector('kpimon_events_total', job)}"
-            f"[{pipe.no_events_window}] offset 7d)) < {pipe.no_events_min_last_week}",
+            f"and on (job)\nsum by (job) (increase({selector('kpimon_events_total', job)}"
+            f"[{pipe.no_events_window}] offset 7d)) >= {pipe.no_events_min_last_week}",
             "0s",
             "critical",
             "No input events",
@@ -743,6 +752,7 @@ def prometheus_rule_files(config: MonitoringConfig) -> dict[str, dict[str, objec
                         "alert": a.name,
                         "expr": a.expr,
                         **({"for": a.for_} if a.for_ not in ("0s", "0m", "") else {}),
+                        **({"keep_firing_for": a.keep_firing_for} if a.keep_firing_for else {}),
                         "labels": alert_labels(a, config),
                         "annotations": {
                             **alert_annotations(a, config, prometheus_description(a)),

@@ -46,6 +46,36 @@ def test_a_condition_held_between_steps_opens_once_it_held_for_its_duration() ->
     assert len(episodes(alert(0), {"s": [0, hour, 3 * hour]}, hour)) == 2
 
 
+def test_keep_firing_for_joins_runs_into_one_episode_and_delays_its_end() -> None:
+    hour = 3600
+    sticky = AlertRule("A", "g", "x > 1", hour, "warning", keep_s=12 * hour)
+    # Runs at 0-1 h and 10-11 h: the second starts 8 h after the first evaluation without the condition
+    # (2 h), within 12 h: one episode, ending 12 h after the last evaluation without it (12 h).
+    (joined,) = episodes(sticky, {"s": [0, hour, 10 * hour]}, hour)
+    assert (joined.start, joined.end) == (hour, 11 * hour + 12 * hour)
+    # 12 h or more later: a second episode, which must hold its `for` again (a one-step run does not).
+    apart = episodes(sticky, {"s": [0, hour, 14 * hour, 15 * hour]}, hour)
+    assert [(e.start, e.end) for e in apart] == [(hour, 14 * hour), (15 * hour, 28 * hour)]
+    assert len(episodes(sticky, {"s": [0, hour, 14 * hour]}, hour)) == 1
+    # Without keep_firing_for the first case is two episodes.
+    assert len(episodes(alert(hour), {"s": [0, hour, 10 * hour, 11 * hour]}, hour)) == 2
+
+
+def test_inlined_pipeline_records_are_their_expressions() -> None:
+    rules = RuleFiles.load(RULES_DIR)
+    inlined = rules.inlined({"kpimon-pipeline.rules"})
+    by_name = {a.name: a.expr for a in inlined.alerts}
+    # Read as a plain instant vector: replaced by its expression, down to the exported counters.
+    assert "ratio_rate5m" not in by_name["KpimonDeadLetterRatioHigh"]
+    assert "rate(kpimon_dead_letters_total" in by_name["KpimonDeadLetterRatioHigh"]
+    # Read with a range ([15m]) or matchers: stays a record.
+    assert "topic:kpimon_consumer_lag_messages:sum" in by_name["KpimonConsumerLagGrowing"]
+    assert "job:kpimon_last_snapshot_timestamp_seconds:max{" in by_name["KpimonSnapshotStale"]
+    # No pipeline record left for the modelled alerts: nothing to backfill every minute.
+    assert not {r for r in inlined.needed_records() if "kpimon_dead_letters" in r or "events" in r}
+    assert [a.name for a in inlined.alerts] == [a.name for a in rules.alerts]
+
+
 def test_at_the_evaluation_interval_for_needs_that_many_evaluations() -> None:
     run = [i * EVAL_S for i in range(10)]  # 10 evaluations: held for 9 minutes
     assert episodes(alert(9 * EVAL_S), {"s": run}, EVAL_S)
