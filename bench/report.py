@@ -12,6 +12,7 @@ from bench.stats import StageResult, Target, extrapolate, rate, ratio, time_spli
 #: Stage key -> label in the table, in display order.
 LABELS = {
     "ceiling": "ceiling: aiokafka getmany + msgspec decode",
+    "ceiling-plain": "ceiling without ConsumerRecords (plain records)",
     "bare": "bare Faust agent (iterate only)",
     "naive": "naive Faust DAU (windowed tables)",
     "quix": "peer: Quix Streams exact DAU (state, group_by)",
@@ -98,6 +99,7 @@ def ratios(results: Mapping[str, StageResult]) -> dict[str, float | None]:
         "kpimon/quix": ratio(kpimon, rate_of(results, "quix")),
         "kpimon/bare": ratio(kpimon, rate_of(results, "bare")),
         "bare/ceiling": ratio(rate_of(results, "bare"), rate_of(results, "ceiling")),
+        "ceiling-plain/ceiling": ratio(rate_of(results, "ceiling-plain"), rate_of(results, "ceiling")),
         "kpimon2/kpimon": ratio(rate_of(results, "kpimon2"), kpimon),
         "changing: kpimon/ceiling": ratio(
             rate_of(results, "kpimon-changing"), rate_of(results, "ceiling-changing")
@@ -117,6 +119,9 @@ def cpu_ratios(results: Mapping[str, StageResult]) -> dict[str, float | None]:
         "kpimon/quix": ratio(kpimon, cpu_rate_of(results, "quix")),
         "kpimon/bare": ratio(kpimon, cpu_rate_of(results, "bare")),
         "bare/ceiling": ratio(cpu_rate_of(results, "bare"), cpu_rate_of(results, "ceiling")),
+        "ceiling-plain/ceiling": ratio(
+            cpu_rate_of(results, "ceiling-plain"), cpu_rate_of(results, "ceiling")
+        ),
         "changing: kpimon/ceiling": ratio(
             cpu_rate_of(results, "kpimon-changing"), cpu_rate_of(results, "ceiling-changing")
         ),
@@ -245,6 +250,7 @@ def targets(results: Mapping[str, StageResult]) -> list[Target]:
             partial=partial,
         ),
         Target("p99 end-to-end delay (s)", p99, 2.0, at_least=False),
+        Target("two workers over one worker (events/s; faster: > 1)", both["kpimon2/kpimon"], 1.0),
         Target(
             "batch path: compiled core / Python engine, the slower mix (identical results)",
             batch_ratio(results.get("batch")),
