@@ -223,9 +223,14 @@ class BatchProcessor:
             )
         except self._apply_error:
             raise  # partly applied: the Python engine would apply part of the batch twice
-        except Exception:  # a bug of the compiled core, found before it changed anything: Python does it
-            log.exception(
-                "the compiled core failed on a batch of partition %d; the Python engine takes it", partition
+        except Exception:
+            # A bug of the compiled core (an error, or a Rust panic it turned into CorePanic), found before
+            # it changed anything: the Python engine, its specification, does the batch. A warning, not an
+            # error: no event is lost or miscounted.
+            log.warning(
+                "the compiled core failed on a batch of partition %d; the Python engine takes it",
+                partition,
+                exc_info=True,
             )
             return None
         for key, state in changed:
