@@ -173,6 +173,8 @@ class Outcome:
     folded: dict[tuple[str, str], int]
     rejections: dict[tuple[str, str], int]
     samples: dict[tuple[str, str], float]
+    #: Batches the compiled core failed on, left to the Python engine (whose results would hide the bug).
+    failures: int = 0
 
 
 def run(name: core.CoreName, data: list[Any], lateness: int) -> Outcome:
@@ -226,6 +228,7 @@ def run(name: core.CoreName, data: list[Any], lateness: int) -> Outcome:
         dict(engine.folder.folded),
         dict(metrics.rejections),
         samples,
+        processor.native_failures,
     )
 
 
@@ -241,6 +244,7 @@ def test_the_compiled_core_equals_the_python_engine(data: list[Any], lateness: i
     assert native.folded == python.folded
     assert native.rejections == python.rejections
     assert native.samples == python.samples
+    assert native.failures == 0  # the compiled core did the batches: no error or panic fell back
 
 
 def test_the_core_is_chosen_by_the_core_setting() -> None:
@@ -288,6 +292,7 @@ def test_new_segment_values_are_folded_as_the_python_engine_folds_them() -> None
         assert native.states == python.states
         assert native.partials == python.partials
         assert native.folded == python.folded
+        assert native.failures == 0
 
 
 #: The compiled core's failpoints (kpimon._native._set_failpoint, tests only).
@@ -365,6 +370,7 @@ def test_a_panic_before_any_write_leaves_the_batch_to_the_python_engine(
     assert panicked.rejections == python.rejections
     assert panicked.samples == python.samples
     calls = sum(2 if again else 1 for *_, again in data)
+    assert panicked.failures == calls
     warnings = [r for r in caplog.records if r.name == "kpimon.agents.pipeline.batch"]
     assert len(warnings) == calls  # one per batch, each a warning naming the panic
     for record in warnings:
