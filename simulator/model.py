@@ -283,15 +283,15 @@ class Scenario:
             kinds = ", ".join(f"{k}:SEGMENT" for k in SCENARIO_KINDS)
             raise ValueError(f"scenario must be one of {kinds}, got {text!r}")
         if segment == "all":
-            return cls(kind, "all", "all", days)  # type: ignore[arg-type]
+            return cls(kind, "all", "all", days)
         dimension, eq, value = segment.partition("=")
         if not eq:
             value = dimension
             dimension = "platform" if value in PLATFORMS else "plan"
         if dimension == "platform" and value in PLATFORMS:
-            return cls(kind, "platform", value, days)  # type: ignore[arg-type]
+            return cls(kind, "platform", value, days)
         if dimension == "plan" and value in PLANS:
-            return cls(kind, "plan", value, days)  # type: ignore[arg-type]
+            return cls(kind, "plan", value, days)
         known = ", ".join([*PLATFORMS, *PLANS])
         raise ValueError(f"unknown scenario segment {segment!r} (one of {known}, or platform=/plan=VALUE)")
 
