@@ -220,6 +220,18 @@ def raw_store(store: Any) -> bool:
     return isinstance(store, SerializedStore)
 
 
+def memory_dict(store: Any) -> dict[Any, Any] | None:
+    """The dict behind Faust's memory store (its `data`), None for any other store.
+
+    The store's mapping interface is `mode`'s `FastUserDict`: two Python-level calls per read
+    (`Mapping.get`, `__getitem__`) before the dict lookup, for every user of every batch.
+    """
+    from faust.stores.memory import Store
+
+    data = getattr(store, "data", None) if type(store) is Store else None
+    return data if type(data) is dict else None
+
+
 def raw_get(store: Any, key: bytes) -> bytes | None:
     """A serialized store's bytes for `key`, or None: its private `_get`.
 

@@ -106,6 +106,13 @@ def test_the_rocksdb_store_reads_and_writes_raw_bytes_per_partition(tmp_path: Pa
     assert keys is not None and list(keys) == [b"k"]  # the persisted offset's own key is skipped
     memory = create_app(Settings(app_id="t-compat-memory", data_dir=tmp_path)).users.data
     assert not compat.raw_store(memory) and compat.partition_keys(memory, 0) is None
+    # The memory store's dict is the store: what is written to one is read from the other.
+    data = compat.memory_dict(memory)
+    assert data is not None and compat.memory_dict(store) is None
+    data[b"m"] = 1
+    assert memory[b"m"] == 1 and memory.get(b"m") == 1
+    memory[b"n"] = 2
+    assert data[b"n"] == 2
 
 
 def test_the_connection_probe_takes_kpimons_client_options() -> None:
