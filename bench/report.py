@@ -224,7 +224,7 @@ def render_candidates(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def targets(results: Mapping[str, StageResult]) -> list[Target]:
     """Issue #7's targets, each with the measured value (None when its stage did not run)."""
-    both = ratios(results)
+    both, cpu = ratios(results), cpu_ratios(results)
     delay = results.get("delay")
     p99 = delay.figures.get("p99_s") if delay is not None else None
     rss_result = results.get("rss")
@@ -233,7 +233,13 @@ def targets(results: Mapping[str, StageResult]) -> list[Target]:
     partial = rss_result is not None and not rss_result.complete
     return [
         Target("kpimon events/s per worker process", rate_of(results, "kpimon"), 120_000, unit="/s"),
-        Target("kpimon/ceiling", both["kpimon/ceiling"], 0.35),
+        # The lower of the wall-clock and the per-CPU-second ratio: on a shared machine the ceiling and
+        # kpimon stages run minutes apart under different load, which moves the wall-clock ratio either way.
+        Target(
+            "kpimon/ceiling (the lower of wall and per CPU second)",
+            lower(both["kpimon/ceiling"], cpu["kpimon/ceiling"]),
+            0.35,
+        ),
         Target(
             "state-changing mix: kpimon events/s per worker process",
             rate_of(results, "kpimon-changing"),
@@ -263,6 +269,12 @@ def targets(results: Mapping[str, StageResult]) -> list[Target]:
             at_least=False,
         ),
     ]
+
+
+def lower(a: float | None, b: float | None) -> float | None:
+    """The lower of two figures, either when the other is unknown."""
+    known = [v for v in (a, b) if v is not None]
+    return min(known) if known else None
 
 
 def batch_ratio(batch: StageResult | None) -> float | None:
