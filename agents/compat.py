@@ -180,6 +180,24 @@ def bulk_topics_app() -> type[Any]:
     return _BulkTopicsApp
 
 
+def restored_partitions(app: Any, table: Any) -> set[int] | None:
+    """Called first thing in a table's recovery callback: the partitions of `table` its restore has just
+    brought up to date, or None when a newer rebalance has begun meanwhile.
+
+    Faust's `Recovery.on_recovery_completed` runs the tables' recovery callbacks before it checks whether
+    the consumer group has moved on: by then the consumer's assignment can already hold partitions of the
+    next generation whose changelogs are not restored yet (issue #19: counters rebuilt from their empty
+    states, and never rebuilt after). The recovery's private `signal_recovery_start` is set by the next
+    rebalance (and cleared only when its recovery starts, after this callback's first step), and its
+    `actives_for_table` holds the partitions of each table its current recovery restores. When a newer
+    rebalance has begun, its recovery calls the callbacks again once it has restored its partitions.
+    """
+    recovery = app.tables.recovery
+    if recovery.signal_recovery_start.is_set():
+        return None
+    return {int(tp.partition) for tp in recovery.actives_for_table.get(table, ())}
+
+
 def aiokafka_producer(app: Any) -> Any:
     """The aiokafka producer under Faust's (started with the app), for record-batch sends.
 

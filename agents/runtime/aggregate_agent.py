@@ -97,7 +97,11 @@ def register_aggregate(
     app.timer(settings.flush_interval, name="kpimon.publish")(publish)
 
     async def on_aggregates_recovered() -> None:
-        owned = ownership.owned(settings.partials)
+        # As the user states' (runtime/ingest_agent.py): only groups this recovery restored.
+        restored = compat.restored_partitions(app, aggregates)
+        if restored is None:
+            return
+        owned = ownership.owned(settings.partials) & restored
         # The groups the expiry deletes next (one day of margin, as `aggregate`'s) are settled.
         settled_before = engine.oldest_accepted_day(int(time.time() * 1000)) - 1
         aggregator.recover(aggregates, owned, settled_before)

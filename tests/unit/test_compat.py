@@ -184,3 +184,26 @@ def test_the_watched_worker_arms_its_watchdog_on_the_stop_signals() -> None:
     for name in ("_on_sigterm", "_on_sigint"):
         assert callable(getattr(Worker, name)), name
         assert name in vars(compat.watched_worker())
+
+
+async def test_restored_partitions_reads_the_partitions_fausts_recovery_restores(tmp_path: Path) -> None:
+    from faust.tables.recovery import Recovery
+
+    kpimon = create_app(Settings(app_id="t-compat-restored", data_dir=tmp_path, partitions=4))
+    users, recovery = kpimon.users, kpimon.app.tables.recovery
+    assert isinstance(recovery, Recovery)
+    assert compat.restored_partitions(kpimon.app, users) == set()
+    # Recovery.on_rebalance adds each assigned changelog partition with add_active, then sets the signal.
+    changelog = users.changelog_topic.get_topic_name()
+    for partition in (1, 3):
+        recovery.add_active(users, TP(changelog, partition))
+    assert compat.restored_partitions(kpimon.app, users) == {1, 3}
+    assert compat.restored_partitions(kpimon.app, kpimon.aggregates) == set()
+    recovery.signal_recovery_start.set()  # a newer rebalance began
+    assert compat.restored_partitions(kpimon.app, users) is None
+    # The order this works around: the tables' callbacks run before the generation is checked.
+    source = inspect.getsource(Recovery.on_recovery_completed)
+    callbacks = source.index("table.on_recovery_completed(")
+    assert callbacks < source.index("consumer_generation_id != generation_id")
+    on_rebalance = inspect.getsource(Recovery.on_rebalance)
+    assert on_rebalance.index("self.add_active(") < on_rebalance.index("self.signal_recovery_start.set()")
