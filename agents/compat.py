@@ -198,6 +198,27 @@ def restored_partitions(app: Any, table: Any) -> set[int] | None:
     return {int(tp.partition) for tp in recovery.actives_for_table.get(table, ())}
 
 
+@functools.cache
+def prompt_table_manager() -> type[Any]:
+    """Faust's `TableManager` without the one-second sleep its `on_start` takes before the table recovery
+    starts (and with it the consumer's subscription, so the group join: every start and restart waited it).
+
+    The sleep lets tables declared while the app starts register first; kpimon declares its tables in
+    `create_app`, before the worker starts. The class is Faust's `TableManager` setting; the overridden
+    `on_start` calls what Faust's does after the sleep: the private `_update_channels`, then
+    `recovery.start()`.
+    """
+    from faust.tables import TableManager
+
+    class PromptTableManager(TableManager):
+        async def on_start(self) -> None:
+            if not self.should_stop:
+                await self._update_channels()
+                await self.recovery.start()
+
+    return PromptTableManager
+
+
 def aiokafka_producer(app: Any) -> Any:
     """The aiokafka producer under Faust's (started with the app), for record-batch sends.
 

@@ -207,3 +207,17 @@ async def test_restored_partitions_reads_the_partitions_fausts_recovery_restores
     assert callbacks < source.index("consumer_generation_id != generation_id")
     on_rebalance = inspect.getsource(Recovery.on_rebalance)
     assert on_rebalance.index("self.add_active(") < on_rebalance.index("self.signal_recovery_start.set()")
+
+
+def test_the_prompt_table_manager_is_fausts_without_its_startup_sleep(tmp_path: Path) -> None:
+    from faust.tables import TableManager
+
+    kpimon = create_app(Settings(app_id="t-compat-tables", data_dir=tmp_path))
+    assert isinstance(kpimon.app.tables, compat.prompt_table_manager())
+    assert isinstance(kpimon.app.tables, TableManager)
+    # Faust's on_start: the sleep, then what the override does.
+    faust_start = inspect.getsource(TableManager.on_start)
+    assert "await self.sleep(1.0)" in faust_start
+    assert faust_start.index("self._update_channels()") < faust_start.index("self.recovery.start()")
+    assert "sleep" not in inspect.getsource(compat.prompt_table_manager().on_start)
+    assert callable(TableManager._update_channels)
