@@ -24,6 +24,7 @@ from kpimon.agents.devtools.localkafka import LocalKafka
 from kpimon.streams.output import day_name, day_number
 from tests.helpers import free_port, poll, slowdown
 from tests.pipeline import (
+    WEEK_LATENESS,
     History,
     KpisFollower,
     Series,
@@ -34,18 +35,15 @@ from tests.pipeline import (
     read_kpis,
     replay,
     replay_args,
-    simulate_history,
     wait_for_equality,
 )
 from tests.workers import WorkerProcess, running_worker, start_worker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(420)]
 
-# About 12,500 messages (invalid lines, duplicates and late events included): seconds of work for a worker.
-# A week only: after a restart the new owner re-publishes every record (about 3,000 here), and the next
-# publish waits nine times as long as that took (agents/pipeline/pacing.py).
-USERS, DAYS, SEED = 1000, 7, 23
-LATENESS = DAYS + 10  # a backfill: the whole history is within the lateness bound
+# The simulated week (tests/pipeline.py): after a restart the new owner re-publishes every record (about
+# 4,300 here).
+LATENESS = WEEK_LATENESS
 PARTITIONS = 4
 #: A crashed worker's partitions move after 10 s instead of Faust's 60 s.
 SESSION_TIMEOUT = "10"
@@ -53,10 +51,10 @@ SESSION_TIMEOUT = "10"
 EQUALITY_TIMEOUT = 240
 
 
-@pytest.fixture(scope="module")
-def history(tmp_path_factory: pytest.TempPathFactory) -> History:
-    """The simulated history and its reference, computed once for the module."""
-    return simulate_history(tmp_path_factory.mktemp("history"), USERS, DAYS, SEED, LATENESS)
+@pytest.fixture
+def history(week_history: History) -> History:
+    """The session's simulated week (tests/integration/conftest.py)."""
+    return week_history
 
 
 def options(partitions: int = PARTITIONS) -> list[str]:
