@@ -221,3 +221,22 @@ def test_the_prompt_table_manager_is_fausts_without_its_startup_sleep(tmp_path: 
     assert faust_start.index("self._update_channels()") < faust_start.index("self.recovery.start()")
     assert "sleep" not in inspect.getsource(compat.prompt_table_manager().on_start)
     assert callable(TableManager._update_channels)
+
+
+def test_an_uncommitted_partition_is_sought_to_its_beginning_after_a_rebalance(tmp_path: Path) -> None:
+    """What the seek override relies on: aiokafka's seek_to_committed leaves a partition without a committed
+    offset where it is, Faust's perform_seek goes through seek_to_committed, and the helpers exist."""
+    from aiokafka import AIOKafkaConsumer
+    from faust.transport.consumer import Consumer
+
+    aiokafka_seek = inspect.getsource(AIOKafkaConsumer.seek_to_committed)
+    assert "if offset and offset > 0:" in aiokafka_seek
+    assert "self.seek_to_committed()" in inspect.getsource(Consumer.perform_seek)
+    kpimon = create_app(Settings(app_id="t-compat-seek", data_dir=tmp_path))
+    consumer = kpimon.app.consumer
+    assert "seek_to_committed" in vars(type(consumer))
+    assert callable(consumer._is_changelog_tp)
+    assert callable(consumer._thread.seek_to_beginning)
+    changelog = kpimon.users.changelog_topic.get_topic_name()
+    assert consumer._is_changelog_tp(TP(changelog, 0))
+    assert not consumer._is_changelog_tp(TP(kpimon.settings.partials, 0))
