@@ -257,3 +257,59 @@ def test_plain_records_yield_what_consumer_records_carry_without_building_them()
     assert [list(r.headers) for r in plain] == [list(r.headers) for r in expected]
     assert partition_records.next_fetch_offset == 10  # the position aiokafka moves the consumer to
     assert compat.plain_records(object()) is False  # not an aiokafka consumer: left alone
+
+
+async def test_restored_partitions_reads_the_partitions_fausts_recovery_restores(tmp_path: Path) -> None:
+    from faust.tables.recovery import Recovery
+
+    kpimon = create_app(Settings(app_id="t-compat-restored", data_dir=tmp_path, partitions=4))
+    users, recovery = kpimon.users, kpimon.app.tables.recovery
+    assert isinstance(recovery, Recovery)
+    assert compat.restored_partitions(kpimon.app, users) == set()
+    # Recovery.on_rebalance adds each assigned changelog partition with add_active, then sets the signal.
+    changelog = users.changelog_topic.get_topic_name()
+    for partition in (1, 3):
+        recovery.add_active(users, TP(changelog, partition))
+    assert compat.restored_partitions(kpimon.app, users) == {1, 3}
+    assert compat.restored_partitions(kpimon.app, kpimon.aggregates) == set()
+    recovery.signal_recovery_start.set()  # a newer rebalance began
+    assert compat.restored_partitions(kpimon.app, users) is None
+    # The order this works around: the tables' callbacks run before the generation is checked.
+    source = inspect.getsource(Recovery.on_recovery_completed)
+    callbacks = source.index("table.on_recovery_completed(")
+    assert callbacks < source.index("consumer_generation_id != generation_id")
+    on_rebalance = inspect.getsource(Recovery.on_rebalance)
+    assert on_rebalance.index("self.add_active(") < on_rebalance.index("self.signal_recovery_start.set()")
+
+
+def test_the_prompt_table_manager_is_fausts_without_its_startup_sleep(tmp_path: Path) -> None:
+    from faust.tables import TableManager
+
+    kpimon = create_app(Settings(app_id="t-compat-tables", data_dir=tmp_path))
+    assert isinstance(kpimon.app.tables, compat.prompt_table_manager())
+    assert isinstance(kpimon.app.tables, TableManager)
+    # Faust's on_start: the sleep, then what the override does.
+    faust_start = inspect.getsource(TableManager.on_start)
+    assert "await self.sleep(1.0)" in faust_start
+    assert faust_start.index("self._update_channels()") < faust_start.index("self.recovery.start()")
+    assert "sleep" not in inspect.getsource(compat.prompt_table_manager().on_start)
+    assert callable(TableManager._update_channels)
+
+
+def test_an_uncommitted_partition_is_sought_to_its_beginning_after_a_rebalance(tmp_path: Path) -> None:
+    """What the seek override relies on: aiokafka's seek_to_committed leaves a partition without a committed
+    offset where it is, Faust's perform_seek goes through seek_to_committed, and the helpers exist."""
+    from aiokafka import AIOKafkaConsumer
+    from faust.transport.consumer import Consumer
+
+    aiokafka_seek = inspect.getsource(AIOKafkaConsumer.seek_to_committed)
+    assert "if offset and offset > 0:" in aiokafka_seek
+    assert "self.seek_to_committed()" in inspect.getsource(Consumer.perform_seek)
+    kpimon = create_app(Settings(app_id="t-compat-seek", data_dir=tmp_path))
+    consumer = kpimon.app.consumer
+    assert "seek_to_committed" in vars(type(consumer))
+    assert callable(consumer._is_changelog_tp)
+    assert callable(consumer._thread.seek_to_beginning)
+    changelog = kpimon.users.changelog_topic.get_topic_name()
+    assert consumer._is_changelog_tp(TP(changelog, 0))
+    assert not consumer._is_changelog_tp(TP(kpimon.settings.partials, 0))
