@@ -177,6 +177,8 @@ def create_app(
         # produce round trips. Within Faust's default max request size (1,000,000 bytes).
         producer_max_batch_size=512 * 1024,
         broker_rebalance_timeout=60,
+        # Recovery starts at once, not after Faust's one-second wait for late tables (agents/compat.py).
+        TableManager=compat.prompt_table_manager(),
         broker_session_timeout=settings.session_timeout,
         # Static membership (runtime/membership.py): None keeps dynamic membership.
         consumer_group_instance_id=settings.instance_id or None,

@@ -52,10 +52,16 @@ def writing_partition(topic: str, partition: int) -> Iterator[None]:
 
 def current_partition() -> int | None:
     """The partition of the event being processed (or named by `writing_partition`), None outside one."""
+    event = _current_event()()
+    return None if event is None else int(event.message.partition)
+
+
+@functools.cache
+def _current_event() -> Any:
+    # Imported once: an import statement per user-state write cost as much as the rest of the call.
     from faust import current_event
 
-    event = current_event()
-    return None if event is None else int(event.message.partition)
+    return current_event
 
 
 class _PartitionEvent:
@@ -85,7 +91,9 @@ def bulk_topics_consumer() -> type[Any]:
 
     Faust has no public way to subscribe to a topic (so that its partitions are assigned with the tables'
     changelogs) without fetching it. This subclass overrides the private `Consumer._set_active_tps`, which
-    decides the partitions the consumer thread fetches.
+    decides the partitions the consumer thread fetches. It also seeks a partition without a committed
+    offset to its beginning after a rebalance (`seek_to_committed`, with the private `_is_changelog_tp` and
+    `_thread.seek_to_beginning`): see there.
     """
     import asyncio
 
@@ -104,6 +112,25 @@ def bulk_topics_consumer() -> type[Any]:
 
         def resume_partitions(self, tps: Any) -> None:
             super().resume_partitions([tp for tp in tps if not self._is_bulk(tp)])
+
+        async def seek_to_committed(self) -> Mapping[Any, int]:
+            # Faust seeks every assigned partition to its committed offset once the tables are restored
+            # (`perform_seek`); aiokafka seeks only those with one. Between the assignment and the pause
+            # of its partitions, Faust's fetch loop can take records of a newly assigned partition, which
+            # its streams then drop while the rebalance suspends them: without a committed offset nothing
+            # rewinds, and those records are never processed. A static member restarted before its
+            # predecessor committed kpimon-partials lost every partial sent before its restart that way
+            # (issue #19: a third to a half of its groups' counts missing, in 2 runs of 7). Such a partition
+            # starts from its beginning, as `consumer_auto_offset_reset="earliest"` would have it.
+            committed: Mapping[Any, int] = await super().seek_to_committed()
+            unread = [
+                tp
+                for tp, offset in committed.items()
+                if not offset and not self._is_bulk(tp) and not self._is_changelog_tp(tp)
+            ]
+            if unread:
+                await self._thread.seek_to_beginning(*unread)
+            return committed
 
         def verify_event_path(self, now: float, tp: Any) -> None:
             # Faust's "no events processed from this partition" warnings would be about partitions it
@@ -180,6 +207,45 @@ def bulk_topics_app() -> type[Any]:
     return _BulkTopicsApp
 
 
+def restored_partitions(app: Any, table: Any) -> set[int] | None:
+    """Called first thing in a table's recovery callback: the partitions of `table` its restore has just
+    brought up to date, or None when a newer rebalance has begun meanwhile.
+
+    Faust's `Recovery.on_recovery_completed` runs the tables' recovery callbacks before it checks whether
+    the consumer group has moved on: by then the consumer's assignment can already hold partitions of the
+    next generation whose changelogs are not restored yet (issue #19: counters rebuilt from their empty
+    states, and never rebuilt after). The recovery's private `signal_recovery_start` is set by the next
+    rebalance (and cleared only when its recovery starts, after this callback's first step), and its
+    `actives_for_table` holds the partitions of each table its current recovery restores. When a newer
+    rebalance has begun, its recovery calls the callbacks again once it has restored its partitions.
+    """
+    recovery = app.tables.recovery
+    if recovery.signal_recovery_start.is_set():
+        return None
+    return {int(tp.partition) for tp in recovery.actives_for_table.get(table, ())}
+
+
+@functools.cache
+def prompt_table_manager() -> type[Any]:
+    """Faust's `TableManager` without the one-second sleep its `on_start` takes before the table recovery
+    starts (and with it the consumer's subscription, so the group join: every start and restart waited it).
+
+    The sleep lets tables declared while the app starts register first; kpimon declares its tables in
+    `create_app`, before the worker starts. The class is Faust's `TableManager` setting; the overridden
+    `on_start` calls what Faust's does after the sleep: the private `_update_channels`, then
+    `recovery.start()`.
+    """
+    from faust.tables import TableManager
+
+    class PromptTableManager(TableManager):
+        async def on_start(self) -> None:
+            if not self.should_stop:
+                await self._update_channels()
+                await self.recovery.start()
+
+    return PromptTableManager
+
+
 def aiokafka_producer(app: Any) -> Any:
     """The aiokafka producer under Faust's (started with the app), for record-batch sends.
 
@@ -212,6 +278,18 @@ def raw_store(store: Any) -> bool:
     from faust.stores.base import SerializedStore
 
     return isinstance(store, SerializedStore)
+
+
+def memory_dict(store: Any) -> dict[Any, Any] | None:
+    """The dict behind Faust's memory store (its `data`), None for any other store.
+
+    The store's mapping interface is `mode`'s `FastUserDict`: two Python-level calls per read
+    (`Mapping.get`, `__getitem__`) before the dict lookup, for every user of every batch.
+    """
+    from faust.stores.memory import Store
+
+    data = getattr(store, "data", None) if type(store) is Store else None
+    return data if type(data) is dict else None
 
 
 def raw_get(store: Any, key: bytes) -> bytes | None:
@@ -341,3 +419,80 @@ def watched_worker() -> type[Any]:
             super()._on_sigint()
 
     return WatchedWorker
+
+
+def plain_records(consumer: Any) -> bool:
+    """Make a started aiokafka consumer hand out its records as aiokafka's own record objects instead of
+    building a `ConsumerRecord` for each; returns whether it could (else the consumer is left as it was).
+
+    aiokafka's `getmany` unpacks every fetched record into a `ConsumerRecord` dataclass (11 fields, the
+    headers copied into a tuple): most of its per-record cost, a fifth of a worker's CPU. The record
+    objects it unpacks them from (`DefaultRecord`, `LegacyRecord`) have the same `offset`, `key`, `value`,
+    `timestamp` and `headers` (a list of (str, bytes) pairs), which is all kpimon reads of a record
+    (`pipeline.batch.SourceRecord`); they carry no topic or partition, which `getmany` gives per batch.
+
+    The fetcher keeps each partition's fetched data in `Fetcher._records` (private) as a `FetchResult`
+    over a `PartitionRecords`, whose private `_records_iterator` yields the records; this replaces that
+    mapping with one whose stores swap the iterator for `_plain_iterator`, the same walk through the
+    record batches (CRC check, transactions, control batches, positions) without the conversion. Only for
+    consumers without key or value deserializers (kpimon's read bytes).
+    """
+    from aiokafka.consumer.fetcher import FetchResult, PartitionRecords
+
+    fetcher: Any = getattr(consumer, "_fetcher", None)
+    records = getattr(fetcher, "_records", None)
+    if not isinstance(records, dict):
+        return False
+
+    class PlainRecords(type(records)):  # type: ignore[misc]
+        """`Fetcher._records` whose fetch results yield aiokafka's record objects."""
+
+        def __setitem__(self, tp: Any, result: Any) -> None:
+            if type(result) is FetchResult:
+                partition_records: Any = getattr(result, "_partition_records", None)
+                if (
+                    type(partition_records) is PartitionRecords
+                    and partition_records._key_deserializer is None
+                    and partition_records._value_deserializer is None
+                ):
+                    partition_records._records_iterator = _plain_iterator(partition_records)
+            super().__setitem__(tp, result)
+
+    plain = PlainRecords()
+    for tp, result in records.items():
+        plain[tp] = result
+    fetcher._records = plain
+    return True
+
+
+def _plain_iterator(partition_records: Any) -> Iterator[Any]:
+    """aiokafka's `PartitionRecords._unpack_records` (0.11-0.14), yielding the record objects as they are."""
+    from aiokafka.consumer.fetcher import READ_COMMITTED
+
+    self = partition_records
+    records = self._records
+    read_committed = self._isolation_level == READ_COMMITTED
+    while records.has_next():
+        batch = records.next_batch()
+        if self._check_crcs and not batch.validate_crc():
+            from aiokafka.errors import CorruptRecordException
+
+            raise CorruptRecordException(f"Invalid CRC - {self._tp}")
+        if read_committed and batch.producer_id is not None:
+            # Transactions: aiokafka's own bookkeeping of aborted producers, unchanged.
+            self._consume_aborted_up_to(batch.base_offset)
+            if batch.is_control_batch and self._contains_abort_marker(batch):
+                self._aborted_producers.discard(batch.producer_id)
+            if batch.is_transactional and batch.producer_id in self._aborted_producers:
+                self.next_fetch_offset = batch.next_offset
+                continue
+        if batch.is_control_batch:
+            self.next_fetch_offset = batch.next_offset
+            continue
+        for record in batch:
+            offset = record.offset
+            if offset < self.next_fetch_offset:
+                continue  # a compressed message set's records before the fetch offset
+            self.next_fetch_offset = offset + 1
+            yield record
+        self.next_fetch_offset = batch.next_offset

@@ -1,13 +1,21 @@
 # The compiled batch core (native/src/lib.rs), built by setuptools-rust; the types mypy checks callers by.
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from kpimon.agents.pipeline.counters import PartitionCounters
 from kpimon.agents.pipeline.folding import SegmentFolder
 from kpimon.streams.userstate import UserState
 
 class ApplyError(RuntimeError):
-    """The core failed while writing a batch's results (states or counters may be partly updated)."""
+    """The core failed (or panicked) while writing a batch's results (states or counters may be partly
+    updated)."""
+
+class CorePanic(RuntimeError):
+    """The core panicked before it wrote anything: nothing changed, the Python engine can take the batch."""
+
+def _set_failpoint(phase: Literal["compute", "write"] | None) -> None:
+    """Tests only: make every later `Core.process` panic in that phase (`compute`: before any write;
+    `write`: after a state was written), or nowhere (None). Process-wide."""
 
 class Core:
     def __init__(
@@ -32,7 +40,7 @@ class Core:
         now_ms: int,
         partition: int,
     ) -> tuple[
-        list[tuple[bytes, UserState]],
+        list[tuple[bytes, UserState, bytes | None]],
         int,
         int,
         list[float],

@@ -3,6 +3,9 @@ top), simulator/ (simulate) and reference/ (reference), each defined in the modu
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterator, MutableMapping
+
 import click
 
 
@@ -30,29 +33,52 @@ def main() -> None:
     """
 
 
-def _register() -> None:
-    # Imported here so `kpimon --help` stays fast and each command's heavy imports load only when used.
-    from kpimon.agents.cli.deadletters import dead_letters
-    from kpimon.agents.cli.history import history
-    from kpimon.agents.cli.kafka import kafka
-    from kpimon.agents.cli.kpis import kpis
-    from kpimon.agents.cli.replay import replay
-    from kpimon.agents.cli.worker import worker
-    from kpimon.agents.devtools.demo import demo
-    from kpimon.agents.devtools.top import top
-    from kpimon.reference.cli import reference
-    from kpimon.simulator.cli import simulate
+class LazyCommands(MutableMapping[str, click.Command]):
+    """The commands of `main`, each imported from its module when first looked up.
 
-    main.add_command(kafka)
-    main.add_command(worker)
-    main.add_command(replay)
-    main.add_command(kpis)
-    main.add_command(dead_letters)
-    main.add_command(history)
-    main.add_command(reference)
-    main.add_command(simulate)
-    main.add_command(demo)
-    main.add_command(top)
+    Each command's module imports what its job needs (Faust, DuckDB, rich, ...): importing all of them was
+    0.8 CPU s of every `kpimon worker` start (8 s at a load average of 20 on two cores), on the path of a
+    restarted worker (issue #19). `kpimon --help` still loads every command, for its summary line.
+    """
+
+    def __init__(self, where: dict[str, str]) -> None:
+        self._where = where  # name -> "module:attribute"
+        self._loaded: dict[str, click.Command] = {}
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name not in self._loaded:
+            module, _, attribute = self._where[name].partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+            assert isinstance(command, click.Command), name
+            self._loaded[name] = command
+        return self._loaded[name]
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self._where.setdefault(name, "")
+        self._loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._where[name]
+        self._loaded.pop(name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
 
 
-_register()
+main.commands = LazyCommands(
+    {
+        "kafka": "kpimon.agents.cli.kafka:kafka",
+        "worker": "kpimon.agents.cli.worker:worker",
+        "replay": "kpimon.agents.cli.replay:replay",
+        "kpis": "kpimon.agents.cli.kpis:kpis",
+        "dead-letters": "kpimon.agents.cli.deadletters:dead_letters",
+        "history": "kpimon.agents.cli.history:history",
+        "reference": "kpimon.reference.cli:reference",
+        "simulate": "kpimon.simulator.cli:simulate",
+        "demo": "kpimon.agents.devtools.demo:demo",
+        "top": "kpimon.agents.devtools.top:top",
+    }
+)

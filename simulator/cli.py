@@ -15,6 +15,7 @@ from kpimon.agents.config.options import kafka_options
 from kpimon.agents.config.settings import Settings
 from kpimon.simulator.model import (
     DAY_MS,
+    SCENARIOS,
     BatchConfig,
     BatchModel,
     Counts,
@@ -72,7 +73,19 @@ def write_files(messages: Iterable[tuple[str, bytes]], out_dir: Path) -> None:
             files[topic].write(value + b"\n")
 
 
-@click.command("simulate", context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+def scenarios_help() -> str:
+    """The help's list of scenarios, one line each, made from the simulator's registry (so none is left
+    out); a no-rewrap block for click."""
+    width = max(map(len, SCENARIOS)) + len(":SEGMENT") + 2
+    lines = [f"  {kind + ':SEGMENT':<{width}}{what}" for kind, what in SCENARIOS.items()]
+    return "\b\nScenarios (--scenario KIND:SEGMENT):\n" + "\n".join(lines)
+
+
+@click.command(
+    "simulate",
+    context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
+    epilog=scenarios_help(),
+)
 @click.option("--users", type=click.IntRange(min=1), default=3000, help="Population size.")
 @click.option("--days", type=click.IntRange(min=1), default=75, help="Days of history (batch).")
 @click.option("--seed", type=int, default=0, help="Same seed and options, same bytes.")
@@ -108,10 +121,8 @@ def write_files(messages: Iterable[tuple[str, bytes]], out_dir: Path) -> None:
     "scenario_texts",
     multiple=True,
     metavar="KIND:SEGMENT",
-    help="nps-drop:SEGMENT (a true NPS drop), nps-noise:SEGMENT (the same drop on only 5 answers: noise"
-    " an alert must ignore), churn-wave:SEGMENT, retention-drop:SEGMENT, detractor-churn:SEGMENT or"
-    " dau-drop:SEGMENT (the segment's users come on 40 % fewer days); SEGMENT a platform or plan (android,"
-    " team, plan=pro) or all. Batch: KIND:SEGMENT@N starts it N days before the end.",
+    help="A deliberate change of one segment (the scenarios are listed below); SEGMENT a platform or plan"
+    " (android, team, plan=pro) or all. Batch: KIND:SEGMENT@N starts it N days before the end.",
 )
 @click.option(
     "--no-signup-fraction",

@@ -229,7 +229,18 @@ SURVEY_KINDS = tuple(InvalidKind)
 # ---------------------------------------------------------------------------------------------------------
 # Scenarios
 
-SCENARIO_KINDS = ("nps-drop", "nps-noise", "churn-wave", "retention-drop", "detractor-churn", "dau-drop")
+ScenarioKind = Literal["nps-drop", "nps-noise", "churn-wave", "retention-drop", "detractor-churn", "dau-drop"]
+#: Every scenario the simulator runs, with the one line `kpimon simulate --help` shows for it (the help is
+#: generated from this registry, so it lists every kind `Scenario.parse` accepts).
+SCENARIOS: dict[ScenarioKind, str] = {
+    "nps-drop": "the segment's NPS answers drop by about 100 points (batch: the last 7 days)",
+    "nps-noise": "the same drop on only 5 answers, noise an alert must ignore (batch: the last 7 days)",
+    "churn-wave": "the segment's users go quiet (batch: the last 10 days)",
+    "retention-drop": "the segment's new users hardly come back (batch: cohorts of the last 14 days)",
+    "detractor-churn": "the segment's detractors leave (batch: those who answered 0..6 in the last 14 days)",
+    "dau-drop": "the segment's users come on about 40 % fewer days (batch: the last 7 days)",
+}
+SCENARIO_KINDS: tuple[ScenarioKind, ...] = tuple(SCENARIOS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,7 +263,7 @@ class Scenario:
     scenarios can follow one another in one history (the alert back-test measures detection that way).
     """
 
-    kind: Literal["nps-drop", "nps-noise", "churn-wave", "retention-drop", "detractor-churn", "dau-drop"]
+    kind: ScenarioKind
     dimension: Literal["platform", "plan", "all"]
     value: str
     #: Batch: days before the end the scenario starts (None: its default period at the end).
@@ -272,15 +283,15 @@ class Scenario:
             kinds = ", ".join(f"{k}:SEGMENT" for k in SCENARIO_KINDS)
             raise ValueError(f"scenario must be one of {kinds}, got {text!r}")
         if segment == "all":
-            return cls(kind, "all", "all", days)  # type: ignore[arg-type]
+            return cls(kind, "all", "all", days)
         dimension, eq, value = segment.partition("=")
         if not eq:
             value = dimension
             dimension = "platform" if value in PLATFORMS else "plan"
         if dimension == "platform" and value in PLATFORMS:
-            return cls(kind, "platform", value, days)  # type: ignore[arg-type]
+            return cls(kind, "platform", value, days)
         if dimension == "plan" and value in PLANS:
-            return cls(kind, "plan", value, days)  # type: ignore[arg-type]
+            return cls(kind, "plan", value, days)
         known = ", ".join([*PLATFORMS, *PLANS])
         raise ValueError(f"unknown scenario segment {segment!r} (one of {known}, or platform=/plan=VALUE)")
 

@@ -22,10 +22,10 @@ every segment of the user, including segments the click is not in whose lifecycl
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from kpimon.streams import retention
-from kpimon.streams.activity import offsets, spread
+from kpimon.streams.activity import offsets, runs, spread
 from kpimon.streams.segments import SegmentKey
 from kpimon.streams.userstate import UserState
 
@@ -340,6 +340,31 @@ def record_exists(active_users_30d: int, churn_base_30d: int) -> bool:
     30d churn base [d-59, d-30] cover exactly that range, so global counters decide it without more state.
     """
     return active_users_30d + churn_base_30d > 0
+
+
+def full_contribution_runs(
+    state: UserState, from_day: int | None = None
+) -> Iterator[tuple[SegmentKey, list[Run]]]:
+    """`full_contribution` as runs of consecutive days, per segment: (kpi, window, first, last, +1).
+
+    The same days and counters, but a 30-day window of one active day is one run instead of 30 deltas:
+    rebuilding a partition's counters applies runs at two additions each (pipeline/counters.py), and
+    identical runs of many users collapse into one (measured: 4.4 CPU s for 824 users with deltas).
+    """
+    new = new_days(state)
+    base = state.base
+    first_offset = None if from_day is None else from_day - base
+    for segment, active in state.segments.items():
+        counters, bitmaps = COUNTERS, contribution(active, new)
+        if segment[0] in retention.DIMENSIONS:
+            counters, bitmaps = ALL_COUNTERS, bitmaps + retention.contribution(active, new)
+        out: list[Run] = []
+        for (kpi, window), bits in zip(counters, bitmaps, strict=True):
+            if first_offset is not None and first_offset > 0:
+                bits = (bits >> first_offset) << first_offset  # the days before `from_day` left out
+            for start, length in runs(bits):
+                out.append((kpi, window, base + start, base + start + length - 1, 1))
+        yield segment, out
 
 
 def full_contribution(state: UserState, from_day: int | None = None) -> SegmentDeltas:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -15,7 +16,7 @@ from kpimon.agents.devtools.localkafka import pick_free_port, port_is_free
 #: The real `kpimon` console script of the virtualenv running the tests.
 KPIMON = str(Path(sys.executable).with_name("kpimon"))
 
-__all__ = ["KPIMON", "free_port", "poll", "port_is_free", "wait_until"]
+__all__ = ["KPIMON", "free_port", "poll", "port_is_free", "slowdown", "wait_until"]
 
 T = TypeVar("T")
 
@@ -60,3 +61,11 @@ def poll(
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} not reached after {timeout} s; last: {result!r}"[:6000])
         time.sleep(interval)
+
+
+def slowdown() -> float:
+    """How much slower than on an idle machine CPU-bound work runs now: the 1-minute load average per
+    core, at least 1. On an idle machine this is 1; a machine shared with other test runs (this one's load
+    reached 25-30 on 2 cores) stretches every phase of a test by about this factor, so time bounds that
+    hold on a quiet machine are multiplied by it."""
+    return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))

@@ -55,6 +55,14 @@ class History:
         return line_count(self.clicks, self.surveys)
 
 
+#: The simulated week of the reliability and cluster tests (test_reliability.py, test_cluster.py; one
+#: session fixture, tests/integration/conftest.py): about 12,500 messages, invalid lines, duplicates and
+#: late events included, seconds of work for a worker. A backfill: the whole week is within the lateness
+#: bound.
+WEEK_USERS, WEEK_DAYS, WEEK_SEED = 1000, 7, 23
+WEEK_LATENESS = WEEK_DAYS + 10
+
+
 def simulate_history(out: Path, users: int, days: int, seed: int, lateness: int) -> History:
     """Simulate `users` over `days` into `out` and compute the reference (lateness bound `lateness`)."""
     now = str(int(time.time() * 1000))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import signal
 import ssl
 import subprocess
@@ -11,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -99,6 +101,21 @@ class WorkerProcess:
             for sample in family.samples:
                 out[(sample.name, frozenset(sample.labels.items()))] = sample.value
         return out
+
+    def log_times(self, markers: dict[str, str]) -> dict[str, float]:
+        """Name -> Unix time of the first log line containing its marker (the names of markers not found
+        are left out): where a worker's start spends its time."""
+        self._log.flush()
+        found: dict[str, float] = {}
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            stamp = re.match(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]", line)
+            if stamp is None:
+                continue
+            for name, marker in markers.items():
+                if name not in found and marker in line:
+                    # The log's local time, as `timestamp()` reads a naive datetime.
+                    found[name] = datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        return found
 
     def log_tail(self, lines: int = 60) -> str:
         self._log.flush()

@@ -14,7 +14,15 @@ from collections.abc import Iterator, MutableMapping
 from datetime import UTC, datetime
 from typing import Any
 
-from kpimon.agents.pipeline.partials import Group, Partial, Watermark, group_name, parse_group, partition_of
+from kpimon.agents.pipeline.partials import (
+    Group,
+    Partial,
+    Watermark,
+    group_name,
+    parse_group,
+    partial_key,
+    partition_of,
+)
 from kpimon.streams.output import KpiRecord
 from kpimon.streams.records import group_records
 from kpimon.streams.targets import Targets
@@ -83,12 +91,16 @@ class Aggregator:
             table[key] = {"v": watermark.version, "day": watermark.current_day}
         self._advance(watermark.current_day)
 
-    def expire(self, table: AggregateTable, partition: int, before_day: int) -> int:
+    def expire(
+        self, table: AggregateTable, partition: int, before_day: int, removed: list[bytes] | None = None
+    ) -> int:
         """Delete the groups of `partition` older than `before_day` that are published; return how many.
 
         Such days can no longer change (they are older than the lateness bound), and their final records
         are in kpimon-kpis. Only groups of the partition being processed are deleted, so the changelog
-        tombstone lands in that group's own changelog partition.
+        tombstone lands in that group's own changelog partition. `removed`, when given, receives the
+        kpimon-partials keys of the deleted groups' partials (one per group and source partition): the
+        caller tombstones them, so that topic too holds only the days that can change.
         """
         old: list[bytes] = []
         for key in list(table.keys()):
@@ -102,6 +114,9 @@ class Aggregator:
             ):
                 old.append(key)
         for key in old:
+            if removed is not None:
+                group = parse_group(key.decode())
+                removed.extend(partial_key(group, int(source)) for source in table[key])
             del table[key]
         return len(old)
 

@@ -159,13 +159,17 @@ class SourceEngine:
         """
         if not pending:
             return
+        self._apply(self.counters(partition), pending)
+
+    @staticmethod
+    def _apply(counters: PartitionCounters, pending: PendingRuns) -> None:
+        """Apply counted runs to `counters`: each distinct run once, its delta times its count; clear them."""
         by_segment: dict[SegmentKey, list[engagement.Run]] = {}
         for (segment, (kpi, window, first, last, delta)), times in pending.items():
             runs = by_segment.get(segment)
             if runs is None:
                 runs = by_segment[segment] = []
             runs.append((kpi, window, first, last, delta * times))
-        counters = self.counters(partition)
         for segment, runs in by_segment.items():
             counters.add_runs(segment, runs)
         pending.clear()
@@ -212,14 +216,21 @@ class SourceEngine:
         counters.version = previous.version if previous is not None else 0
         from_day = self.oldest_accepted_day(now_ms)
         users = 0
+        # The runs of every user first, counted: most users' runs repeat others' (a 30-day window of the
+        # same day), so each distinct run is applied once with its delta multiplied (as `apply_pending`).
+        pending: PendingRuns = Counter()
         for state in states:
             users += 1
             if state.last_seen is not None:
                 counters.saw_day(state.last_seen)
-            for segment, deltas in engagement.full_contribution(state, from_day).items():
-                counters.add_deltas(segment, deltas)
+            for segment, runs in engagement.full_contribution_runs(state, from_day):
+                if runs:
+                    pending.update(zip(repeat(segment), runs))
+                else:
+                    counters.run_target(segment)  # a segment without days in range still exists
             for segment, runs in crossed.rebuild_runs(state, from_day):
-                counters.add_runs(segment, runs)
+                pending.update(zip(repeat(segment), runs))
+        self._apply(counters, pending)
         counters.mark_all_dirty()
         self.partitions[partition] = counters
         log.info(

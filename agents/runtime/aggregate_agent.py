@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from faust.serializers import codecs
 from prometheus_client import Gauge
 
 from kpimon.agents import compat
@@ -24,6 +26,24 @@ from kpimon.agents.runtime.publishing import KpiPublisher, heal
 from kpimon.agents.runtime.tables import table
 
 log = logging.getLogger(__name__)
+
+
+class WideIntJson(codecs.Codec):
+    """The aggregates table's changelog encoding: JSON by the standard library.
+
+    Faust's `json` codec uses orjson when it is installed (the bench's Quix Streams extra brings it), and
+    orjson refuses integers beyond 64 bits; an entry's versions are wider (engine.versioned shifts the
+    epoch, itself the group generation shifted above a start time in ms). The bytes are the same JSON.
+    """
+
+    def _dumps(self, obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    def _loads(self, s: bytes) -> Any:
+        return json.loads(s)
+
+
+codecs.register("kpimon_json", WideIntJson())
 
 
 @dataclass(frozen=True)
@@ -48,7 +68,7 @@ def register_aggregate(
     last_snapshot: Gauge | None = None,
 ) -> Aggregate:
     """Register the aggregate agent and table, and the timer that publishes changed KPIs."""
-    aggregates = table(app, "aggregates", settings.partitions, "json")
+    aggregates = table(app, "aggregates", settings.partitions, "kpimon_json")
     publisher = KpiPublisher(
         aggregator,
         aggregates,
@@ -67,6 +87,8 @@ def register_aggregate(
         async for event in stream.events():
             message = event.message
             engine.positions[(message.topic, message.partition)] = message.offset + 1
+            if message.value is None:
+                continue  # a tombstone of an expired group's partial (below)
             try:
                 decoded = partials.decode(message.value)
             except (msgspec.DecodeError, TypeError) as exc:  # written by kpimon; never stop on it anyway
@@ -82,9 +104,19 @@ def register_aggregate(
                     # One day of margin: a partial of the last changeable day flushed just before midnight
                     # must find its group still there.
                     final = engine.oldest_accepted_day(int(time.time() * 1000)) - 1
-                    dropped = aggregator.expire(aggregates, message.partition, final)
+                    removed: list[bytes] = []
+                    dropped = aggregator.expire(aggregates, message.partition, final, removed)
+                    # Their partials go too: kpimon-partials is compacted, and a restore re-reads it from the
+                    # beginning (`heal`), so without tombstones it would grow with the whole history.
+                    for key in removed:
+                        await partials_topic.send(key=key, value=None, partition=message.partition)
                     if dropped:
-                        log.info("expired %d aggregate groups of partition %d", dropped, message.partition)
+                        log.info(
+                            "expired %d aggregate groups of partition %d (%d partials tombstoned)",
+                            dropped,
+                            message.partition,
+                            len(removed),
+                        )
             else:
                 # A final day's partial is published before the next message (KpiPublisher.on_partial).
                 await publisher.on_partial(decoded, engine.oldest_accepted_day(int(time.time() * 1000)))
@@ -97,7 +129,11 @@ def register_aggregate(
     app.timer(settings.flush_interval, name="kpimon.publish")(publish)
 
     async def on_aggregates_recovered() -> None:
-        owned = ownership.owned(settings.partials)
+        # As the user states' (runtime/ingest_agent.py): only groups this recovery restored.
+        restored = compat.restored_partitions(app, aggregates)
+        if restored is None:
+            return
+        owned = ownership.owned(settings.partials) & restored
         # The groups the expiry deletes next (one day of margin, as `aggregate`'s) are settled.
         settled_before = engine.oldest_accepted_day(int(time.time() * 1000)) - 1
         aggregator.recover(aggregates, owned, settled_before)

@@ -174,8 +174,15 @@ def register_ingest(
     app.timer(settings.rejection_log_interval, name="kpimon.log_rejections")(log_rejections)
 
     async def on_users_recovered() -> None:
-        rebuild_counters(engine, ownership.owned(settings.clicks), users.values(), int(time.time() * 1000))
-        await reader.assign(set(ownership.assigned()))
+        # Only partitions whose user states this recovery restored: the assignment may already hold the
+        # next rebalance's partitions, whose recovery calls this again (compat.restored_partitions).
+        restored = compat.restored_partitions(app, users)
+        if restored is None:
+            log.info("a newer rebalance began before the user states were restored; waiting for it")
+            return
+        owned = ownership.owned(settings.clicks) & restored
+        rebuild_counters(engine, owned, users.values(), int(time.time() * 1000))
+        await reader.assign({tp for tp in ownership.assigned() if tp[1] in owned})
 
     users.on_recover(on_users_recovered)
     return Ingest(users=users, store=store, reader=reader, flusher=flusher)

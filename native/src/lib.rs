@@ -12,8 +12,13 @@
 mod bits;
 mod engine;
 mod json;
+mod wire;
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Once;
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::intern;
@@ -27,6 +32,77 @@ pyo3::create_exception!(
     PyRuntimeError,
     "The core failed while writing a batch's results: states or counters may be partly updated."
 );
+
+pyo3::create_exception!(
+    _native,
+    CorePanic,
+    PyRuntimeError,
+    "The core panicked before it wrote anything: nothing changed, the Python engine can take the batch."
+);
+
+/// Where `process` panics on purpose (tests only, `_set_failpoint`): 0 nowhere, else a `FAILPOINTS` index + 1.
+static FAILPOINT: AtomicU8 = AtomicU8::new(0);
+const FAILPOINTS: [&str; 2] = ["compute", "write"];
+
+fn failpoint(name: &str) {
+    let at = FAILPOINT.load(Ordering::Relaxed);
+    if at != 0 && FAILPOINTS[at as usize - 1] == name {
+        panic!("failpoint {name:?} (kpimon._native._set_failpoint, tests only)");
+    }
+}
+
+thread_local! {
+    /// Whether this thread runs a phase of `process` under `guarded` (its panics are reported as
+    /// Python exceptions, so the panic hook must not print them too).
+    static GUARDED: Cell<bool> = const { Cell::new(false) };
+    /// The message and location of the last panic caught by `guarded` on this thread.
+    static PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+static HOOK: Once = Once::new();
+
+/// Install, once, a panic hook that keeps the message of a panic inside `guarded` for its Python
+/// exception (one log record with the cause, instead of a bare stderr line from the default hook), and
+/// leaves every other panic to the hook that was there before.
+fn install_panic_hook() {
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if GUARDED.with(Cell::get) {
+                // One line (the default display puts the message on a line of its own): "message (at file:line:col)".
+                let message = info.payload_as_str().unwrap_or("a panic");
+                let text = match info.location() {
+                    Some(at) => format!("{message} (at {at})"),
+                    None => message.to_owned(),
+                };
+                PANIC.with(|p| *p.borrow_mut() = Some(text));
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Run `phase`, turning a Rust panic into a Python exception made by `error` (from the panic's message)
+/// instead of PyO3's PanicException, a BaseException that `except Exception` does not catch and that
+/// would end the worker.
+fn guarded<T>(phase: impl FnOnce() -> PyResult<T>, error: impl FnOnce(String) -> PyErr) -> PyResult<T> {
+    let outer = GUARDED.with(|g| g.replace(true));
+    let outcome = catch_unwind(AssertUnwindSafe(phase));
+    GUARDED.with(|g| g.set(outer));
+    outcome.unwrap_or_else(|payload| {
+        // The hook's text; a panic resumed through a Python callback (PyO3 resumes a PanicException
+        // without calling the hook) has only its payload.
+        let text = PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| {
+            payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned())
+        });
+        Err(error(text))
+    })
+}
 
 use bits::U256;
 use engine::{Fact, Run, State, COUNTERS, DIMENSIONS, DIM_STAGE, HORIZON, ONBOARDING_DAYS, STATE_HORIZON};
@@ -132,6 +208,9 @@ fn load_state<'py>(object: &Bound<'py, PyAny>, segments: &mut Segments<'py>) -> 
             return Ok(None);
         };
         let text: String = event_id.extract()?;
+        let name = |i: usize| fact.get_item(i).ok().and_then(|v| v.extract::<String>().ok());
+        let (Some(platform), Some(plan), Some(stage)) = (name(4), name(5), name(6)) else { return Ok(None) };
+        let names = [platform, plan, stage];
         state.surveys.push(Fact {
             key: Some(event_id),
             event_id: text,
@@ -141,6 +220,7 @@ fn load_state<'py>(object: &Bound<'py, PyAny>, segments: &mut Segments<'py>) -> 
             score: fact.get_item(3)?.extract()?,
             ms: fact.get_item(7)?.extract()?,
             segments: (0, 0, 0),
+            names: Some(names),
         });
     }
     Ok(Some(state))
@@ -194,6 +274,38 @@ fn store_state<'py>(
         }
     }
     Ok(object)
+}
+
+/// `UserState.to_bytes` of a changed state (the changelog bytes), from the core's view of it.
+fn encode_state(state: &State<Bound<'_, PyAny>>, segments: &Segments<'_>) -> Vec<u8> {
+    let name = |id: u32| segments.list[id as usize].1.as_str();
+    let surveys = state
+        .surveys
+        .iter()
+        .map(|fact| wire::WireFact {
+            event_id: fact.event_id.as_str(),
+            day: fact.day,
+            survey: SURVEYS[fact.survey as usize],
+            action: ACTIONS[fact.action as usize],
+            score: fact.score,
+            names: match &fact.names {
+                Some([platform, plan, stage]) => [platform.as_str(), plan.as_str(), stage.as_str()],
+                None => [name(fact.segments.0), name(fact.segments.1), name(fact.segments.2)],
+            },
+            ms: fact.ms,
+        })
+        .collect();
+    wire::encode(&wire::WireState {
+        base: state.base,
+        segments: state.segments.iter().map(|(id, bits)| (segments.list[*id as usize].0, name(*id), *bits)).collect(),
+        explicit_new: state.explicit_new,
+        first_active: state.first_active,
+        first_active_unsigned: state.first_active_unsigned,
+        first_seen: state.first_seen,
+        surveys,
+        last_seen: state.last_seen,
+        partition: state.partition,
+    })
 }
 
 /// The batch core of one worker: its settings, fixed at construction.
@@ -351,6 +463,7 @@ impl Core {
             score: ev.score.unwrap_or(-1),
             ms: if answered_nps { ev.ts_ms.rem_euclid(MS_PER_DAY) } else { 0 },
             segments: (platform, plan, stage),
+            names: None,
         };
         let mut emit = |s: u32, run: Run| *pending.entry((s, run)).or_insert(0) += 1;
         u.state.record_survey(fact, *all, levels, [*all, platform, plan, stage], &mut emit);
@@ -470,174 +583,219 @@ impl Core {
         now_ms: i64,
         partition: i64,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let kind = match kind {
-            "clicks" => json::CLICKS,
-            "surveys" => json::SURVEYS,
-            _ => return Err(PyValueError::new_err(format!("unknown topic kind {kind:?}"))),
-        };
-        let mut segments = Segments::new();
-        let all = segments.id(0, "all", None);
-        let levels = LEVELS.map(|level| segments.id(DIM_ENGAGEMENT, level, None));
-        let onboarding = segments.id(DIM_STAGE, "onboarding", None);
-        let established = segments.id(DIM_STAGE, "established", None);
-        let kept: [HashSet<String>; 2] =
-            [folder.call_method1(intern!(py, "kept"), ("platform",))?.extract()?, folder.call_method1(intern!(py, "kept"), ("plan",))?.extract()?];
-        let max_values: usize = folder.getattr(intern!(py, "max_values"))?.extract()?;
-        let rows = self.rows(py, records, next_offset)?;
-        let mut batch = Batch {
-            segments,
-            users: Vec::new(),
-            by_key: FxHashMap::default(),
-            pending: FxHashMap::default(),
-            kept,
-            new_values: [None, None],
-            folder: folder.clone(),
-            folds: Vec::new(),
-            all,
-            levels,
-            onboarding,
-            established,
-            max_day: None,
-        };
-        let oldest_valid = now_ms.div_euclid(MS_PER_DAY) - self.policy_lateness_days;
-        let mut delegated: Vec<usize> = Vec::new();
-        let mut delays: Vec<f64> = Vec::new();
-        let mut accepted: usize = 0;
-        let mut duplicates: usize = 0;
-        let mut scanned = false;
-        for row in &rows {
-            let index = row.index;
-            let Some(key) = &row.key else {
-                delegated.push(index); // unkeyed: re-keyed (or dead-lettered) by the Python engine
-                continue;
-            };
-            let key_bytes = key.downcast::<PyBytes>()?.as_bytes();
-            let user = self.user(&mut batch, key, key_bytes, get_state)?;
-            if batch.users[user].delegated {
-                delegated.push(index);
-                continue;
-            }
-            let handled = match &row.value {
-                Some(value) if value.as_bytes().len() <= self.max_message_bytes => {
-                    match json::decode(kind, value.as_bytes()) {
-                        Some(ev)
-                            if ev.user_id.as_bytes() == key_bytes
-                                && ev.ts_ms <= now_ms + self.max_future_ms
-                                && ev.ts_ms.div_euclid(MS_PER_DAY) >= oldest_valid =>
-                        {
-                            let day = ev.ts_ms.div_euclid(MS_PER_DAY);
-                            if !scanned && batch.has_new_value(&ev) {
-                                // Only now, once per batch: whether the batch's new values fit.
-                                batch.new_values = self.new_values(kind, &rows, &batch.kept, max_values);
-                                scanned = true;
-                            }
-                            let outcome = if kind == json::CLICKS {
-                                self.click(&mut batch, user, &ev, day, partition, now_ms)?.then_some(true)
-                            } else {
-                                self.survey(&mut batch, user, &ev, day, partition, now_ms)?
-                            };
-                            match outcome {
-                                Some(true) => {
-                                    delays.push((now_ms - ev.ts_ms) as f64 / 1000.0);
-                                    accepted += 1;
-                                    true
+        // The compute phase: it reads the records, the states and the folder, and changes nothing
+        // Python sees, so an error or a panic here leaves the batch to the Python engine as it was.
+        let computed = guarded(
+            || {
+                let kind = match kind {
+                    "clicks" => json::CLICKS,
+                    "surveys" => json::SURVEYS,
+                    _ => return Err(PyValueError::new_err(format!("unknown topic kind {kind:?}"))),
+                };
+                let mut segments = Segments::new();
+                let all = segments.id(0, "all", None);
+                let levels = LEVELS.map(|level| segments.id(DIM_ENGAGEMENT, level, None));
+                let onboarding = segments.id(DIM_STAGE, "onboarding", None);
+                let established = segments.id(DIM_STAGE, "established", None);
+                let kept: [HashSet<String>; 2] =
+                    [folder.call_method1(intern!(py, "kept"), ("platform",))?.extract()?, folder.call_method1(intern!(py, "kept"), ("plan",))?.extract()?];
+                let max_values: usize = folder.getattr(intern!(py, "max_values"))?.extract()?;
+                let rows = self.rows(py, records, next_offset)?;
+                let mut batch = Batch {
+                    segments,
+                    users: Vec::new(),
+                    by_key: FxHashMap::default(),
+                    pending: FxHashMap::default(),
+                    kept,
+                    new_values: [None, None],
+                    folder: folder.clone(),
+                    folds: Vec::new(),
+                    all,
+                    levels,
+                    onboarding,
+                    established,
+                    max_day: None,
+                };
+                let oldest_valid = now_ms.div_euclid(MS_PER_DAY) - self.policy_lateness_days;
+                let mut delegated: Vec<usize> = Vec::new();
+                let mut delays: Vec<f64> = Vec::new();
+                let mut accepted: usize = 0;
+                let mut duplicates: usize = 0;
+                let mut scanned = false;
+                for row in &rows {
+                    let index = row.index;
+                    let Some(key) = &row.key else {
+                        delegated.push(index); // unkeyed: re-keyed (or dead-lettered) by the Python engine
+                        continue;
+                    };
+                    let key_bytes = key.downcast::<PyBytes>()?.as_bytes();
+                    let user = self.user(&mut batch, key, key_bytes, get_state)?;
+                    if batch.users[user].delegated {
+                        delegated.push(index);
+                        continue;
+                    }
+                    let handled = match &row.value {
+                        Some(value) if value.as_bytes().len() <= self.max_message_bytes => {
+                            match json::decode(kind, value.as_bytes()) {
+                                Some(ev)
+                                    if ev.user_id.as_bytes() == key_bytes
+                                        && ev.ts_ms <= now_ms + self.max_future_ms
+                                        && ev.ts_ms.div_euclid(MS_PER_DAY) >= oldest_valid =>
+                                {
+                                    let day = ev.ts_ms.div_euclid(MS_PER_DAY);
+                                    if !scanned && batch.has_new_value(&ev) {
+                                        // Only now, once per batch: whether the batch's new values fit.
+                                        batch.new_values = self.new_values(kind, &rows, &batch.kept, max_values);
+                                        scanned = true;
+                                    }
+                                    let outcome = if kind == json::CLICKS {
+                                        self.click(&mut batch, user, &ev, day, partition, now_ms)?.then_some(true)
+                                    } else {
+                                        self.survey(&mut batch, user, &ev, day, partition, now_ms)?
+                                    };
+                                    match outcome {
+                                        Some(true) => {
+                                            delays.push((now_ms - ev.ts_ms) as f64 / 1000.0);
+                                            accepted += 1;
+                                            true
+                                        }
+                                        Some(false) => {
+                                            duplicates += 1;
+                                            true
+                                        }
+                                        None => false,
+                                    }
                                 }
-                                Some(false) => {
-                                    duplicates += 1;
-                                    true
-                                }
-                                None => false,
+                                _ => false,
                             }
                         }
                         _ => false,
-                    }
-                }
-                _ => false,
-            };
-            if !handled {
-                batch.users[user].delegated = true;
-                delegated.push(index);
-            }
-        }
-
-        // Collapse the runs per segment into difference vectors by day (PartitionCounters' layout).
-        let mut by_segment: FxHashMap<u32, (FxHashMap<i64, [i64; COUNTERS.len()]>, FxHashSet<(i64, i64)>)> =
-            FxHashMap::default();
-        for ((segment, (counter, first, last, delta)), times) in batch.pending.drain() {
-            let (days, spans) = by_segment.entry(segment).or_default();
-            days.entry(first).or_insert([0; COUNTERS.len()])[counter as usize] += delta * times;
-            days.entry(last + 1).or_insert([0; COUNTERS.len()])[counter as usize] -= delta * times;
-            spans.insert((first, last));
-        }
-        for user in batch.users.iter().filter(|u| u.dirty) {
-            for (_, bits) in &user.state.segments {
-                if bits.to_u128().is_none() {
-                    return Err(PyValueError::new_err("a state bitmap beyond 128 bits")); // nothing written yet
-                }
-            }
-        }
-        // From here on, Python objects change: an error leaves the batch partly applied.
-        let changed = PyList::empty(py);
-        let applied = (|| -> PyResult<()> {
-            for (dim, value) in &batch.folds {
-                let dimension = SEGMENT_DIMENSIONS[*dim as usize];
-                batch.folder.call_method1(intern!(py, "fold"), (dimension, value.as_str()))?;
-            }
-            for i in 0..batch.users.len() {
-                if batch.users[i].dirty {
-                    let object = store_state(py, &batch.users[i], state_class, &mut batch.segments)?;
-                    changed.append((batch.users[i].key.clone(), object))?;
-                }
-            }
-            for (segment, (days, spans)) in by_segment {
-                let key = batch.segments.key(py, segment)?;
-                let target = counters.call_method1(intern!(py, "run_target"), (key,))?;
-                let diffs = target.get_item(0)?;
-                let diffs = diffs.downcast::<PyDict>()?;
-                let span_set = target.get_item(1)?;
-                let span_set = span_set.downcast::<pyo3::types::PySet>()?;
-                for (day, vector) in days {
-                    let list = match diffs.get_item(day)? {
-                        Some(list) => list.downcast_into::<PyList>()?,
-                        None => {
-                            let list = PyList::new(py, [0i64; COUNTERS.len()])?;
-                            diffs.set_item(day, &list)?;
-                            list
-                        }
                     };
-                    for (index, delta) in vector.iter().enumerate() {
-                        if *delta != 0 {
-                            let value: i64 = list.get_item(index)?.extract()?;
-                            list.set_item(index, value + delta)?;
+                    if !handled {
+                        batch.users[user].delegated = true;
+                        delegated.push(index);
+                    }
+                }
+
+                // Collapse the runs per segment into difference vectors by day (PartitionCounters' layout).
+                let mut by_segment: FxHashMap<u32, (FxHashMap<i64, [i64; COUNTERS.len()]>, FxHashSet<(i64, i64)>)> =
+                    FxHashMap::default();
+                for ((segment, (counter, first, last, delta)), times) in batch.pending.drain() {
+                    let (days, spans) = by_segment.entry(segment).or_default();
+                    days.entry(first).or_insert([0; COUNTERS.len()])[counter as usize] += delta * times;
+                    days.entry(last + 1).or_insert([0; COUNTERS.len()])[counter as usize] -= delta * times;
+                    spans.insert((first, last));
+                }
+                for user in batch.users.iter().filter(|u| u.dirty) {
+                    for (_, bits) in &user.state.segments {
+                        if bits.to_u128().is_none() {
+                            return Err(PyValueError::new_err("a state bitmap beyond 128 bits")); // nothing written yet
                         }
                     }
                 }
-                for span in spans {
-                    span_set.add(span)?;
+                failpoint("compute");
+                Ok((batch, by_segment, delegated, delays, accepted, duplicates))
+            },
+            |panic| CorePanic::new_err(format!("the compiled core panicked before writing: {panic}")),
+        );
+        let (mut batch, by_segment, delegated, delays, accepted, duplicates) = computed?;
+        // The write phase: from here on, Python objects change, so an error or a panic leaves the batch
+        // partly applied (ApplyError: the Python engine must not take it again).
+        let applied = guarded(
+            || {
+                let changed = PyList::empty(py);
+                for (dim, value) in &batch.folds {
+                    let dimension = SEGMENT_DIMENSIONS[*dim as usize];
+                    batch.folder.call_method1(intern!(py, "fold"), (dimension, value.as_str()))?;
                 }
+                for i in 0..batch.users.len() {
+                    if batch.users[i].dirty {
+                        let object = store_state(py, &batch.users[i], state_class, &mut batch.segments)?;
+                        // The changelog bytes, unless Python applies some of the user's records after the
+                        // core (then the state changes again, and Python encodes it).
+                        let encoded = if batch.users[i].delegated {
+                            None
+                        } else {
+                            Some(PyBytes::new(py, &encode_state(&batch.users[i].state, &batch.segments)))
+                        };
+                        changed.append((batch.users[i].key.clone(), object, encoded))?;
+                    }
+                }
+                failpoint("write");
+                for (segment, (days, spans)) in by_segment {
+                    let key = batch.segments.key(py, segment)?;
+                    let target = counters.call_method1(intern!(py, "run_target"), (key,))?;
+                    let diffs = target.get_item(0)?;
+                    let diffs = diffs.downcast::<PyDict>()?;
+                    let span_set = target.get_item(1)?;
+                    let span_set = span_set.downcast::<pyo3::types::PySet>()?;
+                    for (day, vector) in days {
+                        let list = match diffs.get_item(day)? {
+                            Some(list) => list.downcast_into::<PyList>()?,
+                            None => {
+                                let list = PyList::new(py, [0i64; COUNTERS.len()])?;
+                                diffs.set_item(day, &list)?;
+                                list
+                            }
+                        };
+                        for (index, delta) in vector.iter().enumerate() {
+                            if *delta != 0 {
+                                let value: i64 = list.get_item(index)?.extract()?;
+                                list.set_item(index, value + delta)?;
+                            }
+                        }
+                    }
+                    for span in spans {
+                        span_set.add(span)?;
+                    }
+                }
+                // The result too: failing to return it after the writes is as partial as failing in them.
+                PyTuple::new(
+                    py,
+                    [
+                        changed.into_any(),
+                        accepted.into_pyobject(py)?.into_any(),
+                        duplicates.into_pyobject(py)?.into_any(),
+                        PyList::new(py, delays)?.into_any(),
+                        batch.max_day.into_pyobject(py)?.into_any(),
+                        PyList::new(py, delegated)?.into_any(),
+                    ],
+                )
+            },
+            |panic| ApplyError::new_err(format!("applying a batch: the compiled core panicked: {panic}")),
+        );
+        applied.map_err(|err| {
+            if err.is_instance_of::<ApplyError>(py) {
+                err
+            } else {
+                ApplyError::new_err(format!("applying a batch: {err}"))
             }
-            Ok(())
-        })();
-        if let Err(err) = applied {
-            return Err(ApplyError::new_err(format!("applying a batch: {err}")));
-        }
-        PyTuple::new(
-            py,
-            [
-                changed.into_any(),
-                accepted.into_pyobject(py)?.into_any(),
-                duplicates.into_pyobject(py)?.into_any(),
-                PyList::new(py, delays)?.into_any(),
-                batch.max_day.into_pyobject(py)?.into_any(),
-                PyList::new(py, delegated)?.into_any(),
-            ],
-        )
+        })
     }
+}
+
+/// Tests only: make every later `Core.process` call panic in its `compute` phase (before it writes
+/// anything) or its `write` phase (after it wrote a state), or nowhere (None). Process-wide.
+#[pyfunction]
+#[pyo3(signature = (phase))]
+fn _set_failpoint(phase: Option<&str>) -> PyResult<()> {
+    let at = match phase {
+        None => 0,
+        Some(name) => match FAILPOINTS.iter().position(|p| *p == name) {
+            Some(index) => index as u8 + 1,
+            None => return Err(PyValueError::new_err(format!("unknown failpoint {name:?}"))),
+        },
+    };
+    FAILPOINT.store(at, Ordering::Relaxed);
+    Ok(())
 }
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    install_panic_hook();
     m.add_class::<Core>()?;
     m.add("ApplyError", m.py().get_type::<ApplyError>())?;
+    m.add("CorePanic", m.py().get_type::<CorePanic>())?;
+    m.add_function(wrap_pyfunction!(_set_failpoint, m)?)?;
     Ok(())
 }

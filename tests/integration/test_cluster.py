@@ -38,22 +38,22 @@ from kpimon.reference.compare import compare
 from kpimon.streams.output import KpiRecord
 from tests.helpers import KPIMON, free_port
 from tests.pipeline import (
+    WEEK_LATENESS,
     History,
     check_gauges,
     processed,
     read_kpis,
     replay,
     replay_args,
-    simulate_history,
     wait_for_equality,
 )
 from tests.workers import WorkerProcess, running_worker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(600)]
 
-# The history of tests/integration/test_reliability.py: about 13,000 messages, 48 of them invalid.
-USERS, DAYS, SEED = 1000, 7, 23
-LATENESS = DAYS + 10
+# The simulated week of tests/integration/test_reliability.py too (tests/pipeline.py): about 13,000
+# messages, 48 of them invalid.
+LATENESS = WEEK_LATENESS
 PARTITIONS = 4
 #: How long the killed broker stays away.
 DOWN_SECONDS = 30
@@ -108,12 +108,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         cluster.stop(timeout=10)  # never leave a node behind
 
 
-@pytest.fixture(scope="module")
-def history(tmp_path_factory: pytest.TempPathFactory) -> History:
-    """The simulated history and its reference, computed once for the module."""
-    history = simulate_history(tmp_path_factory.mktemp("history"), USERS, DAYS, SEED, LATENESS)
-    assert history.rejected > 0, "the history must hold invalid lines to dead-letter"
-    return history
+@pytest.fixture
+def history(week_history: History) -> History:
+    """The session's simulated week (tests/integration/conftest.py)."""
+    return week_history
 
 
 def halves(history: History, out: Path) -> tuple[History, History]:

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from kpimon.agents.devtools.localkafka import LocalKafka
 from kpimon.agents.devtools.top_view import UNDEFINED
-from tests.helpers import KPIMON, free_port, poll, port_is_free
+from tests.helpers import KPIMON, free_port, poll, port_is_free, slowdown
 from tests.integration.test_top import Tmux
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -59,14 +59,6 @@ def assert_nothing_left(home: Path, *ports: int) -> None:
 VALUES_WITHIN_S = 60.0
 #: ... and live traffic keeps them believable: stickiness well below 100 % after this much of it.
 LIVE_CHECK_AFTER_S = 60.0
-
-
-def slowdown() -> float:
-    """How much slower than on an idle machine CPU-bound work runs now: the 1-minute load average per
-    core, at least 1. The demo is CPU-bound (two JVM start-ups, the worker's Python) and itself keeps
-    about 2 processes busy, so on an idle 2-core machine this is 1; a machine shared with other test runs
-    (this one's load reached 25-30) stretches every phase by about this factor."""
-    return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
 
 
 def current_values(url: str) -> dict[tuple[str, str, str, str], float]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from kpimon.agents.pipeline import core
+from kpimon.agents.pipeline.batch import NATIVE_FAILED
 from kpimon.streams.output import OUTPUT_KPIS, KpiRecord
 from tests.helpers import free_port
 from tests.pipeline import History, check_gauges, processed, replay, simulate_history, wait_for_equality
@@ -61,6 +62,9 @@ def run_pipeline(
                 assert proc.proc.poll() is None, proc.log_tail()
             time.sleep(2)
         assert processed(procs) == total  # every message counted exactly once across the workers
+        if core_name == "native":  # the compiled core did it, not the Python engine after a failure
+            for proc in procs:
+                assert NATIVE_FAILED not in proc.log_path.read_text(errors="replace"), proc.log_tail()
         # Publishing the backlog takes minutes on a loaded machine (single publications of 30-60 s were
         # seen at load average 30): the bound only has to hold on such a machine, a quiet one is done sooner.
         actual = wait_for_equality(bootstrap, prefix, tmp, history.expected, timeout=420)

@@ -22,8 +22,9 @@ import pytest
 
 from kpimon.agents.devtools.localkafka import LocalKafka
 from kpimon.streams.output import day_name, day_number
-from tests.helpers import free_port, poll
+from tests.helpers import free_port, poll, slowdown
 from tests.pipeline import (
+    WEEK_LATENESS,
     History,
     KpisFollower,
     Series,
@@ -34,18 +35,15 @@ from tests.pipeline import (
     read_kpis,
     replay,
     replay_args,
-    simulate_history,
     wait_for_equality,
 )
 from tests.workers import WorkerProcess, running_worker, start_worker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(420)]
 
-# About 12,500 messages (invalid lines, duplicates and late events included): seconds of work for a worker.
-# A week only: after a restart the new owner re-publishes every record (about 3,000 here), and the next
-# publish waits nine times as long as that took (agents/pipeline/pacing.py).
-USERS, DAYS, SEED = 1000, 7, 23
-LATENESS = DAYS + 10  # a backfill: the whole history is within the lateness bound
+# The simulated week (tests/pipeline.py): after a restart the new owner re-publishes every record (about
+# 4,300 here).
+LATENESS = WEEK_LATENESS
 PARTITIONS = 4
 #: A crashed worker's partitions move after 10 s instead of Faust's 60 s.
 SESSION_TIMEOUT = "10"
@@ -53,10 +51,10 @@ SESSION_TIMEOUT = "10"
 EQUALITY_TIMEOUT = 240
 
 
-@pytest.fixture(scope="module")
-def history(tmp_path_factory: pytest.TempPathFactory) -> History:
-    """The simulated history and its reference, computed once for the module."""
-    return simulate_history(tmp_path_factory.mktemp("history"), USERS, DAYS, SEED, LATENESS)
+@pytest.fixture
+def history(week_history: History) -> History:
+    """The session's simulated week (tests/integration/conftest.py)."""
+    return week_history
 
 
 def options(partitions: int = PARTITIONS) -> list[str]:
@@ -411,11 +409,19 @@ def test_sigterm_commits_and_a_lost_state_dir_is_rebuilt_from_the_changelogs(
 
 #: Longer than a restart, so a partition that moved could only have moved by a rebalance.
 STATIC_SESSION_TIMEOUT = "45"
-#: kpimon-kpis equals the reference this soon after the replay ends, timed by the Kafka timestamps of
-#: kpimon-kpis (tests/pipeline.py, KpisFollower), not by polling. Issue #19 asks for 20 s: measured 17.7 to
-#: 19.0 s up to a load average of 12 on 2 cores, 21.7 to 36.9 s above it (the restart alone 10 to 19 s); a
-#: restart that waited for the session timeout (45 s) or a rebalance could not make 30 s.
-STATIC_SETTLE_SECONDS = 30
+#: kpimon-kpis equals the reference this soon after the replay ends on a quiet machine (issue #19), timed by
+#: the Kafka timestamps of kpimon-kpis (tests/pipeline.py, KpisFollower), not by polling; multiplied by the
+#: machine's slowdown (tests/helpers.py) on a shared one. A restart that waited for the session timeout
+#: (45 s) or a rebalance could not make it.
+STATIC_SETTLE_SECONDS = 20.0
+#: Where a restarted worker's time goes: log lines that end each phase of its start.
+START_PHASES = {
+    "app built (imports, pre-flight, instance id claim)": "static member",
+    "group joined": "Joined group",
+    "tables restored": "Restore complete!",
+    "counters rebuilt, partials re-read": "re-read kpimon-partials",
+    "ready": "Worker ready",
+}
 
 
 def assignment(worker: WorkerProcess) -> frozenset[tuple[str, str]] | None:
@@ -483,9 +489,10 @@ def test_a_static_member_killed_and_restarted_at_once_keeps_its_partitions(
         stack.callback(follower.stop)
         replayer = start_replay(history, kafka_bootstrap, unique_prefix)
         wait_for(lambda: processed(workers) >= history.messages / 3, 120, "a third processed", workers)
-        killed = time.monotonic()
+        killed = time.time()
         assert first.stop(signal.SIGKILL) == -signal.SIGKILL
         time.sleep(3)  # a restart, as a supervisor does it: seconds, not at once
+        restart_gap = time.time() - killed
         restarted = start_worker(
             kafka_bootstrap,
             unique_prefix,
@@ -494,26 +501,35 @@ def test_a_static_member_killed_and_restarted_at_once_keeps_its_partitions(
             [*static, "--instance-id", "worker-0"],
         )
         stack.callback(restarted.stop)
-        restart_gap = time.monotonic() - killed
         assert restart_gap < 5, restart_gap
         finish_replay(replayer)
         replay_end = time.time()
         restarted.wait_ready()
-        ready_after = time.monotonic() - killed
         actual = wait_for_equality(kafka_bootstrap, unique_prefix, tmp_path, history.expected, 120)
         equal_at = poll(lambda: follower.settled_at(history.expected), lambda t: t is not None, 30)
         assert equal_at is not None
         settled = equal_at - replay_end
         seen = watch.stop()
+        factor = slowdown()
+        phases = restarted.log_times(START_PHASES)
+        started = killed + restart_gap
+        steps, last = [], started
+        for name in START_PHASES:
+            if name in phases:
+                steps.append(f"{name} +{phases[name] - last:.1f} s")
+                last = phases[name]
         print(
-            f"\nstatic membership: restarted {restart_gap:.1f} s after SIGKILL, ready {ready_after:.1f} s "
-            f"after it; kpimon-kpis equal to the reference {settled:.1f} s after the replay ended"
+            f"\nstatic membership: restarted {restart_gap:.1f} s after SIGKILL: {', '.join(steps)} (ready "
+            f"{phases.get('ready', 0.0) - killed:.1f} s after the kill); the replay ended "
+            f"{replay_end - killed:.1f} s after the kill; kpimon-kpis equal to the reference {settled:.1f} s "
+            f"after it (bound {STATIC_SETTLE_SECONDS:.0f} s x slowdown {factor:.1f}; load "
+            f"{os.getloadavg()[0]:.1f})"
         )
         # No rebalance moved a partition: the other worker kept exactly its partitions throughout, and the
         # restarted one got its own back.
         assert seen == [kept], seen
         assert assignment(restarted) == before
-        assert settled <= STATIC_SETTLE_SECONDS, settled
+        assert settled <= STATIC_SETTLE_SECONDS * factor, (settled, factor)
         check_gauges([restarted, other], actual)
 
 

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 
 from kpimon.agents.exporter.kpi_collector import KpiCollector
 from kpimon.agents.pipeline.aggregation import Aggregator
-from kpimon.agents.pipeline.partials import Partial, Watermark, decode, encode, parse_group, partition_of
+from kpimon.agents.pipeline.partials import (
+    Partial,
+    Watermark,
+    decode,
+    encode,
+    parse_group,
+    partial_key,
+    partition_of,
+)
+from kpimon.agents.runtime.publishing import heal
 from kpimon.streams.output import day_name
 
 DAY = 20_781
@@ -187,3 +198,33 @@ def test_retention_gauges_show_the_newest_matured_cohort_as_current() -> None:
     assert registry.get_sample_value("kpimon_kpi_ci_low", {**current, "kpi": "retention_rate"}) is not None
     # The cohort record of DAY itself (window 1d) has no gauge: its retention is not known yet.
     assert registry.get_sample_value("kpimon_retention_cohort_users", {**current, "window": "1d"}) is None
+
+
+def test_expired_groups_name_their_partials_for_tombstones_and_a_heal_skips_them() -> None:
+    """kpimon-partials holds only the days that can change: each expired group's partials (one per source)
+    are tombstoned, and a heal after a restore, reading the topic from the beginning, skips tombstones."""
+    table: dict[bytes, Any] = {}
+    agg = Aggregator(4)
+    old, recent = ("platform", "ios", DAY - 20), ("platform", "ios", DAY - 3)
+    sent = [partial(source, 1, 1, 1, day=day) for day in (old[2], recent[2]) for source in (0, 2)]
+    agg.on_watermark(table, 0, Watermark(source=0, version=1, current_day=DAY))
+    for message in sent:
+        agg.on_partial(table, message)
+    list(agg.take_publishable(table, set(range(4))))  # published: no longer dirty
+    removed: list[bytes] = []
+    owner = partition_of(old, 4)
+    assert agg.expire(table, owner, DAY - 10, removed) == 1
+    assert removed == [partial_key(old, 0), partial_key(old, 2)]
+    # The topic as a restore re-reads it: both days' partials, then the tombstones of the old day's.
+    topic = [(partition_of(p.group, 4), encode(p)) for p in sent] + [(owner, None) for _ in removed]
+
+    async def messages() -> Any:
+        for item in topic:
+            yield item
+
+    restored: dict[bytes, Any] = {}
+    healer = Aggregator(4)
+    healed = asyncio.run(heal(healer, restored, messages(), DAY - 10, lambda _: contextlib.nullcontext()))
+    assert healed == 2  # the recent day's two partials; the expired day is settled, tombstones skipped
+    assert healer.global_counts(restored, old) == {}
+    assert healer.global_counts(restored, recent) == {"active_users/1d": 2, "active_users/30d": 2}

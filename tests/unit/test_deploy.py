@@ -10,6 +10,7 @@ other targets and pass `promtool check config` (Debian's prometheus package; mis
 from __future__ import annotations
 
 import base64
+import fnmatch
 import functools
 import json
 import os
@@ -188,8 +189,63 @@ def test_dockerfile_copies_files_that_exist_and_every_package() -> None:
         str(link.resolve().relative_to(ROOT)) for link in package.iterdir() if link.is_symlink()
     }
     assert len(needed) > 1, "kpimon/ holds no symlinks to the top-level folders"
+    # The crates of the compiled extensions (setuptools-rust builds them into the wheel).
+    needed |= {
+        str(Path(module["path"]).parent) for module in PYPROJECT["tool"]["setuptools-rust"]["ext-modules"]
+    }
     assert needed <= copied, f"parts of the kpimon package not copied: {sorted(needed - copied)}"
     assert {"pyproject.toml", PYPROJECT["project"]["readme"]} <= copied
+
+
+def dockerfile_stages(instructions: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """The instructions of each stage (from its FROM), in order: the last stage is the image."""
+    stages: list[list[tuple[str, str]]] = []
+    for instruction, arguments in instructions:
+        if instruction == "FROM":
+            stages.append([])
+        stages[-1].append((instruction, arguments))
+    return stages
+
+
+#: What installs or is a Rust toolchain (or the C compiler and linker it needs).
+RUST_TOOLCHAIN = re.compile(r"\b(rustup|rustc|cargo|gcc)\b")
+
+
+def test_dockerfile_builder_has_a_rust_toolchain_and_the_image_does_not() -> None:
+    """The build stage compiles the batch core into the installed package (`pip install .` runs cargo
+    through setuptools-rust), and fails if it did not; the image copies only the installed package."""
+    *builders, image = dockerfile_stages(INSTRUCTIONS)
+    (build,) = builders
+    build_runs = [arguments for instruction, arguments in build if instruction == "RUN"]
+    (toolchain,) = [run for run in build_runs if "rustup" in run]
+    assert "--default-toolchain" in toolchain and "--profile minimal" in toolchain
+    pinned = {
+        args.split("=", 1)[1] for instruction, args in build if instruction == "ARG" and "RUST_" in args
+    }
+    assert pinned and all(re.fullmatch(r"\d+\.\d+\.\d+", version) for version in pinned), pinned
+    cargo_path = dockerfile_env(build).get("PATH", "")
+    assert cargo_path.startswith(dockerfile_env(build)["CARGO_HOME"] + "/bin:"), "pip must find cargo"
+    # The install comes after the toolchain, and checks that the core was built (its build is optional).
+    install = next(i for i, run in enumerate(build_runs) if "pip install ." in run)
+    assert build_runs.index(toolchain) < install
+    assert 'python -c "import kpimon._native"' in build_runs[install]
+    # The image: no compiler, no toolchain; from the build stage only the virtualenv.
+    for instruction, arguments in image:
+        assert not (instruction in ("RUN", "ENV", "ARG") and RUST_TOOLCHAIN.search(arguments)), arguments
+        if instruction == "COPY" and arguments.startswith("--from"):
+            assert shlex.split(arguments)[1:] == ["/opt/kpimon", "/opt/kpimon"], arguments
+
+
+def test_docker_context_leaves_out_the_hosts_builds_of_the_core() -> None:
+    """A core compiled on the host (another Python or libc) must not reach the image's wheel, nor the
+    crate's target/ directory (gigabytes) the build context."""
+    ignored = [
+        line.strip().rstrip("/")
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for path in ("kpimon/_native.cpython-311-x86_64-linux-gnu.so", "kpimon/_native.abi3.so", "native/target"):
+        assert any(fnmatch.fnmatch(path, pattern) for pattern in ignored), path
 
 
 def test_dockerfile_runs_the_worker_as_a_non_root_user() -> None:

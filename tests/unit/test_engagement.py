@@ -30,6 +30,7 @@ from kpimon.streams.engagement import (
     expand,
     expiry_cutoff,
     full_contribution,
+    full_contribution_runs,
     is_known,
     record_click,
     record_click_runs,
@@ -612,3 +613,29 @@ def test_full_contribution_equals_the_sum_of_record_click_deltas(clicks: list[tu
     assert {k for deltas in partial.values() for k in deltas} == {
         (kpi, window, d) for (_, kpi, window, d), n in rebuilt.items() if n and d >= cut
     }
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 70), st.sampled_from(["ios", "web"]), st.booleans()), max_size=25),
+    st.one_of(st.none(), st.integers(-5, 80)),
+)
+def test_full_contribution_runs_cover_exactly_the_days_of_full_contribution(
+    clicks: list[tuple[int, str, bool]], from_offset: int | None
+) -> None:
+    """The runs the counters' rebuild applies are the per-day deltas of `full_contribution`, run-length
+    encoded: the same segments, counters and days (those before `from_day` left out)."""
+    state = UserState()
+    for day, platform, signed in clicks:
+        state.note_seen(D0 + day)
+        record_click(state, D0 + day, D0 if signed else None, (ALL, ("platform", platform)))
+    from_day = None if from_offset is None else D0 + from_offset
+    expanded: dict[SegmentKey, dict[tuple[str, str, int], int]] = {}
+    for segment, runs in full_contribution_runs(state, from_day):
+        days = expanded.setdefault(segment, {})
+        for kpi, window, first, last, delta in runs:
+            assert first <= last and delta == 1
+            for d in range(first, last + 1):
+                assert (kpi, window, d) not in days  # runs of one counter never overlap
+                days[(kpi, window, d)] = delta
+    assert expanded == full_contribution(state, from_day)

@@ -5,9 +5,11 @@ messages mixed (a differential property test), and on the bench's simulated traf
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -161,6 +163,20 @@ def batches(draw: st.DrawFn) -> list[tuple[str, int, list[tuple[bytes | None, by
     return out
 
 
+class EncodedStates(dict[bytes, UserState]):
+    """A user-state table that takes encoded states as the worker's `UserStore` does: the bytes the
+    compiled core hands over with a state must be the state's own `to_bytes()`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoded = 0
+
+    def put_encoded(self, key: bytes, state: UserState, value: bytes) -> None:
+        assert value == state.to_bytes(), (state, value)
+        self.encoded += 1
+        self[key] = state
+
+
 @dataclass
 class Outcome:
     """What one core made of the batches."""
@@ -171,6 +187,10 @@ class Outcome:
     folded: dict[tuple[str, str], int]
     rejections: dict[tuple[str, str], int]
     samples: dict[tuple[str, str], float]
+    #: Batches the compiled core failed on, left to the Python engine (whose results would hide the bug).
+    failures: int = 0
+    #: States written with the compiled core's encoding.
+    encoded: int = 0
 
 
 def run(name: core.CoreName, data: list[Any], lateness: int) -> Outcome:
@@ -179,7 +199,7 @@ def run(name: core.CoreName, data: list[Any], lateness: int) -> Outcome:
     metrics = PipelineMetrics(registry, topics=("clicks", "surveys"))
     processor = BatchProcessor(engine, metrics, Policy(max_lateness_days=lateness), KINDS, LABELS, core=name)
     assert processor.core == name
-    users: dict[bytes, UserState] = {}
+    users = EncodedStates()
     offsets: dict[tuple[str, int], int] = {}
     results = []
     for topic, partition, batch, again in data:
@@ -224,6 +244,8 @@ def run(name: core.CoreName, data: list[Any], lateness: int) -> Outcome:
         dict(engine.folder.folded),
         dict(metrics.rejections),
         samples,
+        processor.native_failures,
+        users.encoded,
     )
 
 
@@ -239,6 +261,7 @@ def test_the_compiled_core_equals_the_python_engine(data: list[Any], lateness: i
     assert native.folded == python.folded
     assert native.rejections == python.rejections
     assert native.samples == python.samples
+    assert native.failures == 0  # the compiled core did the batches: no error or panic fell back
 
 
 def test_the_core_is_chosen_by_the_core_setting() -> None:
@@ -281,8 +304,137 @@ def test_new_segment_values_are_folded_as_the_python_engine_folds_them() -> None
             False,
         )
     ]
+    # The states the core applies come with their bytes (checked against to_bytes by EncodedStates).
+    assert run("native", within_room, 7).encoded == 3
     for data in (within_room, beyond_room, delegated_first, within_room + beyond_room):
         python, native = run("python", data, 7), run("native", data, 7)
+        assert python.encoded == 0
         assert native.states == python.states
         assert native.partials == python.partials
         assert native.folded == python.folded
+        assert native.failures == 0
+
+
+#: The compiled core's failpoints (kpimon._native._set_failpoint, tests only).
+Failpoint = Literal["compute", "write"] | None
+
+
+@pytest.fixture
+def failpoint() -> Iterator[Callable[[Failpoint], None]]:
+    """Set the compiled core's test-only failpoint; reset it whatever the test does (it is process-wide)."""
+    module = core.native_module()
+    assert module is not None
+    yield module._set_failpoint
+    module._set_failpoint(None)
+
+
+def mixed_batches() -> list[Any]:
+    """Clicks and surveys of several users over several days: state-changing and repeated clicks, a
+    passive one, a duplicate survey, an invalid, an unkeyed and a re-keyed message."""
+
+    def message(event: dict[str, Any]) -> bytes:
+        return json.dumps(event).encode()
+
+    clicks = []
+    for n in range(40):
+        user, days_ago = USERS[n % 7], n % 5
+        event = {"event_id": f"c{n}", "user_id": user, "ts": NOW - days_ago * MS_PER_DAY - n * 1000}
+        event["type"] = "push_received" if n % 11 == 0 else "tap"
+        event["platform"] = ("ios", "web", "android")[n % 3]
+        if n % 4 == 0:
+            event["signup_ts"] = NOW - 3 * MS_PER_DAY
+        clicks.append((user.encode(), message(event)))
+    clicks.append((b"u1", b'{"user_id": "u1", "ts": "yesterday"}'))
+    clicks.append((None, message({"event_id": "c99", "user_id": "u8", "ts": NOW - 5000, "type": "tap"})))
+    surveys = [
+        (
+            user.encode(),
+            message(
+                {
+                    "event_id": f"s{n % 6}",
+                    "user_id": user,
+                    "ts": NOW - (n % 3) * MS_PER_DAY,
+                    "survey": "nps",
+                    "action": "answered",
+                    "score": n % 11,
+                    "plan": "pro",
+                }
+            ),
+        )
+        for n, user in enumerate(USERS[:6] * 2)
+    ]
+    return [
+        ("clicks", 0, clicks[:25], False),
+        ("surveys", 1, surveys, False),
+        ("clicks", 0, clicks[25:], True),
+    ]
+
+
+def test_a_panic_before_any_write_leaves_the_batch_to_the_python_engine(
+    failpoint: Callable[[Failpoint], None],
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A Rust panic in the compute phase is an ordinary exception (PyO3's PanicException is a
+    BaseException, which would end the worker): the Python engine takes the batch, with one warning."""
+    data = mixed_batches()
+    python = run("python", data, 7)
+    assert native_handles_some(data), "the batches must exercise the compiled core"
+    failpoint("compute")
+    with caplog.at_level(logging.WARNING, logger="kpimon.agents.pipeline.batch"):
+        panicked = run("native", data, 7)  # would raise PanicException (a BaseException) unguarded
+    assert panicked.results == python.results
+    assert panicked.states == python.states  # byte-equal user states
+    assert panicked.partials == python.partials  # equal counters
+    assert panicked.folded == python.folded
+    assert panicked.rejections == python.rejections
+    assert panicked.samples == python.samples
+    calls = sum(2 if again else 1 for *_, again in data)
+    assert panicked.failures == calls
+    warnings = [r for r in caplog.records if r.name == "kpimon.agents.pipeline.batch"]
+    assert len(warnings) == calls  # one per batch, each a warning naming the panic
+    for record in warnings:
+        assert record.levelno == logging.WARNING
+        assert record.exc_info is not None and type(record.exc_info[1]).__name__ == "CorePanic"
+        assert 'failpoint "compute"' in str(record.exc_info[1])
+    # The panic is reported once, through that log record: the default panic hook does not print it too.
+    assert "panicked at" not in capfd.readouterr().err
+
+
+def native_handles_some(data: list[Any]) -> bool:
+    """Whether the compiled core itself applies records of `data` (it delegates some to Python)."""
+    module = core.native_module()
+    assert module is not None
+    engine = SourceEngine(7, passive_types=("push_received",), max_segment_values=3)
+    native = module.Core({"push_received"}, 7, 7, Policy().max_future_ms, Policy().max_message_bytes)
+    topic, partition, batch, _ = data[0]
+    records = [Record(i, key, value) for i, (key, value) in enumerate(batch)]
+    users: dict[bytes, UserState] = {}
+    counters = engine.counters(partition)
+    _, accepted, *_ = native.process(
+        topic, records, 0, users.get, UserState, counters, engine.folder, NOW, partition
+    )
+    return accepted > 0
+
+
+def test_a_panic_after_the_first_write_is_an_apply_error(failpoint: Callable[[Failpoint], None]) -> None:
+    """A panic once the core has written a state cannot go to the Python engine (it would apply part of
+    the batch twice): it is the ApplyError path, an ordinary exception, not PyO3's PanicException."""
+    module = core.native_module()
+    assert module is not None
+    engine = SourceEngine(7, passive_types=("push_received",), max_segment_values=3)
+    processor = BatchProcessor(
+        engine, PipelineMetrics(CollectorRegistry()), Policy(max_lateness_days=7), KINDS, LABELS, "native"
+    )
+    topic, partition, batch, _ = mixed_batches()[0]
+    first = UserState()
+    users = {b"u0": first}
+    before = first.to_bytes()
+    failpoint("write")
+    with pytest.raises(module.ApplyError, match=r'panicked.*failpoint "write"') as raised:
+        processor.process(topic, partition, [Record(i, k, v) for i, (k, v) in enumerate(batch)], users, NOW)
+    assert isinstance(raised.value, Exception)
+    assert first.to_bytes() != before  # the write had begun: u0's state object was updated in place
+    failpoint(None)
+    with pytest.raises(ValueError, match="unknown failpoint"):
+        failpoint("nowhere")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from click.testing import CliRunner
@@ -34,6 +35,8 @@ from kpimon.simulator.model import (
     EXPECTED_PLATFORM_SHARES,
     NPS_DROP_DAYS,
     NPS_NOISE_ANSWERS,
+    SCENARIO_KINDS,
+    SCENARIOS,
     SURVEY_KINDS,
     BatchConfig,
     BatchModel,
@@ -43,6 +46,7 @@ from kpimon.simulator.model import (
     Outgoing,
     Population,
     Scenario,
+    ScenarioKind,
     batch_traffic,
     is_weekend,
 )
@@ -194,6 +198,20 @@ def test_bad_arguments_are_refused_with_a_reason(args: list[str], message: str) 
     code, output = cli(*args)
     assert code == 2, output
     assert message in output
+
+
+def test_help_lists_every_scenario_the_simulator_accepts() -> None:
+    """The help's list is made from the registry, and the registry is every kind `Scenario` takes."""
+    assert get_args(ScenarioKind) == SCENARIO_KINDS  # registry and type name the same kinds
+    result = CliRunner().invoke(simulate, ["--help"], terminal_width=80)
+    assert result.exit_code == 0, result.output
+    lines = [line.strip() for line in result.output.splitlines()]
+    for kind in get_args(ScenarioKind):
+        assert Scenario.parse(f"{kind}:all").kind == kind  # accepted ...
+        (line,) = [line for line in lines if line.startswith(f"{kind}:SEGMENT ")]  # ... and listed
+        assert SCENARIOS[kind] in line
+    code, output = cli("--now", NOW, "--out-dir", "x", "--scenario", "outage:ios")
+    assert code == 2 and all(f"{kind}:SEGMENT" in output for kind in SCENARIO_KINDS)
 
 
 def test_scenario_segments() -> None:
