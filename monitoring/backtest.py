@@ -11,19 +11,24 @@ they are; nothing here restates an expression. The steps:
 3. **The exporter's series**: every `kpi_step` seconds the records of the current day (`group_records`,
    what the aggregator publishes) become gauges as the exporter exposes them (`record_samples`, with
    `job`/`instance`), targets included; every `scrape_step` seconds the pipeline counters
-   (`kpimon_events_total`, `kpimon_dead_letters_total`), the snapshot time and `up` of a healthy worker.
-4. **Prometheus**: one OpenMetrics file per day, `promtool tsdb create-blocks-from openmetrics`, a real
-   Prometheus over the blocks; the recording rules backfilled level by level (a rule waits for the records
-   it reads) with `promtool tsdb create-blocks-from rules`, at `kpi_step` for the KPI group and at the
-   evaluation interval for the pipeline group.
+   (`kpimon_events_total`, and `kpimon_dead_letters_total` summed over reasons).
+4. **Prometheus**: one OpenMetrics file of the whole history, `promtool tsdb create-blocks-from
+   openmetrics` into large blocks, a real Prometheus over them; the recording rules the alerts read are
+   recorded level by level (a rule waits for the records it reads) by `query_range` and written back as
+   blocks, at `kpi_step` for the KPI group; the per-minute pipeline records are written into the pipeline
+   alerts that read them as plain instant vectors (`RuleFiles.inlined`: the same values, months faster).
 5. **Alerts**: each alert expression by `query_range` at the step its inputs change at (KPI alerts:
-   `kpi_step`; pipeline alerts: the evaluation interval), and `for:` applied as Prometheus applies it at its
-   evaluation interval: a KPI condition seen at a step holds until the next step (the gauges hold their
-   values between snapshots), an alert opens once it held for `for`, an episode lasts while it holds.
+   `kpi_step`; pipeline alerts: the evaluation interval), and `for:` and `keep_firing_for` applied as
+   Prometheus applies them at its evaluation interval: a KPI condition seen at a step holds until the next
+   step (the gauges hold their values between snapshots), an alert opens once it held for `for`, an episode
+   lasts while it holds (and `keep_firing_for` after).
+6. **The budget** (`budget_config`, `measure`): page and ticket episodes per 30 days in the days without a
+   true change, and how soon each true change (`CHANGES`) opens its alerts.
 
 What it does not model: worker outages, restarts, Kafka outages and consumer lag (a healthy worker:
 `KpimonSnapshotStale`, `KpimonKafkaUnreachable`, `KpimonWorkerDown` and `KpimonConsumerLagGrowing` cannot
-fire here), and intraday changes finer than `kpi_step`.
+fire here: they are reported as not modelled, `NOT_MODELLED`), and intraday changes finer than
+`kpi_step`.
 """
 
 from __future__ import annotations
@@ -303,7 +308,7 @@ def replay(
     previous_day: bool = False,
     max_lateness_days: int = 7,
 ) -> Replay:
-    """Run the simulation through the worker's source engine; one OpenMetrics file per day in `out_dir`.
+    """Run the simulation through the worker's source engine; one OpenMetrics file (history.om) in `out_dir`.
 
     Only the families in `metrics` (exported names, counters without `_total`) are written, and the
     series of the previous day (`day="previous"`) only with `previous_day` (when some alert reads them).
