@@ -52,10 +52,16 @@ def writing_partition(topic: str, partition: int) -> Iterator[None]:
 
 def current_partition() -> int | None:
     """The partition of the event being processed (or named by `writing_partition`), None outside one."""
+    event = _current_event()()
+    return None if event is None else int(event.message.partition)
+
+
+@functools.cache
+def _current_event() -> Any:
+    # Imported once: an import statement per user-state write cost as much as the rest of the call.
     from faust import current_event
 
-    event = current_event()
-    return None if event is None else int(event.message.partition)
+    return current_event
 
 
 class _PartitionEvent:
@@ -276,6 +282,18 @@ def raw_store(store: Any) -> bool:
     return isinstance(store, SerializedStore)
 
 
+def memory_dict(store: Any) -> dict[Any, Any] | None:
+    """The dict behind Faust's memory store (its `data`), None for any other store.
+
+    The store's mapping interface is `mode`'s `FastUserDict`: two Python-level calls per read
+    (`Mapping.get`, `__getitem__`) before the dict lookup, for every user of every batch.
+    """
+    from faust.stores.memory import Store
+
+    data = getattr(store, "data", None) if type(store) is Store else None
+    return data if type(data) is dict else None
+
+
 def raw_get(store: Any, key: bytes) -> bytes | None:
     """A serialized store's bytes for `key`, or None: its private `_get`.
 
@@ -403,3 +421,80 @@ def watched_worker() -> type[Any]:
             super()._on_sigint()
 
     return WatchedWorker
+
+
+def plain_records(consumer: Any) -> bool:
+    """Make a started aiokafka consumer hand out its records as aiokafka's own record objects instead of
+    building a `ConsumerRecord` for each; returns whether it could (else the consumer is left as it was).
+
+    aiokafka's `getmany` unpacks every fetched record into a `ConsumerRecord` dataclass (11 fields, the
+    headers copied into a tuple): most of its per-record cost, a fifth of a worker's CPU. The record
+    objects it unpacks them from (`DefaultRecord`, `LegacyRecord`) have the same `offset`, `key`, `value`,
+    `timestamp` and `headers` (a list of (str, bytes) pairs), which is all kpimon reads of a record
+    (`pipeline.batch.SourceRecord`); they carry no topic or partition, which `getmany` gives per batch.
+
+    The fetcher keeps each partition's fetched data in `Fetcher._records` (private) as a `FetchResult`
+    over a `PartitionRecords`, whose private `_records_iterator` yields the records; this replaces that
+    mapping with one whose stores swap the iterator for `_plain_iterator`, the same walk through the
+    record batches (CRC check, transactions, control batches, positions) without the conversion. Only for
+    consumers without key or value deserializers (kpimon's read bytes).
+    """
+    from aiokafka.consumer.fetcher import FetchResult, PartitionRecords
+
+    fetcher: Any = getattr(consumer, "_fetcher", None)
+    records = getattr(fetcher, "_records", None)
+    if not isinstance(records, dict):
+        return False
+
+    class PlainRecords(type(records)):  # type: ignore[misc]
+        """`Fetcher._records` whose fetch results yield aiokafka's record objects."""
+
+        def __setitem__(self, tp: Any, result: Any) -> None:
+            if type(result) is FetchResult:
+                partition_records: Any = getattr(result, "_partition_records", None)
+                if (
+                    type(partition_records) is PartitionRecords
+                    and partition_records._key_deserializer is None
+                    and partition_records._value_deserializer is None
+                ):
+                    partition_records._records_iterator = _plain_iterator(partition_records)
+            super().__setitem__(tp, result)
+
+    plain = PlainRecords()
+    for tp, result in records.items():
+        plain[tp] = result
+    fetcher._records = plain
+    return True
+
+
+def _plain_iterator(partition_records: Any) -> Iterator[Any]:
+    """aiokafka's `PartitionRecords._unpack_records` (0.11-0.14), yielding the record objects as they are."""
+    from aiokafka.consumer.fetcher import READ_COMMITTED
+
+    self = partition_records
+    records = self._records
+    read_committed = self._isolation_level == READ_COMMITTED
+    while records.has_next():
+        batch = records.next_batch()
+        if self._check_crcs and not batch.validate_crc():
+            from aiokafka.errors import CorruptRecordException
+
+            raise CorruptRecordException(f"Invalid CRC - {self._tp}")
+        if read_committed and batch.producer_id is not None:
+            # Transactions: aiokafka's own bookkeeping of aborted producers, unchanged.
+            self._consume_aborted_up_to(batch.base_offset)
+            if batch.is_control_batch and self._contains_abort_marker(batch):
+                self._aborted_producers.discard(batch.producer_id)
+            if batch.is_transactional and batch.producer_id in self._aborted_producers:
+                self.next_fetch_offset = batch.next_offset
+                continue
+        if batch.is_control_batch:
+            self.next_fetch_offset = batch.next_offset
+            continue
+        for record in batch:
+            offset = record.offset
+            if offset < self.next_fetch_offset:
+                continue  # a compressed message set's records before the fetch offset
+            self.next_fetch_offset = offset + 1
+            yield record
+        self.next_fetch_offset = batch.next_offset

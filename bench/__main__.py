@@ -21,7 +21,19 @@ from bench.child import run_child
 from bench.cluster import local_kafka
 from bench.stats import StageResult
 
-STAGES = ("batch", "ceiling", "bare", "candidates", "naive", "quix", "kpimon", "kpimon2", "rss", "delay")
+STAGES = (
+    "batch",
+    "ceiling",
+    "ceiling-plain",
+    "bare",
+    "candidates",
+    "naive",
+    "quix",
+    "kpimon",
+    "kpimon2",
+    "rss",
+    "delay",
+)
 FULL: dict[str, float] = {
     "events": 1_000_000,
     "days": 30,
@@ -38,7 +50,7 @@ QUICK: dict[str, float] = {
 }
 #: The throughput stages that run on both traffic mixes.
 MIX_STAGES = ("ceiling", "quix", "kpimon")
-_MAIN_DATA_STAGES = {"ceiling", "bare", "candidates", "naive", "quix", "kpimon", "kpimon2"}
+_MAIN_DATA_STAGES = {"ceiling", "ceiling-plain", "bare", "candidates", "naive", "quix", "kpimon", "kpimon2"}
 
 DESCRIPTION = """\
 Benchmark kpimon against a plain aiokafka consumer, a bare Faust agent and a naive Faust DAU, on the same
@@ -49,6 +61,8 @@ stages (--only, comma-separated; all by default):
   batch    no Kafka: the batch path alone (validation, user states, counters) on in-memory batches of
            both traffic mixes, in messages per CPU second of `BatchProcessor.process` (bench/batchpath.py)
   ceiling  a plain aiokafka consumer (getmany) decoding every message with msgspec: the ceiling
+  ceiling-plain  the same, its records aiokafka's own record objects instead of ConsumerRecords (as
+           kpimon's source reader reads them): what building a ConsumerRecord per record costs
   bare     a Faust agent that only iterates over the raw messages (its own process)
   candidates  issue #7's levers on Faust's per-event cost, each a bare Faust process changed in one
            way: consumer/fetcher settings (10k records per poll, 8 MiB fetches, a 128k stream
@@ -198,6 +212,10 @@ async def run_stages(
         say("ceiling: plain aiokafka consumer")
         results["ceiling"] = await ceiling.run(bootstrap, data, args.timeout)
         _show(results["ceiling"])
+    if data is not None and "ceiling-plain" in stages:
+        say("ceiling-plain: plain aiokafka consumer without ConsumerRecord objects")
+        results["ceiling-plain"] = await ceiling.run(bootstrap, data, args.timeout, plain=True)
+        _show(results["ceiling-plain"])
     if data is not None and ("bare" in stages or "candidates" in stages):
         # bare Faust is also the candidates' baseline ("Faust defaults"), so it runs for them too.
         results["bare"] = await _child("bare", "bench.bare_faust", bootstrap, data, scratch, args.timeout)

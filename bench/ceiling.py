@@ -3,6 +3,10 @@
 No framework, no state: `getmany` with a large `max_records`, `msgspec.json.decode` of every value into
 Python objects. Whatever a Python worker does per event comes on top of this, so it bounds what any
 worker built on aiokafka can reach on this machine and broker.
+
+With `plain=True` (the `ceiling-plain` stage) the consumer hands out aiokafka's record objects instead of
+building a `ConsumerRecord` per record (`kpimon.agents.compat.plain_records`, as the worker's source
+reader does): the difference between the two is what that conversion costs per record.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.fill import DataSet
 from bench.stats import StageResult
+from kpimon.agents import compat
 
 
-async def run(bootstrap: str, data: DataSet, timeout: float) -> StageResult:
-    """Consume both topics from the beginning to their end offsets; events/s from first to last message."""
+async def run(bootstrap: str, data: DataSet, timeout: float, plain: bool = False) -> StageResult:
+    """Consume both topics from the beginning to their end offsets; events/s from first to last message.
+
+    `plain`: without aiokafka's `ConsumerRecord` objects (see the module docstring)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -26,6 +33,8 @@ async def run(bootstrap: str, data: DataSet, timeout: float) -> StageResult:
         fetch_max_bytes=64 * 1024 * 1024,
     )
     await consumer.start()
+    if plain and not compat.plain_records(consumer):
+        raise RuntimeError("this aiokafka cannot hand out plain records")
     decode = msgspec.json.decode
     try:
         tps = [TopicPartition(t, p) for t in data.topics for p in range(data.partitions)]
@@ -51,7 +60,7 @@ async def run(bootstrap: str, data: DataSet, timeout: float) -> StageResult:
     finally:
         await consumer.stop()
     result = StageResult.from_count(
-        "ceiling",
+        "ceiling-plain" if plain else "ceiling",
         count,
         last - first,
         complete=not remaining,

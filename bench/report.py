@@ -12,6 +12,7 @@ from bench.stats import StageResult, Target, extrapolate, rate, ratio, time_spli
 #: Stage key -> label in the table, in display order.
 LABELS = {
     "ceiling": "ceiling: aiokafka getmany + msgspec decode",
+    "ceiling-plain": "ceiling without ConsumerRecords (plain records)",
     "bare": "bare Faust agent (iterate only)",
     "naive": "naive Faust DAU (windowed tables)",
     "quix": "peer: Quix Streams exact DAU (state, group_by)",
@@ -98,6 +99,7 @@ def ratios(results: Mapping[str, StageResult]) -> dict[str, float | None]:
         "kpimon/quix": ratio(kpimon, rate_of(results, "quix")),
         "kpimon/bare": ratio(kpimon, rate_of(results, "bare")),
         "bare/ceiling": ratio(rate_of(results, "bare"), rate_of(results, "ceiling")),
+        "ceiling-plain/ceiling": ratio(rate_of(results, "ceiling-plain"), rate_of(results, "ceiling")),
         "kpimon2/kpimon": ratio(rate_of(results, "kpimon2"), kpimon),
         "changing: kpimon/ceiling": ratio(
             rate_of(results, "kpimon-changing"), rate_of(results, "ceiling-changing")
@@ -117,6 +119,9 @@ def cpu_ratios(results: Mapping[str, StageResult]) -> dict[str, float | None]:
         "kpimon/quix": ratio(kpimon, cpu_rate_of(results, "quix")),
         "kpimon/bare": ratio(kpimon, cpu_rate_of(results, "bare")),
         "bare/ceiling": ratio(cpu_rate_of(results, "bare"), cpu_rate_of(results, "ceiling")),
+        "ceiling-plain/ceiling": ratio(
+            cpu_rate_of(results, "ceiling-plain"), cpu_rate_of(results, "ceiling")
+        ),
         "changing: kpimon/ceiling": ratio(
             cpu_rate_of(results, "kpimon-changing"), cpu_rate_of(results, "ceiling-changing")
         ),
@@ -219,7 +224,7 @@ def render_candidates(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 def targets(results: Mapping[str, StageResult]) -> list[Target]:
     """Issue #7's targets, each with the measured value (None when its stage did not run)."""
-    both = ratios(results)
+    both, cpu = ratios(results), cpu_ratios(results)
     delay = results.get("delay")
     p99 = delay.figures.get("p99_s") if delay is not None else None
     rss_result = results.get("rss")
@@ -228,7 +233,13 @@ def targets(results: Mapping[str, StageResult]) -> list[Target]:
     partial = rss_result is not None and not rss_result.complete
     return [
         Target("kpimon events/s per worker process", rate_of(results, "kpimon"), 120_000, unit="/s"),
-        Target("kpimon/ceiling", both["kpimon/ceiling"], 0.35),
+        # The lower of the wall-clock and the per-CPU-second ratio: on a shared machine the ceiling and
+        # kpimon stages run minutes apart under different load, which moves the wall-clock ratio either way.
+        Target(
+            "kpimon/ceiling (the lower of wall and per CPU second)",
+            lower(both["kpimon/ceiling"], cpu["kpimon/ceiling"]),
+            0.35,
+        ),
         Target(
             "state-changing mix: kpimon events/s per worker process",
             rate_of(results, "kpimon-changing"),
@@ -245,6 +256,7 @@ def targets(results: Mapping[str, StageResult]) -> list[Target]:
             partial=partial,
         ),
         Target("p99 end-to-end delay (s)", p99, 2.0, at_least=False),
+        Target("two workers over one worker (events/s; faster: > 1)", both["kpimon2/kpimon"], 1.0),
         Target(
             "batch path: compiled core / Python engine, the slower mix (identical results)",
             batch_ratio(results.get("batch")),
@@ -257,6 +269,12 @@ def targets(results: Mapping[str, StageResult]) -> list[Target]:
             at_least=False,
         ),
     ]
+
+
+def lower(a: float | None, b: float | None) -> float | None:
+    """The lower of two figures, either when the other is unknown."""
+    known = [v for v in (a, b) if v is not None]
+    return min(known) if known else None
 
 
 def batch_ratio(batch: StageResult | None) -> float | None:

@@ -40,7 +40,7 @@ class Core:
         now_ms: int,
         partition: int,
     ) -> tuple[
-        list[tuple[bytes, UserState]],
+        list[tuple[bytes, UserState, bytes | None]],
         int,
         int,
         list[float],

@@ -9,7 +9,7 @@ valid event dead-letters that event with reason `internal_error`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -79,6 +79,10 @@ class StateCache(MutableMapping[bytes, UserState]):
         self._table = table
         self._states: dict[bytes, UserState] = {}
         self._dirty: set[bytes] = set()
+        #: The changelog bytes of states the compiled core encoded (`UserState.to_bytes` of the state).
+        self._encoded: dict[bytes, bytes] = {}
+        put = getattr(table, "put_encoded", None)
+        self._put_encoded: Callable[[bytes, UserState, bytes], None] | None = put
 
     def __getitem__(self, key: bytes) -> UserState:
         state = self._states.get(key)
@@ -98,6 +102,14 @@ class StateCache(MutableMapping[bytes, UserState]):
     def __setitem__(self, key: bytes, state: UserState) -> None:
         self._states[key] = state
         self._dirty.add(key)
+        self._encoded.pop(key, None)  # changed since it was encoded, if it was
+
+    def put_encoded(self, key: bytes, state: UserState, encoded: bytes | None) -> None:
+        """Set a changed state together with its `to_bytes()` (None: not encoded), which the table gets
+        with it when it takes encoded states (`UserStore.put_encoded`): no encoding in Python."""
+        self[key] = state
+        if encoded is not None:
+            self._encoded[key] = encoded
 
     def __delitem__(self, key: bytes) -> None:
         raise NotImplementedError("user states are never deleted by a batch")
@@ -110,10 +122,16 @@ class StateCache(MutableMapping[bytes, UserState]):
 
     def write_back(self) -> int:
         """Write every changed state to the table; return how many were written."""
+        encoded, put = self._encoded, self._put_encoded
         for key in self._dirty:
-            self._table[key] = self._states[key]
+            value = encoded.get(key) if put is not None else None
+            if value is not None:
+                put(key, self._states[key], value)  # type: ignore[misc]  # (put is not None here)
+            else:
+                self._table[key] = self._states[key]
         written = len(self._dirty)
         self._dirty.clear()
+        encoded.clear()
         return written
 
 
@@ -238,8 +256,8 @@ class BatchProcessor:
                 "%s of partition %d; the Python engine takes it", NATIVE_FAILED, partition, exc_info=True
             )
             return None
-        for key, state in changed:
-            cache[key] = state
+        for key, state, encoded in changed:
+            cache.put_encoded(key, state, encoded)
         if max_day is not None:
             counters.saw_day(max_day)
         label = self.labels[kind]

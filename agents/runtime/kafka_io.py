@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -16,6 +17,8 @@ from kpimon.agents.config.settings import Settings
 from kpimon.agents.runtime.ports import FetchError, Headers
 from kpimon.agents.runtime.ports import TopicPartition as Partition
 from kpimon.agents.runtime.tables import raw_topic
+
+log = logging.getLogger(__name__)
 
 
 async def read_committed(
@@ -68,8 +71,11 @@ class KafkaFetcher:
         )
 
     async def start(self) -> None:
-        """Connect."""
+        """Connect; from then on the consumer hands out aiokafka's record objects, without building a
+        `ConsumerRecord` for each (`compat.plain_records`: a fifth of a worker's CPU)."""
         await self.consumer.start()
+        if not compat.plain_records(self.consumer):
+            log.warning("this aiokafka cannot hand out plain records: reading ConsumerRecords (slower)")
 
     async def stop(self) -> None:
         """Disconnect."""

@@ -106,6 +106,8 @@ pub struct Fact<K> {
     pub ms: i64,
     /// (platform, plan, stage) segment ids of a fact added by this batch.
     pub segments: (u32, u32, u32),
+    /// (platform, plan, stage) of a fact read from the state (its encoding needs them).
+    pub names: Option<[String; 3]>,
 }
 
 impl<K> Fact<K> {

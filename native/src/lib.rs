@@ -12,6 +12,7 @@
 mod bits;
 mod engine;
 mod json;
+mod wire;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -207,6 +208,9 @@ fn load_state<'py>(object: &Bound<'py, PyAny>, segments: &mut Segments<'py>) -> 
             return Ok(None);
         };
         let text: String = event_id.extract()?;
+        let name = |i: usize| fact.get_item(i).ok().and_then(|v| v.extract::<String>().ok());
+        let (Some(platform), Some(plan), Some(stage)) = (name(4), name(5), name(6)) else { return Ok(None) };
+        let names = [platform, plan, stage];
         state.surveys.push(Fact {
             key: Some(event_id),
             event_id: text,
@@ -216,6 +220,7 @@ fn load_state<'py>(object: &Bound<'py, PyAny>, segments: &mut Segments<'py>) -> 
             score: fact.get_item(3)?.extract()?,
             ms: fact.get_item(7)?.extract()?,
             segments: (0, 0, 0),
+            names: Some(names),
         });
     }
     Ok(Some(state))
@@ -269,6 +274,38 @@ fn store_state<'py>(
         }
     }
     Ok(object)
+}
+
+/// `UserState.to_bytes` of a changed state (the changelog bytes), from the core's view of it.
+fn encode_state(state: &State<Bound<'_, PyAny>>, segments: &Segments<'_>) -> Vec<u8> {
+    let name = |id: u32| segments.list[id as usize].1.as_str();
+    let surveys = state
+        .surveys
+        .iter()
+        .map(|fact| wire::WireFact {
+            event_id: fact.event_id.as_str(),
+            day: fact.day,
+            survey: SURVEYS[fact.survey as usize],
+            action: ACTIONS[fact.action as usize],
+            score: fact.score,
+            names: match &fact.names {
+                Some([platform, plan, stage]) => [platform.as_str(), plan.as_str(), stage.as_str()],
+                None => [name(fact.segments.0), name(fact.segments.1), name(fact.segments.2)],
+            },
+            ms: fact.ms,
+        })
+        .collect();
+    wire::encode(&wire::WireState {
+        base: state.base,
+        segments: state.segments.iter().map(|(id, bits)| (segments.list[*id as usize].0, name(*id), *bits)).collect(),
+        explicit_new: state.explicit_new,
+        first_active: state.first_active,
+        first_active_unsigned: state.first_active_unsigned,
+        first_seen: state.first_seen,
+        surveys,
+        last_seen: state.last_seen,
+        partition: state.partition,
+    })
 }
 
 /// The batch core of one worker: its settings, fixed at construction.
@@ -426,6 +463,7 @@ impl Core {
             score: ev.score.unwrap_or(-1),
             ms: if answered_nps { ev.ts_ms.rem_euclid(MS_PER_DAY) } else { 0 },
             segments: (platform, plan, stage),
+            names: None,
         };
         let mut emit = |s: u32, run: Run| *pending.entry((s, run)).or_insert(0) += 1;
         u.state.record_survey(fact, *all, levels, [*all, platform, plan, stage], &mut emit);
@@ -673,7 +711,14 @@ impl Core {
                 for i in 0..batch.users.len() {
                     if batch.users[i].dirty {
                         let object = store_state(py, &batch.users[i], state_class, &mut batch.segments)?;
-                        changed.append((batch.users[i].key.clone(), object))?;
+                        // The changelog bytes, unless Python applies some of the user's records after the
+                        // core (then the state changes again, and Python encodes it).
+                        let encoded = if batch.users[i].delegated {
+                            None
+                        } else {
+                            Some(PyBytes::new(py, &encode_state(&batch.users[i].state, &batch.segments)))
+                        };
+                        changed.append((batch.users[i].key.clone(), object, encoded))?;
                     }
                 }
                 failpoint("write");

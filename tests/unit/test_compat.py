@@ -6,8 +6,10 @@ When an upgrade breaks one, this file names it; nothing else in kpimon touches f
 
 from __future__ import annotations
 
+import collections
 import inspect
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import faust
@@ -104,6 +106,13 @@ def test_the_rocksdb_store_reads_and_writes_raw_bytes_per_partition(tmp_path: Pa
     assert keys is not None and list(keys) == [b"k"]  # the persisted offset's own key is skipped
     memory = create_app(Settings(app_id="t-compat-memory", data_dir=tmp_path)).users.data
     assert not compat.raw_store(memory) and compat.partition_keys(memory, 0) is None
+    # The memory store's dict is the store: what is written to one is read from the other.
+    data = compat.memory_dict(memory)
+    assert data is not None and compat.memory_dict(store) is None
+    data[b"m"] = 1
+    assert memory[b"m"] == 1 and memory.get(b"m") == 1
+    memory[b"n"] = 2
+    assert data[b"n"] == 2
 
 
 def test_the_connection_probe_takes_kpimons_client_options() -> None:
@@ -184,6 +193,70 @@ def test_the_watched_worker_arms_its_watchdog_on_the_stop_signals() -> None:
     for name in ("_on_sigterm", "_on_sigint"):
         assert callable(getattr(Worker, name)), name
         assert name in vars(compat.watched_worker())
+
+
+def _fetched(batches: list[list[tuple[int, bytes | None, bytes | None]]], fetch_offset: int) -> Any:
+    """aiokafka's PartitionRecords over record batches of (offset, key, value), as a fetch leaves them."""
+    from aiokafka.consumer.fetcher import READ_UNCOMMITTED, PartitionRecords
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+    from aiokafka.record.memory_records import MemoryRecords
+    from aiokafka.structs import TopicPartition
+
+    data = bytearray()
+    for records in batches:
+        builder = DefaultRecordBatchBuilder(
+            magic=2, compression_type=0, is_transactional=0, producer_id=-1, producer_epoch=-1,
+            base_sequence=-1, batch_size=1 << 20,
+        )  # fmt: skip
+        base = records[0][0]
+        for offset, key, value in records:
+            builder.append(
+                offset - base, timestamp=1_700_000_000_000 + offset, key=key, value=value,
+                headers=[("kpimon-kind", b"clicks")] if offset % 2 else [],
+            )  # fmt: skip
+        batch = builder.build()
+        batch[0:8] = base.to_bytes(8, "big")  # the batch's base offset, as the broker assigns it
+        data += batch
+    return PartitionRecords(
+        TopicPartition("clicks", 0), MemoryRecords(bytes(data)), [], fetch_offset, None, None, True,
+        READ_UNCOMMITTED,
+    )  # fmt: skip
+
+
+def test_plain_records_yield_what_consumer_records_carry_without_building_them() -> None:
+    """`plain_records` swaps the iterator of each fetch result stored in the fetcher's `_records`."""
+    from aiokafka.consumer.consumer import AIOKafkaConsumer
+    from aiokafka.consumer.fetcher import Fetcher, FetchResult
+    from aiokafka.structs import ConsumerRecord, TopicPartition
+
+    assert "self._fetcher = Fetcher(" in inspect.getsource(AIOKafkaConsumer.start)
+    assert "self._records = collections.OrderedDict()" in inspect.getsource(Fetcher.__init__)
+    assert "self._records[tp] = FetchResult(" in inspect.getsource(Fetcher)
+    assert "_records_iterator" in inspect.getsource(FetchResult) + inspect.getsource(
+        type(_fetched([[(0, b"k", b"v")]], 0))
+    )
+    batches = [[(5, b"u1", b"a"), (6, None, b"b"), (7, b"u2", None)], [(8, b"u3", b"c"), (9, b"u1", b"d")]]
+    # Fetched from offset 6: the first record of the first batch was consumed already.
+    expected = list(_fetched(batches, 6))
+    assert all(type(r) is ConsumerRecord for r in expected) and [r.offset for r in expected] == [6, 7, 8, 9]
+
+    # A started consumer's fetcher, as far as plain_records touches it.
+    consumer = SimpleNamespace(_fetcher=SimpleNamespace(_records=collections.OrderedDict()))
+    assert compat.plain_records(consumer)
+    partition_records = _fetched(batches, 6)
+    tp = TopicPartition("clicks", 0)
+    consumer._fetcher._records[tp] = FetchResult(
+        tp, partition_records=partition_records, assignment=None, backoff=0
+    )
+    plain = list(partition_records)
+    assert plain and not any(type(r) is ConsumerRecord for r in plain)
+    fields = ("offset", "key", "value", "timestamp")
+    assert [tuple(getattr(r, f) for f in fields) for r in plain] == [
+        tuple(getattr(r, f) for f in fields) for r in expected
+    ]
+    assert [list(r.headers) for r in plain] == [list(r.headers) for r in expected]
+    assert partition_records.next_fetch_offset == 10  # the position aiokafka moves the consumer to
+    assert compat.plain_records(object()) is False  # not an aiokafka consumer: left alone
 
 
 async def test_restored_partitions_reads_the_partitions_fausts_recovery_restores(tmp_path: Path) -> None:

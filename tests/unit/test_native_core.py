@@ -163,6 +163,20 @@ def batches(draw: st.DrawFn) -> list[tuple[str, int, list[tuple[bytes | None, by
     return out
 
 
+class EncodedStates(dict[bytes, UserState]):
+    """A user-state table that takes encoded states as the worker's `UserStore` does: the bytes the
+    compiled core hands over with a state must be the state's own `to_bytes()`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoded = 0
+
+    def put_encoded(self, key: bytes, state: UserState, value: bytes) -> None:
+        assert value == state.to_bytes(), (state, value)
+        self.encoded += 1
+        self[key] = state
+
+
 @dataclass
 class Outcome:
     """What one core made of the batches."""
@@ -175,6 +189,8 @@ class Outcome:
     samples: dict[tuple[str, str], float]
     #: Batches the compiled core failed on, left to the Python engine (whose results would hide the bug).
     failures: int = 0
+    #: States written with the compiled core's encoding.
+    encoded: int = 0
 
 
 def run(name: core.CoreName, data: list[Any], lateness: int) -> Outcome:
@@ -183,7 +199,7 @@ def run(name: core.CoreName, data: list[Any], lateness: int) -> Outcome:
     metrics = PipelineMetrics(registry, topics=("clicks", "surveys"))
     processor = BatchProcessor(engine, metrics, Policy(max_lateness_days=lateness), KINDS, LABELS, core=name)
     assert processor.core == name
-    users: dict[bytes, UserState] = {}
+    users = EncodedStates()
     offsets: dict[tuple[str, int], int] = {}
     results = []
     for topic, partition, batch, again in data:
@@ -229,6 +245,7 @@ def run(name: core.CoreName, data: list[Any], lateness: int) -> Outcome:
         dict(metrics.rejections),
         samples,
         processor.native_failures,
+        users.encoded,
     )
 
 
@@ -287,8 +304,11 @@ def test_new_segment_values_are_folded_as_the_python_engine_folds_them() -> None
             False,
         )
     ]
+    # The states the core applies come with their bytes (checked against to_bytes by EncodedStates).
+    assert run("native", within_room, 7).encoded == 3
     for data in (within_room, beyond_room, delegated_first, within_room + beyond_room):
         python, native = run("python", data, 7), run("native", data, 7)
+        assert python.encoded == 0
         assert native.states == python.states
         assert native.partials == python.partials
         assert native.folded == python.folded
