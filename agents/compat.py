@@ -92,8 +92,8 @@ def bulk_topics_consumer() -> type[Any]:
     Faust has no public way to subscribe to a topic (so that its partitions are assigned with the tables'
     changelogs) without fetching it. This subclass overrides the private `Consumer._set_active_tps`, which
     decides the partitions the consumer thread fetches. It also seeks a partition without a committed
-    offset to its beginning after a rebalance (`seek_to_committed`, with the private `_is_changelog_tp` and
-    `_thread.seek_to_beginning`): see there.
+    offset to its beginning after a rebalance (`seek_to_committed`, with the private `_is_changelog_tp`):
+    see there.
     """
     import asyncio
 
@@ -128,8 +128,10 @@ def bulk_topics_consumer() -> type[Any]:
                 for tp, offset in committed.items()
                 if not offset and not self._is_bulk(tp) and not self._is_changelog_tp(tp)
             ]
-            if unread:
-                await self._thread.seek_to_beginning(*unread)
+            for tp in unread:
+                # Offset 0 without waiting for a round trip (an offset below the log's start, compacted
+                # away, is reset to the earliest one); Faust's own seek also forgets the read offset.
+                await self.seek(tp, 0)
             return committed
 
         def verify_event_path(self, now: float, tp: Any) -> None:

@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from kpimon.agents.exporter.kpi_collector import CI_HIGH, CI_LOW, COHORT, KPI_METRICS, gauge_day
 from kpimon.reference.compare import compare, parse_records
 from kpimon.streams.output import KpiRecord, day_number, decode
-from tests.helpers import KPIMON
+from tests.helpers import KPIMON, poll
 from tests.workers import WorkerProcess
 
 Series = tuple[str, frozenset[tuple[str, str]]]
@@ -262,3 +262,24 @@ class KpisFollower:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(10)
+
+
+def wait_until_followed_equal(
+    follower: KpisFollower, bootstrap: str, prefix: str, tmp: Path, expected: list[KpiRecord], timeout: float
+) -> tuple[list[KpiRecord], float]:
+    """Wait until the follower sees kpimon-kpis equal to `expected`, then check it once with `kpimon kpis`.
+
+    Returns the records `kpimon kpis` read and when kpimon-kpis became equal (Kafka time). Polling the
+    follower costs nothing; each `kpimon kpis` is a process of its own (a second of CPU on a loaded
+    machine), which slowed the very workers a test was timing. After `timeout` the differences are shown.
+    """
+    deadline = time.monotonic() + timeout
+    settled = follower.settled_at(expected)
+    while settled is None and time.monotonic() < deadline:
+        time.sleep(1)
+        settled = follower.settled_at(expected)
+    actual = wait_for_equality(bootstrap, prefix, tmp, expected, 30 if settled is not None else 0)
+    if settled is None:  # equal by `kpimon kpis` just now: the follower has it within a poll or two
+        settled = poll(lambda: follower.settled_at(expected), lambda t: t is not None, 30)
+    assert settled is not None
+    return actual, settled

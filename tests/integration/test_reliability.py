@@ -36,6 +36,7 @@ from tests.pipeline import (
     replay,
     replay_args,
     wait_for_equality,
+    wait_until_followed_equal,
 )
 from tests.workers import WorkerProcess, running_worker, start_worker
 
@@ -153,10 +154,9 @@ def test_a_worker_killed_mid_replay_loses_nothing_and_counts_nothing_twice(
             ready = time.time() - killed
             finish_replay(replayer)
             replay_end = time.time()
-            actual = wait_for_equality(
-                kafka_bootstrap, unique_prefix, tmp_path, history.expected, EQUALITY_TIMEOUT
+            actual, equal_at = wait_until_followed_equal(
+                follower, kafka_bootstrap, unique_prefix, tmp_path, history.expected, EQUALITY_TIMEOUT
             )
-            equal_at = poll(lambda: follower.settled_at(history.expected), lambda t: t is not None, 30)
             print(
                 f"\nkill -9 and restart: ready {ready:.1f} s after SIGKILL; kpimon-kpis equal to the "
                 f"reference {max(0.0, equal_at - replay_end):.1f} s after the replay ended"
@@ -281,8 +281,8 @@ def test_scaling_one_two_three_one_workers_mid_replay(
         )
         ready = time.time()
         finish_replay(replayer)
-        actual = wait_for_equality(
-            kafka_bootstrap, unique_prefix, tmp_path, history.expected, EQUALITY_TIMEOUT
+        actual, _ = wait_until_followed_equal(
+            follower, kafka_bootstrap, unique_prefix, tmp_path, history.expected, EQUALITY_TIMEOUT
         )
         newest = max(day_number(r.day) for r in history.expected)
         fresh_days = {day_name(newest), day_name(newest - 1)}
@@ -505,9 +505,9 @@ def test_a_static_member_killed_and_restarted_at_once_keeps_its_partitions(
         finish_replay(replayer)
         replay_end = time.time()
         restarted.wait_ready()
-        actual = wait_for_equality(kafka_bootstrap, unique_prefix, tmp_path, history.expected, 120)
-        equal_at = poll(lambda: follower.settled_at(history.expected), lambda t: t is not None, 30)
-        assert equal_at is not None
+        actual, equal_at = wait_until_followed_equal(
+            follower, kafka_bootstrap, unique_prefix, tmp_path, history.expected, 120
+        )
         settled = equal_at - replay_end
         seen = watch.stop()
         factor = slowdown()
