@@ -67,12 +67,13 @@ unit: setup  ## the fast unit tests only
 test: setup lint typecheck  ## everything CI runs: lint, types, the whole test suite (real Kafka)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-# The tests of faults and hostile input that `make test` runs with the compiled core only (the equality and
-# hostile-input tests run with both there): each worker they start is checked to run the Python engine.
+# The fault, security, hostile-input and dead-letter tests with the Python engine (`make test` runs them with
+# the compiled core; of them only the hostile-input test and the secured worker's with both, which is all
+# its time budget holds). Every worker they start is checked to run the core KPIMON_CORE asks for.
 PYTHON_CORE_TESTS := $(addprefix tests/integration/,test_reliability.py test_security.py \
 	test_hostile_input.py test_cluster.py test_dead_letters.py)
 
-test-python-core: setup  ## the reliability, security, hostile-input, cluster and dead-letter tests with the Python batch core (~N min)
+test-python-core: setup  ## the reliability, security, hostile-input, cluster and dead-letter tests with the Python batch core (~17 min)
 	KPIMON_CORE=python $(BIN)/pytest -q $(PYTHON_CORE_TESTS) $(PYTEST_ARGS)
 
 bench: setup $(BENCH_STAMP)  ## the benchmark suite (issue #7): its own Kafka, 1M events, ~40-70 min; BENCH_ARGS=--help

@@ -73,7 +73,7 @@ def good_batch(now_ms: int) -> list[Message]:
     return out
 
 
-# Both cores in `make test` (about N s each): the compiled core's validator meets the hostile bytes first.
+# Both cores in `make test` (13-27 s each): the compiled core's validator meets the hostile bytes first.
 @pytest.mark.parametrize("core_name", core_params())
 async def test_hostile_batch_never_kills_the_worker(
     kafka_bootstrap: str, unique_prefix: str, tmp_path: Path, core_name: CoreName
