@@ -559,7 +559,10 @@ def test_a_second_worker_with_an_instance_id_in_use_exits_with_a_clear_error(
 #: How long the broker stays away, and what a worker may spend meanwhile (issue #19).
 OUTAGE_SECONDS = 60
 MAX_OUTAGE_CPU = 0.10  # of one core
-MAX_OUTAGE_LOG_LINES = 600
+#: Log lines in the outage's 60 s: each kind of Kafka client line once a minute (about 6 kinds), the
+#: summaries (2), Faust's timers overlapping (a few). Measured 0 to 5; 59 to 559 before Faust's producer
+#: lines were throttled too (`producer buffer full size N`, up to 20 a second while its buffer is full).
+MAX_OUTAGE_LOG_LINES = 30
 #: SIGTERM during the outage ends the worker within this.
 MAX_STOP_SECONDS = 30
 
@@ -570,9 +573,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def log_lines(worker: WorkerProcess) -> int:
+def log_lines(worker: WorkerProcess) -> list[str]:
     worker._log.flush()
-    return len(worker.log_path.read_bytes().splitlines())
+    return worker.log_path.read_text(errors="replace").splitlines()
 
 
 def kafka_reachable(worker: WorkerProcess) -> float | None:
@@ -603,13 +606,14 @@ def test_a_worker_without_its_broker_backs_off_stops_on_time_and_carries_on(
             # Noticed within seconds: /ready says 503 and the metric 0.
             wait_for(lambda: all(probe(w, "/ready") == 503 for w in workers), 30, "/ready 503", workers)
             assert all(kafka_reachable(w) == 0 for w in workers)
-            lines = [log_lines(w) for w in workers]
+            lines = [len(log_lines(w)) for w in workers]
             cpu = [cpu_seconds(w.proc.pid) for w in workers]
             started = time.monotonic()
             time.sleep(OUTAGE_SECONDS)
             elapsed = time.monotonic() - started
             used = [(cpu_seconds(w.proc.pid) - c) / elapsed for w, c in zip(workers, cpu, strict=True)]
-            written = [log_lines(w) - n for w, n in zip(workers, lines, strict=True)]
+            written_lines = [log_lines(w)[n:] for w, n in zip(workers, lines, strict=True)]
+            written = [len(w) for w in written_lines]
             outage = max(
                 v for (name, _), v in survivor.samples().items() if name == "kpimon_kafka_outage_seconds"
             )
@@ -630,7 +634,7 @@ def test_a_worker_without_its_broker_backs_off_stops_on_time_and_carries_on(
                 f"kpimon-kpis equal to the reference {settled:.1f} s later"
             )
             assert all(u < MAX_OUTAGE_CPU for u in used), used
-            assert all(n < MAX_OUTAGE_LOG_LINES for n in written), written
+            assert all(n <= MAX_OUTAGE_LOG_LINES for n in written), (written, written_lines)
             assert outage >= OUTAGE_SECONDS, outage
             assert took < MAX_STOP_SECONDS and code == 0, (took, code, stopped.log_tail())
             assert kafka_reachable(survivor) == 1

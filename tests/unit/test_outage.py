@@ -15,6 +15,7 @@ from kpimon.agents.runtime.outage import (
     Backoff,
     ClientLogThrottle,
     KafkaWatch,
+    install_throttle,
 )
 
 
@@ -51,6 +52,39 @@ def test_the_throttle_lets_each_kind_through_once_a_minute_and_counts_the_rest()
     assert throttle.summary() is None  # counted once
     clock.now += SUMMARY_INTERVAL
     assert throttle.filter(record(unable))  # once a minute again
+
+
+def test_the_throttle_holds_back_faust_producer_back_pressure_lines_whatever_their_numbers() -> None:
+    """Faust's producer logs a full buffer (WARNING) and each 0.1 s wait after it (INFO) per message its
+    consumer delivers, formatted before logging: 559 lines in a minute's outage before they were held."""
+    clock = Clock()
+    throttle = ClientLogThrottle(clock=clock)
+    producer = "faust.transport.producer"
+    full = [record(f"producer buffer full size {n}", logging.WARNING, producer) for n in range(101, 401)]
+    took = [record(f"producer flush took {0.1 + n / 1e4}", logging.INFO, producer) for n in range(300)]
+    assert [throttle.filter(r) for r in full[:2]] == [True, False]  # one kind, whatever the size
+    assert [throttle.filter(r) for r in took[:2]] == [True, False]  # INFO too, for this logger
+    assert not any(throttle.filter(r) for r in full[2:] + took[2:])
+    assert throttle.filter(record("producer started", logging.DEBUG, producer))  # below INFO: passes
+    assert throttle.filter(record("Discovered coordinator %s", logging.INFO))  # aiokafka's INFO passes
+    summary = throttle.summary()
+    assert summary is not None and summary.startswith("held back 598 repeated Kafka client log lines")
+    assert "299 x 'producer buffer full size N'" in summary and "299 x 'producer flush took N'" in summary
+    clock.now += SUMMARY_INTERVAL
+    assert throttle.filter(full[0]) and throttle.filter(took[0])  # once a minute again
+
+
+def test_the_throttle_is_installed_on_the_faust_producer_logger() -> None:
+    throttle = ClientLogThrottle()
+    loggers = [logging.getLogger(name) for name in ("aiokafka", "faust.transport.producer")]
+    try:
+        install_throttle(throttle)
+        assert all(throttle in logger.filters for logger in loggers)
+        assert throttle not in logging.getLogger("faust.transport.consumer").filters
+    finally:
+        for logger in logging.Logger.manager.loggerDict.values():
+            if isinstance(logger, logging.Logger):
+                logger.removeFilter(throttle)
 
 
 def test_the_watch_marks_an_outage_once_backs_off_and_recovers() -> None:
