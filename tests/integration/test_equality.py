@@ -18,7 +18,7 @@ from kpimon.agents.pipeline.batch import NATIVE_FAILED
 from kpimon.streams.output import OUTPUT_KPIS, KpiRecord
 from tests.helpers import free_port
 from tests.pipeline import History, check_gauges, processed, replay, simulate_history, wait_for_equality
-from tests.workers import running_worker
+from tests.workers import core_params, requested_core, running_worker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -72,17 +72,7 @@ def run_pipeline(
         return actual
 
 
-#: The batch cores under test: the Python engine (the specification) and the compiled core, when built.
-CORES = [
-    pytest.param(
-        "native",
-        marks=pytest.mark.skipif(core.native_module() is None, reason="the compiled core is not built"),
-    ),
-    "python",
-]
-
-
-@pytest.mark.parametrize("core_name", CORES)
+@pytest.mark.parametrize("core_name", core_params())  # both cores, or the one KPIMON_CORE asks for
 def test_two_workers_on_four_partitions_equal_the_reference(
     kafka_bootstrap: str, unique_prefix: str, tmp_path: Path, history: History, core_name: core.CoreName
 ) -> None:
@@ -112,8 +102,8 @@ def test_one_worker_on_one_partition_gives_the_same_output(
     kafka_bootstrap: str, unique_prefix: str, tmp_path: Path, history: History
 ) -> None:
     """Also the RocksDB table store: the state lives on disk, the output is the same (the compiled core
-    when built: it updates states decoded from RocksDB's bytes)."""
-    name: core.CoreName = "native" if core.native_module() is not None else "python"
+    when built, unless KPIMON_CORE asks for another: it updates states decoded from RocksDB's bytes)."""
+    name = requested_core()
     run_pipeline(
         kafka_bootstrap,
         unique_prefix,
