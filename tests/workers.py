@@ -12,11 +12,13 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from kpimon.agents.config.settings import Settings
 from tests.helpers import KPIMON
 
 
@@ -134,6 +136,22 @@ class WorkerProcess:
         return self.proc.returncode
 
 
+#: The settings naming the topics a worker reads (the others it writes).
+INPUT_TOPICS = frozenset({"clicks_topic", "surveys_topic"})
+
+
+def topic_names(prefix: str, input_prefix: str) -> dict[str, str]:
+    """`KPIMON_*` variables naming every topic of a worker in full: the input topics prefixed
+    `input_prefix`, all others (kpimon-kpis, kpimon-partials, ...) `prefix` (with no topic prefix)."""
+    defaults = Settings()
+    return {
+        f"KPIMON_{f.name.upper()}": f"{input_prefix if f.name in INPUT_TOPICS else prefix}"
+        f"{getattr(defaults, f.name)}"
+        for f in fields(Settings)
+        if f.name.endswith("_topic")
+    }
+
+
 def start_worker(
     bootstrap: str,
     prefix: str,
@@ -143,20 +161,27 @@ def start_worker(
     env: dict[str, str] | None = None,
     tls_ca: Path | None = None,
     auth: tuple[str, str] | None = None,
+    *,
+    input_prefix: str | None = None,
 ) -> WorkerProcess:
     """Start a worker on topics prefixed `prefix`, app id `prefix`app, state in `tmp`/state; not waited for.
 
     Two workers started with the same `tmp` share the state directory: a restart of the same worker.
     `env` adds variables (settings without a flag) to the test's environment, whose KPIMON_* are dropped.
     `tls_ca` and `auth` say how to reach its web endpoints when `extra` turns on web TLS or basic auth.
+    With `input_prefix` the worker reads the clicks and surveys topics prefixed `input_prefix` and keeps
+    its own topics, app id and state under `prefix`: several worker groups over one replay.
     """
     tmp.mkdir(parents=True, exist_ok=True)
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("KPIMON_")}, **(env or {})}
+    topics = ["--topic-prefix", prefix]
+    if input_prefix is not None:
+        env |= topic_names(prefix, input_prefix)
+        topics = ["--topic-prefix", ""]
     args = [
         "--broker",
         bootstrap,
-        "--topic-prefix",
-        prefix,
+        *topics,
         "--app-id",
         f"{prefix}app",
         "--data-dir",
@@ -176,9 +201,13 @@ def running_worker(
     env: dict[str, str] | None = None,
     tls_ca: Path | None = None,
     auth: tuple[str, str] | None = None,
+    *,
+    input_prefix: str | None = None,
 ) -> Iterator[WorkerProcess]:
     """A ready worker (see `start_worker`); stopped on exit."""
-    worker = start_worker(bootstrap, prefix, web_port, tmp, extra, env, tls_ca, auth)
+    worker = start_worker(
+        bootstrap, prefix, web_port, tmp, extra, env, tls_ca, auth, input_prefix=input_prefix
+    )
     try:
         worker.wait_ready()
         yield worker
