@@ -15,10 +15,10 @@ BENCH_ARGS ?=
 BUDGET_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system-deps demo-deps run test lint typecheck format unit bench bench-quick kafka-start kafka-stop clean generate alert-budget
+.PHONY: help setup system-deps demo-deps run test test-python-core lint typecheck format unit bench bench-quick kafka-start kafka-stop clean generate alert-budget
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
 
 system-deps:  ## install Java 17+, Maven, Prometheus (promtool), Alertmanager (amtool) and tmux (Debian packages) when missing
 	@./deploy/system-deps.sh
@@ -66,6 +66,15 @@ unit: setup  ## the fast unit tests only
 
 test: setup lint typecheck  ## everything CI runs: lint, types, the whole test suite (real Kafka)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# The fault, security, hostile-input and dead-letter tests with the Python engine (`make test` runs them with
+# the compiled core; of them only the hostile-input test and the secured worker's with both, which is all
+# its time budget holds). Every worker they start is checked to run the core KPIMON_CORE asks for.
+PYTHON_CORE_TESTS := $(addprefix tests/integration/,test_reliability.py test_security.py \
+	test_hostile_input.py test_cluster.py test_dead_letters.py)
+
+test-python-core: setup  ## the reliability, security, hostile-input, cluster and dead-letter tests with the Python batch core (~17 min)
+	KPIMON_CORE=python $(BIN)/pytest -q $(PYTHON_CORE_TESTS) $(PYTEST_ARGS)
 
 bench: setup $(BENCH_STAMP)  ## the benchmark suite (issue #7): its own Kafka, 1M events, ~40-70 min; BENCH_ARGS=--help
 	$(BIN)/python -m bench $(BENCH_ARGS)

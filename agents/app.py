@@ -241,7 +241,7 @@ def create_app(
     # Consumer positions of owned partitions nothing was processed from yet: their lag's start.
     start_positions: dict[tuple[str, int], int] = {}
     registry.register(LagCollector(ownership.assigned, engine.positions, kpimon.highwater, start_positions))
-    register_runtime_metrics(registry)
+    register_runtime_metrics(registry, ingest.core)
     # The produce-error series of every topic a worker writes, at 0 from the start (rate() needs a start).
     changelogs = [changelog_topic_name(settings.app_id, name) for name in TABLE_NAMES]
     for topic in (settings.dead_letters, settings.rekeyed, settings.partials, settings.kpis, *changelogs):

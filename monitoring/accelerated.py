@@ -2,10 +2,16 @@
 
 End-to-end tests run a real Prometheus with the project's rules; waiting an hour for `for: 1h` is not an
 option, and editing the generated files is not either. `accelerated()` returns a copy of a
-`MonitoringConfig` whose every `for_*` duration and both intervals are short, and `prometheus_files()`
-renders the Prometheus config and rule files of any config exactly as `make generate` renders the committed
-ones (the committed files keep `DEFAULT`). Thresholds, selectors and windows (rate and lag windows,
-`offset 7d`) are left alone: only how long a condition must hold and how often Prometheus looks change.
+`MonitoringConfig` whose every `for_*` duration, `keep_firing_for` and both intervals are short, and
+`prometheus_files()` renders the Prometheus config and rule files of any config exactly as `make generate`
+renders the committed ones (the committed files keep `DEFAULT`). Thresholds, selectors and windows (rate
+and lag windows, `offset 7d`) are left alone: only how long a condition must hold, how long a firing alert
+outlasts it and how often Prometheus looks change.
+
+`keep_firing_for` is on the fast clock too: the default 2 days would keep every alert that fired on a
+test's transient values (a replay walking its current day through weeks of history) firing for the rest of
+the test, so whether a segment is seen alerting once the values are final would depend on how long the
+transient lasted, i.e. on the machine's load.
 """
 
 from __future__ import annotations
@@ -19,8 +25,13 @@ from monitoring.generate import PROMETHEUS_DIR, generated_files
 
 
 def _short_for(section: Any, duration: str) -> Any:
-    """A copy of an alert-section dataclass with every `for_*` field set to `duration`."""
-    changes = {f.name: duration for f in fields(section) if f.name.startswith("for_")}
+    """A copy of an alert-section dataclass with every `for_*` field and `keep_firing_for` (when set) set
+    to `duration`."""
+    changes = {
+        f.name: duration
+        for f in fields(section)
+        if f.name.startswith("for_") or (f.name == "keep_firing_for" and getattr(section, f.name))
+    }
     return replace(section, **changes)
 
 
@@ -31,7 +42,8 @@ def accelerated(
     scrape_interval: str = "1s",
     evaluation_interval: str = "1s",
 ) -> MonitoringConfig:
-    """`config` with every alert's `for` set to `for_duration` and the given scrape/evaluation intervals.
+    """`config` with every alert's `for` and `keep_firing_for` set to `for_duration` and the given
+    scrape/evaluation intervals.
 
     Durations are Prometheus duration strings. The nested alert sections (churn, satisfaction, engagement,
     pipeline) are found generically, so a `for_*` field added later is shortened too.

@@ -59,7 +59,7 @@ class SatisfactionAlerts:
     #: Hysteresis of the below-target and week-over-week alerts (Prometheus' `keep_firing_for`): once
     #: firing, an alert stays firing this long after its condition last held, so a 7-day KPI whose interval
     #: touches its target for a few hours does not resolve and open a new ticket (the alert back-test,
-    #: docs/alerts.md: 30 episodes in 90 days without a change became 12). It delays the resolution only,
+    #: docs/alerts.md: 30 episodes in 90 days without a change became 14). It delays the resolution only,
     #: never the opening.
     keep_firing_for: str = "2d"
 

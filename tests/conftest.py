@@ -9,9 +9,17 @@ from collections.abc import Iterator
 import pytest
 
 from kpimon.agents.devtools.localkafka import LocalKafka, SecureListeners
+from kpimon.agents.pipeline.core import ENV as CORE_ENV
 from tests.certs import make_pki
 from tests.helpers import free_port
 from tests.security import SCRAM_PASSWORD, SCRAM_USER, Access, SecureKafka, access
+from tests.workers import requested_core
+
+
+def pytest_report_header() -> str:
+    """Which batch core the tests' workers run (tests/workers.py checks each worker runs it)."""
+    asked = os.environ.get(CORE_ENV)
+    return f"kpimon workers' batch core: {requested_core()} ({CORE_ENV}={asked or 'unset: the default'})"
 
 
 @pytest.fixture(scope="session")

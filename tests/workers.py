@@ -16,10 +16,34 @@ from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kpimon.agents.config.settings import Settings
+from kpimon.agents.pipeline.core import ENV as CORE_ENV
+from kpimon.agents.pipeline.core import CoreName, native_module, selected
 from tests.helpers import KPIMON
+
+
+def requested_core() -> CoreName:
+    """The batch core the tests' workers run: `KPIMON_CORE` of the test run's environment (`make
+    test-python-core` sets `python`), else the compiled core when it is built, else the Python engine.
+    An unknown name, or `native` when it is not built, fails here, before any worker starts."""
+    return selected(os.environ.get(CORE_ENV) or None)
+
+
+def core_params() -> list[object]:
+    """The batch cores a test parametrized by core runs with: only the one `KPIMON_CORE` asks for when the
+    run sets it, else both (the compiled one skipped when it is not built)."""
+    if os.environ.get(CORE_ENV):
+        return [pytest.param(requested_core())]
+    return [
+        pytest.param(
+            "native",
+            marks=pytest.mark.skipif(native_module() is None, reason="the compiled core is not built"),
+        ),
+        pytest.param("python"),
+    ]
 
 
 class WorkerProcess:
@@ -27,7 +51,8 @@ class WorkerProcess:
 
     With `tls_ca` the web endpoints are reached over HTTPS (trusting that CA), with `auth` (user, password)
     requests carry HTTP basic auth. `executable` is the `kpimon` to run (another virtualenv's, say) and
-    `cwd` its working directory.
+    `cwd` its working directory. With `core`, `wait_ready` also checks that the worker runs that batch
+    core (kpimon_build_info's `core` label), so a run cannot pass on another core than it asked for.
     """
 
     def __init__(
@@ -41,8 +66,10 @@ class WorkerProcess:
         *,
         executable: str = KPIMON,
         cwd: Path | None = None,
+        core: CoreName | None = None,
     ) -> None:
         self.web_port = web_port
+        self.core = core
         self.log_path = log_path
         self.tls_ca = tls_ca
         self.auth = auth
@@ -81,18 +108,28 @@ class WorkerProcess:
             return exc.code, exc.read()
 
     def wait_ready(self, timeout: float = 90) -> None:
-        """Block until /ready says 200, or fail with the worker's log."""
+        """Block until /ready says 200, or fail with the worker's log; then check its batch core."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 if self.get("/ready", timeout=2)[0] == 200:
+                    if self.core is not None:
+                        running = self.running_core()
+                        assert running == self.core, f"the worker runs the {running} core, not {self.core}"
                     return
             except OSError:
                 pass
             time.sleep(0.3)
         raise AssertionError(f"worker not ready after {timeout}s:\n{self.log_tail()}")
+
+    def running_core(self) -> str | None:
+        """The batch core the worker says it runs (kpimon_build_info's `core` label), None if not said."""
+        for (name, labels), _ in self.samples().items():
+            if name == "kpimon_build_info":
+                return dict(labels).get("core")
+        return None
 
     def samples(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         """Every sample of /metrics as {(name, labels): value}."""
@@ -167,13 +204,20 @@ def start_worker(
     """Start a worker on topics prefixed `prefix`, app id `prefix`app, state in `tmp`/state; not waited for.
 
     Two workers started with the same `tmp` share the state directory: a restart of the same worker.
-    `env` adds variables (settings without a flag) to the test's environment, whose KPIMON_* are dropped.
-    `tls_ca` and `auth` say how to reach its web endpoints when `extra` turns on web TLS or basic auth.
-    With `input_prefix` the worker reads the clicks and surveys topics prefixed `input_prefix` and keeps
-    its own topics, app id and state under `prefix`: several worker groups over one replay.
+    `env` adds variables (settings without a flag) to the test's environment, whose KPIMON_* are dropped
+    but for the batch core: `KPIMON_CORE` is `env`'s, else `requested_core()`, and `wait_ready` checks
+    that the worker runs it. `tls_ca` and `auth` say how to reach its web endpoints when `extra` turns on
+    web TLS or basic auth. With `input_prefix` the worker reads the clicks and surveys topics prefixed
+    `input_prefix` and keeps its own topics, app id and state under `prefix`: several worker groups over
+    one replay.
     """
     tmp.mkdir(parents=True, exist_ok=True)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("KPIMON_")}, **(env or {})}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KPIMON_")},
+        CORE_ENV: requested_core(),
+        **(env or {}),
+    }
+    batch_core = selected(env[CORE_ENV])
     topics = ["--topic-prefix", prefix]
     if input_prefix is not None:
         env |= topic_names(prefix, input_prefix)
@@ -188,7 +232,8 @@ def start_worker(
         str(tmp / "state"),
         *(extra or []),
     ]
-    return WorkerProcess(args, web_port, tmp / f"worker-{web_port}.log", env, tls_ca, auth)
+    log_path = tmp / f"worker-{web_port}.log"
+    return WorkerProcess(args, web_port, log_path, env, tls_ca, auth, core=batch_core)
 
 
 @contextmanager

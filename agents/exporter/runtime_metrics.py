@@ -1,8 +1,9 @@
 """The worker process's own series: CPU, memory and file descriptors, the Python platform, the build.
 
 prometheus_client's process and platform collectors, on the worker's injected registry (not the global
-default one, which kpimon never serves), and `kpimon_build_info`: which versions run, for dashboards and
-for telling workers of a rolling upgrade apart.
+default one, which kpimon never serves), and `kpimon_build_info`: which versions and which batch core
+run, for dashboards, for telling workers of a rolling upgrade apart, and for proving which core a run
+used (the integration tests check it).
 """
 
 from __future__ import annotations
@@ -24,21 +25,24 @@ def package_version(distribution: str) -> str:
         return "unknown"
 
 
-def build_labels() -> dict[str, str]:
-    """The labels of kpimon_build_info: kpimon's version, Python's, Faust's and aiokafka's."""
+def build_labels(core: str) -> dict[str, str]:
+    """The labels of kpimon_build_info: kpimon's version, Python's, Faust's and aiokafka's, and `core`,
+    the batch core the worker's batches go through (`native` or `python`, pipeline/core.py)."""
     labels = {label: package_version(dist) for label, dist in BUILD_LABELS.items()}
     labels["python"] = platform.python_version()
+    labels["core"] = core
     return labels
 
 
-def register_runtime_metrics(registry: CollectorRegistry) -> None:
-    """Add process_*, python_info and kpimon_build_info to `registry`."""
+def register_runtime_metrics(registry: CollectorRegistry, core: str) -> None:
+    """Add process_*, python_info and kpimon_build_info (with the batch core `core`) to `registry`."""
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
-    labels = build_labels()
+    labels = build_labels(core)
     build = Gauge(
         "kpimon_build_info",
-        "Always 1; the labels name the versions of kpimon, Python, Faust and aiokafka this worker runs.",
+        "Always 1; the labels name the versions of kpimon, Python, Faust and aiokafka this worker runs, "
+        "and its batch core (native or python).",
         sorted(labels),
         registry=registry,
     )

@@ -21,6 +21,7 @@ from kpimon.agents import compat
 from kpimon.agents.config.kafka_security import read_secret
 from kpimon.agents.config.settings import Settings
 from kpimon.agents.pipeline.batch import BatchProcessor
+from kpimon.agents.pipeline.core import CoreName
 from kpimon.agents.pipeline.deadletters import Redactor
 from kpimon.agents.pipeline.engine import SourceEngine, rebuild_counters
 from kpimon.agents.pipeline.metrics import PipelineMetrics, rejection_summary
@@ -62,6 +63,8 @@ class Ingest:
     store: UserStore
     reader: SourceReader
     flusher: PartialsFlusher
+    #: The batch core the reader's batches go through (`native` or `python`, pipeline/core.py).
+    core: CoreName
 
 
 def register_ingest(
@@ -83,6 +86,8 @@ def register_ingest(
     store = UserStore(users)
     store.on_send_error = metrics.produce_error
     processor = BatchProcessor(engine, metrics, settings.policy, kinds, labels, core=settings.core or None)
+    # Said once at start (and as kpimon_build_info's `core` label): which engine a run's numbers came from.
+    log.info("batch core: %s", processor.core)
     redactor = (
         Redactor(read_secret("dead_letter_redact_key_file", settings.dead_letter_redact_key_file).encode())
         if settings.dead_letter_redact
@@ -185,7 +190,7 @@ def register_ingest(
         await reader.assign({tp for tp in ownership.assigned() if tp[1] in owned})
 
     users.on_recover(on_users_recovered)
-    return Ingest(users=users, store=store, reader=reader, flusher=flusher)
+    return Ingest(users=users, store=store, reader=reader, flusher=flusher, core=processor.core)
 
 
 class _FaustRecord:

@@ -7,6 +7,7 @@ docs/commands.md, "Comparing the stream with the reference".
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from contextlib import ExitStack
@@ -20,7 +21,7 @@ from kpimon.agents.pipeline.batch import NATIVE_FAILED
 from kpimon.streams.output import OUTPUT_KPIS, KpiRecord
 from tests.helpers import free_port
 from tests.pipeline import History, check_gauges, processed, replay, simulate_history, wait_for_equality
-from tests.workers import WorkerProcess, running_worker
+from tests.workers import WorkerProcess, core_params, requested_core, running_worker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -141,22 +142,15 @@ def settle(bootstrap: str, group: Group, history: History, total: int) -> list[K
     return actual
 
 
-#: The batch cores under test: the Python engine (the specification) and the compiled core, when built.
-CORES = [
-    pytest.param(
-        "native",
-        marks=pytest.mark.skipif(core.native_module() is None, reason="the compiled core is not built"),
-    ),
-    "python",
-]
-
-
 @pytest.fixture(scope="module")
 def two_workers(
     kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, history: History
 ) -> dict[str, Outcome]:
     """Two workers on four partitions per batch core, the cores' groups side by side over one replay."""
-    names: list[core.CoreName] = ["python"] if core.native_module() is None else ["native", "python"]
+    # The cores of core_params(): the one KPIMON_CORE asks for, else both (the compiled one when built).
+    names: list[core.CoreName] = [requested_core()]
+    if not os.environ.get(core.ENV) and core.native_module() is not None:
+        names = ["native", "python"]
     prefix = f"t-{uuid.uuid4().hex[:8]}-"
     return run_pipelines(
         kafka_bootstrap,
@@ -176,7 +170,7 @@ def records_of(outcome: Outcome) -> list[KpiRecord]:
     return outcome
 
 
-@pytest.mark.parametrize("core_name", CORES)
+@pytest.mark.parametrize("core_name", core_params())  # both cores, or the one KPIMON_CORE asks for
 def test_two_workers_on_four_partitions_equal_the_reference(
     two_workers: dict[str, Outcome], core_name: core.CoreName
 ) -> None:
@@ -204,8 +198,8 @@ def test_one_worker_on_one_partition_gives_the_same_output(
     kafka_bootstrap: str, unique_prefix: str, tmp_path: Path, history: History
 ) -> None:
     """Also the RocksDB table store: the state lives on disk, the output is the same (the compiled core
-    when built: it updates states decoded from RocksDB's bytes)."""
-    name: core.CoreName = "native" if core.native_module() is not None else "python"
+    when built, unless KPIMON_CORE asks for another: it updates states decoded from RocksDB's bytes)."""
+    name = requested_core()
     outcomes = run_pipelines(
         kafka_bootstrap, unique_prefix, tmp_path, history, [name], workers=1, partitions=1, store="rocksdb"
     )

@@ -10,12 +10,27 @@ Asserted, and printed (docs/alerts.md, "The false-page budget"):
 - no change: the page-severity (`critical`) alerts together open at most `PAGE_BUDGET` (1) episode per 30
   days, on at least 20 segments;
 - each change: each of its required alerts opens on all/all within its stated bound of the change's start;
-- no change: the ticket-level (`warning`) KPI alerts, what product people get, stay within the rate measured
-  on this history (a rule made noisier fails), printed beside their budget of one a fortnight.
+- no change: the ticket-level (`warning`) KPI alerts, what product people get, stay within the count
+  measured on this history (one ticket more fails: a rule made noisier), printed beside their budget of one
+  a fortnight.
 
-The test's history is the full measurement's (`make alert-budget`) at a coarser KPI step (6 hours instead of
-1): the figures it measures are docs/alerts.md's "test" column; the step changes when a KPI condition is
-seen, not the traffic.
+The test's history is the full measurement's (`make alert-budget`), traffic and all, with the KPI gauges
+snapshotted every 12 hours (00:00 and 12:00 UTC) instead of every hour: the replay, the imported samples and
+the recorded series shrink with the snapshots (4.5 and 3.8 minutes at loads of 4-8 and 5-9 on 2 cores,
+where 6-hour snapshots took 8.4 at 12-16). Why it still tests what it claims: the step changes *when* a
+KPI condition is seen, not the traffic nor the values seen.
+- The page budget is unaffected: the only page the back-test models (`KpimonNoEvents`) reads the pipeline
+  counters, which are scraped every minute whatever the KPI step.
+- Detection: the 12-hourly snapshots are hourly ones (the same gauge values at 00:00 and 12:00), so the
+  hourly measurement sees a persisting condition no later; the times measured here are upper bounds,
+  quantised to 12 hours plus the alert's `for` (NPS below target 37 h against a bound of 48, NPS week over
+  week 61 h against 72, DAU 12.5 h against 24, churn 29.5 days against 36; with 6-hour snapshots 31, 55,
+  6.5 h and 29.3 days, hourly 30, 51, 5.5 h and 29.1 days). A coarser step would not do: with one
+  snapshot a day the DAU drop could open 24 h plus its `for` after the change at the earliest, past its
+  bound of 24 h.
+- Tickets: fewer looks see fewer short re-openings (alert by alert it can go either way), so the count
+  here is not the budget's figure: 16 in 90 days, 18 with 6-hour snapshots, 20 hourly (docs/alerts.md).
+  It is asserted as a ceiling that catches a noisier rule.
 """
 
 from __future__ import annotations
@@ -42,12 +57,16 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 #: A history of 3000 users (about 600 a day): the default of `kpimon simulate` and of `make alert-budget`.
 USERS, SEED = 3000, 1
 END_DAY = 20_786  # 2026-11-29
-#: KPI snapshots every 6 hours (`make alert-budget`: every hour): intraday values, at a test's cost.
-KPI_STEP = 6 * 3600
-#: Ticket-level KPI episodes per 30 days without a change, at most: the rate measured on this history
-#: (docs/alerts.md), above the budget of 2 (`TICKET_BUDGET`): NPS and CSAT of the whole population sit
-#: near their example targets.
-MAX_KPI_TICKETS_PER_30_DAYS = 11.4
+#: KPI snapshots every 12 hours, at 00:00 and 12:00 UTC (`make alert-budget`: every hour): see the module's
+#: docstring for what this changes and what not.
+KPI_STEP = 12 * 3600
+#: Ticket-level KPI episodes per 30 days without a change, at most: exactly the rate measured on this
+#: history at this step (16 episodes in 90 days, 5.33 per 30 days: 6 NpsBelowTarget, 2 NpsDroppedWeekOverWeek,
+#: 3 CsatBelowTarget, 1 CsatDroppedWeekOverWeek, 3 ChurnRoseWeekOverWeek, 1 ChurnAboveTarget), so that one
+#: more fails. The history is deterministic (fixed seed, end day and arrival clock): a rule change that
+#: lowers the count should lower this figure with it. Above the budget of 2 (`TICKET_BUDGET`): NPS and CSAT
+#: of the whole population sit near their example targets (docs/alerts.md).
+MAX_KPI_TICKETS_PER_30_DAYS = 16 * 30 / NO_CHANGE_DAYS
 
 
 @pytest.fixture(scope="module")

@@ -28,8 +28,9 @@ the history: its transient values are no scenario). Every dashboard query runs a
 Prometheus, and each interval band's three queries must return one series each, the KPI inside its bounds.
 
 Shift-share: Prometheus' split of the all/all week-over-week change into each segment's rate and mix effect
-(monitoring/shiftshare.py) equals the same math on the reference's KPIs; on nps-drop:android, android carries
-at least 80 % of the 7d all/all NPS change, and the all/all alert's `drivers` annotation names it first.
+(monitoring/shiftshare.py) equals the same math on the reference's KPIs, and the all/all alert's `drivers`
+annotation names android for the platforms (that android carries at least 80 % of the change is measured on a
+fixed history with nps-drop:android alone: tests/unit/test_shiftshare_scenario.py).
 
 Alertmanager: a real `prometheus-alertmanager` with the generated config (on a fast clock) receives the
 alerts and notifies a webhook receiver on loopback. The nps-drop and churn-wave (`churn-wave:pro`, churn
@@ -130,15 +131,19 @@ REPEAT_S = 4.0
 # with the hour's sample; the healthy platforms sit near 0 and above.
 NPS_TARGET = -20.0
 MIN_RESPONSES = 10
-FOR = "3s"
+#: Every alert's `for` and `keep_firing_for` (monitoring.accelerated), and Prometheus' evaluation interval.
+FOR_S, EVALUATION_S = 3, 1
+FOR = f"{FOR_S}s"
 DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
 #: The validator accepts events up to 5 minutes ahead of its clock; the "week ago" reference runs its clock
 #: that much earlier, so exactly the events up to NOW - 7 days count.
 FUTURE_SLACK_MS = 300_000
-#: Backfilled history covers NOW - 7d - 10 min .. NOW - 7d + 30 min, a sample a minute (`offset 7d` looks
-#: back up to 5 minutes from its point; the module finishes well within 30 minutes of NOW).
-BACKFILL_STEP_S, BACKFILL_BEFORE_S, BACKFILL_AFTER_S = 60, 600, 1800
+#: Backfilled history covers NOW - 7d - 10 min .. NOW - 7d + 2 h, a sample a minute (`offset 7d` looks
+#: back up to 5 minutes from its point). The module takes 5-6 minutes, but NOW is set before the retention
+#: replay, and on a machine loaded 10-15 times over every phase stretches: past NOW + 35 min every
+#: week-over-week series would vanish. 2 hours is 120 samples more per series, seconds of promtool.
+BACKFILL_STEP_S, BACKFILL_BEFORE_S, BACKFILL_AFTER_S = 60, 600, 7200
 TOLERANCE = 1e-9
 
 #: The retention and detractor-churn alerts (issue #17) fire on a second replay, `retention_stack`: the
@@ -201,7 +206,7 @@ def monitoring_config(
         alert_webhook_url=webhook_url,
         routing=ROUTING,
     )
-    return accelerated(config, for_duration=FOR, scrape_interval="1s", evaluation_interval="1s")
+    return accelerated(config, for_duration=FOR, scrape_interval="1s", evaluation_interval=f"{EVALUATION_S}s")
 
 
 def kpimon(*args: str, timeout: float = 300) -> None:
@@ -1248,18 +1253,26 @@ def reference_nps_shares(stack: Stack) -> dict[tuple[str, str], float]:
     }
 
 
-def test_android_carries_the_nps_drop(stack: Stack) -> None:
-    """nps-drop:android: of the all/all NPS change, android's rate and mix effect carry at least 80 %
-    (ios' noise and web's chance make up the rest), and the all/all alert's `drivers` names android first,
-    with its share; so does the notification that reaches the product team.
+def test_the_nps_drop_alert_names_android_as_its_driver(stack: Stack) -> None:
+    """nps-drop:android: Prometheus' shares of the all/all NPS change are the reference's, android's is the
+    largest of the platforms, and the firing all/all alert's `drivers` names each dimension's segment with
+    the largest share, largest first, android for platform with its share; so does the notification that
+    reaches the product team.
+
+    How much android carries is not asserted here: this history ends at the wall clock (a different one each
+    day) and holds nps-noise:ios, a second NPS drop in the same week and dimension, which took 9-37 % of
+    the change (android 60-88 % at 18 instants of December 2026, first of the dimensions' top segments at 3
+    of 8; plan=free, which holds most of android's answers, often carries more). That android carries at
+    least 80 % (the issue) is the scenario's property, measured on a fixed history with nps-drop:android
+    alone by tests/unit/test_shiftshare_scenario.py, with the split (`decompose`) that Prometheus' is held
+    to here.
 
     Polled until Prometheus' shares are the reference's: a rule evaluation that ran while a KPI series
     missed a scrape (docs/metrics.md) splits an incomplete population, for that evaluation only."""
     expected = reference_nps_shares(stack)
-    print(
-        f"android's share of the 7d all/all NPS change (nps-drop:android, reference): {expected[DROPPED]:.4f}"
-    )
-    assert expected[DROPPED] >= 0.8, expected
+    print(f"shares of the 7d all/all NPS change (nps-drop:android, nps-noise:ios; reference): {expected}")
+    platforms = {k: v for k, v in expected.items() if k[0] == "platform"}
+    assert max(platforms, key=lambda k: platforms[k]) == DROPPED, expected
     shares = poll(
         lambda: nps_shares(stack),
         lambda s: s.keys() == expected.keys() and all(abs(s[k] - v) < 1e-6 for k, v in expected.items()),
@@ -1267,19 +1280,16 @@ def test_android_carries_the_nps_drop(stack: Stack) -> None:
         message=f"Prometheus' shares of the change equal to the reference's {expected}",
     )
     android = shares[DROPPED]
-    print(f"android's share of the 7d all/all NPS change (nps-drop:android, Prometheus): {android:.4f}")
-    assert android >= 0.8, shares
-    platform = {k: v for k, v in shares.items() if k[0] == "platform"}
-    assert max(platform, key=lambda k: platform[k]) == DROPPED
+    print(f"android's share of the 7d all/all NPS change (Prometheus): {android:.4f}")
 
     whole = ("all", "all")
     name = "KpimonNpsDroppedWeekOverWeek"
     named = f"platform=android {android * 100:.4g}% of the change (rate "
     alert = poll(
         lambda: alerting(stack, name).get(whole, {}),
-        lambda a: a.get("state") == "firing" and a["annotations"].get("drivers", "").startswith(named),
+        lambda a: a.get("state") == "firing" and named in a["annotations"].get("drivers", ""),
         timeout=90,
-        message=f"{name} firing for all/all, its drivers starting with {named!r}",
+        message=f"{name} firing for all/all, its drivers naming {named!r}",
     )
     drivers = alert["annotations"]["drivers"]
     print(f"drivers: {drivers}")
@@ -1294,12 +1304,10 @@ def test_android_carries_the_nps_drop(stack: Stack) -> None:
         top = max((v, seg) for (dim, seg), v in shares.items() if dim == dimension)
         assert (segment, value) == (top[1], pytest.approx(top[0], rel=1e-3)), drivers
     received = poll(
-        lambda: [
-            a for _, a in arrived(stack, name, whole) if a["annotations"].get("drivers", "").startswith(named)
-        ],
+        lambda: [a for _, a in arrived(stack, name, whole) if named in a["annotations"].get("drivers", "")],
         bool,
         timeout=120,
-        message=f"a notification of {name} for all/all naming android first",
+        message=f"a notification of {name} for all/all naming android",
     )
     assert received[0]["annotations"]["summary"] == "NPS down against the same day last week"
 
@@ -1311,6 +1319,15 @@ def nps_alerts_series(dimension: str, segment: str) -> str:
     """Prometheus' ALERTS series (pending or firing) of the NPS alerts of one segment, 7d window."""
     names = "|".join(NPS_ALERTS)
     return f'ALERTS{{alertname=~"{names}", dimension="{dimension}", segment="{segment}", window="7d"}}'
+
+
+def last_evaluation(prometheus: PrometheusServer, alert: str) -> float:
+    """When the rule group holding `alert` last started an evaluation (wall clock, Unix seconds)."""
+    for group in prometheus.api("rules")["groups"]:
+        if any(rule.get("name") == alert for rule in group["rules"]):
+            started = group["lastEvaluation"].replace("Z", "+00:00")
+            return datetime.fromisoformat(started).timestamp()
+    raise AssertionError(f"no rule group holds {alert}")
 
 
 def test_a_swing_as_large_on_a_handful_of_answers_never_alerts(stack: Stack) -> None:
@@ -1354,11 +1371,24 @@ def test_a_swing_as_large_on_a_handful_of_answers_never_alerts(stack: Stack) -> 
     firing = stack.prometheus.values(nps_alerts_series(*DROPPED))
     assert {dict(k)["alertname"] for k in firing} == set(NPS_ALERTS)
     assert {dict(k)["alertstate"] for k in firing} == {"firing"}
-    # ios: never pending or firing since the KPIs settled (+ 3 rule evaluations for a transient pending
-    # state of the replay to end).
-    time.sleep(max(0.0, stack.settled_at + 10 - time.time()))  # at least 7 evaluations to look at
-    since = math.floor(time.time() - stack.settled_at - 3)
-    assert since >= 7
+    # ios: never pending or firing once Prometheus judged the final KPIs. During the replay the worker's
+    # current day walks through the history and an alert may fire on those transient values; it then keeps
+    # firing `keep_firing_for` (FOR_S here) after the first evaluation that no longer sees its condition.
+    # When that is, is read from Prometheus, not assumed (a loaded machine delays and skips evaluations): an
+    # evaluation of the NPS alerts' group that started more than an interval after the KPIs settled has a
+    # timestamp after the final records' (an evaluation's timestamp is at most an interval before its
+    # start), so it reads the final KPIs; from its start + FOR_S + an interval on, every ALERTS sample is
+    # the verdict on them.
+    final = poll(
+        lambda: last_evaluation(stack.prometheus, NPS_ALERTS[0]),
+        lambda started: started > stack.settled_at + EVALUATION_S,
+        timeout=60,
+        message="an evaluation of the NPS alerts on the final KPIs",
+    )
+    quiet_from = final + FOR_S + EVALUATION_S
+    time.sleep(max(0.0, quiet_from + 7 * EVALUATION_S - time.time()))  # at least 7 evaluations to look at
+    since = math.floor(time.time() - quiet_from)
+    assert since >= 7 * EVALUATION_S
     assert stack.prometheus.query(f"count_over_time({nps_alerts_series(*NOISY)}[{since}s])") == []
     assert not any(NOISY in alerting(stack, name) for name in NPS_ALERTS)
 

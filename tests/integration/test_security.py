@@ -29,12 +29,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
 from kpimon.agents.config.topics import TopicSpec, ensure_topics
+from kpimon.agents.pipeline.core import ENV as CORE_ENV
+from kpimon.agents.pipeline.core import CoreName
 from tests import events as factory
 from tests.certs import make_pki
 from tests.helpers import KPIMON, free_port, wait_until
 from tests.integration.test_ingest import produce, read_all
 from tests.security import SCRAM_PASSWORD, SCRAM_USER, Access, SecureKafka
-from tests.workers import running_worker
+from tests.workers import core_params, running_worker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -191,8 +193,10 @@ def pseudonym(user_id: str) -> str:
     return "hmac-sha256:" + hmac.new(REDACT_KEY.encode(), user_id.encode(), hashlib.sha256).hexdigest()
 
 
+# Both cores in `make test` (about 15 s each): dead letters and segment folding go through the batch core.
+@pytest.mark.parametrize("core_name", core_params())
 async def test_secured_worker_keeps_user_ids_private(
-    kafka_bootstrap: str, secure_kafka: SecureKafka, unique_prefix: str, tmp_path: Path
+    kafka_bootstrap: str, secure_kafka: SecureKafka, unique_prefix: str, tmp_path: Path, core_name: CoreName
 ) -> None:
     pki = secure_kafka.pki
     password_file = tmp_path / "web-password"
@@ -217,8 +221,9 @@ async def test_secured_worker_keeps_user_ids_private(
     ]
     port = free_port()
     auth = (WEB_USER, WEB_PASSWORD)
+    env = {CORE_ENV: core_name}
     with running_worker(
-        kafka_bootstrap, unique_prefix, port, tmp_path, flags, tls_ca=pki.ca, auth=auth
+        kafka_bootstrap, unique_prefix, port, tmp_path, flags, env, tls_ca=pki.ca, auth=auth
     ) as worker:
 
         def processed() -> float:

@@ -726,12 +726,21 @@ def test_accelerated_config_changes_only_for_durations_and_intervals() -> None:
         == prometheus_rule_files(DEFAULT)["kpimon-recording.yaml"]
     )
     fast_rules, default_rules = alert_rules(fast), alert_rules(DEFAULT)
-    assert [{**r, "for": None} for r in fast_rules] == [{**r, "for": None} for r in default_rules]
+
+    def durations_left_out(rule: dict[str, Any]) -> dict[str, Any]:
+        return {**rule, "for": None, "keep_firing_for": None}
+
+    assert [durations_left_out(r) for r in fast_rules] == [durations_left_out(r) for r in default_rules]
     # Every alert with a `for` now waits 2s; KpimonNoEvents has none in either.
     assert {r.get("for") for r in fast_rules} == {"2s", None}
     assert [r["alert"] for r in fast_rules if "for" not in r] == [
         r["alert"] for r in default_rules if "for" not in r
     ]
+    # The alerts that keep firing (2 days by default) keep firing 2s: the same alerts, on the fast clock.
+    kept = [r["alert"] for r in default_rules if "keep_firing_for" in r]
+    assert kept and {r.get("keep_firing_for") for r in default_rules if r["alert"] in kept} == {"2d"}
+    assert [r["alert"] for r in fast_rules if "keep_firing_for" in r] == kept
+    assert {r["keep_firing_for"] for r in fast_rules if r["alert"] in kept} == {"2s"}
 
 
 # --- deploy/compose.yaml: security (docs/security.md) ------------------------------------------------------

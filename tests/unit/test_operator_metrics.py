@@ -51,9 +51,10 @@ def test_lag_from_the_assignment_on() -> None:
 
 def test_build_info_and_process_series() -> None:
     registry = CollectorRegistry()
-    register_runtime_metrics(registry)
-    labels = build_labels()
+    register_runtime_metrics(registry, "python")
+    labels = build_labels("python")
     assert labels["version"] == version("kpimon")
+    assert labels["core"] == "python"
     assert labels["faust"] == version("faust-streaming")
     assert value(registry, "kpimon_build_info", labels) == 1
     assert (value(registry, "process_cpu_seconds_total") or 0) > 0
