@@ -20,7 +20,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.fill import DataSet
 from bench.stats import StageResult
-from bench.worker import RunTopics, Worker, cpu_seconds, has_store_option, peak_rss_bytes, sample_value
+from bench.worker import (
+    RunTopics,
+    Worker,
+    cpu_seconds,
+    has_store_option,
+    labelled_value,
+    peak_rss_bytes,
+    sample_value,
+)
 from kpimon.agents.config.topics import ensure_topics, topic_partitions
 
 _EPOCH = date(1970, 1, 1)
@@ -102,15 +110,25 @@ async def changelog_state_bytes(bootstrap: str, topic: str, timeout: float = 300
 
 def reader_held(metrics_texts: list[str]) -> dict[str, float]:
     """How long the workers' source readers waited for flushes and publications (issue #16 item 7): the
-    longest single wait, and all waits summed, in seconds (empty when the workers do not export them)."""
+    longest single wait, and all waits summed, in seconds, how many waits there were and how many took
+    longer than 0.1 s (the histogram's bucket; empty when the workers do not export them). The longest
+    wait is one sample of a noisy machine: the count over 0.1 s compares runs more steadily."""
     longest = [sample_value(t, "kpimon_reader_held_max_seconds") for t in metrics_texts]
     total = [sample_value(t, "kpimon_reader_held_seconds_sum") for t in metrics_texts]
     if not any(v is not None for v in longest):
         return {}
-    return {
+    figures = {
         "reader_held_max_s": max(v for v in longest if v is not None),
         "reader_held_total_s": sum(v for v in total if v is not None),
     }
+    counts = [sample_value(t, "kpimon_reader_held_seconds_count") for t in metrics_texts]
+    within = [labelled_value(t, "kpimon_reader_held_seconds_bucket", le="0.1") for t in metrics_texts]
+    if all(v is not None for v in counts + within):
+        figures["reader_held_waits"] = sum(v for v in counts if v is not None)
+        figures["reader_held_over_100ms"] = figures["reader_held_waits"] - sum(
+            v for v in within if v is not None
+        )
+    return figures
 
 
 def _cpu(workers: list[Worker]) -> float:

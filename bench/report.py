@@ -374,10 +374,16 @@ def render(results: Mapping[str, StageResult], meta: Mapping[str, Any]) -> str:
         out.append(line)
         if "reader_held_max_s" in found.figures:
             longest, total = found.figures["reader_held_max_s"], found.figures["reader_held_total_s"]
-            out.append(
+            line = (
                 f"  input held for flushes and publishing: longest wait {longest:.3f} s, "
                 f"all waits {total:.1f} s of {found.seconds:.1f} s"
             )
+            if "reader_held_over_100ms" in found.figures:
+                line += (
+                    f" ({found.figures['reader_held_waits']:,.0f} waits, "
+                    f"{found.figures['reader_held_over_100ms']:,.0f} over 0.1 s)"
+                )
+            out.append(line)
         estimate = rss_estimate(found)
         if estimate is not None:
             held, users, value = estimate

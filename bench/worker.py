@@ -226,3 +226,8 @@ def gauge_value(metrics_text: str, name: str = "kpimon_active_users", **labels: 
 def sample_value(metrics_text: str, name: str) -> float | None:
     """The value of the unlabelled sample `name` in Prometheus text, or None."""
     return next((s.value for s in samples(metrics_text) if s.name == name and not s.labels), None)
+
+
+def labelled_value(metrics_text: str, name: str, **labels: str) -> float | None:
+    """The value of the sample `name` with exactly `labels` in Prometheus text, or None."""
+    return next((s.value for s in samples(metrics_text) if s.name == name and s.labels == labels), None)

@@ -20,6 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from kpimon.agents.config.settings import Settings
+from kpimon.agents.pipeline.batch import NATIVE_FAILED
 from kpimon.agents.pipeline.core import ENV as CORE_ENV
 from kpimon.agents.pipeline.core import CoreName, native_module, selected
 from tests.helpers import KPIMON
@@ -53,6 +54,10 @@ class WorkerProcess:
     requests carry HTTP basic auth. `executable` is the `kpimon` to run (another virtualenv's, say) and
     `cwd` its working directory. With `core`, `wait_ready` also checks that the worker runs that batch
     core (kpimon_build_info's `core` label), so a run cannot pass on another core than it asked for.
+
+    A worker whose compiled core failed on a batch fails the test when it is stopped (`stop`, and
+    `running_worker` reads its `kpimon_native_core_fallbacks_total` first): the Python engine's results
+    are right, so a silent fallback would pass every other check and hide a bug of the compiled core.
     """
 
     def __init__(
@@ -74,6 +79,7 @@ class WorkerProcess:
         self.tls_ca = tls_ca
         self.auth = auth
         self._log = log_path.open("wb")
+        self._fallbacks_reported = False
         self.proc = subprocess.Popen(
             [executable, "worker", "--web-port", str(web_port), *args],
             stdout=self._log,
@@ -131,6 +137,31 @@ class WorkerProcess:
                 return dict(labels).get("core")
         return None
 
+    def native_core_fallbacks(self) -> float:
+        """The batches the worker's compiled core failed on and left to the Python engine, summed over
+        reasons (`kpimon_native_core_fallbacks_total`; 0 on the Python engine, which exports none)."""
+        return sum(
+            value
+            for (name, _), value in self.samples().items()
+            if name == "kpimon_native_core_fallbacks_total"
+        )
+
+    def check_no_fallbacks(self) -> None:
+        """Fail if the worker's compiled core fell back to the Python engine: by its metric while it
+        answers, and by the warning each fallback logs (which a killed worker leaves too). Fails once."""
+        if self._fallbacks_reported:
+            return
+        problem = None
+        if self.proc.poll() is None:
+            fallbacks = self.native_core_fallbacks()
+            if fallbacks:
+                problem = f"the compiled core fell back to the Python engine {fallbacks:.0f} times"
+        if problem is None and NATIVE_FAILED in self.log_tail(lines=10**9):
+            problem = f"the worker logged {NATIVE_FAILED!r}"
+        if problem is not None:
+            self._fallbacks_reported = True
+            raise AssertionError(f"{problem}:\n{self.log_tail()}")
+
     def samples(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         """Every sample of /metrics as {(name, labels): value}."""
         status, body = self.get("/metrics")
@@ -157,11 +188,13 @@ class WorkerProcess:
         return found
 
     def log_tail(self, lines: int = 60) -> str:
-        self._log.flush()
+        if not self._log.closed:  # (after `stop`, everything is written)
+            self._log.flush()
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        """Signal the worker and wait for it to exit; kill it if it does not."""
+        """Signal the worker and wait for it to exit; kill it if it does not. Then fail if its log says
+        that its compiled core fell back to the Python engine (`check_no_fallbacks`)."""
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)
             try:
@@ -170,6 +203,7 @@ class WorkerProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
         self._log.close()
+        self.check_no_fallbacks()
         return self.proc.returncode
 
 
@@ -249,12 +283,14 @@ def running_worker(
     *,
     input_prefix: str | None = None,
 ) -> Iterator[WorkerProcess]:
-    """A ready worker (see `start_worker`); stopped on exit."""
+    """A ready worker (see `start_worker`); stopped on exit, failing the test if its compiled core fell
+    back to the Python engine on any batch (its `kpimon_native_core_fallbacks_total` above 0)."""
     worker = start_worker(
         bootstrap, prefix, web_port, tmp, extra, env, tls_ca, auth, input_prefix=input_prefix
     )
     try:
         worker.wait_ready()
         yield worker
+        worker.check_no_fallbacks()  # by the metric, while it still answers (not after a failure)
     finally:
         worker.stop()

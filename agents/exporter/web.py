@@ -24,10 +24,11 @@ from typing import Any, Protocol
 
 from aiohttp import web as aiohttp_web
 from aiohttp.http_exceptions import HttpProcessingError
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter
 
 from kpimon.agents.config.kafka_security import read_secret
 from kpimon.agents.config.settings import Settings
+from kpimon.agents.exporter import exposition
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
 REALM = "kpimon"
@@ -223,7 +224,8 @@ def register_web(kpimon: Served) -> None:
 
     @page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
-        body = generate_latest(kpimon.registry)
+        # In slices: the source reader shares this loop (exposition.py).
+        body = await exposition.render(kpimon.registry)
         # The exposition format version travels in the Content-Type, as Prometheus expects.
         return web.bytes(body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

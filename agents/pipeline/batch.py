@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 #: Header of a rekeyed message: the input topic kind it was first read from.
 KIND_HEADER = "kpimon-kind"
 #: The start of the warning logged when the compiled core fails (or panics) on a batch and the Python
-#: engine takes it; tests look for it in workers' logs.
+#: engine takes it (each is also counted in kpimon_native_core_fallbacks_total); tests look for it in logs.
 NATIVE_FAILED = "the compiled core failed on a batch"
 
 Headers = Sequence[tuple[str, bytes]]
@@ -167,8 +167,11 @@ class BatchProcessor:
         self.core: CoreName = selected(core)
         self._native: _native.Core | None = None
         self._apply_error: type[Exception] = Exception
+        self._core_panic: type[Exception] = Exception
         #: Batches the compiled core failed on (or panicked in) before writing, left to the Python engine:
         #: the differential tests require none, since the fallback's results are right and would hide a bug.
+        #: Also counted in `kpimon_native_core_fallbacks_total{reason}`, which the integration tests'
+        #: workers check when they stop (tests/workers.py).
         self.native_failures = 0
         if self.core == "native":
             module = native_module()
@@ -178,6 +181,7 @@ class BatchProcessor:
                     "the compiled core (kpimon._native) numbers the counters differently: rebuild it"
                 )
             self._apply_error = module.ApplyError
+            self._core_panic = module.CorePanic
             self._native = module.Core(
                 set(engine.passive_types),
                 policy.max_lateness_days,
@@ -185,6 +189,7 @@ class BatchProcessor:
                 policy.max_future_ms,
                 policy.max_message_bytes,
             )
+            metrics.native_core_running()
 
     def process(
         self, topic: str, partition: int, records: Sequence[SourceRecord], users: UserTable, now_ms: int
@@ -247,11 +252,12 @@ class BatchProcessor:
             )
         except self._apply_error:
             raise  # partly applied: the Python engine would apply part of the batch twice
-        except Exception:
+        except Exception as exc:
             # A bug of the compiled core (an error, or a Rust panic it turned into CorePanic), found before
             # it changed anything: the Python engine, its specification, does the batch. A warning, not an
             # error: no event is lost or miscounted.
             self.native_failures += 1
+            self.metrics.native_core_fallback("panic" if isinstance(exc, self._core_panic) else "error")
             log.warning(
                 "%s of partition %d; the Python engine takes it", NATIVE_FAILED, partition, exc_info=True
             )

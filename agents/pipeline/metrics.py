@@ -22,6 +22,10 @@ OUTCOMES = ("accepted", "rejected", "duplicate")
 # seconds when a job holds it too long.
 HELD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
+#: Why the compiled core left a batch to the Python engine: `panic` (a Rust panic it caught, `CorePanic`) or
+#: `error` (any other exception it raised before writing anything).
+FALLBACK_REASONS = ("panic", "error")
+
 
 class PipelineMetrics:
     """Counters and histograms describing what a worker did with its input."""
@@ -62,6 +66,13 @@ class PipelineMetrics:
             registry=registry,
         )
         self._held_max = 0.0
+        self.native_core_fallbacks = Counter(
+            "kpimon_native_core_fallbacks",
+            "Batches the compiled core failed on before writing anything, processed by the Python engine"
+            " instead, by reason (panic, error).",
+            ["reason"],
+            registry=registry,
+        )
         #: Rejections by (source topic, reason) since start: the worker's periodic log summary reads it.
         self.rejections: Tally[tuple[str, str]] = Tally()
         self.event_delay = DelayHistogram()
@@ -82,6 +93,16 @@ class PipelineMetrics:
         if seconds > self._held_max:
             self._held_max = seconds
             self.reader_held_max.set(seconds)
+
+    def native_core_running(self) -> None:
+        """Create the fallback series at 0: the worker runs the compiled core, so a fallback can happen and
+        `increase()` must see it from the first one (a worker on the Python engine has none)."""
+        for reason in FALLBACK_REASONS:
+            self.native_core_fallbacks.labels(reason=reason)
+
+    def native_core_fallback(self, reason: str) -> None:
+        """Count a batch the compiled core failed on and left to the Python engine."""
+        self.native_core_fallbacks.labels(reason=reason).inc()
 
     def duplicate(self, topic: str, count: int = 1) -> None:
         """Count valid events that were seen before (their event_id) and so change nothing."""

@@ -51,12 +51,22 @@ class Turns:
     then postpone the next run by minutes. So the reader waits here before each batch while a job runs.
     A job must not hold the reader for long either (a whole publication took up to 8 s in a backfill,
     input stood still meanwhile): between two steps it calls `share`, which, once the job has held the
-    reader for `slice_seconds`, lets the reader take one batch and then goes on. The reader then waits at
-    most a slice plus one step at a time, and a job still gets every other turn.
+    reader for `slice_seconds`, lets the reader take one batch and then goes on. A step can itself take
+    long without using the loop: a send waits while the producer's batch of its partition is full, until
+    the produce request before it is answered (0.1-0.4 s measured under a backfill on 2 busy cores). So
+    the reader waits at most `reader_wait` seconds at a time: then it takes its batch anyway, and the job
+    goes on once its send returns. The reader is held at most about `reader_wait` at a time (plus whatever
+    else holds the loop then), and a job still gets a turn between every two batches.
     """
 
-    def __init__(self, slice_seconds: float = 0.03, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        slice_seconds: float = 0.02,
+        clock: Callable[[], float] = time.monotonic,
+        reader_wait: float = 0.03,
+    ) -> None:
         self.slice_seconds = slice_seconds
+        self.reader_wait = reader_wait
         self._clock = clock
         self._jobs = 0
         self._idle: asyncio.Event | None = None
@@ -110,14 +120,16 @@ class Turns:
         self._slice_started = self._clock()
 
     async def wait_for_jobs(self) -> None:
-        """Return once no job holds the reader (at once when none does)."""
+        """Return once no job holds the reader (at once when none does), or after `reader_wait` seconds
+        while one still does (it is then waiting for something else than the loop, e.g. a send)."""
         idle = self._event()
         if idle.is_set():
             return
         started = self._clock()
         self._reader_waiting = True
         try:
-            await idle.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(idle.wait(), timeout=self.reader_wait)
         finally:
             self._reader_waiting = False
             if self.observe is not None:

@@ -255,6 +255,8 @@ class KpiPublisher:
                 await self.sender.send(key=record.key.encode(), value=output.encode(record))
                 sent += 1
                 await self.turns.share()  # the reader waits one slice at a time, not the whole publication
+            # Also after a group none of whose records changed: a run of them is work without a send.
+            await self.turns.share()
             if deadline is not None and self.pacer.now() >= deadline:
                 break  # the groups not taken stay dirty for the next slice
         return sent

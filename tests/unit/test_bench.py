@@ -272,3 +272,22 @@ def test_the_batch_target_takes_the_slower_mix_and_needs_identical_results() -> 
     assert report.batch_ratio(batch) == 0.0
     batch.figures["changing"]["ratio"] = None
     assert report.batch_ratio(batch) is None
+
+
+def test_the_reader_waits_are_counted_with_those_over_a_tenth_of_a_second() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from bench.kpimon_run import reader_held
+    from kpimon.agents.pipeline.metrics import PipelineMetrics
+
+    texts = []
+    for waits in ((0.01, 0.2, 0.05), (0.3, 0.09)):
+        registry = CollectorRegistry()
+        metrics = PipelineMetrics(registry, topics=("clicks", "surveys"))
+        for seconds in waits:
+            metrics.reader_held(seconds)
+        texts.append(generate_latest(registry).decode())
+    figures = reader_held(texts)  # two workers: the longest of both, the waits of both
+    assert figures["reader_held_max_s"] == 0.3
+    assert figures["reader_held_waits"] == 5
+    assert figures["reader_held_over_100ms"] == 2

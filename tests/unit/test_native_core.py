@@ -191,6 +191,8 @@ class Outcome:
     failures: int = 0
     #: States written with the compiled core's encoding.
     encoded: int = 0
+    #: kpimon_native_core_fallbacks_total by reason: the series the worker exports (none on Python).
+    fallbacks: dict[str, float] = field(default_factory=dict)
 
 
 def run(name: core.CoreName, data: list[Any], lateness: int) -> Outcome:
@@ -246,6 +248,13 @@ def run(name: core.CoreName, data: list[Any], lateness: int) -> Outcome:
         samples,
         processor.native_failures,
         users.encoded,
+        {
+            s.labels["reason"]: s.value
+            for metric in registry.collect()
+            if metric.name == "kpimon_native_core_fallbacks"
+            for s in metric.samples
+            if s.name == "kpimon_native_core_fallbacks_total"
+        },
     )
 
 
@@ -262,6 +271,8 @@ def test_the_compiled_core_equals_the_python_engine(data: list[Any], lateness: i
     assert native.rejections == python.rejections
     assert native.samples == python.samples
     assert native.failures == 0  # the compiled core did the batches: no error or panic fell back
+    assert native.fallbacks == {"panic": 0, "error": 0}  # exported at 0 from the start
+    assert python.fallbacks == {}  # the Python engine has nothing to fall back from
 
 
 def test_the_core_is_chosen_by_the_core_setting() -> None:
@@ -391,6 +402,7 @@ def test_a_panic_before_any_write_leaves_the_batch_to_the_python_engine(
     assert panicked.samples == python.samples
     calls = sum(2 if again else 1 for *_, again in data)
     assert panicked.failures == calls
+    assert panicked.fallbacks == {"panic": calls, "error": 0}  # each batch counted, as a panic
     warnings = [r for r in caplog.records if r.name == "kpimon.agents.pipeline.batch"]
     assert len(warnings) == calls  # one per batch, each a warning naming the panic
     for record in warnings:
@@ -438,3 +450,36 @@ def test_a_panic_after_the_first_write_is_an_apply_error(failpoint: Callable[[Fa
     failpoint(None)
     with pytest.raises(ValueError, match="unknown failpoint"):
         failpoint("nowhere")
+
+
+class _FailingCore:
+    """Stands in for the compiled core: raises an ordinary exception (not a panic) before writing."""
+
+    def process(self, *args: object) -> None:
+        raise RuntimeError("a bug of the compiled core")
+
+
+def test_an_error_before_any_write_is_counted_as_a_fallback_of_reason_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Not only panics: any exception the core raises before it wrote is a fallback, counted by reason."""
+    data = mixed_batches()
+    python = run("python", data, 7)
+    engine = SourceEngine(7, passive_types=("push_received",), max_segment_values=3)
+    registry = CollectorRegistry()
+    processor = BatchProcessor(
+        engine, PipelineMetrics(registry), Policy(max_lateness_days=7), KINDS, LABELS, "native"
+    )
+    processor._native = _FailingCore()  # type: ignore[assignment]
+    topic, partition, batch, _ = data[0]
+    users: dict[bytes, UserState] = {}
+    with caplog.at_level(logging.WARNING, logger="kpimon.agents.pipeline.batch"):
+        result = processor.process(
+            topic, partition, [Record(i, k, v) for i, (k, v) in enumerate(batch)], users, NOW
+        )
+    assert result.accepted == python.results[0][2]  # the Python engine did the batch
+    assert processor.native_failures == 1
+    fallbacks = "kpimon_native_core_fallbacks_total"
+    assert registry.get_sample_value(fallbacks, {"reason": "error"}) == 1
+    assert registry.get_sample_value(fallbacks, {"reason": "panic"}) == 0
+    assert [r.exc_info[1].args for r in caplog.records if r.exc_info] == [("a bug of the compiled core",)]

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from kpimon.agents.pipeline.pacing import BatchSizer, Pacer, Turns
+from tests.helpers import slowdown
 
 
 class Clock:
@@ -33,7 +34,7 @@ def test_a_pacer_keeps_a_job_to_its_share_of_the_time() -> None:
 
 
 async def test_the_reader_waits_while_a_job_runs_and_not_otherwise() -> None:
-    turns = Turns()
+    turns = Turns(reader_wait=10.0)
     await asyncio.wait_for(turns.wait_for_jobs(), 1)  # no job: at once
     order: list[str] = []
     release = asyncio.Event()
@@ -60,7 +61,7 @@ async def test_the_reader_waits_while_a_job_runs_and_not_otherwise() -> None:
 
 
 async def test_overlapping_jobs_hold_the_reader_until_the_last_ends() -> None:
-    turns = Turns()
+    turns = Turns(reader_wait=10.0)
     first, second = asyncio.Event(), asyncio.Event()
 
     async def job(gate: asyncio.Event) -> None:
@@ -76,6 +77,35 @@ async def test_overlapping_jobs_hold_the_reader_until_the_last_ends() -> None:
     second.set()
     await tasks[1]
     await asyncio.wait_for(turns.wait_for_jobs(), 1)
+
+
+async def test_a_job_suspended_outside_the_loop_holds_the_reader_at_most_the_reader_wait() -> None:
+    """A send that waits for the producer (its partition's batch is full until the request before it is
+    answered) does not use the loop: the reader takes its batch meanwhile, and the job goes on after."""
+    turns = Turns(reader_wait=0.05)
+    waits: list[float] = []
+    turns.observe = waits.append
+    order: list[str] = []
+    sent = asyncio.Event()
+
+    async def job() -> None:
+        async with turns.job():
+            await sent.wait()  # the producer takes the record only after the reader's batch
+            order.append("job sent")
+            await turns.share()
+
+    async def reader() -> None:
+        await turns.wait_for_jobs()
+        order.append("batch")
+        turns.reader_ran()
+        sent.set()
+
+    running = asyncio.create_task(job())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(asyncio.gather(reader(), running), 5)
+    assert order == ["batch", "job sent"]
+    # The bound, plus the loop's latency on a loaded machine.
+    assert len(waits) == 1 and 0.04 <= waits[0] <= 0.05 + 0.05 * slowdown()
 
 
 async def test_a_failing_job_releases_the_reader() -> None:
