@@ -877,7 +877,7 @@ def satisfaction(config: MonitoringConfig) -> dashboard_builders.Dashboard:
 
 
 def pipeline(config: MonitoringConfig) -> dashboard_builders.Dashboard:
-    """Rates, dead letters by reason, lag, delay histogram, snapshot age, workers."""
+    """Rates, dead letters by reason, lag, delay histogram, snapshot age, workers and their Kafka."""
     pipe = config.pipeline
     rate = f"rate{pipe.rate_window}"
     job = f'job="{config.job}"'
@@ -927,7 +927,15 @@ def pipeline(config: MonitoringConfig) -> dashboard_builders.Dashboard:
                 decimals=2,
             )
         )
-        .with_panel(_series("Scrape status by worker", [(selector_up(job), "{{instance}}")], span=24))
+        .with_panel(_series("Scrape status by worker", [(selector_up(job), "{{instance}}")]))
+        .with_panel(
+            _series(
+                "Kafka reachable by worker",
+                [(f"kpimon_kafka_reachable{{{job}}}", "{{instance}}")],
+                description="1 while a Kafka broker answers the worker's probe (every 5 s), 0 during an "
+                f"outage; KpimonKafkaUnreachable pages once it stays 0 for {pipe.for_kafka_unreachable}.",
+            )
+        )
         .with_row(dashboard_builders.Row("Input"))
         .with_panel(
             _series(

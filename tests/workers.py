@@ -12,12 +12,14 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kpimon.agents.config.settings import Settings
 from kpimon.agents.pipeline.batch import NATIVE_FAILED
 from kpimon.agents.pipeline.core import ENV as CORE_ENV
 from kpimon.agents.pipeline.core import CoreName, native_module, selected
@@ -205,6 +207,22 @@ class WorkerProcess:
         return self.proc.returncode
 
 
+#: The settings naming the topics a worker reads (the others it writes).
+INPUT_TOPICS = frozenset({"clicks_topic", "surveys_topic"})
+
+
+def topic_names(prefix: str, input_prefix: str) -> dict[str, str]:
+    """`KPIMON_*` variables naming every topic of a worker in full: the input topics prefixed
+    `input_prefix`, all others (kpimon-kpis, kpimon-partials, ...) `prefix` (with no topic prefix)."""
+    defaults = Settings()
+    return {
+        f"KPIMON_{f.name.upper()}": f"{input_prefix if f.name in INPUT_TOPICS else prefix}"
+        f"{getattr(defaults, f.name)}"
+        for f in fields(Settings)
+        if f.name.endswith("_topic")
+    }
+
+
 def start_worker(
     bootstrap: str,
     prefix: str,
@@ -214,6 +232,8 @@ def start_worker(
     env: dict[str, str] | None = None,
     tls_ca: Path | None = None,
     auth: tuple[str, str] | None = None,
+    *,
+    input_prefix: str | None = None,
 ) -> WorkerProcess:
     """Start a worker on topics prefixed `prefix`, app id `prefix`app, state in `tmp`/state; not waited for.
 
@@ -221,7 +241,9 @@ def start_worker(
     `env` adds variables (settings without a flag) to the test's environment, whose KPIMON_* are dropped
     but for the batch core: `KPIMON_CORE` is `env`'s, else `requested_core()`, and `wait_ready` checks
     that the worker runs it. `tls_ca` and `auth` say how to reach its web endpoints when `extra` turns on
-    web TLS or basic auth.
+    web TLS or basic auth. With `input_prefix` the worker reads the clicks and surveys topics prefixed
+    `input_prefix` and keeps its own topics, app id and state under `prefix`: several worker groups over
+    one replay.
     """
     tmp.mkdir(parents=True, exist_ok=True)
     env = {
@@ -230,11 +252,14 @@ def start_worker(
         **(env or {}),
     }
     batch_core = selected(env[CORE_ENV])
+    topics = ["--topic-prefix", prefix]
+    if input_prefix is not None:
+        env |= topic_names(prefix, input_prefix)
+        topics = ["--topic-prefix", ""]
     args = [
         "--broker",
         bootstrap,
-        "--topic-prefix",
-        prefix,
+        *topics,
         "--app-id",
         f"{prefix}app",
         "--data-dir",
@@ -255,10 +280,14 @@ def running_worker(
     env: dict[str, str] | None = None,
     tls_ca: Path | None = None,
     auth: tuple[str, str] | None = None,
+    *,
+    input_prefix: str | None = None,
 ) -> Iterator[WorkerProcess]:
     """A ready worker (see `start_worker`); stopped on exit, failing the test if its compiled core fell
     back to the Python engine on any batch (its `kpimon_native_core_fallbacks_total` above 0)."""
-    worker = start_worker(bootstrap, prefix, web_port, tmp, extra, env, tls_ca, auth)
+    worker = start_worker(
+        bootstrap, prefix, web_port, tmp, extra, env, tls_ca, auth, input_prefix=input_prefix
+    )
     try:
         worker.wait_ready()
         yield worker

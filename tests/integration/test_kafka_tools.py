@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import KPIMON, free_port
+from tests.helpers import KPIMON
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -52,31 +51,3 @@ def test_unknown_tool_names_the_tools() -> None:
     result = subprocess.run([KPIMON, "kafka", "tools", "nope"], capture_output=True, text=True, check=False)
     assert result.returncode == 1
     assert "no Kafka tool 'nope'" in result.stderr and "console-consumer" in result.stderr
-
-
-def test_start_fresh_deletes_the_topics_and_says_so(tmp_path: Path) -> None:
-    port = str(free_port())
-    where = ["--port", port, "--run-dir", str(tmp_path / "run")]
-
-    def kafka(*args: str) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [KPIMON, "kafka", *args, *where], capture_output=True, text=True, timeout=300, check=False
-        )
-        assert result.returncode == 0, result.stderr
-        return result
-
-    bootstrap = kafka("start").stdout.split()[-1]
-    try:
-        tool(
-            "topics", "--bootstrap-server", bootstrap, "--create", "--topic", "left-over", "--partitions", "1"
-        )
-        refused = subprocess.run(
-            [KPIMON, "kafka", "start", "--fresh", *where], capture_output=True, text=True, check=False
-        )
-        assert refused.returncode == 1 and "stop it first" in refused.stderr
-        kafka("stop")
-        started = kafka("start", "--fresh")
-        assert "fresh: deleting" in started.stderr and "1 topic (left-over)" in started.stderr
-        assert "left-over" not in tool("topics", "--bootstrap-server", bootstrap, "--list").stdout.split()
-    finally:
-        subprocess.run([KPIMON, "kafka", "stop", *where], capture_output=True, timeout=120, check=False)

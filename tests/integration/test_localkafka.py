@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import shutil
@@ -14,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from kpimon.agents.config.settings import default_home
+from kpimon.agents.config.topics import TopicSpec, ensure_topics
 from kpimon.agents.devtools.localkafka import (
     KafkaLauncherError,
     LocalCluster,
@@ -293,9 +295,21 @@ async def _has_topic(admin: AIOKafkaAdminClient, topic: str) -> bool:
 # --- the CLI, end to end -------------------------------------------------------------------------
 
 
+async def _topics(bootstrap: str) -> list[str]:
+    """The broker's topic names."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return list(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
 @pytest.mark.kafka
 @pytest.mark.slow
-def test_cli_start_status_stop(tmp_path: Path) -> None:
+def test_cli_start_status_fresh_stop(tmp_path: Path) -> None:
+    """start, status, start again, `start --fresh` refused while it runs, stop, status, `start --fresh`
+    (deletes the data and says what), stop: one broker for the whole life cycle."""
     port = free_port()
     home = tmp_path / "home"
     # Its own KPIMON_HOME (run dir, data, log), but the machine's jar cache: no second download.
@@ -317,6 +331,13 @@ def test_cli_start_status_stop(tmp_path: Path) -> None:
         assert again.stdout.splitlines()[-1] == f"127.0.0.1:{port}"
         assert "already runs" in again.stderr
 
+        # A topic for `--fresh` to delete, made by kpimon's admin client (the JVM tools have their own
+        # test, test_kafka_tools.py; each run of one is a JVM start).
+        bootstrap = f"127.0.0.1:{port}"
+        asyncio.run(ensure_topics(bootstrap, [TopicSpec("left-over", 1)]))
+        refused = kpimon("kafka", "start", "--fresh", "--port", str(port), *cache, env=env)
+        assert refused.returncode == 1 and "stop it first" in refused.stderr
+
         stopped = kpimon("kafka", "stop", "--port", str(port), env=env)
         assert stopped.returncode == 0, stopped.stderr
         assert stopped.stdout.strip() == f"stopped 127.0.0.1:{port}"
@@ -325,5 +346,12 @@ def test_cli_start_status_stop(tmp_path: Path) -> None:
         assert (status.returncode, status.stdout.strip()) == (1, "not running")
         assert port_is_free(port)
         assert not (run_dir / "kafka.pid").exists()
+
+        fresh = kpimon("kafka", "start", "--fresh", "--port", str(port), *cache, env=env)
+        assert fresh.returncode == 0, fresh.stderr
+        assert "fresh: deleting" in fresh.stderr and "1 topic (left-over)" in fresh.stderr
+        assert "left-over" not in asyncio.run(_topics(bootstrap))
+        stopped = kpimon("kafka", "stop", "--port", str(port), env=env)
+        assert stopped.returncode == 0 and stopped.stdout.strip() == f"stopped {bootstrap}", stopped.stderr
     finally:
         LocalKafka(port=port, home=run_dir).stop(timeout=10)  # never leave a broker behind
