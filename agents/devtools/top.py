@@ -154,11 +154,16 @@ class KpiFeed:
         self.unreachable = False
         self.undecodable = 0
         self.loaded = asyncio.Event()
+        self.closing = False
         self._positions: dict[int, int] = {}
 
+    def close(self) -> None:
+        """Ask `run` to end within one poll (half a second), also if a cancellation of it got lost."""
+        self.closing = True
+
     async def run(self) -> None:
-        """Consume until cancelled, retrying after any error (broker down, topic not created yet)."""
-        while True:
+        """Consume until closed or cancelled, retrying after any error (broker down, no topic yet)."""
+        while not self.closing:
             try:
                 await self._consume()
             except asyncio.CancelledError:
@@ -199,7 +204,7 @@ class KpiFeed:
                 self.state = "loading" if remaining else "live"
                 if not remaining:
                     self.loaded.set()
-            while True:
+            while not self.closing:
                 batches = await consumer.getmany(timeout_ms=500)
                 for tp, records in batches.items():
                     for record in records:
@@ -289,16 +294,33 @@ def _render(
     return render_view(feed.index, figures, info, dimension=dimension, segment=segment, width=width)
 
 
+#: How long the view waits for its KPI feed to stop (it needs at most one half-second poll).
+FEED_STOP_SECONDS = 5.0
+
+
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
 
 
-async def _main(config: TopConfig, plain: bool, watch: Callable[[], None] | None) -> None:
+async def _main(config: TopConfig, plain: bool, watch: Callable[[], None] | None) -> bool:
+    """Run the view; returns whether it ended on Ctrl-C (SIGINT)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    interrupted = False
+
+    def interrupt() -> None:
+        nonlocal interrupted
+        interrupted = True
+        stop.set()
+
     previous_term = signal.getsignal(signal.SIGTERM)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    if not config.once:
+        # Ctrl-C ends the view through `stop`, not by cancelling this task (asyncio.run's default): a
+        # cancellation can be lost on the way through the thread-pool scrapes and aiokafka, and the demo then
+        # kept refreshing after Ctrl-C (seen about once in five runs).
+        loop.add_signal_handler(signal.SIGINT, interrupt)
     feed = KpiFeed(config.broker, config.topic, options=config.kafka_options)
     poller = MetricsPoller(config.metrics_urls, config.metrics_access)
     feed_task = asyncio.create_task(feed.run(), name="kpimon-top-feed")
@@ -329,10 +351,15 @@ async def _main(config: TopConfig, plain: bool, watch: Callable[[], None] | None
                     live.update(_render(config, feed, figures, info(), console.width), refresh=True)
                     await _sleep_or_stop(stop, config.interval)
     finally:
+        feed.close()
         feed_task.cancel()
-        await asyncio.gather(feed_task, return_exceptions=True)
+        # Bounded: the feed ends within a poll once closed, even if the cancellation is swallowed.
+        await asyncio.wait({feed_task}, timeout=FEED_STOP_SECONDS)
+        if not config.once:
+            loop.remove_signal_handler(signal.SIGINT)  # back to Python's default (KeyboardInterrupt)
         loop.remove_signal_handler(signal.SIGTERM)
         signal.signal(signal.SIGTERM, previous_term)
+    return interrupted
 
 
 async def _once(
@@ -381,9 +408,11 @@ def run_top(config: TopConfig, watch: Callable[[], None] | None = None) -> None:
     level = kafka_log.level
     kafka_log.setLevel(logging.CRITICAL)  # the view says when the broker is unreachable
     try:
-        asyncio.run(_main(config, plain, watch))
+        interrupted = asyncio.run(_main(config, plain, watch))
     finally:
         kafka_log.setLevel(level)
+    if interrupted:
+        raise KeyboardInterrupt
 
 
 def _default_metrics_url() -> str:
