@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from kpimon.reference.compute import run_reference
+from kpimon.simulator.cli import write_files
 from kpimon.simulator.model import DAY_MS, BatchConfig, Scenario, batch_traffic
 from kpimon.simulator.render import render
 from kpimon.streams.output import KpiRecord, day_number
@@ -57,12 +58,8 @@ def reference(tmp: Path, now_ms: int) -> tuple[list[KpiRecord], list[KpiRecord]]
         # Only the messages that can change a KPI: the same KPIs from a quarter of the messages.
         thin=True,
     )
+    write_files(((out.draft.topic, render(out.draft)) for out in batch_traffic(config)), tmp)
     files = {"clicks": tmp / "clicks.jsonl", "surveys": tmp / "surveys.jsonl"}
-    lines: dict[str, list[bytes]] = {"clicks": [], "surveys": []}
-    for out in batch_traffic(config):
-        lines[out.draft.topic].append(render(out.draft))
-    for topic, path in files.items():
-        path.write_bytes(b"".join(line + b"\n" for line in lines[topic]))
     policy = Policy(max_lateness_days=DAYS + 5)
     now = run_reference(files["clicks"], files["surveys"], now_ms, policy).records
     ago = run_reference(files["clicks"], files["surveys"], now_ms - WEEK_MS - FUTURE_SLACK_MS, policy).records

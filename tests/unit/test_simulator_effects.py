@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from kpimon.reference.compute import run_reference
+from kpimon.simulator.cli import write_files
 from kpimon.simulator.model import (
     DAY_MS,
     DETRACTOR_CHURN_DAYS,
@@ -38,12 +39,8 @@ Records = dict[tuple[str, str, str, str, int], KpiRecord]
 
 
 def simulate_kpis(tmp: Path, config: BatchConfig) -> Records:
+    write_files(((out.draft.topic, render(out.draft)) for out in batch_traffic(config)), tmp)
     files = {"clicks": tmp / "clicks.jsonl", "surveys": tmp / "surveys.jsonl"}
-    lines: dict[str, list[bytes]] = {"clicks": [], "surveys": []}
-    for out in batch_traffic(config):
-        lines[out.draft.topic].append(render(out.draft))
-    for topic, path in files.items():
-        path.write_bytes(b"".join(line + b"\n" for line in lines[topic]))
     result = run_reference(files["clicks"], files["surveys"], NOW_MS, Policy(max_lateness_days=DAYS + 5))
     return {(r.kpi, r.window, r.dimension, r.segment, day_number(r.day)): r for r in result.records}
 
