@@ -45,8 +45,6 @@ log = logging.getLogger(__name__)
 STORES = {"memory": "memory://", "rocksdb": "rocksdb://"}
 #: Seconds between looks at the consumer positions of owned partitions nothing was processed from yet.
 LAG_START_INTERVAL = 5.0
-#: Seconds between looks at the consumer positions of owned partitions nothing was processed from yet.
-LAG_START_INTERVAL = 5.0
 
 
 @dataclass
