@@ -101,7 +101,7 @@ kafka-stop: setup  ## stop the local Kafka
 clean:  ## remove the virtualenv and caches (not ~/.kpimon)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
-alert-budget: setup  ## back-test the alert rules on a simulated history (BUDGET_ARGS=--help; ~1 h for the default 90 days)
+alert-budget: setup  ## back-test the alert rules on a simulated history (BUDGET_ARGS=--help; ~30 min for the default 90 days)
 	$(BIN)/python -m monitoring.backtest $(BUDGET_ARGS)
 
 generate: setup  ## regenerate committed generated files (JSON Schemas, ...)
