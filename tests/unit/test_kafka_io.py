@@ -25,7 +25,7 @@ def fetcher(tmp_path_factory: pytest.TempPathFactory) -> KafkaFetcher:
     """A fetcher (its aiokafka consumer built, never started) whose consumer stops as with a fetch pending."""
     settings = Settings(app_id="t-kafka-io", data_dir=tmp_path_factory.mktemp("state"), broker="127.0.0.1:1")
     made = KafkaFetcher(settings)
-    made.consumer.stop = aiokafka_stop_with_a_fetch_in_backoff  # type: ignore[method-assign]
+    made.consumer.stop = aiokafka_stop_with_a_fetch_in_backoff
     return made
 
 
@@ -50,7 +50,7 @@ async def test_a_stop_that_is_itself_cancelled_stays_cancelled(
         started.set()
         await asyncio.sleep(10)
 
-    reader.consumer.stop = stop_slowly  # type: ignore[method-assign]
+    reader.consumer.stop = stop_slowly
     stopping = asyncio.ensure_future(reader.stop())
     await started.wait()
     stopping.cancel()
