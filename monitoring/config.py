@@ -24,6 +24,11 @@ class ChurnAlerts:
     min_base_users: int = 100
     for_above_target: str = "1h"
     for_rise: str = "1h"
+    #: Hysteresis of both churn alerts (Prometheus' `keep_firing_for`), one week: the week-over-week rise
+    #: compares with 7 days ago, so a rise that dips under its limit and returns within the week is the same
+    #: rise, not a new ticket (the alert back-test, docs/alerts.md: the 30-day churn filling up after a
+    #: deployment opened 3-5 tickets in days 37-57, now 1). It delays the resolution only, never the opening.
+    keep_firing_for: str = "7d"
 
 
 @dataclass(frozen=True)
@@ -58,10 +63,11 @@ class SatisfactionAlerts:
     for_divergence: str = "3h"
     #: Hysteresis of the below-target and week-over-week alerts (Prometheus' `keep_firing_for`): once
     #: firing, an alert stays firing this long after its condition last held, so a 7-day KPI whose interval
-    #: touches its target for a few hours does not resolve and open a new ticket (the alert back-test,
-    #: docs/alerts.md: 30 episodes in 90 days without a change became 14). It delays the resolution only,
-    #: never the opening.
-    keep_firing_for: str = "2d"
+    #: touches its target for a few days does not resolve and open a new ticket. One window (7 days): a
+    #: recovery counts once a whole window of answers no longer shows the problem (the alert back-test,
+    #: docs/alerts.md: 13 NPS/CSAT tickets in 90 days without a change with 2 days, 9 with 7, at hourly
+    #: snapshots). It delays the resolution only, never the opening.
+    keep_firing_for: str = "7d"
 
 
 @dataclass(frozen=True)

@@ -324,6 +324,7 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
             k.target_query("churn_rate", "max"),
             k.aligned_target("kpimon_churn_ratio", "churn_rate", churn.window, "max"),
             interval_kpi="churn_rate",
+            keep_firing_for=churn.keep_firing_for,
         ),
         Alert(
             "KpimonChurnRoseWeekOverWeek",
@@ -340,6 +341,7 @@ def alert_groups(config: MonitoringConfig) -> tuple[RuleGroup, ...]:
             "percent",
             interval_kpi="churn_rate",
             drivers="kpimon_churn_ratio",
+            keep_firing_for=churn.keep_firing_for,
         ),
     )
 

@@ -736,9 +736,9 @@ def test_accelerated_config_changes_only_for_durations_and_intervals() -> None:
     assert [r["alert"] for r in fast_rules if "for" not in r] == [
         r["alert"] for r in default_rules if "for" not in r
     ]
-    # The alerts that keep firing (2 days by default) keep firing 2s: the same alerts, on the fast clock.
+    # The alerts that keep firing (7 days by default) keep firing 2s: the same alerts, on the fast clock.
     kept = [r["alert"] for r in default_rules if "keep_firing_for" in r]
-    assert kept and {r.get("keep_firing_for") for r in default_rules if r["alert"] in kept} == {"2d"}
+    assert kept and {r.get("keep_firing_for") for r in default_rules if r["alert"] in kept} == {"7d"}
     assert [r["alert"] for r in fast_rules if "keep_firing_for" in r] == kept
     assert {r["keep_firing_for"] for r in fast_rules if r["alert"] in kept} == {"2s"}
 
