@@ -52,11 +52,17 @@ $(RUN_STAMP): pyproject.toml $(NATIVE)
 run: demo-deps $(RUN_STAMP)  ## the demo: its own Kafka, a worker, 60 days of history, then live traffic in `kpimon top`
 	$(BIN)/kpimon demo
 
-lint: setup  ## ruff (lint + format check), the import contracts (import-linter), amtool check-config
+lint: setup  ## ruff (lint + format check), the import contracts (import-linter), amtool check-config, cargo fmt --check and clippy on native/
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 	amtool check-config deploy/alertmanager/alertmanager.yml
+	@# The compiled core is built wherever cargo is (rustup's default profile brings rustfmt and clippy);
+	@# clippy is told the interpreter `make setup` built for (PYO3_PYTHON), as pip told pyo3's build script.
+	@if command -v cargo >/dev/null; then \
+	  echo "cd native && cargo fmt --check && cargo clippy --all-targets -- -D warnings"; \
+	  cd native && cargo fmt --check && PYO3_PYTHON=$(CURDIR)/$(BIN)/python3 cargo clippy --all-targets -- -D warnings; \
+	else echo "no cargo: native/ not checked (nor built: workers run the Python engine)"; fi
 
 typecheck: setup  ## mypy --strict
 	$(BIN)/mypy
@@ -95,7 +101,7 @@ kafka-stop: setup  ## stop the local Kafka
 clean:  ## remove the virtualenv and caches (not ~/.kpimon)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
 
-alert-budget: setup  ## back-test the alert rules on a simulated history (BUDGET_ARGS=--help; ~1 h for the default 90 days)
+alert-budget: setup  ## back-test the alert rules on a simulated history (BUDGET_ARGS=--help; ~30 min for the default 90 days)
 	$(BIN)/python -m monitoring.backtest $(BUDGET_ARGS)
 
 generate: setup  ## regenerate committed generated files (JSON Schemas, ...)

@@ -16,10 +16,21 @@ from tests.security import SCRAM_PASSWORD, SCRAM_USER, Access, SecureKafka, acce
 from tests.workers import requested_core
 
 
-def pytest_report_header() -> str:
+def batch_core_line() -> str:
     """Which batch core the tests' workers run (tests/workers.py checks each worker runs it)."""
     asked = os.environ.get(CORE_ENV)
     return f"kpimon workers' batch core: {requested_core()} ({CORE_ENV}={asked or 'unset: the default'})"
+
+
+def pytest_report_header() -> str:
+    """The batch core, in the header (which `-q` hides)."""
+    return batch_core_line()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The batch core again, last before the result line, where `pytest -q` (CI's `make test`) shows it."""
+    terminalreporter.write_line(batch_core_line())
 
 
 @pytest.fixture(scope="session")

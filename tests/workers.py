@@ -8,7 +8,6 @@ import re
 import signal
 import ssl
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from kpimon.agents.pipeline.batch import NATIVE_FAILED
 from kpimon.agents.pipeline.core import ENV as CORE_ENV
 from kpimon.agents.pipeline.core import CoreName, native_module, selected
 from tests.helpers import KPIMON
+from tests.servers import stop_group, wait_serving
 
 
 def requested_core() -> CoreName:
@@ -115,20 +115,15 @@ class WorkerProcess:
 
     def wait_ready(self, timeout: float = 90) -> None:
         """Block until /ready says 200, or fail with the worker's log; then check its batch core."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if self.get("/ready", timeout=2)[0] == 200:
-                    if self.core is not None:
-                        running = self.running_core()
-                        assert running == self.core, f"the worker runs the {running} core, not {self.core}"
-                    return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError(f"worker not ready after {timeout}s:\n{self.log_tail()}")
+        wait_serving(self.proc, self._ready, timeout, "worker", self.log_tail, interval=0.3)
+
+    def _ready(self) -> bool:
+        if self.get("/ready", timeout=2)[0] != 200:
+            return False
+        if self.core is not None:  # (an AssertionError, which wait_serving does not take for "not yet")
+            running = self.running_core()
+            assert running == self.core, f"the worker runs the {running} core, not {self.core}"
+        return True
 
     def running_core(self) -> str | None:
         """The batch core the worker says it runs (kpimon_build_info's `core` label), None if not said."""
@@ -195,16 +190,10 @@ class WorkerProcess:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         """Signal the worker and wait for it to exit; kill it if it does not. Then fail if its log says
         that its compiled core fell back to the Python engine (`check_no_fallbacks`)."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        code = stop_group(self.proc, sig, timeout)
         self._log.close()
         self.check_no_fallbacks()
-        return self.proc.returncode
+        return code
 
 
 #: The settings naming the topics a worker reads (the others it writes).

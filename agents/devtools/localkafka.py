@@ -863,33 +863,28 @@ class LocalKafka:
         Kafka shuts down cleanly on SIGTERM (flushes logs, leaves the quorum), which keeps the next
         start fast; SIGKILL would force log recovery. Returns whether a broker was running.
         """
-        with self._locked():
-            pid = self.pid()
-            if pid is None:
-                self.pid_file.unlink(missing_ok=True)
-                return False
-            log.info("stopping the Kafka broker on %s (pid %d)", self.bootstrap, pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            if not self._wait_gone(pid, timeout):
-                log.warning("the broker did not stop within %.0f s; killing it", timeout)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                if not self._wait_gone(pid, 10):
-                    raise KafkaLauncherError(f"the Kafka broker (pid {pid}) survived SIGKILL")
-            self.pid_file.unlink(missing_ok=True)
-            self._proc = None
-            return True
+        return self._end(signal.SIGTERM, timeout)
 
     def kill(self) -> bool:
         """SIGKILL this run dir's broker, as a crash would end it (no clean shutdown); whether one ran."""
+        return self._end(signal.SIGKILL)
+
+    def _end(self, sig: signal.Signals, timeout: float = 0) -> bool:
+        """Send `sig` to this run dir's broker and wait up to `timeout` for it to exit, then SIGKILL it
+        (unless `sig` was that) and wait 10 s more; forget its pid. Whether a broker was running."""
         with self._locked():
             pid = self.pid()
             if pid is None:
+                self.pid_file.unlink(missing_ok=True)  # a stale one
                 return False
-            log.info("killing the Kafka broker on %s (pid %d)", self.bootstrap, pid)
+            doing = "killing" if sig == signal.SIGKILL else "stopping"
+            log.info("%s the Kafka broker on %s (pid %d)", doing, self.bootstrap, pid)
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, sig)
+            if sig != signal.SIGKILL and not self._wait_gone(pid, timeout):
+                log.warning("the broker did not stop within %.0f s; killing it", timeout)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             if not self._wait_gone(pid, 10):
                 raise KafkaLauncherError(f"the Kafka broker (pid {pid}) survived SIGKILL")
             self.pid_file.unlink(missing_ok=True)

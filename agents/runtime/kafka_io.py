@@ -78,8 +78,22 @@ class KafkaFetcher:
             log.warning("this aiokafka cannot hand out plain records: reading ConsumerRecords (slower)")
 
     async def stop(self) -> None:
-        """Disconnect."""
-        await self.consumer.stop()
+        """Disconnect, whatever the broker's state.
+
+        With the broker away (and with it a rebalance under way), a fetch request waits out its retry
+        backoff; aiokafka's `stop` cancels it and awaits it, and that task's CancelledError comes out of
+        `stop` (aiokafka issue 647) although nothing cancelled this task. Passed on, it cut the app's stop
+        short: Faust's agents were never stopped, the loop's shutdown cancelled them (a traceback each,
+        "Restarting on rebalance"), and the shutdown watchdog ended the worker 20 s later. It is taken for
+        what it is, a fetch given up, unless this task itself is being cancelled.
+        """
+        try:
+            await self.consumer.stop()
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            log.info("source reader's consumer stopped with a fetch pending (broker away): fetch given up")
 
     def assign(self, partitions: Sequence[Partition]) -> None:
         """Fetch exactly these partitions."""

@@ -67,13 +67,13 @@ impl U256 {
         let words = (n / 64) as usize;
         let bits = n % 64;
         let mut out = [0u64; 4];
-        for i in words..4 {
+        for (i, word) in out.iter_mut().enumerate().skip(words) {
             let src = i - words;
             let mut v = self.0[src] << bits;
             if bits > 0 && src > 0 {
                 v |= self.0[src - 1] >> (64 - bits);
             }
-            out[i] = v;
+            *word = v;
         }
         U256(out)
     }
@@ -124,21 +124,36 @@ impl U256 {
 impl BitAnd for U256 {
     type Output = U256;
     fn bitand(self, o: U256) -> U256 {
-        U256([self.0[0] & o.0[0], self.0[1] & o.0[1], self.0[2] & o.0[2], self.0[3] & o.0[3]])
+        U256([
+            self.0[0] & o.0[0],
+            self.0[1] & o.0[1],
+            self.0[2] & o.0[2],
+            self.0[3] & o.0[3],
+        ])
     }
 }
 
 impl BitOr for U256 {
     type Output = U256;
     fn bitor(self, o: U256) -> U256 {
-        U256([self.0[0] | o.0[0], self.0[1] | o.0[1], self.0[2] | o.0[2], self.0[3] | o.0[3]])
+        U256([
+            self.0[0] | o.0[0],
+            self.0[1] | o.0[1],
+            self.0[2] | o.0[2],
+            self.0[3] | o.0[3],
+        ])
     }
 }
 
 impl BitXor for U256 {
     type Output = U256;
     fn bitxor(self, o: U256) -> U256 {
-        U256([self.0[0] ^ o.0[0], self.0[1] ^ o.0[1], self.0[2] ^ o.0[2], self.0[3] ^ o.0[3]])
+        U256([
+            self.0[0] ^ o.0[0],
+            self.0[1] ^ o.0[1],
+            self.0[2] ^ o.0[2],
+            self.0[3] ^ o.0[3],
+        ])
     }
 }
 

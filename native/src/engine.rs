@@ -117,7 +117,12 @@ impl<K> Fact<K> {
 
     /// streams.crossed.fact_runs (unclipped).
     pub fn runs(&self) -> Vec<Run> {
-        survey_runs(self.day, self.survey, self.action, if self.score < 0 { None } else { Some(self.score) })
+        survey_runs(
+            self.day,
+            self.survey,
+            self.action,
+            if self.score < 0 { None } else { Some(self.score) },
+        )
     }
 }
 
@@ -129,7 +134,19 @@ pub fn survey_runs(day: i64, survey: u8, action: u8, score: Option<i64>) -> Vec<
         (0, _) => vec![(if nps { 4 } else { 9 }, 1)],
         (2, _) => vec![(if nps { 5 } else { 10 }, 1)],
         (_, None) => vec![],
-        (_, Some(score)) if nps => vec![(0, 1), (if score >= 9 { 1 } else if score >= 7 { 2 } else { 3 }, 1)],
+        (_, Some(score)) if nps => vec![
+            (0, 1),
+            (
+                if score >= 9 {
+                    1
+                } else if score >= 7 {
+                    2
+                } else {
+                    3
+                },
+                1,
+            ),
+        ],
         (_, Some(score)) => {
             let mut out = vec![(6, 1), (8, score)];
             if score >= 4 {
@@ -172,7 +189,11 @@ pub fn survey_level(all_bits: U256, base: i64, day: i64) -> usize {
 
 /// (day, ms, score) of the answered NPS surveys, in arrival order (streams.crossed.answers_of).
 pub fn answers_of<K>(facts: &[Fact<K>]) -> Vec<(i64, i64, i64)> {
-    facts.iter().filter(|f| f.is_answer()).map(|f| (f.day, f.ms, f.score)).collect()
+    facts
+        .iter()
+        .filter(|f| f.is_answer())
+        .map(|f| (f.day, f.ms, f.score))
+        .collect()
 }
 
 /// streams.crossed.group_masks.
@@ -187,7 +208,13 @@ fn group_masks(answers: &[(i64, i64, i64)], base: i64, width: i64) -> [U256; 3] 
         }
         let start = first.max(0);
         let span = U256::mask((last - start + 1) as u32).shl(start as u32);
-        let index = if score >= 9 { 0 } else if score >= 7 { 1 } else { 2 };
+        let index = if score >= 9 {
+            0
+        } else if score >= 7 {
+            1
+        } else {
+            2
+        };
         for mask in masks.iter_mut() {
             *mask &= !span;
         }
@@ -218,7 +245,10 @@ pub fn churn_contribution(active_all: U256, base: i64, answers: &[(i64, i64, i64
 /// streams.crossed.churn_runs.
 pub fn churn_runs(before: &[U256; 12], before_base: i64, after: &[U256; 12], after_base: i64) -> Vec<Run> {
     let base = before_base.min(after_base);
-    let was: Vec<U256> = before.iter().map(|b| b.shl((before_base - base) as u32)).collect();
+    let was: Vec<U256> = before
+        .iter()
+        .map(|b| b.shl((before_base - base) as u32))
+        .collect();
     let now: Vec<U256> = after.iter().map(|b| b.shl((after_base - base) as u32)).collect();
     let mut out = Vec::new();
     diff_runs(CHURN_GROUPS, &was, &now, base, &mut out);
@@ -434,7 +464,10 @@ impl<K> State<K> {
 
         let mut done: Vec<((U256, U256, bool), Vec<Run>)> = Vec::new();
         for &(segment, bits) in &self.segments {
-            let old = before[..n_before].iter().find(|(s, _)| *s == segment).map_or(bits, |(_, b)| *b);
+            let old = before[..n_before]
+                .iter()
+                .find(|(s, _)| *s == segment)
+                .map_or(bits, |(_, b)| *b);
             if old == bits && (new_changed & bits).is_zero() {
                 continue;
             }
@@ -577,7 +610,14 @@ fn changes(base: i64, old: U256, new: U256, off: u32, nb: U256, na: U256, with_r
     };
     let (old_present, new_present) = if with_retention {
         let p = spread(old, PRESENT_DAYS);
-        (Some(p), Some(if old == new { p } else { p | U256::mask(PRESENT_DAYS).shl(off) }))
+        (
+            Some(p),
+            Some(if old == new {
+                p
+            } else {
+                p | U256::mask(PRESENT_DAYS).shl(off)
+            }),
+        )
     } else {
         (None, None)
     };
@@ -588,7 +628,8 @@ fn changes(base: i64, old: U256, new: U256, off: u32, nb: U256, na: U256, with_r
     // Engagement counters, then (with retention) three per retention offset: the numbering diff_runs uses.
     debug_assert!(
         before.len() == after.len()
-            && (before.len() == ENGAGEMENT_COUNTERS || before.len() == ENGAGEMENT_COUNTERS + 3 * RETENTION_OFFSETS.len())
+            && (before.len() == ENGAGEMENT_COUNTERS
+                || before.len() == ENGAGEMENT_COUNTERS + 3 * RETENTION_OFFSETS.len())
     );
     let mut out = Vec::new();
     diff_runs(0, &before, &after, base, &mut out);
@@ -608,7 +649,12 @@ pub fn diff_runs(first_counter: u8, before: &[U256], after: &[U256], base: i64, 
                 let start = changed.trailing_zeros();
                 let rest = changed.shr(start);
                 let length = (!rest).trailing_zeros();
-                out.push((counter, base + start as i64, base + (start + length) as i64 - 1, delta));
+                out.push((
+                    counter,
+                    base + start as i64,
+                    base + (start + length) as i64 - 1,
+                    delta,
+                ));
                 changed = changed ^ U256::mask(length).shl(start);
             }
         }

@@ -472,7 +472,13 @@ pub fn decode(kind: u8, value: &[u8]) -> Option<Event<'_>> {
     let required: &[Field] = if kind == CLICKS {
         &[Field::EventId, Field::UserId, Field::Ts, Field::Type]
     } else {
-        &[Field::EventId, Field::UserId, Field::Ts, Field::Survey, Field::Action]
+        &[
+            Field::EventId,
+            Field::UserId,
+            Field::Ts,
+            Field::Survey,
+            Field::Action,
+        ]
     };
     for f in required {
         if seen & (1u32 << (*f as u32)) == 0 {
@@ -509,11 +515,22 @@ mod tests {
 
     #[test]
     fn events() {
-        let ev = decode(CLICKS, br#"{"event_id":"e","user_id":"u","ts":5,"type":"t","properties":{"a":[1,2.5,"\n"]}}"#)
-            .unwrap();
+        let ev = decode(
+            CLICKS,
+            br#"{"event_id":"e","user_id":"u","ts":5,"type":"t","properties":{"a":[1,2.5,"\n"]}}"#,
+        )
+        .unwrap();
         assert_eq!((ev.user_id, ev.ts_ms, ev.typ), ("u", 5, "t"));
         assert!(decode(CLICKS, br#"{"event_id":"e","user_id":"u","ts":5}"#).is_none());
-        assert!(decode(CLICKS, br#"{"event_id":"e","user_id":"u","ts":5,"type":"t","type":"x"}"#).is_none());
-        assert!(decode(CLICKS, br#"{"event_id":"e","user_id":"u\u0041","ts":5,"type":"t"}"#).is_none());
+        assert!(decode(
+            CLICKS,
+            br#"{"event_id":"e","user_id":"u","ts":5,"type":"t","type":"x"}"#
+        )
+        .is_none());
+        assert!(decode(
+            CLICKS,
+            br#"{"event_id":"e","user_id":"u\u0041","ts":5,"type":"t"}"#
+        )
+        .is_none());
     }
 }

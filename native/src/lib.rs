@@ -120,6 +120,10 @@ const SCORE_RANGE: [(i64, i64); 2] = [(0, 10), (1, 5)];
 
 const MS_PER_DAY: i64 = 86_400_000;
 
+/// One segment's runs of a batch, collapsed: the counters' difference vectors by day (PartitionCounters'
+/// layout) and the (first, last) day spans they came from.
+type SegmentDiffs = (FxHashMap<i64, [i64; COUNTERS.len()]>, FxHashSet<(i64, i64)>);
+
 /// Segments of one call, interned: (dimension code, value) -> id, and the Python key of each id.
 struct Segments<'py> {
     ids: [FxHashMap<String, u32>; 5],
@@ -128,7 +132,10 @@ struct Segments<'py> {
 
 impl<'py> Segments<'py> {
     fn new() -> Self {
-        Segments { ids: Default::default(), list: Vec::new() }
+        Segments {
+            ids: Default::default(),
+            list: Vec::new(),
+        }
     }
 
     fn id(&mut self, dim: u8, value: &str, key: Option<&Bound<'py, PyAny>>) -> u32 {
@@ -164,11 +171,18 @@ struct User<'py> {
 }
 
 fn int_u256(value: &Bound<'_, PyAny>) -> Option<U256> {
-    value.extract::<u128>().ok().map(U256::from_u128).filter(|b| b.bit_length() <= engine::MAX_STATE_BITS)
+    value
+        .extract::<u128>()
+        .ok()
+        .map(U256::from_u128)
+        .filter(|b| b.bit_length() <= engine::MAX_STATE_BITS)
 }
 
 /// The core's view of a Python UserState; None when it cannot take it (the user goes to Python).
-fn load_state<'py>(object: &Bound<'py, PyAny>, segments: &mut Segments<'py>) -> PyResult<Option<State<Bound<'py, PyAny>>>> {
+fn load_state<'py>(
+    object: &Bound<'py, PyAny>,
+    segments: &mut Segments<'py>,
+) -> PyResult<Option<State<Bound<'py, PyAny>>>> {
     let py = object.py();
     let mut state = State::new();
     state.base = object.getattr(intern!(py, "base"))?.extract()?;
@@ -178,14 +192,20 @@ fn load_state<'py>(object: &Bound<'py, PyAny>, segments: &mut Segments<'py>) -> 
         let tuple = key.downcast::<PyTuple>()?;
         let dim = tuple.get_item(0)?;
         let dim = dim.downcast::<PyString>()?.to_str()?;
-        let Some(code) = DIMENSIONS.iter().position(|d| *d == dim) else { return Ok(None) };
+        let Some(code) = DIMENSIONS.iter().position(|d| *d == dim) else {
+            return Ok(None);
+        };
         let value = tuple.get_item(1)?;
         let value = value.downcast::<PyString>()?.to_str()?;
-        let Some(bits) = int_u256(&bits) else { return Ok(None) };
+        let Some(bits) = int_u256(&bits) else {
+            return Ok(None);
+        };
         let id = segments.id(code as u8, value, Some(&key));
         state.segments.push((id, bits));
     }
-    let Some(explicit_new) = int_u256(&object.getattr(intern!(py, "explicit_new"))?) else { return Ok(None) };
+    let Some(explicit_new) = int_u256(&object.getattr(intern!(py, "explicit_new"))?) else {
+        return Ok(None);
+    };
     state.explicit_new = explicit_new;
     state.first_active = object.getattr(intern!(py, "first_active"))?.extract()?;
     state.first_active_unsigned = object.getattr(intern!(py, "first_active_unsigned"))?.extract()?;
@@ -202,14 +222,24 @@ fn load_state<'py>(object: &Bound<'py, PyAny>, segments: &mut Segments<'py>) -> 
         let survey = fact.get_item(1)?;
         let action = fact.get_item(2)?;
         let (Some(survey), Some(action)) = (
-            SURVEYS.iter().position(|s| *s == survey.downcast::<PyString>().map_or("", |s| s.to_str().unwrap_or(""))),
-            ACTIONS.iter().position(|a| *a == action.downcast::<PyString>().map_or("", |s| s.to_str().unwrap_or(""))),
+            SURVEYS.iter().position(|s| {
+                *s == survey
+                    .downcast::<PyString>()
+                    .map_or("", |s| s.to_str().unwrap_or(""))
+            }),
+            ACTIONS.iter().position(|a| {
+                *a == action
+                    .downcast::<PyString>()
+                    .map_or("", |s| s.to_str().unwrap_or(""))
+            }),
         ) else {
             return Ok(None);
         };
         let text: String = event_id.extract()?;
         let name = |i: usize| fact.get_item(i).ok().and_then(|v| v.extract::<String>().ok());
-        let (Some(platform), Some(plan), Some(stage)) = (name(4), name(5), name(6)) else { return Ok(None) };
+        let (Some(platform), Some(plan), Some(stage)) = (name(4), name(5), name(6)) else {
+            return Ok(None);
+        };
         let names = [platform, plan, stage];
         state.surveys.push(Fact {
             key: Some(event_id),
@@ -238,7 +268,10 @@ fn store_state<'py>(
         None => state_class.call0()?,
     };
     let state = &user.state;
-    let to_int = |bits: U256| bits.to_u128().ok_or_else(|| PyValueError::new_err("bitmap beyond 128 bits"));
+    let to_int = |bits: U256| {
+        bits.to_u128()
+            .ok_or_else(|| PyValueError::new_err("bitmap beyond 128 bits"))
+    };
     let stored = PyDict::new(py);
     for (id, bits) in &state.segments {
         stored.set_item(segments.key(py, *id)?, to_int(*bits)?)?;
@@ -290,14 +323,22 @@ fn encode_state(state: &State<Bound<'_, PyAny>>, segments: &Segments<'_>) -> Vec
             score: fact.score,
             names: match &fact.names {
                 Some([platform, plan, stage]) => [platform.as_str(), plan.as_str(), stage.as_str()],
-                None => [name(fact.segments.0), name(fact.segments.1), name(fact.segments.2)],
+                None => [
+                    name(fact.segments.0),
+                    name(fact.segments.1),
+                    name(fact.segments.2),
+                ],
             },
             ms: fact.ms,
         })
         .collect();
     wire::encode(&wire::WireState {
         base: state.base,
-        segments: state.segments.iter().map(|(id, bits)| (segments.list[*id as usize].0, name(*id), *bits)).collect(),
+        segments: state
+            .segments
+            .iter()
+            .map(|(id, bits)| (segments.list[*id as usize].0, name(*id), *bits))
+            .collect(),
         explicit_new: state.explicit_new,
         first_active: state.first_active,
         first_active_unsigned: state.first_active_unsigned,
@@ -350,11 +391,16 @@ impl Batch<'_> {
             Some(v @ ("unknown" | "other")) => (v, false),
             Some(v) if self.kept[dim as usize - 1].contains(v) => (v, false),
             Some(v) => {
-                let Some(cache) = &mut self.new_values[dim as usize - 1] else { return Ok(None) };
+                let Some(cache) = &mut self.new_values[dim as usize - 1] else {
+                    return Ok(None);
+                };
                 let personal = match cache.get(v) {
                     Some(personal) => *personal,
                     None => {
-                        let personal: bool = self.folder.call_method1(intern!(self.folder.py(), "personal"), (v,))?.extract()?;
+                        let personal: bool = self
+                            .folder
+                            .call_method1(intern!(self.folder.py(), "personal"), (v,))?
+                            .extract()?;
                         cache.insert(v.to_owned(), personal);
                         personal
                     }
@@ -383,35 +429,59 @@ impl Batch<'_> {
 
 impl Core {
     /// Apply one decoded, checked click to its user; false (and nothing changed) when it goes to Python.
-    fn click(&self, batch: &mut Batch<'_>, user: usize, ev: &json::Event<'_>, day: i64, partition: i64, now_ms: i64) -> PyResult<bool> {
+    fn click(
+        &self,
+        batch: &mut Batch<'_>,
+        user: usize,
+        ev: &json::Event<'_>,
+        day: i64,
+        partition: i64,
+        now_ms: i64,
+    ) -> PyResult<bool> {
         let signup_day = ev.signup_ms.map(|ms| ms.div_euclid(MS_PER_DAY));
-        let (Some((platform, new_platform)), Some((plan, new_plan))) = (batch.fold(1, ev.platform)?, batch.fold(2, ev.plan)?)
+        let (Some((platform, new_platform)), Some((plan, new_plan))) =
+            (batch.fold(1, ev.platform)?, batch.fold(2, ev.plan)?)
         else {
             return Ok(false);
         };
         let passive = self.passive_types.contains(ev.typ);
         let state = &batch.users[user].state;
         let first_seen = state.first_seen.map_or(day, |f| f.min(day));
-        let stage =
-            if day - signup_day.unwrap_or(first_seen) < ONBOARDING_DAYS { batch.onboarding } else { batch.established };
+        let stage = if day - signup_day.unwrap_or(first_seen) < ONBOARDING_DAYS {
+            batch.onboarding
+        } else {
+            batch.established
+        };
         let segments = [batch.all, platform, plan, stage];
         let known = passive || state.is_known(day, signup_day, &segments);
-        if !known {
-            if !state.fits(day) {
-                return Ok(false);
-            }
+        if !known && !state.fits(day) {
+            return Ok(false);
         }
         batch.note_folds((ev.platform, new_platform), (ev.plan, new_plan));
         batch.max_day = Some(batch.max_day.map_or(day, |d| d.max(day)));
-        let Batch { users, pending, segments: segs, all, levels, .. } = batch;
+        let Batch {
+            users,
+            pending,
+            segments: segs,
+            all,
+            levels,
+            ..
+        } = batch;
         let u = &mut users[user];
         let mut write = !u.in_table;
         write |= u.state.note_seen(day);
         if !known {
             let mut emit = |s: u32, run: Run| *pending.entry((s, run)).or_insert(0) += 1;
             let (old_bits, old_base) = (u.state.bits_of(*all), u.state.base);
-            u.state.record_change(day, signup_day, &segments, |s| segs.list[s as usize].0 != DIM_STAGE, &mut emit);
-            u.state.click_surveys(*all, levels, day, old_bits, old_base, &mut emit);
+            u.state.record_change(
+                day,
+                signup_day,
+                &segments,
+                |s| segs.list[s as usize].0 != DIM_STAGE,
+                &mut emit,
+            );
+            u.state
+                .click_surveys(*all, levels, day, old_bits, old_base, &mut emit);
             write = true;
         }
         if write {
@@ -431,28 +501,54 @@ impl Core {
 
     /// Apply one decoded survey event to its user: Some(true) accepted, Some(false) a duplicate (its
     /// event_id was seen), None when it goes to Python (and nothing changed).
-    fn survey(&self, batch: &mut Batch<'_>, user: usize, ev: &json::Event<'_>, day: i64, partition: i64, now_ms: i64) -> PyResult<Option<bool>> {
+    fn survey(
+        &self,
+        batch: &mut Batch<'_>,
+        user: usize,
+        ev: &json::Event<'_>,
+        day: i64,
+        partition: i64,
+        now_ms: i64,
+    ) -> PyResult<Option<bool>> {
         let (low, high) = SCORE_RANGE[ev.survey as usize];
         match (ev.action, ev.score) {
             (json::ANSWERED, Some(score)) if low <= score && score <= high => {}
             (json::SHOWN | json::DISMISSED, None) => {}
             _ => return Ok(None), // score_missing, score_out_of_range, score_forbidden: Python words them
         }
-        if batch.users[user].state.surveys.iter().any(|f| f.event_id == ev.event_id) {
+        if batch.users[user]
+            .state
+            .surveys
+            .iter()
+            .any(|f| f.event_id == ev.event_id)
+        {
             return Ok(Some(false)); // the first of an event_id wins (docs/events.md, "Duplicates")
         }
         let signup_day = ev.signup_ms.map(|ms| ms.div_euclid(MS_PER_DAY));
-        let (Some((platform, new_platform)), Some((plan, new_plan))) = (batch.fold(1, ev.platform)?, batch.fold(2, ev.plan)?)
+        let (Some((platform, new_platform)), Some((plan, new_plan))) =
+            (batch.fold(1, ev.platform)?, batch.fold(2, ev.plan)?)
         else {
             return Ok(None);
         };
         batch.note_folds((ev.platform, new_platform), (ev.plan, new_plan));
         batch.max_day = Some(batch.max_day.map_or(day, |d| d.max(day)));
-        let Batch { users, pending, all, levels, onboarding, established, .. } = batch;
+        let Batch {
+            users,
+            pending,
+            all,
+            levels,
+            onboarding,
+            established,
+            ..
+        } = batch;
         let u = &mut users[user];
         u.state.note_seen(day);
         let first_seen = u.state.first_seen.unwrap_or(day);
-        let stage = if day - signup_day.unwrap_or(first_seen) < ONBOARDING_DAYS { *onboarding } else { *established };
+        let stage = if day - signup_day.unwrap_or(first_seen) < ONBOARDING_DAYS {
+            *onboarding
+        } else {
+            *established
+        };
         let answered_nps = ev.survey == json::NPS && ev.score.is_some();
         let fact = Fact {
             key: None,
@@ -461,12 +557,17 @@ impl Core {
             survey: ev.survey,
             action: ev.action,
             score: ev.score.unwrap_or(-1),
-            ms: if answered_nps { ev.ts_ms.rem_euclid(MS_PER_DAY) } else { 0 },
+            ms: if answered_nps {
+                ev.ts_ms.rem_euclid(MS_PER_DAY)
+            } else {
+                0
+            },
             segments: (platform, plan, stage),
             names: None,
         };
         let mut emit = |s: u32, run: Run| *pending.entry((s, run)).or_insert(0) += 1;
-        u.state.record_survey(fact, *all, levels, [*all, platform, plan, stage], &mut emit);
+        u.state
+            .record_survey(fact, *all, levels, [*all, platform, plan, stage], &mut emit);
         self.written(u, partition, now_ms);
         Ok(Some(true))
     }
@@ -492,7 +593,14 @@ impl Core {
             }
         };
         let in_table = object.is_some();
-        batch.users.push(User { key: key.clone(), object, state, in_table, delegated, dirty: false });
+        batch.users.push(User {
+            key: key.clone(),
+            object,
+            state,
+            in_table,
+            delegated,
+            dirty: false,
+        });
         batch.by_key.insert(bytes.to_vec(), batch.users.len() - 1);
         Ok(batch.users.len() - 1)
     }
@@ -507,7 +615,12 @@ struct Row<'py> {
 }
 
 impl Core {
-    fn rows<'py>(&self, py: Python<'py>, records: &Bound<'py, PyAny>, next_offset: i64) -> PyResult<Vec<Row<'py>>> {
+    fn rows<'py>(
+        &self,
+        py: Python<'py>,
+        records: &Bound<'py, PyAny>,
+        next_offset: i64,
+    ) -> PyResult<Vec<Row<'py>>> {
         let mut rows = Vec::new();
         for (index, record) in records.try_iter()?.enumerate() {
             let record = record?;
@@ -516,8 +629,15 @@ impl Core {
                 continue; // already applied (the Python engine skips it too)
             }
             let key = record.getattr(intern!(py, "key"))?;
-            let key = if key.downcast::<PyBytes>().is_ok() { Some(key) } else { None };
-            let value = record.getattr(intern!(py, "value"))?.downcast_into::<PyBytes>().ok();
+            let key = if key.downcast::<PyBytes>().is_ok() {
+                Some(key)
+            } else {
+                None
+            };
+            let value = record
+                .getattr(intern!(py, "value"))?
+                .downcast_into::<PyBytes>()
+                .ok();
             rows.push(Row { index, key, value });
         }
         Ok(rows)
@@ -526,14 +646,24 @@ impl Core {
     /// Batch.new_values: for each folded dimension, whether the batch's values the folder has not kept
     /// fit in its room. Every keyed record counts (accepted or not: a superset of what the Python engine
     /// would fold); a record this reader cannot decode might hold any value, so then none may be folded.
-    fn new_values(&self, kind: u8, rows: &[Row<'_>], kept: &[HashSet<String>; 2], max_values: usize) -> [Option<FxHashMap<String, bool>>; 2] {
+    fn new_values(
+        &self,
+        kind: u8,
+        rows: &[Row<'_>],
+        kept: &[HashSet<String>; 2],
+        max_values: usize,
+    ) -> [Option<FxHashMap<String, bool>>; 2] {
         let mut seen: [FxHashSet<&str>; 2] = Default::default();
         for row in rows {
-            let (Some(_), Some(value)) = (&row.key, &row.value) else { continue };
+            let (Some(_), Some(value)) = (&row.key, &row.value) else {
+                continue;
+            };
             if value.as_bytes().len() > self.max_message_bytes {
                 continue; // too large: rejected before anything is folded
             }
-            let Some(ev) = json::decode(kind, value.as_bytes()) else { return [None, None] };
+            let Some(ev) = json::decode(kind, value.as_bytes()) else {
+                return [None, None];
+            };
             for (i, value) in [ev.platform, ev.plan].into_iter().enumerate() {
                 if let Some(v) = value {
                     if v != "unknown" && v != "other" && !kept[i].contains(v) {
@@ -557,7 +687,13 @@ impl Core {
         max_future_ms: i64,
         max_message_bytes: usize,
     ) -> Self {
-        Core { passive_types, policy_lateness_days, engine_lateness_days, max_future_ms, max_message_bytes }
+        Core {
+            passive_types,
+            policy_lateness_days,
+            engine_lateness_days,
+            max_future_ms,
+            max_message_bytes,
+        }
     }
 
     /// The (kpi, window) of each counter index, as the core numbers them (PartitionCounters' order).
@@ -597,8 +733,12 @@ impl Core {
                 let levels = LEVELS.map(|level| segments.id(DIM_ENGAGEMENT, level, None));
                 let onboarding = segments.id(DIM_STAGE, "onboarding", None);
                 let established = segments.id(DIM_STAGE, "established", None);
-                let kept: [HashSet<String>; 2] =
-                    [folder.call_method1(intern!(py, "kept"), ("platform",))?.extract()?, folder.call_method1(intern!(py, "kept"), ("plan",))?.extract()?];
+                let kept: [HashSet<String>; 2] = [
+                    folder
+                        .call_method1(intern!(py, "kept"), ("platform",))?
+                        .extract()?,
+                    folder.call_method1(intern!(py, "kept"), ("plan",))?.extract()?,
+                ];
                 let max_values: usize = folder.getattr(intern!(py, "max_values"))?.extract()?;
                 let rows = self.rows(py, records, next_offset)?;
                 let mut batch = Batch {
@@ -645,11 +785,13 @@ impl Core {
                                     let day = ev.ts_ms.div_euclid(MS_PER_DAY);
                                     if !scanned && batch.has_new_value(&ev) {
                                         // Only now, once per batch: whether the batch's new values fit.
-                                        batch.new_values = self.new_values(kind, &rows, &batch.kept, max_values);
+                                        batch.new_values =
+                                            self.new_values(kind, &rows, &batch.kept, max_values);
                                         scanned = true;
                                     }
                                     let outcome = if kind == json::CLICKS {
-                                        self.click(&mut batch, user, &ev, day, partition, now_ms)?.then_some(true)
+                                        self.click(&mut batch, user, &ev, day, partition, now_ms)?
+                                            .then_some(true)
                                     } else {
                                         self.survey(&mut batch, user, &ev, day, partition, now_ms)?
                                     };
@@ -678,8 +820,7 @@ impl Core {
                 }
 
                 // Collapse the runs per segment into difference vectors by day (PartitionCounters' layout).
-                let mut by_segment: FxHashMap<u32, (FxHashMap<i64, [i64; COUNTERS.len()]>, FxHashSet<(i64, i64)>)> =
-                    FxHashMap::default();
+                let mut by_segment: FxHashMap<u32, SegmentDiffs> = FxHashMap::default();
                 for ((segment, (counter, first, last, delta)), times) in batch.pending.drain() {
                     let (days, spans) = by_segment.entry(segment).or_default();
                     days.entry(first).or_insert([0; COUNTERS.len()])[counter as usize] += delta * times;
@@ -689,7 +830,8 @@ impl Core {
                 for user in batch.users.iter().filter(|u| u.dirty) {
                     for (_, bits) in &user.state.segments {
                         if bits.to_u128().is_none() {
-                            return Err(PyValueError::new_err("a state bitmap beyond 128 bits")); // nothing written yet
+                            return Err(PyValueError::new_err("a state bitmap beyond 128 bits"));
+                            // nothing written yet
                         }
                     }
                 }
@@ -706,7 +848,9 @@ impl Core {
                 let changed = PyList::empty(py);
                 for (dim, value) in &batch.folds {
                     let dimension = SEGMENT_DIMENSIONS[*dim as usize];
-                    batch.folder.call_method1(intern!(py, "fold"), (dimension, value.as_str()))?;
+                    batch
+                        .folder
+                        .call_method1(intern!(py, "fold"), (dimension, value.as_str()))?;
                 }
                 for i in 0..batch.users.len() {
                     if batch.users[i].dirty {
@@ -716,7 +860,10 @@ impl Core {
                         let encoded = if batch.users[i].delegated {
                             None
                         } else {
-                            Some(PyBytes::new(py, &encode_state(&batch.users[i].state, &batch.segments)))
+                            Some(PyBytes::new(
+                                py,
+                                &encode_state(&batch.users[i].state, &batch.segments),
+                            ))
                         };
                         changed.append((batch.users[i].key.clone(), object, encoded))?;
                     }

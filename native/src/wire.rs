@@ -15,7 +15,9 @@ pub struct Writer {
 
 impl Writer {
     pub fn new() -> Self {
-        Writer { out: Vec::with_capacity(128) }
+        Writer {
+            out: Vec::with_capacity(128),
+        }
     }
 
     pub fn int(&mut self, v: i64) {

@@ -642,6 +642,10 @@ def test_a_worker_without_its_broker_backs_off_stops_on_time_and_carries_on(
             assert all(n <= MAX_OUTAGE_LOG_LINES for n in written), (written, written_lines)
             assert outage >= OUTAGE_SECONDS, outage
             assert took < MAX_STOP_SECONDS and code == 0, (took, code, stopped.log_tail())
+            # The stop went through the app's own stop: Faust stopped its agents, the loop's shutdown did
+            # not have to cancel them (a CancelledError traceback each, "Restarting on rebalance"), as it
+            # did when aiokafka's stop of the source reader's consumer raised CancelledError.
+            assert "Crashed reason=CancelledError" not in stopped.log_tail(lines=10**9), stopped.log_tail()
             assert kafka_reachable(survivor) == 1
             # The stopped worker's groups move to the survivor after the session timeout.
             wait_for(

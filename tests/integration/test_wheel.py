@@ -23,10 +23,11 @@ import pytest
 
 from kpimon.agents.config.settings import default_home
 from kpimon.agents.devtools.localkafka import LocalKafka
+from kpimon.agents.pipeline.core import ENV as CORE_ENV
 from kpimon.reference.compare import compare, parse_records
 from tests.helpers import free_port, poll
 from tests.pipeline import processed
-from tests.workers import WorkerProcess
+from tests.workers import WorkerProcess, requested_core
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -224,13 +225,18 @@ def test_the_installed_wheel_runs_the_pipeline_and_equals_the_reference(
     assert expected
 
     messages = sum(path.read_bytes().count(b"\n") for path in (clicks, surveys))
+    # The worker runs the batch core the test run asks for (`KPIMON_CORE`, the one user setting it gets),
+    # and `wait_ready` checks that it does, as for every other test's worker: the installed wheel's
+    # compiled core must load and serve, not leave the batches to the Python engine.
+    batch_core = requested_core()
     worker = WorkerProcess(
         ["--broker", broker.bootstrap, "--partitions", "2", "--max-lateness-days", str(LATENESS)],
         free_port(),
         workdir / "worker.log",
-        user_env,
+        {**user_env, CORE_ENV: batch_core},
         executable=str(installed.kpimon),
         cwd=workdir,
+        core=batch_core,
     )
     try:
         worker.wait_ready()
@@ -248,6 +254,7 @@ def test_the_installed_wheel_runs_the_pipeline_and_equals_the_reference(
             == []
         )
         assert processed([worker]) == messages  # each message counted once
+        worker.check_no_fallbacks()  # by the metric, while it still answers (`stop` reads the log)
     finally:
         worker.stop()
     # The worker kept its state under the user's KPIMON_HOME, not in the checkout or the working directory.

@@ -1,11 +1,15 @@
-"""The integration tests' worker handle fails a test whose worker's compiled core fell back to the Python
-engine (tests/workers.py): by the worker's metric while it runs, by its log once it has stopped."""
+"""The integration tests' worker handle (tests/workers.py) fails a test whose worker's compiled core fell back
+to the Python engine: by the worker's metric while it runs, by its log once it has stopped. Its wait for
+/ready fails with the log of a worker that exited, and on a batch core other than the one asked for; its
+stop kills a worker that ignores the signal."""
 
 from __future__ import annotations
 
 import os
+import signal
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -13,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from kpimon.agents.pipeline.batch import NATIVE_FAILED
-from tests.helpers import free_port
+from tests.helpers import free_port, poll
 from tests.workers import WorkerProcess
 
 
@@ -83,3 +87,41 @@ def test_a_stopped_worker_that_logged_a_fallback_fails_stop(tmp_path: Path) -> N
     passes = WorkerProcess([], free_port(), tmp_path / "c.log", {}, executable=clean)
     passes.proc.wait(30)
     assert passes.stop() == 0  # its log holds no fallback
+
+
+def test_wait_ready_fails_with_the_log_of_a_worker_that_exited(tmp_path: Path) -> None:
+    quits = stand_in(tmp_path, "echo 'cannot start'; exit 3")
+    worker = WorkerProcess([], free_port(), tmp_path / "w.log", dict(os.environ), executable=quits)
+    with pytest.raises(AssertionError, match=r"worker exited with 3:\ncannot start"):
+        worker.wait_ready(timeout=30)
+    worker.stop()
+
+
+def test_wait_ready_checks_the_batch_core_the_worker_says_it_runs(
+    tmp_path: Path, metrics_server: tuple[int, list[bytes]]
+) -> None:
+    port, body = metrics_server  # answers 200 on /ready too
+    body[0] = b'# TYPE kpimon_build_info gauge\nkpimon_build_info{core="python",version="0"} 1\n'
+    sleeper = stand_in(tmp_path, "exec sleep 60")
+    asked_native = WorkerProcess(
+        [], port, tmp_path / "n.log", dict(os.environ), executable=sleeper, core="native"
+    )
+    asked_python = WorkerProcess(
+        [], port, tmp_path / "p.log", dict(os.environ), executable=sleeper, core="python"
+    )
+    try:
+        with pytest.raises(AssertionError, match="the worker runs the python core, not native"):
+            asked_native.wait_ready(timeout=30)
+        asked_python.wait_ready(timeout=30)
+    finally:
+        asked_native.stop()
+        asked_python.stop()
+
+
+def test_stop_kills_a_worker_that_ignores_the_signal(tmp_path: Path) -> None:
+    stubborn = stand_in(tmp_path, "trap '' TERM; echo trapped; exec sleep 60")
+    worker = WorkerProcess([], free_port(), tmp_path / "w.log", dict(os.environ), executable=stubborn)
+    poll(lambda: worker.log_tail(), lambda tail: "trapped" in tail, timeout=30, message="the trap set")
+    started = time.monotonic()
+    assert worker.stop(timeout=0.5) == -signal.SIGKILL
+    assert time.monotonic() - started < 10
