@@ -70,8 +70,14 @@ typecheck: setup  ## mypy --strict
 unit: setup  ## the fast unit tests only
 	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
 
+# The unit tests are CPU-bound and independent of each other: pytest-xdist runs them in TEST_CPUS processes,
+# whole files at a time (a module's fixtures, such as the promtool runs, still run once). The Kafka tests
+# follow, serially as before: they share one broker and time what they start. PYTEST_ARGS go to both runs.
+TEST_CPUS ?= 2
+
 test: setup lint typecheck  ## everything CI runs: lint, types, the whole test suite (real Kafka)
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n $(TEST_CPUS) --dist loadfile tests/unit $(PYTEST_ARGS)
+	$(BIN)/pytest -q tests/integration $(PYTEST_ARGS)
 
 # The fault, security, hostile-input and dead-letter tests with the Python engine (`make test` runs them with
 # the compiled core; of them only the hostile-input test and the secured worker's with both, which is all
