@@ -58,10 +58,12 @@ lint: setup  ## ruff (lint + format check), the import contracts (import-linter)
 	$(BIN)/lint-imports
 	amtool check-config deploy/alertmanager/alertmanager.yml
 	@# The compiled core is built wherever cargo is (rustup's default profile brings rustfmt and clippy);
-	@# clippy is told the interpreter `make setup` built for (PYO3_PYTHON), as pip told pyo3's build script.
+	@# clippy is told the interpreter `make setup` built for (PYO3_PYTHON), as pip told pyo3's build script,
+	@# and checks the release profile `make setup` built: it reuses those build scripts (15 s in a fresh
+	@# clone at load 7, against about 60 s for a cold debug check).
 	@if command -v cargo >/dev/null; then \
-	  echo "cd native && cargo fmt --check && cargo clippy --all-targets -- -D warnings"; \
-	  cd native && cargo fmt --check && PYO3_PYTHON=$(CURDIR)/$(BIN)/python3 cargo clippy --all-targets -- -D warnings; \
+	  echo "cd native && cargo fmt --check && cargo clippy --release --all-targets -- -D warnings"; \
+	  cd native && cargo fmt --check && PYO3_PYTHON=$(CURDIR)/$(BIN)/python3 cargo clippy --release --all-targets -- -D warnings; \
 	else echo "no cargo: native/ not checked (nor built: workers run the Python engine)"; fi
 
 typecheck: setup  ## mypy --strict
