@@ -33,7 +33,8 @@ class ChurnAlerts:
 
 @dataclass(frozen=True)
 class RetentionAlerts:
-    """Retention of the newest matured cohort below its target; detractors churning more than promoters."""
+    """Retention of the newest cohort measured on a whole day (the newest matured cohort's seventh day is
+    today) below its target; detractors churning more than promoters."""
 
     #: The retention offset alerted on (the window of kpimon_retention_ratio): D7.
     window: str = "7d"

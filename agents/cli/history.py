@@ -51,9 +51,17 @@ def write_days(series: Series, step: int, directory: Path) -> list[Path]:
     return paths
 
 
+#: promtool's largest block: it cuts blocks of 2 hours by default and reads its whole input file once per
+#: block, so a day's file was read 12 times and made 12 blocks. Up to a day, it picks 18-hour blocks (its
+#: ranges are 2 h times powers of 3): 2 reads and 2 blocks a day, the same samples, about 4 times faster
+#: (29 days of tests/integration/test_history_prometheus.py: 62 s -> 16 s at load 4.5 on 2 cores).
+MAX_BLOCK_DURATION = "--max-block-duration=24h"
+
+
 def run_promtool(paths: list[Path], data_dir: Path, promtool: str, show_progress: bool) -> None:
     """`promtool tsdb create-blocks-from openmetrics` for each file, into Prometheus's `data_dir`."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    block_option = [MAX_BLOCK_DURATION]
     with Progress(
         TextColumn("[bold]promtool"),
         BarColumn(),
@@ -64,20 +72,27 @@ def run_promtool(paths: list[Path], data_dir: Path, promtool: str, show_progress
     ) as progress:
         task = progress.add_task("promtool", total=len(paths))
         for path in paths:
-            command = [
-                promtool,
-                "tsdb",
-                "create-blocks-from",
-                "openmetrics",
-                "--quiet",
-                str(path),
-                str(data_dir),
-            ]
-            result = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+            while True:
+                command = [
+                    promtool,
+                    "tsdb",
+                    "create-blocks-from",
+                    "openmetrics",
+                    "--quiet",
+                    *block_option,
+                    str(path),
+                    str(data_dir),
+                ]
+                result = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+                output = (result.stdout + result.stderr).strip()
+                # A promtool without this (hidden) option refuses it before writing anything: its
+                # default 2-hour blocks then, as before the option was passed.
+                if result.returncode != 0 and block_option and "max-block-duration" in output:
+                    block_option = []
+                    continue
+                break
             if result.returncode != 0:
-                raise click.ClickException(
-                    f"promtool failed on {path.name}: {(result.stdout + result.stderr).strip()[-2000:]}"
-                )
+                raise click.ClickException(f"promtool failed on {path.name}: {output[-2000:]}")
             progress.advance(task)
 
 

@@ -73,7 +73,8 @@ class Settings:
     #: partitions back at once. Unique per worker; empty means dynamic membership.
     instance_id: str = ""
     #: Replication factor of the topics kpimon creates; 0: automatic, 3 on a cluster of at least 3 brokers
-    #: (as the cluster's metadata says when the topics are created), else 1 (agents/config/topics.py).
+    #: (as the cluster's metadata says when the topics are created), else one per live broker
+    #: (agents/config/topics.py).
     replication_factor: int = 0
     #: min.insync.replicas of the topics kpimon creates; 0: automatic, 2 with a replication factor of 3 or
     #: more, else 1. Producers use acks=all, so a write needs this many replicas.

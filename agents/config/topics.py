@@ -2,7 +2,8 @@
 
 Replication follows the cluster (`choose_replication`): on a cluster of three brokers or more, a topic kpimon
 creates has 3 replicas and `min.insync.replicas=2`, so one broker can die without losing an acknowledged
-write or stopping the writers (every kpimon producer uses `DURABLE_PRODUCER`: acks=all, idempotent).
+write or stopping the writers (every kpimon producer uses `DURABLE_PRODUCER`: acks=all, idempotent); on
+two live brokers (a third one away, or a cluster of two), 2 replicas.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ T = TypeVar("T")
 #: How long admin requests are retried on retriable errors (a broker of the cluster that just died).
 ADMIN_RETRY_SECONDS = 30.0
 
-#: A cluster with at least this many brokers gets replicated topics by default ...
-REPLICATED_CLUSTER_BROKERS = 3
-#: ... with this replication factor and min.insync.replicas: one broker may be away (a crash, a rolling
-#: restart) and writes with acks=all still succeed, each stored on two brokers at least.
+#: The replication factor and min.insync.replicas of topics kpimon creates on 3 live brokers or more: one
+#: broker may be away (a crash, a rolling restart) and writes with acks=all still succeed, each stored on two
+#: brokers at least.
 DEFAULT_REPLICATION_FACTOR = 3
 DEFAULT_MIN_INSYNC_REPLICAS = 2
 #: Options of every aiokafka producer kpimon creates (Faust's gets the same, agents/compat.py): a write
@@ -55,11 +55,13 @@ class Replication:
 def choose_replication(brokers: int, factor: int = 0, min_insync: int = 0) -> Replication:
     """The replication of new topics on a cluster of `brokers` live brokers; 0 means automatic.
 
-    Automatic: factor 3 with at least 3 brokers, else 1; min.insync.replicas 2 with a factor of 3 or more,
-    else 1 (with a factor of 2, a min.insync.replicas of 2 would stop every write while a broker is away).
+    Automatic: factor 3 with at least 3 brokers, else one per live broker (a topic created while one broker
+    of three is away keeps a copy on each of the other two, not one); min.insync.replicas 2 with a factor
+    of 3 or more, else 1 (with a factor of 2, a min.insync.replicas of 2 would stop every write while a
+    broker is away).
     """
     if factor == 0:
-        factor = DEFAULT_REPLICATION_FACTOR if brokers >= REPLICATED_CLUSTER_BROKERS else 1
+        factor = min(DEFAULT_REPLICATION_FACTOR, max(brokers, 1))
     if min_insync == 0:
         min_insync = DEFAULT_MIN_INSYNC_REPLICAS if factor >= DEFAULT_REPLICATION_FACTOR else 1
     if factor > brokers:

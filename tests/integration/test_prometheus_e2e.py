@@ -8,8 +8,9 @@ and Debian's `prometheus` scrapes the worker every second and evaluates the proj
 and alert rules every second. The rules are the committed ones rendered from a `MonitoringConfig` that
 differs from the default only by configuration: short `for` durations and intervals
 (`monitoring.accelerated`), the alert selector widened to the platform segments, a smaller minimum NPS
-sample (three weeks of 1,500 users give about 20 NPS answers per platform and week), and a test targets
-file whose NPS target (-30) separates the dropped segment (about -65) from the healthy ones.
+sample (three weeks of 2,500 users give about 20-35 NPS answers per platform and week), and a test targets
+file whose NPS target separates the dropped segment from the healthy ones: derived from the reference (the
+history ends at the wall clock and differs with the hour), just above the dropped segment's interval.
 
 History: the week-over-week rules (`offset 7d`) need what Prometheus held a week ago, which a test that
 lasts minutes cannot have scraped. It is backfilled, honestly: `kpimon reference` (the independent batch
@@ -42,11 +43,11 @@ in Prometheus, are inhibited and stop reaching anyone.
 Retention and churn by NPS group (issue #17): a second replay, the same three weeks (same options, same
 NOW) with `retention-drop:free` and `detractor-churn:all` added, goes first through its own worker into its
 own Prometheus with the same rules (its tests form a class: both stop before the first replay starts).
-There KpimonRetentionBelowTarget fires for the free cohort (D7 retention of a cohort of ~40 new users about
-0, target 10 %, default minimum cohort of 30) and KpimonDetractorsChurnMore fires (7d churn by NPS group,
-as churn here, bases of at least 8); on the first replay, the history without those two scenarios, both
-stay quiet with their guards met, unless the reference says that chance alone separates detractors' from
-promoters' churn there (see the quiet test).
+There KpimonRetentionBelowTarget fires for the free cohort (D7 retention of the newest cohort measured on
+a whole day, 29-34 new users, 0; target 20 %, minimum cohort 20) and KpimonDetractorsChurnMore fires (7d
+churn by NPS group, as churn here, bases of at least 8); on the first replay, the history without those two
+scenarios, both stay quiet with their guards met, unless the reference says that chance alone separates
+detractors' from promoters' churn there (see the quiet test).
 """
 
 from __future__ import annotations
@@ -147,13 +148,16 @@ TOLERANCE = 1e-9
 #: same three weeks (same options and NOW) with these two scenarios added, so that `stack` is the same
 #: history without them, where both alerts must stay quiet.
 RETENTION_SCENARIOS = ("retention-drop:free", "detractor-churn:all")
-#: retention-drop:free: free is the one segment whose daily cohort reaches the alert's default minimum of 30
-#: new users at this size (about 40 of the ~62 signups a day; each platform has ~15-25).
+#: retention-drop:free: free is the one segment whose daily cohort is large at this size (29-34 of the
+#: 47-50 new users of the cohort KpimonRetentionBelowTarget reads; each platform 12-19, each other plan 2-13).
 RETENTION_DROPPED = ("plan", "free")
-#: D7 retention of a healthy cohort is ~20 % (95 % upper bound 0.175-0.36 for the whole day's 62 new users,
-#: 0.23-0.48 for free's 39-40, on 30 simulated dates); a dropped free cohort keeps nobody (upper bound
-#: 3.84 / (40 + 3.84) = 0.088).
-RETENTION_TARGET = 0.10
+#: The alert's minimum cohort here: the default of 30 is for a real population, and free's cohort is 29-34.
+RETENTION_MIN_COHORT = 20
+#: The alert reads the newest cohort measured on a whole day (`day="previous"`). Measured with the reference
+#: at 24 instants (2026-11-20 to 12-13, a different hour each): healthy, its 95 % upper bound is 0.27-0.55 for
+#: the whole day's cohort and 0.40-0.68 for free's; with retention-drop:free, free keeps nobody (upper bound
+#: 3.84 / (n + 3.84) = 0.10-0.11) and the whole day's cohort 0.07-0.16.
+RETENTION_TARGET = 0.20
 #: Three weeks of 2,500 users have 9-25 detractors and 29-54 promoters in a 7d churn base (30 simulated dates;
 #: with detractor-churn 11-27 detractors): the default minimum of 30 is for the 30d base of a real
 #: population. Churn by NPS group is alerted on 7 days, as churn.
@@ -198,7 +202,10 @@ def monitoring_config(
         satisfaction=replace(DEFAULT.satisfaction, min_responses=MIN_RESPONSES),
         churn=replace(DEFAULT.churn, window=CHURN_WINDOW),
         retention=replace(
-            DEFAULT.retention, nps_churn_window=CHURN_WINDOW, nps_churn_min_base_users=NPS_GROUP_MIN_BASE
+            DEFAULT.retention,
+            min_cohort_users=RETENTION_MIN_COHORT,
+            nps_churn_window=CHURN_WINDOW,
+            nps_churn_min_base_users=NPS_GROUP_MIN_BASE,
         ),
         alertmanager_targets=(alertmanager,),
         alert_webhook_url=webhook_url,
@@ -631,14 +638,15 @@ def retention_stack(
 
 
 def newest_cohorts(records: list[KpiRecord]) -> dict[tuple[str, str], KpiRecord]:
-    """(dimension, segment) -> the D7 retention record of the newest matured cohort (`day="current"`)."""
+    """(dimension, segment) -> the D7 retention record of the newest cohort measured on a whole day
+    (`day="previous"`), the one KpimonRetentionBelowTarget reads."""
     current = max(day_number(r.day) for r in records)
     return {
         (r.dimension, r.segment): r
         for r in records
         if r.kpi == "retention_rate"
         and r.window == DEFAULT.retention.window
-        and gauge_day(r, current) == "current"
+        and gauge_day(r, current) == "previous"
     }
 
 
@@ -647,7 +655,7 @@ def retention_verdict(records: list[KpiRecord]) -> tuple[set[tuple[str, str]], s
 
     The alerted dimensions, a cohort of at least the minimum, the whole 95 % interval below the target.
     """
-    minimum = DEFAULT.retention.min_cohort_users
+    minimum = RETENTION_MIN_COHORT
     below: set[tuple[str, str]] = set()
     unsure: set[tuple[str, str]] = set()
     for key, record in newest_cohorts(records).items():
@@ -703,7 +711,7 @@ class TestWithTheirScenarios:
     def test_retention_below_target_fires_for_the_dropped_cohorts(
         self, retention_stack: RetentionStack
     ) -> None:
-        """retention-drop:free: the newest matured free cohort keeps (almost) nobody a week on, its whole
+        """retention-drop:free: the newest complete free cohort keeps (almost) nobody a week on, its whole
         interval below the target, on a cohort above the minimum: KpimonRetentionBelowTarget fires for it,
         and for exactly the segments the alert's condition on the reference names (the whole day's cohort
         too, mostly free users; without the scenario both stay quiet: the test after this class)."""
@@ -737,8 +745,8 @@ class TestWithTheirScenarios:
         assert high == pytest.approx(dropped.ci_high, rel=1e-3)
         assert high < RETENTION_TARGET  # the whole interval below the target: why it fired
         assert annotations["description"] == (
-            f"7d retention of plan=free (the newest matured cohort) is {annotations['value']}, below its"
-            f" target of {annotations['target']}."
+            "7d retention of plan=free (the newest cohort measured on a whole day) is"
+            f" {annotations['value']}, below its target of {annotations['target']}."
         )
         print(
             f"\nKpimonRetentionBelowTarget firing for {sorted(found)}: plan=free cohort {dropped.day}"
@@ -801,7 +809,7 @@ def test_retention_and_detractor_alerts_stay_quiet_without_their_scenarios(
     holds on the reference and the alert must fire: the test then checks that instead, and says so.
     """
     cohorts = newest_cohorts(stack.now)
-    minimum = DEFAULT.retention.min_cohort_users
+    minimum = RETENTION_MIN_COHORT
     for key in (("all", "all"), RETENTION_DROPPED):
         assert (cohorts[key].denominator or 0) >= minimum, cohorts[key]
     bases = nps_group_bases(stack.now)
@@ -1067,14 +1075,19 @@ def test_week_over_week_rules_read_the_backfilled_week(stack: Stack) -> None:
 # --- the NPS alerts ---------------------------------------------------------------------------------------
 
 
+#: The day an alert reads when not the current one: retention, the newest cohort measured on a whole day.
+ALERT_DAY = {"KpimonRetentionBelowTarget": "previous"}
+
+
 def alerting(stack: Stack | RetentionStack, name: str) -> dict[tuple[str, str], dict[str, Any]]:
-    """(dimension, segment) -> the pending or firing alert `name` of the 7d window, current day."""
+    """(dimension, segment) -> the pending or firing alert `name` of the 7d window, on the day it reads."""
+    day = ALERT_DAY.get(name, "current")
     return {
         (a["labels"]["dimension"], a["labels"]["segment"]): a
         for a in stack.prometheus.alerts()
         if a["labels"]["alertname"] == name
         and a["labels"].get("window") == "7d"
-        and a["labels"].get("day") == "current"
+        and a["labels"].get("day") == day
     }
 
 

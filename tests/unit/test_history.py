@@ -5,9 +5,12 @@ The real load into Prometheus is tests/integration/test_history_prometheus.py.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
+from kpimon.agents.cli.history import MAX_BLOCK_DURATION, run_promtool
 from kpimon.agents.exporter.history import history_series, openmetrics_lines, sample_count
 from kpimon.streams.output import KpiRecord, day_name, day_number
 
@@ -78,3 +81,34 @@ def test_the_step_must_divide_a_day() -> None:
     with pytest.raises(ValueError, match="divide a day"):
         list(openmetrics_lines({}, 7_000))
     assert list(openmetrics_lines({}, 3_600)) == ["# EOF"]
+
+
+def fake_promtool(tmp_path: Path, knows_block_option: bool) -> tuple[Path, Path]:
+    """A promtool stand-in that logs its arguments; one without the option refuses it, as promtool does."""
+    log = tmp_path / "calls.log"
+    script = tmp_path / "promtool"
+    refuse = (
+        'case "$*" in *--max-block-duration*)'
+        " echo \"unknown long flag '--max-block-duration'\" >&2; exit 1;; esac\n"
+    )
+    script.write_text(f'#!/bin/sh\necho "$*" >> {log}\n{"" if knows_block_option else refuse}exit 0\n')
+    script.chmod(0o755)
+    return script, log
+
+
+@pytest.mark.parametrize("knows_block_option", [True, False])
+def test_promtool_makes_day_long_blocks_when_it_knows_the_option(
+    tmp_path: Path, knows_block_option: bool
+) -> None:
+    promtool, log = fake_promtool(tmp_path, knows_block_option)
+    days = [tmp_path / f"{day_name(D + i)}.om" for i in range(3)]
+    run_promtool(days, tmp_path / "tsdb", str(promtool), show_progress=False)
+    calls = [call.split() for call in log.read_text().splitlines()]
+    if knows_block_option:
+        assert all(MAX_BLOCK_DURATION in call for call in calls)
+    else:  # refused once, then promtool's default blocks for every file
+        assert MAX_BLOCK_DURATION in calls[0]
+        calls = calls[1:]
+        assert all(MAX_BLOCK_DURATION not in call for call in calls)
+    # One run per day file, in order, into the data directory.
+    assert [call[-2:] for call in calls] == [[str(day), str(tmp_path / "tsdb")] for day in days]

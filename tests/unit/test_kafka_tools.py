@@ -41,6 +41,14 @@ def test_script_names_are_accepted_and_the_class_path_is_the_cache() -> None:
         tool_named("kafka-nope.sh")
 
 
+def test_only_the_throughput_tests_keep_the_optimizing_compiler() -> None:
+    """A tool run lasts seconds: the client compiler alone starts it sooner. A perf test measures Java's
+    throughput, which the optimizing compiler makes what clients see."""
+    for name in TOOLS:
+        short_run = "-XX:TieredStopAtLevel=1" in command(name, "--help")
+        assert short_run == (name not in {"producer-perf-test", "consumer-perf-test"}), name
+
+
 def test_every_main_class_is_in_the_pinned_jars() -> None:
     """The pom pins kafka-tools; each class must exist there (or in the broker jar for ConfigCommand)."""
     import zipfile

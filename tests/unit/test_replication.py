@@ -19,7 +19,7 @@ from kpimon.agents.config.topics import (
 
 @pytest.mark.parametrize(
     ("brokers", "expected"),
-    [(1, Replication(1, 1)), (2, Replication(1, 1)), (3, Replication(3, 2)), (5, Replication(3, 2))],
+    [(1, Replication(1, 1)), (2, Replication(2, 1)), (3, Replication(3, 2)), (5, Replication(3, 2))],
 )
 def test_automatic_replication_follows_the_live_brokers(brokers: int, expected: Replication) -> None:
     assert choose_replication(brokers) == expected
